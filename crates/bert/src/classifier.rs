@@ -1,0 +1,39 @@
+//! BERT with a sequence-classification (or regression) head, HF's
+//! `BertForSequenceClassification`: pooled [CLS] output, dropout, then a linear layer.
+
+use crate::config::BertConfig;
+use crate::layers::{Dropout, Mode, linear};
+use crate::model::{BertInput, BertModel, BertOutput};
+use anyhow::Result;
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+pub struct BertForSequenceClassification {
+    pub bert: BertModel,
+    dropout: Dropout,
+    classifier: Linear,
+}
+
+impl BertForSequenceClassification {
+    /// Builds the model under `vb` with HF's names: `bert.*` and `classifier.*`.
+    pub fn new(config: &BertConfig, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+        let bert = BertModel::new(config, vb.pp("bert"), true)?;
+        let dropout = Dropout::new(config.hidden_dropout_prob, bert.dropout_rng());
+        let classifier = linear(config.hidden_size, num_labels, vb.pp("classifier"))?;
+        Ok(Self {
+            bert,
+            dropout,
+            classifier,
+        })
+    }
+
+    /// Returns the logits, `[batch, num_labels]`, and every encoder intermediate.
+    pub fn forward(&self, input: &BertInput, mode: Mode) -> Result<(Tensor, BertOutput)> {
+        let output = self.bert.forward(input, mode)?;
+        let pooled = output.pooled.as_ref().expect("built with a pooler");
+        let logits = self
+            .classifier
+            .forward(&self.dropout.forward(pooled, mode)?)?;
+        Ok((logits, output))
+    }
+}

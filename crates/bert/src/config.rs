@@ -1,0 +1,140 @@
+//! `config.json` as Hugging Face writes it for BERT models.
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// What a sequence-classification head predicts, as HF's `problem_type` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemType {
+    SingleLabelClassification,
+    Regression,
+}
+
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+fn default_hidden_act() -> String {
+    "gelu".to_string()
+}
+fn default_dropout() -> f32 {
+    0.1
+}
+fn default_initializer_range() -> f64 {
+    0.02
+}
+fn default_type_vocab_size() -> usize {
+    2
+}
+
+/// A BERT configuration. Fields kd does not use are kept in `extra` so that a config read and
+/// written again loses nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f32,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f32,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab_size")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architectures: Option<Vec<String>>,
+    /// Label names by class index, as strings keyed by the index (HF's layout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id2label: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label2id: Option<BTreeMap<String, usize>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem_type: Option<ProblemType>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl BertConfig {
+    /// Reads and validates a `config.json`; errors name the file and, for syntax or type
+    /// errors, the line and column.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read model config {}", path.display()))?;
+        let config: Self = serde_json::from_str(&text)
+            .with_context(|| format!("malformed model config {}", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("invalid model config {}", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.hidden_size == 0 || self.num_attention_heads == 0 {
+            bail!("hidden_size and num_attention_heads must be positive");
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            bail!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_new" | "relu") {
+            bail!("unsupported hidden_act {:?}", self.hidden_act);
+        }
+        if let Some(model_type) = self.extra.get("model_type").and_then(|v| v.as_str())
+            && model_type != "bert"
+        {
+            bail!("model_type is {model_type:?}, kd loads \"bert\" models");
+        }
+        Ok(())
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Label names in class-index order, when the config has a classification head.
+    pub fn labels(&self) -> Option<Vec<String>> {
+        let id2label = self.id2label.as_ref()?;
+        let mut labels: Vec<(usize, String)> = id2label
+            .iter()
+            .filter_map(|(id, label)| Some((id.parse().ok()?, label.clone())))
+            .collect();
+        labels.sort();
+        Some(labels.into_iter().map(|(_, label)| label).collect())
+    }
+
+    /// Records a sequence-classification head the way HF transformers expects to find it.
+    pub fn set_classification_head(&mut self, labels: &[String], problem_type: ProblemType) {
+        self.architectures = Some(vec!["BertForSequenceClassification".to_string()]);
+        self.id2label = Some(
+            labels
+                .iter()
+                .enumerate()
+                .map(|(id, label)| (id.to_string(), label.clone()))
+                .collect(),
+        );
+        self.label2id = Some(
+            labels
+                .iter()
+                .enumerate()
+                .map(|(id, label)| (label.clone(), id))
+                .collect(),
+        );
+        self.problem_type = Some(problem_type);
+        self.extra.insert("model_type".into(), "bert".into());
+    }
+}

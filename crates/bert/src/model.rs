@@ -1,0 +1,325 @@
+//! The BERT encoder, laid out like HF's `BertModel` so that parameter names match its
+//! checkpoints (`embeddings.*`, `encoder.layer.N.*`, `pooler.*`).
+
+use crate::config::BertConfig;
+use crate::layers::{Dropout, DropoutRng, LayerNorm, Mode, linear, softmax};
+use anyhow::{Result, bail};
+use candle_core::{DType, Module, Tensor};
+use candle_nn::{Embedding, Init, Linear, VarBuilder};
+
+/// One batch of token ids, as `[batch, seq]` u32 tensors.
+#[derive(Debug, Clone)]
+pub struct BertInput {
+    pub input_ids: Tensor,
+    pub token_type_ids: Tensor,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Tensor,
+}
+
+/// Every intermediate of a forward pass.
+#[derive(Debug, Clone)]
+pub struct BertOutput {
+    /// Embedding output (after layer norm), `[batch, seq, hidden]`.
+    pub embeddings: Tensor,
+    /// Each layer's output, `[batch, seq, hidden]`; the last is the final hidden state.
+    pub hidden_states: Vec<Tensor>,
+    /// Each layer's attention scores before the softmax, after the mask is added (masked keys
+    /// hold a very negative value), `[batch, heads, seq, seq]`.
+    pub attention_scores: Vec<Tensor>,
+    /// Each layer's attention probabilities, `[batch, heads, seq, seq]`.
+    pub attention_probs: Vec<Tensor>,
+    /// `tanh(W h_[CLS] + b)`, when the model has a pooler.
+    pub pooled: Option<Tensor>,
+}
+
+impl BertOutput {
+    pub fn last_hidden_state(&self) -> &Tensor {
+        self.hidden_states.last().unwrap_or(&self.embeddings)
+    }
+
+    /// Mean of the last hidden state over real tokens, as sentence-transformers pools.
+    pub fn mean_pooled(&self, attention_mask: &Tensor) -> Result<Tensor> {
+        let mask = attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = self.last_hidden_state().broadcast_mul(&mask)?.sum(1)?;
+        let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
+        Ok(summed.broadcast_div(&counts)?)
+    }
+}
+
+struct Embeddings {
+    word: Embedding,
+    position: Embedding,
+    token_type: Embedding,
+    layer_norm: LayerNorm,
+    dropout: Dropout,
+}
+
+fn embedding(count: usize, dim: usize, vb: VarBuilder) -> Result<Embedding> {
+    let weight = vb.get_with_hints((count, dim), "weight", Init::Const(0.0))?;
+    Ok(Embedding::new(weight, dim))
+}
+
+impl Embeddings {
+    fn new(cfg: &BertConfig, vb: VarBuilder, rng: &DropoutRng) -> Result<Self> {
+        Ok(Self {
+            word: embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("word_embeddings"))?,
+            position: embedding(
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                vb.pp("position_embeddings"),
+            )?,
+            token_type: embedding(
+                cfg.type_vocab_size,
+                cfg.hidden_size,
+                vb.pp("token_type_embeddings"),
+            )?,
+            layer_norm: LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob, rng),
+        })
+    }
+
+    fn forward(&self, input: &BertInput, mode: Mode) -> Result<Tensor> {
+        let seq_len = input.input_ids.dim(1)?;
+        let positions = Tensor::arange(0u32, seq_len as u32, input.input_ids.device())?;
+        let xs = self
+            .word
+            .forward(&input.input_ids)?
+            .broadcast_add(&self.position.forward(&positions)?)?
+            .add(&self.token_type.forward(&input.token_type_ids)?)?;
+        let xs = self.layer_norm.forward(&xs, mode)?;
+        self.dropout.forward(&xs, mode)
+    }
+}
+
+struct SelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    num_heads: usize,
+    head_dim: usize,
+    dropout: Dropout,
+}
+
+/// What one attention block computes, kept for the losses.
+struct AttentionOutput {
+    context: Tensor,
+    scores: Tensor,
+    probs: Tensor,
+}
+
+impl SelfAttention {
+    fn new(cfg: &BertConfig, vb: VarBuilder, rng: &DropoutRng) -> Result<Self> {
+        let hidden = cfg.hidden_size;
+        Ok(Self {
+            query: linear(hidden, hidden, vb.pp("query"))?,
+            key: linear(hidden, hidden, vb.pp("key"))?,
+            value: linear(hidden, hidden, vb.pp("value"))?,
+            num_heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
+            dropout: Dropout::new(cfg.attention_probs_dropout_prob, rng),
+        })
+    }
+
+    /// `[batch, seq, hidden]` -> `[batch, heads, seq, head_dim]`.
+    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
+        let (batch, seq, _) = xs.dims3()?;
+        Ok(xs
+            .reshape((batch, seq, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    fn forward(&self, xs: &Tensor, mask_bias: &Tensor, mode: Mode) -> Result<AttentionOutput> {
+        let q = self.split_heads(&self.query.forward(xs)?)?;
+        let k = self.split_heads(&self.key.forward(xs)?)?;
+        let v = self.split_heads(&self.value.forward(xs)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
+        let probs = softmax(&scores, mode)?;
+        let context = self.dropout.forward(&probs, mode)?.matmul(&v)?;
+        let (batch, _, seq, _) = context.dims4()?;
+        let context =
+            context
+                .transpose(1, 2)?
+                .reshape((batch, seq, self.num_heads * self.head_dim))?;
+        Ok(AttentionOutput {
+            context,
+            scores,
+            probs,
+        })
+    }
+}
+
+/// A dense projection added back to its input, then normalised (HF's `*Output` blocks).
+struct ResidualNorm {
+    dense: Linear,
+    layer_norm: LayerNorm,
+    dropout: Dropout,
+}
+
+impl ResidualNorm {
+    fn new(cfg: &BertConfig, in_dim: usize, vb: VarBuilder, rng: &DropoutRng) -> Result<Self> {
+        Ok(Self {
+            dense: linear(in_dim, cfg.hidden_size, vb.pp("dense"))?,
+            layer_norm: LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob, rng),
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, residual: &Tensor, mode: Mode) -> Result<Tensor> {
+        let xs = self.dropout.forward(&self.dense.forward(xs)?, mode)?;
+        self.layer_norm.forward(&(xs + residual)?, mode)
+    }
+}
+
+struct Layer {
+    attention: SelfAttention,
+    attention_output: ResidualNorm,
+    intermediate: Linear,
+    activation: Activation,
+    output: ResidualNorm,
+}
+
+#[derive(Clone, Copy)]
+enum Activation {
+    GeluErf,
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu" => Self::GeluErf,
+            "gelu_new" => Self::GeluTanh,
+            "relu" => Self::Relu,
+            other => bail!("unsupported hidden_act {other:?}"),
+        })
+    }
+
+    fn forward(self, xs: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::GeluErf => xs.gelu_erf()?,
+            Self::GeluTanh => xs.gelu()?,
+            Self::Relu => xs.relu()?,
+        })
+    }
+}
+
+impl Layer {
+    fn new(cfg: &BertConfig, vb: VarBuilder, rng: &DropoutRng) -> Result<Self> {
+        let attention = vb.pp("attention");
+        Ok(Self {
+            attention: SelfAttention::new(cfg, attention.pp("self"), rng)?,
+            attention_output: ResidualNorm::new(cfg, cfg.hidden_size, attention.pp("output"), rng)?,
+            intermediate: linear(
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                vb.pp("intermediate").pp("dense"),
+            )?,
+            activation: Activation::from_name(&cfg.hidden_act)?,
+            output: ResidualNorm::new(cfg, cfg.intermediate_size, vb.pp("output"), rng)?,
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask_bias: &Tensor,
+        mode: Mode,
+    ) -> Result<(Tensor, AttentionOutput)> {
+        let attention = self.attention.forward(xs, mask_bias, mode)?;
+        let attended = self
+            .attention_output
+            .forward(&attention.context, xs, mode)?;
+        let inner = self
+            .activation
+            .forward(&self.intermediate.forward(&attended)?)?;
+        let out = self.output.forward(&inner, &attended, mode)?;
+        Ok((out, attention))
+    }
+}
+
+/// The BERT encoder.
+pub struct BertModel {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pooler: Option<Linear>,
+    config: BertConfig,
+    dropout_rng: DropoutRng,
+}
+
+impl BertModel {
+    /// Builds the encoder under `vb` (HF names, e.g. `vb.pp("bert")` for a task model).
+    /// `with_pooler` adds the `pooler.dense` layer.
+    pub fn new(config: &BertConfig, vb: VarBuilder, with_pooler: bool) -> Result<Self> {
+        config.validate()?;
+        let dropout_rng = DropoutRng::new(0);
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Layer::new(config, vb.pp(format!("encoder.layer.{i}")), &dropout_rng))
+            .collect::<Result<_>>()?;
+        let pooler = if with_pooler {
+            Some(linear(
+                config.hidden_size,
+                config.hidden_size,
+                vb.pp("pooler.dense"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            embeddings: Embeddings::new(config, vb.pp("embeddings"), &dropout_rng)?,
+            layers,
+            pooler,
+            config: config.clone(),
+            dropout_rng,
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// The generator behind every dropout of this model.
+    pub fn dropout_rng(&self) -> &DropoutRng {
+        &self.dropout_rng
+    }
+
+    pub fn forward(&self, input: &BertInput, mode: Mode) -> Result<BertOutput> {
+        let (_, seq_len) = input.input_ids.dims2()?;
+        if seq_len > self.config.max_position_embeddings {
+            bail!(
+                "sequence of {seq_len} tokens exceeds max_position_embeddings {}",
+                self.config.max_position_embeddings
+            );
+        }
+        // Padding keys get the most negative f32 added to their scores, as HF does, so that
+        // their probability is exactly zero.
+        let mask_bias = ((1.0 - input.attention_mask.to_dtype(DType::F32)?)? * f32::MIN as f64)?
+            .unsqueeze(1)?
+            .unsqueeze(1)?;
+        let embeddings = self.embeddings.forward(input, mode)?;
+        let mut hidden_states = Vec::with_capacity(self.layers.len());
+        let mut attention_scores = Vec::with_capacity(self.layers.len());
+        let mut attention_probs = Vec::with_capacity(self.layers.len());
+        let mut xs = embeddings.clone();
+        for layer in &self.layers {
+            let (out, attention) = layer.forward(&xs, &mask_bias, mode)?;
+            hidden_states.push(out.clone());
+            attention_scores.push(attention.scores);
+            attention_probs.push(attention.probs);
+            xs = out;
+        }
+        let pooled = match &self.pooler {
+            Some(pooler) => Some(pooler.forward(&xs.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?),
+            None => None,
+        };
+        Ok(BertOutput {
+            embeddings,
+            hidden_states,
+            attention_scores,
+            attention_probs,
+            pooled,
+        })
+    }
+}

@@ -1,0 +1,178 @@
+//! The trainable parameters of a model: created by the model's constructor, initialised as
+//! BERT does from a seeded generator, loaded from and saved to HF safetensors files.
+
+use anyhow::{Context, Result, bail};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use rand::{SeedableRng, rngs::StdRng};
+use rand_distr::{Distribution, Normal};
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+/// Named variables, with HF parameter names (`bert.encoder.layer.0...`, `classifier.weight`).
+#[derive(Clone)]
+pub struct Params {
+    varmap: VarMap,
+    device: Device,
+}
+
+/// What [`Params::load`] did not take from the file.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Parameters the file lacked and that kept their initial values (e.g. a new task head).
+    pub initialised: Vec<String>,
+    /// Tensors in the file that no parameter uses (e.g. an MLM head).
+    pub unused: Vec<String>,
+}
+
+impl Params {
+    pub fn new(device: &Device) -> Self {
+        Self {
+            varmap: VarMap::new(),
+            device: device.clone(),
+        }
+    }
+
+    /// The builder a model constructor takes; every tensor it asks for becomes a parameter.
+    pub fn var_builder(&self) -> VarBuilder<'static> {
+        VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device)
+    }
+
+    /// Every parameter, sorted by name.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        let mut vars: Vec<_> = self
+            .varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, var)| (name.clone(), var.clone()))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    pub fn get(&self, name: &str) -> Option<Var> {
+        self.varmap.data().lock().unwrap().get(name).cloned()
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.vars().iter().map(|(_, var)| var.elem_count()).sum()
+    }
+
+    /// BERT's initialisation: layer-norm weights 1, biases 0, every other weight drawn from
+    /// N(0, std), in name order from a generator seeded with `seed`.
+    pub fn init_bert(&self, std: f64, seed: u64) -> Result<()> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let normal = Normal::new(0.0f32, std as f32)?;
+        for (name, var) in self.vars() {
+            let value = if name.ends_with(".bias") {
+                var.zeros_like()?
+            } else if name.contains("LayerNorm") {
+                var.ones_like()?
+            } else {
+                let values: Vec<f32> = (0..var.elem_count())
+                    .map(|_| normal.sample(&mut rng))
+                    .collect();
+                Tensor::from_vec(values, var.shape(), &self.device)?
+            };
+            var.set(&value)?;
+        }
+        Ok(())
+    }
+
+    /// Loads every parameter from a safetensors file. A checkpoint's names may carry the
+    /// `bert.` prefix or not, and old checkpoints' `gamma`/`beta` stand for layer-norm
+    /// `weight`/`bias`. A parameter the file lacks is an error naming it, unless
+    /// `may_be_missing` accepts its name.
+    pub fn load(&self, path: &Path, may_be_missing: impl Fn(&str) -> bool) -> Result<LoadReport> {
+        let file = unsafe { MmapedSafetensors::new(path) }
+            .with_context(|| format!("cannot read weights file {}", path.display()))?;
+        let available: HashMap<String, _> = file.tensors().into_iter().collect();
+        let mut used = BTreeSet::new();
+        let mut report = LoadReport::default();
+        for (name, var) in self.vars() {
+            let Some(key) = checkpoint_names(&name).find(|key| available.contains_key(key)) else {
+                if may_be_missing(&name) {
+                    report.initialised.push(name);
+                    continue;
+                }
+                bail!(
+                    "weights file {} lacks tensor {name} (shape {:?}) that the config needs",
+                    path.display(),
+                    var.dims()
+                );
+            };
+            let tensor = file
+                .load(&key, &self.device)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .with_context(|| format!("cannot load tensor {key} from {}", path.display()))?;
+            if tensor.dims() != var.dims() {
+                bail!(
+                    "tensor {key} in {} has shape {:?}, the config needs {:?}",
+                    path.display(),
+                    tensor.dims(),
+                    var.dims()
+                );
+            }
+            var.set(&tensor)?;
+            used.insert(key);
+        }
+        report.unused = available
+            .into_keys()
+            .filter(|key| !used.contains(key))
+            .collect();
+        report.unused.sort();
+        Ok(report)
+    }
+
+    /// Writes every parameter to a safetensors file (with the `format: pt` metadata HF
+    /// transformers checks), atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let vars = self.vars();
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        write_atomically(path, |tmp| {
+            let tensors = vars
+                .iter()
+                .map(|(name, var)| (name.as_str(), var.as_tensor()));
+            safetensors::tensor::serialize_to_file(tensors, Some(metadata), tmp)?;
+            Ok(())
+        })
+    }
+}
+
+/// The names a parameter may have in a checkpoint, preferred first.
+fn checkpoint_names(name: &str) -> impl Iterator<Item = String> {
+    let unprefixed = name.strip_prefix("bert.").map(str::to_string);
+    let prefixed = (!name.starts_with("bert.")).then(|| format!("bert.{name}"));
+    let plain = std::iter::once(name.to_string())
+        .chain(unprefixed)
+        .chain(prefixed)
+        .collect::<Vec<_>>();
+    let legacy = plain
+        .iter()
+        .filter_map(|n| {
+            if let Some(stem) = n.strip_suffix("LayerNorm.weight") {
+                Some(format!("{stem}LayerNorm.gamma"))
+            } else {
+                n.strip_suffix("LayerNorm.bias")
+                    .map(|stem| format!("{stem}LayerNorm.beta"))
+            }
+        })
+        .collect::<Vec<_>>();
+    plain.into_iter().chain(legacy)
+}
+
+/// Writes `path` through `write` on a temporary file beside it, then renames it into place, so
+/// that an interrupted write never leaves a truncated file under the final name.
+pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
+    write(&tmp).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} into place", path.display()))?;
+    Ok(())
+}

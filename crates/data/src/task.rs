@@ -1,0 +1,224 @@
+//! Tasks: what to read from a TSV file (text columns, label column), whether the label is a
+//! class or a score, and which metrics to report. The five GLUE tasks kd ships with are
+//! predefined; any other TSV is described with [`TaskSpec::custom`].
+
+use crate::metrics::Metric;
+use crate::tsv::Tsv;
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+    /// Labels are class names, discovered from the training file.
+    Classification,
+    /// Labels are real-valued scores.
+    Regression,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    pub name: String,
+    pub text_column: String,
+    pub pair_column: Option<String>,
+    pub label_column: String,
+    pub kind: TaskKind,
+    /// Reported metrics; the first selects the best checkpoint.
+    pub metrics: Vec<Metric>,
+}
+
+/// The GLUE tasks: name, folder under `glue/`, pair column, kind, metrics.
+const GLUE: &[(&str, bool, TaskKind, &[Metric])] = &[
+    (
+        "SST-2",
+        false,
+        TaskKind::Classification,
+        &[Metric::Accuracy],
+    ),
+    (
+        "CoLA",
+        false,
+        TaskKind::Classification,
+        &[Metric::Matthews, Metric::Accuracy],
+    ),
+    (
+        "MRPC",
+        true,
+        TaskKind::Classification,
+        &[Metric::F1, Metric::Accuracy],
+    ),
+    ("RTE", true, TaskKind::Classification, &[Metric::Accuracy]),
+    (
+        "STS-B",
+        true,
+        TaskKind::Regression,
+        &[Metric::Pearson, Metric::Spearman],
+    ),
+];
+
+fn normalize_name(name: &str) -> String {
+    name.to_ascii_lowercase().replace(['-', '_'], "")
+}
+
+impl TaskSpec {
+    /// A GLUE task by name, case- and dash-insensitive (`sst2`, `SST-2`, `sts-b`).
+    pub fn glue(name: &str) -> Result<Self> {
+        let wanted = normalize_name(name);
+        let Some(&(canonical, pair, kind, metrics)) = GLUE
+            .iter()
+            .find(|(task, ..)| normalize_name(task) == wanted)
+        else {
+            let known: Vec<&str> = GLUE.iter().map(|(task, ..)| *task).collect();
+            bail!(
+                "unknown task {name:?}: known tasks are {} (or describe a TSV with --text-column and --label-column)",
+                known.join(", ")
+            );
+        };
+        let (text_column, pair_column) = if pair {
+            ("sentence1", Some("sentence2".to_string()))
+        } else {
+            ("sentence", None)
+        };
+        Ok(Self {
+            name: canonical.to_string(),
+            text_column: text_column.to_string(),
+            pair_column,
+            label_column: "label".to_string(),
+            kind,
+            metrics: metrics.to_vec(),
+        })
+    }
+
+    /// A task on user TSV files: accuracy and F1 (binary) or Matthews for classification,
+    /// Pearson and Spearman for regression.
+    pub fn custom(
+        name: &str,
+        text_column: &str,
+        pair_column: Option<&str>,
+        label_column: &str,
+        kind: TaskKind,
+    ) -> Self {
+        let metrics = match kind {
+            TaskKind::Classification => vec![Metric::Accuracy, Metric::Matthews],
+            TaskKind::Regression => vec![Metric::Pearson, Metric::Spearman],
+        };
+        Self {
+            name: name.to_string(),
+            text_column: text_column.to_string(),
+            pair_column: pair_column.map(str::to_string),
+            label_column: label_column.to_string(),
+            kind,
+            metrics,
+        }
+    }
+
+    /// Where a GLUE task's files are under a data root (`<root>/glue/<task>`).
+    pub fn glue_dir(&self, data_root: &Path) -> PathBuf {
+        data_root.join("glue").join(&self.name)
+    }
+
+    /// Reads examples from a TSV file. Classification labels must be among `labels`; with
+    /// `labels` empty they are discovered (sorted, numerically when all are integers) and
+    /// appended.
+    pub fn read(&self, path: &Path, labels: &mut Vec<String>) -> Result<Vec<Example>> {
+        let tsv = Tsv::read(path)?;
+        let text = tsv.column(&self.text_column)?;
+        let pair = self
+            .pair_column
+            .as_deref()
+            .map(|c| tsv.column(c))
+            .transpose()?;
+        let label = tsv.column(&self.label_column)?;
+        if tsv.rows.is_empty() {
+            bail!("{} has no examples", path.display());
+        }
+        if self.kind == TaskKind::Classification && labels.is_empty() {
+            *labels = discover_labels(tsv.rows.iter().map(|(_, row)| row[label].trim()));
+        }
+        tsv.rows
+            .iter()
+            .map(|(line, row)| {
+                let raw = row[label].trim();
+                let label = match self.kind {
+                    TaskKind::Classification => Label::Class(
+                        labels.iter().position(|l| l == raw).with_context(|| {
+                            format!(
+                                "{}:{line}: unknown label {raw:?} in column {:?} (known labels: {})",
+                                path.display(),
+                                self.label_column,
+                                labels.join(", ")
+                            )
+                        })?,
+                    ),
+                    TaskKind::Regression => Label::Score(raw.parse().with_context(|| {
+                        format!(
+                            "{}:{line}: label {raw:?} in column {:?} is not a number",
+                            path.display(),
+                            self.label_column
+                        )
+                    })?),
+                };
+                Ok(Example {
+                    text: row[text].clone(),
+                    pair: pair.map(|p| row[p].clone()),
+                    label,
+                })
+            })
+            .collect()
+    }
+}
+
+fn discover_labels<'a>(raw: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut labels: Vec<String> = raw.map(str::to_string).collect();
+    labels.sort();
+    labels.dedup();
+    if labels.iter().all(|l| l.parse::<i64>().is_ok()) {
+        labels.sort_by_key(|l| l.parse::<i64>().unwrap());
+    }
+    labels
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Label {
+    Class(usize),
+    Score(f32),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub text: String,
+    pub pair: Option<String>,
+    pub label: Label,
+}
+
+/// A task's training and dev examples.
+#[derive(Debug, Clone)]
+pub struct TaskData {
+    pub spec: TaskSpec,
+    /// Class names by index; empty for regression.
+    pub labels: Vec<String>,
+    pub train: Vec<Example>,
+    pub dev: Vec<Example>,
+}
+
+impl TaskData {
+    /// Reads `train.tsv` and `dev.tsv` from `dir`; labels are discovered from train.
+    pub fn load(spec: &TaskSpec, dir: &Path) -> Result<Self> {
+        let mut labels = Vec::new();
+        let train = spec.read(&dir.join("train.tsv"), &mut labels)?;
+        let dev = spec.read(&dir.join("dev.tsv"), &mut labels)?;
+        Ok(Self {
+            spec: spec.clone(),
+            labels,
+            train,
+            dev,
+        })
+    }
+
+    /// The number of model outputs: classes, or 1 for regression.
+    pub fn num_outputs(&self) -> usize {
+        match self.spec.kind {
+            TaskKind::Classification => self.labels.len(),
+            TaskKind::Regression => 1,
+        }
+    }
+}

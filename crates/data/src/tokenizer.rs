@@ -1,0 +1,109 @@
+//! BERT's WordPiece tokenizer, from `tokenizer.json` or, failing that, `vocab.txt`.
+
+use anyhow::{Context, Result, anyhow, bail};
+use std::path::Path;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// Token ids of one example, with `[CLS]`/`[SEP]` and segment ids, unpadded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
+pub struct TextTokenizer {
+    inner: Tokenizer,
+}
+
+impl TextTokenizer {
+    /// Loads the tokenizer of a model directory, truncating to `max_len` tokens (longest
+    /// sequence first for pairs, as HF does). Padding is left to the batcher.
+    pub fn from_dir(dir: &Path, max_len: usize) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        let vocab = dir.join("vocab.txt");
+        let mut inner = if json.is_file() {
+            Tokenizer::from_file(&json)
+                .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", json.display()))?
+        } else if vocab.is_file() {
+            wordpiece_from_vocab(&vocab, lowercase_from_config(dir)?)?
+        } else {
+            bail!(
+                "{} has no tokenizer: expected {} or {}",
+                dir.display(),
+                json.display(),
+                vocab.display()
+            );
+        };
+        inner.with_padding(None);
+        inner
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length: max_len,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| anyhow!("invalid max length {max_len}: {e}"))?;
+        Ok(Self { inner })
+    }
+
+    pub fn encode(&self, text: &str, pair: Option<&str>) -> Result<Encoded> {
+        let encoding = match pair {
+            Some(pair) => self.inner.encode((text, pair), true),
+            None => self.inner.encode(text, true),
+        }
+        .map_err(|e| anyhow!("cannot tokenize {text:?}: {e}"))?;
+        Ok(Encoded {
+            ids: encoding.get_ids().to_vec(),
+            type_ids: encoding.get_type_ids().to_vec(),
+        })
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+/// `do_lower_case` from `tokenizer_config.json`; BERT's default (true) when absent.
+fn lowercase_from_config(dir: &Path) -> Result<bool> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(true);
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let config: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("malformed tokenizer config {}", path.display()))?;
+    Ok(config
+        .get("do_lower_case")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true))
+}
+
+fn wordpiece_from_vocab(vocab: &Path, lowercase: bool) -> Result<Tokenizer> {
+    let model = WordPiece::from_file(&vocab.to_string_lossy())
+        .unk_token("[UNK]".into())
+        .build()
+        .map_err(|e| anyhow!("cannot load vocabulary {}: {e}", vocab.display()))?;
+    let mut tokenizer = Tokenizer::new(model);
+    let special = |token: &str| {
+        tokenizer
+            .token_to_id(token)
+            .map(|id| (token.to_string(), id))
+            .with_context(|| format!("vocabulary {} lacks {token}", vocab.display()))
+    };
+    let processor = BertProcessing::new(special("[SEP]")?, special("[CLS]")?);
+    tokenizer
+        .with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
+        .map_err(|e| anyhow!("cannot set up the tokenizer: {e}"))?;
+    tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+    tokenizer.with_post_processor(Some(processor));
+    Ok(tokenizer)
+}

@@ -1,0 +1,12 @@
+//! Teachers for kd: a model named by hub id (through `hf-hub`, honouring `HF_HOME`, offline
+//! from a warm cache) or by local directory is resolved to its files, loaded as a BERT task
+//! model, fine-tuned on a task when it has no task head, evaluated, and saved as a directory
+//! that HF transformers loads unchanged.
+
+mod finetune;
+mod resolve;
+mod task_model;
+
+pub use finetune::{EpochRecord, FinetuneConfig, FinetuneReport, finetune, format_metrics};
+pub use resolve::ModelFiles;
+pub use task_model::{Encoder, Pooling, TaskModel};

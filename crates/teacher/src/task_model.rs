@@ -1,0 +1,234 @@
+//! BERT task models (sequence classification or regression) and plain encoders, loaded from
+//! resolved model files and saved as HF-compatible directories.
+
+use crate::resolve::ModelFiles;
+use anyhow::{Context, Result, bail};
+use candle_core::{D, DType, Device, Tensor};
+use kd_bert::{BertConfig, BertForSequenceClassification, BertModel, Mode, Params, ProblemType};
+use kd_data::{
+    EncodedExample, Example, Predictions, TaskKind, TaskSpec, TextTokenizer, batch_plan, collate,
+    encode_examples, evaluate,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A BERT model with a sequence-classification or regression head, and its tokenizer.
+pub struct TaskModel {
+    pub config: BertConfig,
+    pub params: Params,
+    pub model: BertForSequenceClassification,
+    pub tokenizer: TextTokenizer,
+    /// Class names by index (one placeholder name for regression).
+    pub labels: Vec<String>,
+    pub problem_type: ProblemType,
+    files: ModelFiles,
+}
+
+impl TaskModel {
+    /// Loads a model that has a task head (an `id2label` in its config).
+    pub fn load(files: &ModelFiles, max_len: usize) -> Result<Self> {
+        let config = BertConfig::from_file(&files.config)?;
+        let Some(labels) = config.labels().filter(|labels| !labels.is_empty()) else {
+            bail!(
+                "{} describes no task head (no id2label): fine-tune it first with `kd finetune`",
+                files.config.display()
+            );
+        };
+        let problem_type = config.problem_type.unwrap_or(if labels.len() == 1 {
+            ProblemType::Regression
+        } else {
+            ProblemType::SingleLabelClassification
+        });
+        let model = Self::build(files, config, labels, problem_type, max_len)?;
+        model.params.load(&files.weights, |_| false)?;
+        Ok(model)
+    }
+
+    /// Loads an encoder checkpoint and adds a new head for `labels` (or one regression
+    /// output), initialised as BERT does from `seed`.
+    pub fn from_backbone(
+        files: &ModelFiles,
+        task: TaskKind,
+        labels: &[String],
+        seed: u64,
+        max_len: usize,
+    ) -> Result<Self> {
+        let mut config = BertConfig::from_file(&files.config)?;
+        let (labels, problem_type) = match task {
+            TaskKind::Classification => (labels.to_vec(), ProblemType::SingleLabelClassification),
+            TaskKind::Regression => (vec!["LABEL_0".to_string()], ProblemType::Regression),
+        };
+        config.set_classification_head(&labels, problem_type);
+        let model = Self::build(files, config, labels, problem_type, max_len)?;
+        model
+            .params
+            .init_bert(model.config.initializer_range, seed)?;
+        // A backbone may lack a pooler (sentence encoders) and has no classifier.
+        model.params.load(&files.weights, |name| {
+            name.starts_with("classifier.") || name.starts_with("bert.pooler.")
+        })?;
+        Ok(model)
+    }
+
+    fn build(
+        files: &ModelFiles,
+        config: BertConfig,
+        labels: Vec<String>,
+        problem_type: ProblemType,
+        max_len: usize,
+    ) -> Result<Self> {
+        let max_len = max_len.min(config.max_position_embeddings);
+        let tokenizer = TextTokenizer::from_dir(&files.dir, max_len)?;
+        let params = Params::new(&Device::Cpu);
+        let model = BertForSequenceClassification::new(&config, labels.len(), params.var_builder())
+            .with_context(|| format!("cannot build the model of {}", files.config.display()))?;
+        Ok(Self {
+            config,
+            params,
+            model,
+            tokenizer,
+            labels,
+            problem_type,
+            files: files.clone(),
+        })
+    }
+
+    pub fn task_kind(&self) -> TaskKind {
+        match self.problem_type {
+            ProblemType::Regression => TaskKind::Regression,
+            ProblemType::SingleLabelClassification => TaskKind::Classification,
+        }
+    }
+
+    /// The labels a dataset read for this model must use (none to discover for regression).
+    pub fn dataset_labels(&self) -> Vec<String> {
+        match self.task_kind() {
+            TaskKind::Classification => self.labels.clone(),
+            TaskKind::Regression => Vec::new(),
+        }
+    }
+
+    /// Writes `config.json`, `model.safetensors` and the tokenizer files into `dir`, each
+    /// atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let config = serde_json::to_string_pretty(&self.config)?;
+        kd_bert::write_atomically(&dir.join("config.json"), |tmp| {
+            Ok(std::fs::write(tmp, config)?)
+        })?;
+        self.params.save(&dir.join("model.safetensors"))?;
+        for source in self.files.tokenizer_files() {
+            let name = source
+                .file_name()
+                .context("tokenizer file without a name")?;
+            let target = dir.join(name);
+            if source != target {
+                kd_bert::write_atomically(&target, |tmp| {
+                    std::fs::copy(&source, tmp)?;
+                    Ok(())
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Logits for every example, `[n, outputs]`, in example order (inference path).
+    pub fn logits(&self, examples: &[EncodedExample], batch_size: usize) -> Result<Tensor> {
+        let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+        let mut rows: Vec<Option<Tensor>> = vec![None; examples.len()];
+        for indices in batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>) {
+            let batch = collate(examples, &indices, &Device::Cpu)?;
+            let (logits, _) = self.model.forward(&batch.input, Mode::Inference)?;
+            for (row, &index) in indices.iter().enumerate() {
+                rows[index] = Some(logits.get(row)?);
+            }
+        }
+        let rows: Vec<Tensor> = rows.into_iter().flatten().collect();
+        Ok(Tensor::stack(&rows, 0)?)
+    }
+
+    /// Class or score predictions from logits.
+    pub fn predictions(&self, logits: &Tensor) -> Result<Predictions> {
+        Ok(match self.task_kind() {
+            TaskKind::Classification => Predictions::Classes(
+                logits
+                    .argmax(D::Minus1)?
+                    .to_vec1::<u32>()?
+                    .into_iter()
+                    .map(|c| c as usize)
+                    .collect(),
+            ),
+            TaskKind::Regression => Predictions::Scores(logits.squeeze(1)?.to_vec1::<f32>()?),
+        })
+    }
+
+    /// The task's metrics on encoded examples.
+    pub fn evaluate(
+        &self,
+        spec: &TaskSpec,
+        examples: &[EncodedExample],
+        batch_size: usize,
+    ) -> Result<BTreeMap<String, f64>> {
+        let predictions = self.predictions(&self.logits(examples, batch_size)?)?;
+        let gold: Vec<_> = examples.iter().map(|e| e.label).collect();
+        evaluate(&spec.metrics, &predictions, &gold)
+    }
+
+    pub fn encode(&self, examples: &[Example]) -> Result<Vec<EncodedExample>> {
+        encode_examples(&self.tokenizer, examples)
+    }
+}
+
+/// How [`Encoder::embed`] turns token states into one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// Mean over real tokens, as sentence-transformers does.
+    Mean,
+    /// The `[CLS]` token's final state.
+    Cls,
+}
+
+/// A BERT encoder without a task head, for sentence embeddings.
+pub struct Encoder {
+    pub model: BertModel,
+    pub tokenizer: TextTokenizer,
+}
+
+impl Encoder {
+    pub fn load(files: &ModelFiles, max_len: usize) -> Result<Self> {
+        let config = BertConfig::from_file(&files.config)?;
+        let tokenizer = TextTokenizer::from_dir(&files.dir, max_len)?;
+        let params = Params::new(&Device::Cpu);
+        let model = BertModel::new(&config, params.var_builder().pp("bert"), false)?;
+        params.load(&files.weights, |_| false)?;
+        Ok(Self { model, tokenizer })
+    }
+
+    /// One embedding per text, `[n, hidden]`.
+    pub fn embed(&self, texts: &[String], pooling: Pooling, normalize: bool) -> Result<Tensor> {
+        let examples: Vec<Example> = texts
+            .iter()
+            .map(|text| Example {
+                text: text.clone(),
+                pair: None,
+                label: kd_data::Label::Class(0),
+            })
+            .collect();
+        let encoded = encode_examples(&self.tokenizer, &examples)?;
+        let indices: Vec<usize> = (0..encoded.len()).collect();
+        let batch = collate(&encoded, &indices, &Device::Cpu)?;
+        let output = self.model.forward(&batch.input, Mode::Inference)?;
+        let pooled = match pooling {
+            Pooling::Mean => output.mean_pooled(&batch.input.attention_mask)?,
+            Pooling::Cls => output.last_hidden_state().narrow(1, 0, 1)?.squeeze(1)?,
+        };
+        if !normalize {
+            return Ok(pooled);
+        }
+        let norms = pooled
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12, f64::MAX)?;
+        Ok(pooled.broadcast_div(&norms)?.to_dtype(DType::F32)?)
+    }
+}

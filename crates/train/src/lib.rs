@@ -1,0 +1,9 @@
+//! Training machinery shared by kd's fine-tuning and distillation loops: a fused AdamW with
+//! weight-decay groups and gradient clipping, the linear warmup-then-decay schedule, output
+//! directories that are never overwritten silently, and progress bars.
+
+mod optim;
+mod run;
+
+pub use optim::{AdamW, AdamWConfig, LinearSchedule};
+pub use run::{Progress, RunDir};

@@ -1,0 +1,324 @@
+//! Subcommands and their options.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kd_data::{Example, Label, TaskData, TaskKind, TaskSpec};
+use kd_teacher::{Encoder, FinetuneConfig, ModelFiles, Pooling, TaskModel, finetune};
+use kd_train::RunDir;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "kd", version, about = "Knowledge distillation for BERT models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fine-tune a BERT checkpoint on a task and save the best epoch as an HF model directory.
+    Finetune(FinetuneArgs),
+    /// Evaluate a task model on a task's dev set (or a TSV file) and print the metrics as JSON.
+    Eval(EvalArgs),
+    /// Print one JSON object per text with the predicted label and probabilities.
+    Predict(PredictArgs),
+    /// Print one JSON array (the sentence embedding) per text.
+    Embed(EmbedArgs),
+}
+
+/// Which task, and where its data is.
+#[derive(Args)]
+struct TaskArgs {
+    /// A GLUE task (SST-2, CoLA, MRPC, RTE, STS-B), or a name for a task on your own TSV files
+    /// described by --text-column and --label-column.
+    #[arg(long)]
+    task: String,
+    /// Directory with train.tsv and dev.tsv [default: $KD_SHARED_DIR/data/glue/TASK, with
+    /// KD_SHARED_DIR defaulting to ../shared].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// For your own TSV: the text column.
+    #[arg(long)]
+    text_column: Option<String>,
+    /// For your own TSV: the second text column of sentence-pair tasks.
+    #[arg(long)]
+    pair_column: Option<String>,
+    /// For your own TSV: the label column.
+    #[arg(long)]
+    label_column: Option<String>,
+    /// For your own TSV: labels are real-valued scores.
+    #[arg(long)]
+    regression: bool,
+}
+
+impl TaskArgs {
+    fn spec(&self) -> Result<TaskSpec> {
+        match (&self.text_column, &self.label_column) {
+            (Some(text), Some(label)) => {
+                let kind = if self.regression {
+                    TaskKind::Regression
+                } else {
+                    TaskKind::Classification
+                };
+                Ok(TaskSpec::custom(
+                    &self.task,
+                    text,
+                    self.pair_column.as_deref(),
+                    label,
+                    kind,
+                ))
+            }
+            (None, None) => TaskSpec::glue(&self.task),
+            _ => bail!("a TSV task needs both --text-column and --label-column"),
+        }
+    }
+
+    fn dir(&self, spec: &TaskSpec) -> Result<PathBuf> {
+        match &self.data_dir {
+            Some(dir) => Ok(dir.clone()),
+            None if self.text_column.is_some() => bail!("a TSV task needs --data-dir"),
+            None => Ok(spec.glue_dir(&shared_dir().join("data"))),
+        }
+    }
+}
+
+/// The shared data and model cache: `$KD_SHARED_DIR`, or `../shared`.
+fn shared_dir() -> PathBuf {
+    std::env::var_os("KD_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("../shared"))
+}
+
+#[derive(Args)]
+struct FinetuneArgs {
+    /// Hub id (e.g. sentence-transformers/all-MiniLM-L6-v2) or local model directory.
+    #[arg(long)]
+    model: String,
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Output directory (refused if not empty, unless --force).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    force: bool,
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    #[arg(long, default_value_t = 5e-5)]
+    lr: f64,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    max_seq_len: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Fraction of the updates spent on linear warmup.
+    #[arg(long, default_value_t = 0.1)]
+    warmup: f64,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Quick setting: stop after this many updates.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Quick setting: train on the first N training examples only.
+    #[arg(long)]
+    max_train_examples: Option<usize>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A task model directory (with a task head).
+    #[arg(long)]
+    model: String,
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Evaluate on this TSV file instead of the task's dev.tsv.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    max_seq_len: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    #[arg(long)]
+    model: String,
+    #[arg(long, default_value_t = 128)]
+    max_seq_len: usize,
+    /// Texts to classify; a tab inside a text separates a sentence pair.
+    #[arg(required = true)]
+    texts: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PoolingArg {
+    Mean,
+    Cls,
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    #[arg(long)]
+    model: String,
+    #[arg(long, value_enum, default_value = "mean")]
+    pooling: PoolingArg,
+    /// Scale each embedding to unit length.
+    #[arg(long)]
+    normalize: bool,
+    #[arg(long, default_value_t = 256)]
+    max_seq_len: usize,
+    #[arg(required = true)]
+    texts: Vec<String>,
+}
+
+pub fn run() -> Result<()> {
+    match Cli::parse().command {
+        Command::Finetune(args) => run_finetune(args),
+        Command::Eval(args) => run_eval(args),
+        Command::Predict(args) => run_predict(args),
+        Command::Embed(args) => run_embed(args),
+    }
+}
+
+fn run_finetune(args: FinetuneArgs) -> Result<()> {
+    let spec = args.task.spec()?;
+    let mut data = TaskData::load(&spec, &args.task.dir(&spec)?)?;
+    if let Some(limit) = args.max_train_examples {
+        data.train.truncate(limit);
+    }
+    let files = ModelFiles::resolve(&args.model)?;
+    let model =
+        TaskModel::from_backbone(&files, spec.kind, &data.labels, args.seed, args.max_seq_len)?;
+    // Everything is loaded and checked before the output directory is touched.
+    let out = RunDir::create(&args.out, args.force)?;
+    let config = FinetuneConfig {
+        epochs: args.epochs,
+        lr: args.lr,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        warmup: args.warmup,
+        weight_decay: args.weight_decay,
+        max_steps: args.max_steps,
+        ..FinetuneConfig::default()
+    };
+    eprintln!(
+        "fine-tuning {} ({} parameters) on {}: {} train, {} dev examples",
+        args.model,
+        model.params.num_parameters(),
+        spec.name,
+        data.train.len(),
+        data.dev.len()
+    );
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let report = finetune(&model, &data, &config, &out, &command)?;
+    println!("{}", serde_json::to_string(&report)?);
+    eprintln!(
+        "best {} {:.2}% at epoch {}, {:.0} examples/s, {:.0} s; saved to {}",
+        report.metric,
+        report.value * 100.0,
+        report.best_epoch,
+        report.examples_per_s,
+        report.wall_time_s,
+        out.path().display()
+    );
+    Ok(())
+}
+
+fn run_eval(args: EvalArgs) -> Result<()> {
+    let spec = args.task.spec()?;
+    let model = TaskModel::load(&ModelFiles::resolve(&args.model)?, args.max_seq_len)?;
+    if model.task_kind() != spec.kind {
+        bail!(
+            "model {} is a {:?} model but task {} is {:?}",
+            args.model,
+            model.task_kind(),
+            spec.name,
+            spec.kind
+        );
+    }
+    let path = match &args.data {
+        Some(path) => path.clone(),
+        None => args.task.dir(&spec)?.join("dev.tsv"),
+    };
+    let mut labels = model.dataset_labels();
+    let examples = spec.read(&path, &mut labels)?;
+    let metrics = model.evaluate(&spec, &model.encode(&examples)?, args.batch_size)?;
+    let output = serde_json::json!({
+        "task": spec.name,
+        "data": path,
+        "examples": examples.len(),
+        "metrics": metrics,
+    });
+    println!("{output}");
+    Ok(())
+}
+
+fn run_predict(args: PredictArgs) -> Result<()> {
+    let model = TaskModel::load(&ModelFiles::resolve(&args.model)?, args.max_seq_len)?;
+    let examples: Vec<Example> = args
+        .texts
+        .iter()
+        .map(|text| {
+            let mut parts = text.splitn(2, '\t');
+            Example {
+                text: parts.next().unwrap_or_default().to_string(),
+                pair: parts.next().map(str::to_string),
+                label: Label::Class(0),
+            }
+        })
+        .collect();
+    let logits = model.logits(&model.encode(&examples)?, 64)?;
+    for (text, row) in args.texts.iter().zip(logits.to_vec2::<f32>()?) {
+        let output = match model.task_kind() {
+            TaskKind::Regression => serde_json::json!({ "text": text, "score": row[0] }),
+            TaskKind::Classification => {
+                let probabilities = softmax(&row);
+                let best = argmax(&probabilities);
+                let by_label: serde_json::Map<String, serde_json::Value> = model
+                    .labels
+                    .iter()
+                    .zip(&probabilities)
+                    .map(|(label, p)| (label.clone(), (*p).into()))
+                    .collect();
+                serde_json::json!({
+                    "text": text,
+                    "label": model.labels[best],
+                    "probabilities": by_label,
+                })
+            }
+        };
+        println!("{output}");
+    }
+    Ok(())
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let total: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / total).collect()
+}
+
+fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(index, _)| index)
+}
+
+fn run_embed(args: EmbedArgs) -> Result<()> {
+    let encoder = Encoder::load(&ModelFiles::resolve(&args.model)?, args.max_seq_len)?;
+    let pooling = match args.pooling {
+        PoolingArg::Mean => Pooling::Mean,
+        PoolingArg::Cls => Pooling::Cls,
+    };
+    let embeddings = encoder
+        .embed(&args.texts, pooling, args.normalize)
+        .context("cannot embed the texts")?;
+    for row in embeddings.to_vec2::<f32>()? {
+        println!("{}", serde_json::to_string(&row)?);
+    }
+    Ok(())
+}

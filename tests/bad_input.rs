@@ -1,0 +1,218 @@
+//! Bad input ends with a clear error naming the file, line or field, and `kd finetune` writes
+//! nothing: the output directory is not even created.
+
+mod common;
+
+use candle_core::Device;
+use kd_bert::{BertConfig, BertModel, Params};
+use std::path::{Path, PathBuf};
+
+/// A tiny BERT (MiniLM's vocabulary and tokenizer, 8 wide) in `dir`.
+fn write_tiny_model(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = serde_json::json!({
+        "model_type": "bert", "vocab_size": 30522, "hidden_size": 8, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 64,
+        "type_vocab_size": 2, "hidden_act": "gelu",
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let config: BertConfig = serde_json::from_value(config).unwrap();
+    let params = Params::new(&Device::Cpu);
+    BertModel::new(&config, params.var_builder(), true).unwrap();
+    params.init_bert(0.02, 1).unwrap();
+    params.save(&dir.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        common::minilm_dir().join("tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+}
+
+fn write_data(dir: &Path, train: &str, dev: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("train.tsv"), train).unwrap();
+    std::fs::write(dir.join("dev.tsv"), dev).unwrap();
+}
+
+const TRAIN: &str = "sentence\tlabel\na fine film\t1\na dull film\t0\ngreat fun\t1\nboring\t0\n";
+const DEV: &str = "sentence\tlabel\nquite good\t1\nvery bad\t0\n";
+
+struct Case {
+    root: tempfile::TempDir,
+}
+
+impl Case {
+    fn new() -> Self {
+        let case = Self {
+            root: tempfile::tempdir().unwrap(),
+        };
+        write_tiny_model(&case.model());
+        write_data(&case.data(), TRAIN, DEV);
+        case
+    }
+
+    fn model(&self) -> PathBuf {
+        self.root.path().join("model")
+    }
+
+    fn data(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    fn out(&self) -> PathBuf {
+        self.root.path().join("out")
+    }
+
+    fn finetune(&self, task: &str) -> std::process::Output {
+        common::kd(&[
+            "finetune",
+            "--model",
+            self.model().to_str().unwrap(),
+            "--task",
+            task,
+            "--data-dir",
+            self.data().to_str().unwrap(),
+            "--out",
+            self.out().to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+        ])
+    }
+
+    /// Runs `kd finetune`, expects failure with every `needle` in the message, and checks
+    /// that nothing was written.
+    fn fails_with(&self, needles: &[&str]) {
+        let output = self.finetune("sst2");
+        let error = common::stderr(&output);
+        assert!(
+            !output.status.success(),
+            "should fail: {}",
+            common::stdout(&output)
+        );
+        for needle in needles {
+            assert!(error.contains(needle), "error lacks {needle:?}: {error}");
+        }
+        assert!(
+            !self.out().exists(),
+            "output directory created despite the error"
+        );
+    }
+}
+
+#[test]
+fn a_valid_tiny_setup_trains() {
+    let case = Case::new();
+    let output = case.finetune("sst2");
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    assert!(case.out().join("model.safetensors").is_file());
+}
+
+#[test]
+fn missing_config_is_named() {
+    let case = Case::new();
+    std::fs::remove_file(case.model().join("config.json")).unwrap();
+    case.fails_with(&["has no", "config.json"]);
+}
+
+#[test]
+fn malformed_config_names_the_file_and_line() {
+    let case = Case::new();
+    std::fs::write(
+        case.model().join("config.json"),
+        "{\n  \"hidden_size\": 8,\n  \"vocab_size\": oops\n}",
+    )
+    .unwrap();
+    case.fails_with(&["malformed model config", "config.json", "line 3"]);
+}
+
+#[test]
+fn config_missing_a_field_names_it() {
+    let case = Case::new();
+    std::fs::write(case.model().join("config.json"), "{\"hidden_size\": 8}").unwrap();
+    case.fails_with(&["config.json", "missing field `vocab_size`"]);
+}
+
+#[test]
+fn weights_lacking_a_tensor_name_it() {
+    let case = Case::new();
+    let path = case.model().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    tensors
+        .remove("encoder.layer.1.output.dense.weight")
+        .unwrap();
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    case.fails_with(&["model.safetensors", "encoder.layer.1.output.dense.weight"]);
+}
+
+#[test]
+fn tsv_row_with_wrong_column_count_names_file_and_line() {
+    let case = Case::new();
+    write_data(
+        &case.data(),
+        "sentence\tlabel\nfine\t1\nbad\t0\textra\n",
+        DEV,
+    );
+    case.fails_with(&["train.tsv:3", "expected 2", "found 3"]);
+}
+
+#[test]
+fn unknown_label_in_dev_names_file_line_and_label() {
+    let case = Case::new();
+    write_data(&case.data(), TRAIN, "sentence\tlabel\ngood\t1\nmeh\t2\n");
+    case.fails_with(&["dev.tsv:3", "unknown label \"2\""]);
+}
+
+#[test]
+fn empty_dataset_is_named() {
+    let case = Case::new();
+    write_data(&case.data(), "sentence\tlabel\n", DEV);
+    case.fails_with(&["train.tsv", "has no examples"]);
+}
+
+#[test]
+fn missing_column_lists_the_columns() {
+    let case = Case::new();
+    write_data(&case.data(), "text\tlabel\nfine\t1\n", DEV);
+    case.fails_with(&[
+        "train.tsv",
+        "no column \"sentence\"",
+        "columns: text, label",
+    ]);
+}
+
+#[test]
+fn unknown_task_lists_the_known_ones() {
+    let case = Case::new();
+    let output = case.finetune("sst3");
+    let error = common::stderr(&output);
+    assert!(
+        error.contains("unknown task \"sst3\"") && error.contains("SST-2, CoLA"),
+        "{error}"
+    );
+    assert!(!case.out().exists());
+}
+
+#[test]
+fn missing_model_directory_and_uncached_hub_id_are_named() {
+    let error = common::kd_err(&["embed", "--model", "./no/such/dir", "x"]);
+    assert!(
+        error.contains("model directory ./no/such/dir does not exist"),
+        "{error}"
+    );
+    // A hub id absent from the cache, with the hub unreachable (a closed local port).
+    let empty_cache = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kd"))
+        .args(["embed", "--model", "nobody/no-such-model", "x"])
+        .env("HF_HOME", empty_cache.path())
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let error = common::stderr(&output);
+    assert!(!output.status.success());
+    assert!(
+        error.contains("config.json") && error.contains("nobody/no-such-model"),
+        "{error}"
+    );
+}

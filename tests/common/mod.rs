@@ -1,0 +1,79 @@
+//! What the end-to-end tests share: where the shared data and model cache are, and running
+//! the `kd` binary.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+pub const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// `$KD_SHARED_DIR`, or `../shared` beside the workspace root.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("KD_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared"))
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn hf_home() -> PathBuf {
+    shared_dir().join("hf-cache")
+}
+
+pub fn glue_dir(task: &str) -> PathBuf {
+    shared_dir().join("data/glue").join(task)
+}
+
+/// The snapshot directory of all-MiniLM-L6-v2 in the shared cache.
+pub fn minilm_dir() -> PathBuf {
+    let cache = hf_hub::Cache::new(hf_home().join("hub"));
+    let config = cache
+        .model(MINILM.to_string())
+        .get("config.json")
+        .expect("all-MiniLM-L6-v2 in the shared hub cache (set KD_SHARED_DIR?)");
+    config.parent().unwrap().to_path_buf()
+}
+
+/// Runs `kd` with the shared cache as `HF_HOME`.
+pub fn kd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kd"))
+        .args(args)
+        .env("HF_HOME", hf_home())
+        .env("KD_SHARED_DIR", shared_dir())
+        .current_dir(workspace_root())
+        .output()
+        .expect("run kd")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs `kd` and returns its standard output, failing the test with its errors otherwise.
+pub fn kd_ok(args: &[&str]) -> String {
+    let output = kd(args);
+    assert!(
+        output.status.success(),
+        "kd {args:?} failed:\n{}",
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// Runs `kd`, expects it to fail, and returns its standard error.
+pub fn kd_err(args: &[&str]) -> String {
+    let output = kd(args);
+    assert!(
+        !output.status.success(),
+        "kd {args:?} should have failed:\n{}",
+        stdout(&output)
+    );
+    stderr(&output)
+}

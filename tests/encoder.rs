@@ -1,0 +1,268 @@
+//! The encoder against PyTorch transformers (reference numbers made by
+//! tests/fixtures/make_bert_reference.py), its gradients, and sentence embeddings through the
+//! hub cache.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use kd_bert::{BertConfig, BertForSequenceClassification, BertInput, BertModel, Mode, Params};
+use kd_data::TextTokenizer;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+const TOLERANCE: f32 = 1e-4;
+
+fn fixture() -> HashMap<String, Tensor> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/minilm_reference.safetensors");
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+fn minilm() -> BertModel {
+    let dir = common::minilm_dir();
+    let config = BertConfig::from_file(&dir.join("config.json")).unwrap();
+    let params = Params::new(&Device::Cpu);
+    let model = BertModel::new(&config, params.var_builder(), true).unwrap();
+    let report = params
+        .load(&dir.join("model.safetensors"), |_| false)
+        .unwrap();
+    assert_eq!(report.unused, vec!["embeddings.position_ids".to_string()]);
+    model
+}
+
+fn input(fixture: &HashMap<String, Tensor>, case: &str) -> BertInput {
+    let ids = |name: &str| {
+        fixture[&format!("{case}.{name}")]
+            .to_dtype(DType::U32)
+            .unwrap()
+    };
+    BertInput {
+        input_ids: ids("input_ids"),
+        token_type_ids: ids("token_type_ids"),
+        attention_mask: ids("attention_mask"),
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn every_intermediate_matches_pytorch_on_both_paths() {
+    let model = minilm();
+    let fixture = fixture();
+    for case in ["single", "pair", "batch"] {
+        let input = input(&fixture, case);
+        for mode in [Mode::Inference, Mode::Train { dropout: false }] {
+            let output = model.forward(&input, mode).unwrap();
+            let check = |name: String, ours: &Tensor| {
+                let diff = max_abs_diff(ours, &fixture[&name]);
+                assert!(diff <= TOLERANCE, "{name} ({mode:?}): max abs diff {diff}");
+            };
+            // Hidden states are compared at real tokens: the states of padding positions are
+            // never used, and their values drift by up to 1.2e-4 between implementations.
+            let real = input
+                .attention_mask
+                .to_dtype(DType::F32)
+                .unwrap()
+                .unsqueeze(2)
+                .unwrap();
+            let check_tokens = |name: String, ours: &Tensor| {
+                let ours = ours.broadcast_mul(&real).unwrap();
+                let theirs = fixture[&name].broadcast_mul(&real).unwrap();
+                let diff = max_abs_diff(&ours, &theirs);
+                assert!(diff <= TOLERANCE, "{name} ({mode:?}): max abs diff {diff}");
+            };
+            check_tokens(format!("{case}.hidden.0"), &output.embeddings);
+            for (layer, hidden) in output.hidden_states.iter().enumerate() {
+                check_tokens(format!("{case}.hidden.{}", layer + 1), hidden);
+            }
+            assert_eq!(output.attention_probs.len(), 6);
+            for (layer, probs) in output.attention_probs.iter().enumerate() {
+                check(format!("{case}.attention.{layer}"), probs);
+            }
+            check(format!("{case}.pooler"), output.pooled.as_ref().unwrap());
+            check(
+                format!("{case}.mean_pooled"),
+                &output.mean_pooled(&input.attention_mask).unwrap(),
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_scores_are_masked_before_the_softmax() {
+    let model = minilm();
+    let fixture = fixture();
+    let input = input(&fixture, "batch");
+    let output = model.forward(&input, Mode::Inference).unwrap();
+    let mask = input.attention_mask.to_vec2::<u32>().unwrap();
+    let scores = output.attention_scores[0].to_dtype(DType::F32).unwrap();
+    let scores: Vec<Vec<Vec<Vec<f32>>>> = (0..3)
+        .map(|b| scores.get(b).unwrap().to_vec3().unwrap())
+        .collect();
+    for (b, row) in mask.iter().enumerate() {
+        for (key, &m) in row.iter().enumerate() {
+            let score = scores[b][0][0][key];
+            if m == 0 {
+                assert!(
+                    score < -1e30,
+                    "padding key {key} of example {b} has score {score}"
+                );
+            } else {
+                assert!(
+                    score.abs() < 100.0,
+                    "real key {key} of example {b} has score {score}"
+                );
+            }
+        }
+    }
+    // Softmax of the scores gives the probabilities.
+    let probs = candle_nn::ops::softmax_last_dim(&output.attention_scores[2]).unwrap();
+    assert!(max_abs_diff(&probs, &output.attention_probs[2]) < 1e-6);
+}
+
+#[test]
+fn tokenizer_matches_hf() {
+    let fixture = fixture();
+    let tokenizer = TextTokenizer::from_dir(&common::minilm_dir(), 128).unwrap();
+    let single = tokenizer
+        .encode("The quick brown fox jumps over the lazy dog.", None)
+        .unwrap();
+    let expected: Vec<u32> = fixture["single.input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(single.ids, expected);
+    let pair = tokenizer
+        .encode(
+            "A man is playing a guitar.",
+            Some("Someone plays an instrument on a stage."),
+        )
+        .unwrap();
+    let row = |name: &str| -> Vec<u32> {
+        fixture[&format!("pair.{name}")]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    assert_eq!(pair.ids, row("input_ids"));
+    assert_eq!(pair.type_ids, row("token_type_ids"));
+    // Truncation keeps [CLS] ... [SEP] within the limit.
+    let short = TextTokenizer::from_dir(&common::minilm_dir(), 6).unwrap();
+    let truncated = short
+        .encode("one two three four five six seven", None)
+        .unwrap();
+    assert_eq!(truncated.ids.len(), 6);
+    assert_eq!(truncated.ids[0], 101);
+    assert_eq!(truncated.ids[5], 102);
+}
+
+/// A small random BERT with a classification head.
+fn tiny_classifier() -> (Params, BertForSequenceClassification) {
+    let config: BertConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 32, "max_position_embeddings": 16,
+        "type_vocab_size": 2,
+    }))
+    .unwrap();
+    let params = Params::new(&Device::Cpu);
+    let model = BertForSequenceClassification::new(&config, 3, params.var_builder()).unwrap();
+    params.init_bert(0.2, 7).unwrap();
+    (params, model)
+}
+
+fn tiny_batch() -> (BertInput, Tensor) {
+    let device = Device::Cpu;
+    let input = BertInput {
+        input_ids: Tensor::new(&[[1u32, 5, 9, 2, 0], [1, 7, 2, 8, 2]], &device).unwrap(),
+        token_type_ids: Tensor::new(&[[0u32, 0, 0, 0, 0], [0, 0, 0, 1, 1]], &device).unwrap(),
+        attention_mask: Tensor::new(&[[1u32, 1, 1, 1, 0], [1, 1, 1, 1, 1]], &device).unwrap(),
+    };
+    (input, Tensor::new(&[2u32, 0], &device).unwrap())
+}
+
+#[test]
+fn every_parameter_gets_a_finite_nonzero_gradient() {
+    let (params, model) = tiny_classifier();
+    let (input, labels) = tiny_batch();
+    for dropout in [false, true] {
+        let (logits, _) = model.forward(&input, Mode::Train { dropout }).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = params.vars();
+        assert_eq!(
+            vars.len(),
+            2 * 16 + 5 + 2 + 2,
+            "every tensor of the model is a parameter"
+        );
+        for (name, var) in vars {
+            let grad = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name} has no gradient (dropout {dropout})"));
+            let values = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(
+                values.iter().all(|v| v.is_finite()),
+                "{name}: non-finite gradient"
+            );
+            assert!(values.iter().any(|&v| v != 0.0), "{name}: zero gradient");
+        }
+    }
+}
+
+#[test]
+fn the_inference_path_has_no_gradient_and_agrees_with_training() {
+    let (params, model) = tiny_classifier();
+    let (input, _) = tiny_batch();
+    let (train, _) = model
+        .forward(&input, Mode::Train { dropout: false })
+        .unwrap();
+    let (infer, _) = model.forward(&input, Mode::Inference).unwrap();
+    assert!(max_abs_diff(&train, &infer) < 1e-5);
+    // The fused kernels cut the graph: this is why training must not use them.
+    let grads = infer.sum_all().unwrap().backward().unwrap();
+    let embedding = params
+        .get("bert.embeddings.word_embeddings.weight")
+        .unwrap();
+    assert!(grads.get(embedding.as_tensor()).is_none());
+    // Dropout changes the output in training mode only.
+    let (dropped, _) = model
+        .forward(&input, Mode::Train { dropout: true })
+        .unwrap();
+    assert!(max_abs_diff(&dropped, &train) > 1e-4);
+}
+
+#[test]
+fn embed_resolves_the_hub_id_from_the_cache_and_matches_sentence_transformers() {
+    let fixture = fixture();
+    let out = common::kd_ok(&[
+        "embed",
+        "--model",
+        common::MINILM,
+        "--normalize",
+        "Hello world.",
+        "Distillation makes small models keep the accuracy of large ones.",
+        "It rains.",
+    ]);
+    let rows: Vec<Vec<f32>> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let ours = Tensor::new(rows, &Device::Cpu).unwrap();
+    let diff = max_abs_diff(&ours, &fixture["batch.mean_pooled_normalized"]);
+    assert!(diff <= TOLERANCE, "max abs diff {diff}");
+}

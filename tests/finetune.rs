@@ -1,0 +1,136 @@
+//! Fine-tuning the real teacher backbone on SST-2 (quick setting) end to end: the output
+//! directory is HF-compatible, and `kd eval` / `kd predict` reload it.
+
+mod common;
+
+use candle_core::Device;
+use serde_json::Value;
+use std::path::Path;
+
+fn finetune_sst2(out: &Path) -> Value {
+    let stdout = common::kd_ok(&[
+        "finetune",
+        "--model",
+        common::MINILM,
+        "--task",
+        "sst2",
+        "--out",
+        out.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--max-train-examples",
+        "1000",
+        "--lr",
+        "1e-4",
+    ]);
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+#[test]
+fn finetuned_sst2_teacher_round_trips_through_eval_and_predict() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("teacher");
+    let report = finetune_sst2(&out);
+    let accuracy = report["value"].as_f64().unwrap();
+    assert!(
+        accuracy > 0.65,
+        "dev accuracy {accuracy} after 1000 examples"
+    );
+    assert_eq!(report["metric"], "accuracy");
+    assert!(report["examples_per_s"].as_f64().unwrap() > 0.0);
+
+    // An HF BertForSequenceClassification directory.
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(config["problem_type"], "single_label_classification");
+    assert_eq!(config["id2label"]["1"], "1");
+    assert_eq!(config["label2id"]["0"], 0);
+    assert_eq!(config["hidden_size"], 384);
+    let weights =
+        candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(weights["classifier.weight"].dims(), &[2, 384]);
+    assert!(weights.contains_key("bert.encoder.layer.5.output.LayerNorm.bias"));
+    assert!(weights.contains_key("bert.pooler.dense.weight"));
+    assert!(
+        weights
+            .keys()
+            .all(|k| k.starts_with("bert.") || k.starts_with("classifier."))
+    );
+    assert!(out.join("tokenizer.json").is_file() && out.join("vocab.txt").is_file());
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["value"], report["value"]);
+
+    // `kd eval` on the saved model reproduces the dev accuracy it was selected with.
+    let eval: Value = serde_json::from_str(
+        common::kd_ok(&["eval", "--model", out.to_str().unwrap(), "--task", "SST-2"]).trim(),
+    )
+    .unwrap();
+    assert_eq!(eval["examples"], 872);
+    let reloaded = eval["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(
+        (reloaded - accuracy).abs() < 1e-9,
+        "{reloaded} vs {accuracy}"
+    );
+
+    // `kd predict`: one object per text, probabilities summing to one.
+    let predictions = common::kd_ok(&[
+        "predict",
+        "--model",
+        out.to_str().unwrap(),
+        "a wonderful, moving film",
+        "a dull and tedious mess",
+    ]);
+    let lines: Vec<Value> = predictions
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["label"], "1");
+    assert_eq!(lines[1]["label"], "0");
+    for line in &lines {
+        let total: f64 = line["probabilities"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p.as_f64().unwrap())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-5);
+    }
+
+    // The output directory is never overwritten silently.
+    let error = common::kd_err(&[
+        "finetune",
+        "--model",
+        common::MINILM,
+        "--task",
+        "sst2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        error.contains("not empty") && error.contains("--force"),
+        "{error}"
+    );
+
+    // Where the reference Python environment exists, HF transformers loads the directory.
+    let python = common::workspace_root().join(".venv-ref/bin/python");
+    if python.is_file() {
+        let check = std::process::Command::new(python)
+            .arg(common::workspace_root().join("tests/fixtures/check_hf_load.py"))
+            .arg(&out)
+            .arg("a wonderful, moving film")
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let hf: Value =
+            serde_json::from_str(String::from_utf8_lossy(&check.stdout).trim()).unwrap();
+        assert_eq!(hf["label"], lines[0]["label"]);
+    }
+}
