@@ -222,3 +222,65 @@ impl TaskData {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn custom_classification_discovers_sorted_labels_from_train() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "train.tsv",
+            "id\tq\ta\tgold\n1\tx?\ty\tyes\n2\tz?\tw\tno\n3\tu\tv\tmaybe\n",
+        );
+        write(dir.path(), "dev.tsv", "id\tq\ta\tgold\n9\tp\tq\tno\n");
+        let spec = TaskSpec::custom("qa", "q", Some("a"), "gold", TaskKind::Classification);
+        let data = TaskData::load(&spec, dir.path()).unwrap();
+        assert_eq!(data.labels, vec!["maybe", "no", "yes"]);
+        assert_eq!(data.train[0].pair.as_deref(), Some("y"));
+        assert_eq!(data.train[0].label, Label::Class(2));
+        assert_eq!(data.dev[0].label, Label::Class(1));
+        assert_eq!(data.num_outputs(), 3);
+    }
+
+    #[test]
+    fn integer_labels_sort_numerically_and_scores_parse() {
+        assert_eq!(
+            discover_labels(["10", "2", "1", "2"].into_iter()),
+            vec!["1", "2", "10"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "train.tsv",
+            "s1\ts2\tscore\na\tb\t3.8\nc\td\t0\n",
+        );
+        let spec = TaskSpec::custom("sts", "s1", Some("s2"), "score", TaskKind::Regression);
+        let examples = spec.read(&path, &mut Vec::new()).unwrap();
+        assert_eq!(examples[0].label, Label::Score(3.8));
+        let bad = write(dir.path(), "bad.tsv", "s1\ts2\tscore\na\tb\thigh\n");
+        let error = spec.read(&bad, &mut Vec::new()).unwrap_err().to_string();
+        assert!(
+            error.contains("bad.tsv:2") && error.contains("not a number"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn glue_names_are_forgiving_and_glue_files_parse() {
+        for name in ["sst2", "SST-2", "sst_2"] {
+            assert_eq!(TaskSpec::glue(name).unwrap().name, "SST-2");
+        }
+        assert_eq!(TaskSpec::glue("stsb").unwrap().kind, TaskKind::Regression);
+        let rte = TaskSpec::glue("rte").unwrap();
+        assert_eq!(rte.pair_column.as_deref(), Some("sentence2"));
+    }
+}
