@@ -17,6 +17,7 @@ pub struct Encoded {
 
 pub struct TextTokenizer {
     inner: Tokenizer,
+    max_len: usize,
 }
 
 impl TextTokenizer {
@@ -47,7 +48,7 @@ impl TextTokenizer {
                 stride: 0,
             }))
             .map_err(|e| anyhow!("invalid max length {max_len}: {e}"))?;
-        Ok(Self { inner })
+        Ok(Self { inner, max_len })
     }
 
     pub fn encode(&self, text: &str, pair: Option<&str>) -> Result<Encoded> {
@@ -60,6 +61,11 @@ impl TextTokenizer {
             ids: encoding.get_ids().to_vec(),
             type_ids: encoding.get_type_ids().to_vec(),
         })
+    }
+
+    /// The length sequences are truncated to.
+    pub fn max_len(&self) -> usize {
+        self.max_len
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {

@@ -89,15 +89,15 @@ impl ModelFiles {
             weights,
         })
     }
+}
 
-    /// The tokenizer files present, to copy beside an exported model.
-    pub fn tokenizer_files(&self) -> Vec<PathBuf> {
-        TOKENIZER_FILES
-            .iter()
-            .map(|file| self.dir.join(file))
-            .filter(|path| path.is_file())
-            .collect()
-    }
+/// The tokenizer files present in a model directory, to copy beside an exported model.
+pub(crate) fn tokenizer_files(dir: &Path) -> Vec<PathBuf> {
+    TOKENIZER_FILES
+        .iter()
+        .map(|file| dir.join(file))
+        .filter(|path| path.is_file())
+        .collect()
 }
 
 fn looks_like_path(model: &str) -> bool {

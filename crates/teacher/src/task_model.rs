@@ -1,7 +1,7 @@
 //! BERT task models (sequence classification or regression) and plain encoders, loaded from
 //! resolved model files and saved as HF-compatible directories.
 
-use crate::resolve::ModelFiles;
+use crate::resolve::{ModelFiles, tokenizer_files};
 use anyhow::{Context, Result, bail};
 use candle_core::{D, DType, Device, Tensor};
 use kd_bert::{BertConfig, BertForSequenceClassification, BertModel, Mode, Params, ProblemType};
@@ -10,7 +10,7 @@ use kd_data::{
     encode_examples, evaluate,
 };
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A BERT model with a sequence-classification or regression head, and its tokenizer.
 pub struct TaskModel {
@@ -21,25 +21,16 @@ pub struct TaskModel {
     /// Class names by index (one placeholder name for regression).
     pub labels: Vec<String>,
     pub problem_type: ProblemType,
-    files: ModelFiles,
+    /// Where the tokenizer files are, to copy them beside a saved model.
+    pub tokenizer_dir: PathBuf,
 }
 
 impl TaskModel {
     /// Loads a model that has a task head (an `id2label` in its config).
     pub fn load(files: &ModelFiles, max_len: usize) -> Result<Self> {
         let config = BertConfig::from_file(&files.config)?;
-        let Some(labels) = config.labels().filter(|labels| !labels.is_empty()) else {
-            bail!(
-                "{} describes no task head (no id2label): fine-tune it first with `kd finetune`",
-                files.config.display()
-            );
-        };
-        let problem_type = config.problem_type.unwrap_or(if labels.len() == 1 {
-            ProblemType::Regression
-        } else {
-            ProblemType::SingleLabelClassification
-        });
-        let model = Self::build(files, config, labels, problem_type, max_len)?;
+        let model = Self::initialised(config, &files.dir, 0, max_len)
+            .with_context(|| format!("cannot build the model of {}", files.config.display()))?;
         model.params.load(&files.weights, |_| false)?;
         Ok(model)
     }
@@ -54,15 +45,15 @@ impl TaskModel {
         max_len: usize,
     ) -> Result<Self> {
         let mut config = BertConfig::from_file(&files.config)?;
-        let (labels, problem_type) = match task {
-            TaskKind::Classification => (labels.to_vec(), ProblemType::SingleLabelClassification),
-            TaskKind::Regression => (vec!["LABEL_0".to_string()], ProblemType::Regression),
-        };
-        config.set_classification_head(&labels, problem_type);
-        let model = Self::build(files, config, labels, problem_type, max_len)?;
-        model
-            .params
-            .init_bert(model.config.initializer_range, seed)?;
+        match task {
+            TaskKind::Classification => {
+                config.set_classification_head(labels, ProblemType::SingleLabelClassification)
+            }
+            TaskKind::Regression => {
+                config.set_classification_head(&["LABEL_0".into()], ProblemType::Regression)
+            }
+        }
+        let model = Self::initialised(config, &files.dir, seed, max_len)?;
         // A backbone may lack a pooler (sentence encoders) and has no classifier.
         model.params.load(&files.weights, |name| {
             name.starts_with("classifier.") || name.starts_with("bert.pooler.")
@@ -70,18 +61,30 @@ impl TaskModel {
         Ok(model)
     }
 
-    fn build(
-        files: &ModelFiles,
+    /// A model for `config`, which must describe a task head, with BERT's initialisation drawn
+    /// from `seed` and the tokenizer of `tokenizer_dir`.
+    pub fn initialised(
         config: BertConfig,
-        labels: Vec<String>,
-        problem_type: ProblemType,
+        tokenizer_dir: &Path,
+        seed: u64,
         max_len: usize,
     ) -> Result<Self> {
+        let Some(labels) = config.labels().filter(|labels| !labels.is_empty()) else {
+            bail!(
+                "the model config describes no task head (no id2label): fine-tune it first with `kd finetune`"
+            );
+        };
+        let problem_type = config.problem_type.unwrap_or(if labels.len() == 1 {
+            ProblemType::Regression
+        } else {
+            ProblemType::SingleLabelClassification
+        });
         let max_len = max_len.min(config.max_position_embeddings);
-        let tokenizer = TextTokenizer::from_dir(&files.dir, max_len)?;
+        let tokenizer = TextTokenizer::from_dir(tokenizer_dir, max_len)?;
         let params = Params::new(&Device::Cpu);
-        let model = BertForSequenceClassification::new(&config, labels.len(), params.var_builder())
-            .with_context(|| format!("cannot build the model of {}", files.config.display()))?;
+        let model =
+            BertForSequenceClassification::new(&config, labels.len(), params.var_builder())?;
+        params.init_bert(config.initializer_range, seed)?;
         Ok(Self {
             config,
             params,
@@ -89,7 +92,7 @@ impl TaskModel {
             tokenizer,
             labels,
             problem_type,
-            files: files.clone(),
+            tokenizer_dir: tokenizer_dir.to_path_buf(),
         })
     }
 
@@ -116,7 +119,7 @@ impl TaskModel {
             Ok(std::fs::write(tmp, config)?)
         })?;
         self.params.save(&dir.join("model.safetensors"))?;
-        for source in self.files.tokenizer_files() {
+        for source in tokenizer_files(&self.tokenizer_dir) {
             let name = source
                 .file_name()
                 .context("tokenizer file without a name")?;

@@ -1,0 +1,223 @@
+//! Students for kd. A DistilBERT-style student keeps a subset of the teacher's layers (one in
+//! two by default) and copies them, with the embeddings and optionally the task head. A
+//! TinyBERT-style student has any depth, width, heads and FFN size, shares the teacher's
+//! vocabulary and tokenizer, and starts from BERT's random initialisation. Both are
+//! [`TaskModel`]s, so they save as HF directories that `kd eval` and `kd predict` load.
+
+use anyhow::{Result, bail};
+use kd_bert::BertConfig;
+use kd_teacher::TaskModel;
+use serde::{Deserialize, Serialize};
+
+/// The teacher layers a DistilBERT-style student keeps by default: one in two from the first,
+/// as DistilBERT does.
+pub fn every_other_layer(teacher_layers: usize) -> Vec<usize> {
+    (0..teacher_layers).step_by(2).collect()
+}
+
+/// A DistilBERT-style student: student layer `i` is a copy of teacher layer `layers[i]`; the
+/// embeddings and pooler are copied; the task head is copied or freshly initialised.
+pub fn distilbert_student(
+    teacher: &TaskModel,
+    layers: &[usize],
+    copy_head: bool,
+    seed: u64,
+) -> Result<TaskModel> {
+    let teacher_layers = teacher.config.num_hidden_layers;
+    if layers.is_empty() {
+        bail!("a student needs at least one layer");
+    }
+    if let Some(&missing) = layers.iter().find(|&&l| l >= teacher_layers) {
+        bail!(
+            "the teacher has {teacher_layers} layers (0 to {}): it has no layer {missing}",
+            teacher_layers - 1
+        );
+    }
+    let mut config = teacher.config.clone();
+    config.num_hidden_layers = layers.len();
+    let student = TaskModel::initialised(
+        config,
+        &teacher.tokenizer_dir,
+        seed,
+        teacher.tokenizer.max_len(),
+    )?;
+    for (name, var) in student.params.vars() {
+        if name.starts_with("classifier.") && !copy_head {
+            continue;
+        }
+        let source = teacher_name(&name, layers);
+        let Some(teacher_var) = teacher.params.get(&source) else {
+            bail!("the teacher has no parameter {source} for student parameter {name}");
+        };
+        var.set(teacher_var.as_tensor())?;
+    }
+    Ok(student)
+}
+
+/// The teacher parameter a DistilBERT-style student parameter is copied from.
+fn teacher_name(student_name: &str, layers: &[usize]) -> String {
+    const LAYER: &str = "bert.encoder.layer.";
+    let Some(rest) = student_name.strip_prefix(LAYER) else {
+        return student_name.to_string();
+    };
+    let (index, tail) = rest.split_once('.').expect("a layer parameter name");
+    let index: usize = index.parse().expect("a layer index");
+    format!("{LAYER}{}.{tail}", layers[index])
+}
+
+/// The shape of a TinyBERT-style student.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StudentShape {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+}
+
+/// A TinyBERT-style student of `shape`, with the teacher's vocabulary, tokenizer, positions
+/// and task head labels, and BERT's initialisation (normal, std 0.02) from `seed`.
+pub fn tinybert_student(teacher: &TaskModel, shape: StudentShape, seed: u64) -> Result<TaskModel> {
+    let config = BertConfig {
+        num_hidden_layers: shape.layers,
+        hidden_size: shape.hidden,
+        num_attention_heads: shape.heads,
+        intermediate_size: shape.intermediate,
+        ..teacher.config.clone()
+    };
+    config.validate()?;
+    TaskModel::initialised(
+        config,
+        &teacher.tokenizer_dir,
+        seed,
+        teacher.tokenizer.max_len(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Tensor;
+    use kd_bert::{BertInput, Mode};
+    use std::path::Path;
+
+    /// A 4-layer, 16-wide teacher with a 2-class head and a toy WordPiece vocabulary.
+    fn tiny_teacher(dir: &Path) -> TaskModel {
+        let vocab = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ngood\nbad\nfilm\n";
+        std::fs::write(dir.join("vocab.txt"), vocab).unwrap();
+        let mut config: BertConfig = serde_json::from_value(serde_json::json!({
+            "vocab_size": 8, "hidden_size": 16, "num_hidden_layers": 4,
+            "num_attention_heads": 4, "intermediate_size": 32, "max_position_embeddings": 16,
+        }))
+        .unwrap();
+        config.set_classification_head(
+            &["neg".into(), "pos".into()],
+            kd_bert::ProblemType::SingleLabelClassification,
+        );
+        TaskModel::initialised(config, dir, 3, 16).unwrap()
+    }
+
+    fn tensor(model: &TaskModel, name: &str) -> Tensor {
+        model.params.get(name).unwrap().as_tensor().clone()
+    }
+
+    fn same(a: &Tensor, b: &Tensor) -> bool {
+        a.dims() == b.dims()
+            && (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                == 0.0
+    }
+
+    fn input() -> BertInput {
+        let device = candle_core::Device::Cpu;
+        BertInput {
+            input_ids: Tensor::new(&[[2u32, 5, 7, 3]], &device).unwrap(),
+            token_type_ids: Tensor::new(&[[0u32, 0, 0, 0]], &device).unwrap(),
+            attention_mask: Tensor::new(&[[1u32, 1, 1, 1]], &device).unwrap(),
+        }
+    }
+
+    #[test]
+    fn distilbert_student_copies_every_other_teacher_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = tiny_teacher(dir.path());
+        assert_eq!(every_other_layer(4), vec![0, 2]);
+        assert_eq!(every_other_layer(6), vec![0, 2, 4]);
+        let student = distilbert_student(&teacher, &every_other_layer(4), true, 9).unwrap();
+        assert_eq!(student.config.num_hidden_layers, 2);
+        let layer = |i: usize| format!("bert.encoder.layer.{i}.attention.self.query.weight");
+        assert!(same(
+            &tensor(&student, &layer(1)),
+            &tensor(&teacher, &layer(2))
+        ));
+        assert!(!same(
+            &tensor(&student, &layer(1)),
+            &tensor(&teacher, &layer(1))
+        ));
+        for name in [
+            "bert.embeddings.word_embeddings.weight",
+            "bert.pooler.dense.weight",
+            "classifier.weight",
+        ] {
+            assert!(
+                same(&tensor(&student, name), &tensor(&teacher, name)),
+                "{name}"
+            );
+        }
+        let fresh_head = distilbert_student(&teacher, &[1, 3], false, 9).unwrap();
+        assert!(!same(
+            &tensor(&fresh_head, "classifier.weight"),
+            &tensor(&teacher, "classifier.weight")
+        ));
+        // Copying every layer reproduces the teacher exactly.
+        let clone = distilbert_student(&teacher, &[0, 1, 2, 3], true, 9).unwrap();
+        let logits = |m: &TaskModel| m.model.forward(&input(), Mode::Inference).unwrap().0;
+        assert!(same(&logits(&clone), &logits(&teacher)));
+    }
+
+    #[test]
+    fn a_layer_the_teacher_lacks_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = tiny_teacher(dir.path());
+        let error = distilbert_student(&teacher, &[0, 4], true, 1)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("no layer 4"), "{error}");
+        assert!(distilbert_student(&teacher, &[], true, 1).is_err());
+    }
+
+    #[test]
+    fn tinybert_student_has_its_shape_and_round_trips_through_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = tiny_teacher(dir.path());
+        let shape = StudentShape {
+            layers: 1,
+            hidden: 8,
+            heads: 2,
+            intermediate: 12,
+        };
+        let student = tinybert_student(&teacher, shape, 5).unwrap();
+        // embeddings (8+16+2)*8 + LN 16; layer: 3*(8*8+8) + (8*8+8) + LN 16 + (8*12+12)
+        // + (12*8+8) + LN 16; pooler 8*8+8; classifier 8*2+2.
+        let expected = 26 * 8 + 16 + 4 * 72 + 16 + 108 + 104 + 16 + 72 + 18;
+        assert_eq!(student.params.num_parameters(), expected);
+        let weight = tensor(&student, "bert.encoder.layer.0.intermediate.dense.weight");
+        assert_eq!(weight.dims(), &[12, 8]);
+        let bad = StudentShape { heads: 3, ..shape };
+        assert!(tinybert_student(&teacher, bad, 5).is_err());
+
+        let out = tempfile::tempdir().unwrap();
+        student.save(out.path()).unwrap();
+        let files = kd_teacher::ModelFiles::from_dir(out.path()).unwrap();
+        let reloaded = TaskModel::load(&files, 16).unwrap();
+        assert_eq!(reloaded.labels, vec!["neg", "pos"]);
+        let logits = |m: &TaskModel| m.model.forward(&input(), Mode::Inference).unwrap().0;
+        assert!(same(&logits(&reloaded), &logits(&student)));
+    }
+}
