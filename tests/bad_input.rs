@@ -4,29 +4,8 @@
 mod common;
 
 use candle_core::Device;
-use kd_bert::{BertConfig, BertModel, Params};
+use common::write_tiny_model;
 use std::path::{Path, PathBuf};
-
-/// A tiny BERT (MiniLM's vocabulary and tokenizer, 8 wide) in `dir`.
-fn write_tiny_model(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let config = serde_json::json!({
-        "model_type": "bert", "vocab_size": 30522, "hidden_size": 8, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 64,
-        "type_vocab_size": 2, "hidden_act": "gelu",
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let config: BertConfig = serde_json::from_value(config).unwrap();
-    let params = Params::new(&Device::Cpu);
-    BertModel::new(&config, params.var_builder(), true).unwrap();
-    params.init_bert(0.02, 1).unwrap();
-    params.save(&dir.join("model.safetensors")).unwrap();
-    std::fs::copy(
-        common::minilm_dir().join("tokenizer.json"),
-        dir.join("tokenizer.json"),
-    )
-    .unwrap();
-}
 
 fn write_data(dir: &Path, train: &str, dev: &str) {
     std::fs::create_dir_all(dir).unwrap();

@@ -3,8 +3,8 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kd_data::{Example, Label, TaskData, TaskKind, TaskSpec};
-use kd_teacher::{Encoder, FinetuneConfig, ModelFiles, Pooling, TaskModel, finetune};
-use kd_train::RunDir;
+use kd_teacher::{Encoder, ModelFiles, Pooling, TaskModel, finetune};
+use kd_train::{RunDir, TrainerConfig};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -101,6 +101,12 @@ struct FinetuneArgs {
     out: PathBuf,
     #[arg(long)]
     force: bool,
+    /// Continue the interrupted run in --out from its last checkpoint.
+    #[arg(long, conflicts_with = "force")]
+    resume: bool,
+    /// Evaluate and checkpoint every N updates, besides each epoch's end.
+    #[arg(long)]
+    eval_every: Option<usize>,
     #[arg(long, default_value_t = 3)]
     epochs: usize,
     #[arg(long, default_value_t = 5e-5)]
@@ -191,8 +197,12 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
     let model =
         TaskModel::from_backbone(&files, spec.kind, &data.labels, args.seed, args.max_seq_len)?;
     // Everything is loaded and checked before the output directory is touched.
-    let out = RunDir::create(&args.out, args.force)?;
-    let config = FinetuneConfig {
+    let out = if args.resume {
+        RunDir::open(&args.out)?
+    } else {
+        RunDir::create(&args.out, args.force)?
+    };
+    let config = TrainerConfig {
         epochs: args.epochs,
         lr: args.lr,
         batch_size: args.batch_size,
@@ -200,7 +210,8 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
         warmup: args.warmup,
         weight_decay: args.weight_decay,
         max_steps: args.max_steps,
-        ..FinetuneConfig::default()
+        eval_every: args.eval_every,
+        ..TrainerConfig::default()
     };
     eprintln!(
         "fine-tuning {} ({} parameters) on {}: {} train, {} dev examples",
@@ -211,8 +222,13 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
         data.dev.len()
     );
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let report = finetune(&model, &data, &config, &out, &command)?;
+    let stop = kd_train::interrupt_flag()?;
+    let report = finetune(&model, &data, &config, &out, args.resume, stop, &command)?;
     println!("{}", serde_json::to_string(&report)?);
+    if report.interrupted {
+        eprintln!("interrupted: checkpoint saved; continue with the same command and --resume");
+        std::process::exit(130);
+    }
     eprintln!(
         "best {} {:.2}% at epoch {}, {:.0} examples/s, {:.0} s; saved to {}",
         report.metric,

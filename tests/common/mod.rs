@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use candle_core::Device;
+use kd_bert::{BertConfig, BertModel, Params};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -76,4 +78,25 @@ pub fn kd_err(args: &[&str]) -> String {
         stdout(&output)
     );
     stderr(&output)
+}
+
+/// A tiny BERT encoder (MiniLM's vocabulary and tokenizer, 8 wide, 2 layers) in `dir`.
+pub fn write_tiny_model(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = serde_json::json!({
+        "model_type": "bert", "vocab_size": 30522, "hidden_size": 8, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 64,
+        "type_vocab_size": 2, "hidden_act": "gelu",
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let config: BertConfig = serde_json::from_value(config).unwrap();
+    let params = Params::new(&Device::Cpu);
+    BertModel::new(&config, params.var_builder(), true).unwrap();
+    params.init_bert(0.02, 1).unwrap();
+    params.save(&dir.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        minilm_dir().join("tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
 }

@@ -1,205 +1,130 @@
-//! Fine-tuning a task model: AdamW (no decay on biases and layer norms), linear warmup and
-//! decay, gradient clipping, dev evaluation after each epoch, the best epoch kept on disk.
+//! Fine-tuning a task model on a task's training set with cross-entropy (or mean squared
+//! error for regression), through the shared training loop.
 
 use crate::task_model::TaskModel;
-use anyhow::{Result, bail};
-use candle_core::{D, Device, Tensor};
+use anyhow::Result;
+use candle_core::{D, Device, Tensor, Var};
 use kd_bert::Mode;
-use kd_data::{TaskData, TaskKind, batch_plan, collate};
-use kd_train::{AdamW, AdamWConfig, LinearSchedule, Progress, RunDir};
-use rand::{SeedableRng, rngs::StdRng};
+use kd_data::{EncodedExample, TaskData, TaskKind, TaskSpec, collate};
+use kd_train::{Evaluation, RunDir, StepLoss, Trainable, TrainerConfig, train};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-#[derive(Debug, Clone)]
-pub struct FinetuneConfig {
-    pub epochs: usize,
-    pub lr: f64,
-    pub batch_size: usize,
-    pub seed: u64,
-    /// Fraction of the updates spent warming the learning rate up.
-    pub warmup: f64,
-    pub weight_decay: f64,
-    pub max_grad_norm: f64,
-    /// Stop after this many updates (a quick setting); the last epoch is then partial.
-    pub max_steps: Option<usize>,
-    pub eval_batch_size: usize,
-}
-
-impl Default for FinetuneConfig {
-    fn default() -> Self {
-        Self {
-            epochs: 3,
-            lr: 5e-5,
-            batch_size: 32,
-            seed: 42,
-            warmup: 0.1,
-            weight_decay: 0.01,
-            max_grad_norm: 1.0,
-            max_steps: None,
-            eval_batch_size: 128,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    pub steps: usize,
-    pub train_loss: f64,
-    pub dev: BTreeMap<String, f64>,
-    pub examples_per_s: f64,
-}
-
+/// The summary `kd finetune` prints and writes to `metrics.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct FinetuneReport {
     pub task: String,
-    /// The metric that selects the best epoch, and its best value.
+    /// The metric that selects the best evaluation, and its best value.
     pub metric: String,
     pub value: f64,
     pub best_epoch: usize,
+    pub best_step: usize,
     pub epochs: usize,
     pub train_examples: usize,
     pub wall_time_s: f64,
     /// Training examples per second, evaluation excluded.
     pub examples_per_s: f64,
-    pub history: Vec<EpochRecord>,
+    pub history: Vec<Evaluation>,
+    pub interrupted: bool,
     pub command: String,
 }
 
 /// The training loss: cross-entropy for classes, mean squared error for scores.
-fn task_loss(kind: TaskKind, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+pub fn task_loss(kind: TaskKind, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     Ok(match kind {
         TaskKind::Classification => candle_nn::loss::cross_entropy(logits, labels)?,
         TaskKind::Regression => candle_nn::loss::mse(&logits.squeeze(D::Minus1)?, labels)?,
     })
 }
 
-/// Fine-tunes `model` on `data` and saves its best epoch (by the task's first metric) into
-/// `out`, with `metrics.json` rewritten after every epoch.
+struct Finetuning<'a> {
+    model: &'a TaskModel,
+    spec: &'a TaskSpec,
+    train: Vec<EncodedExample>,
+    dev: Vec<EncodedExample>,
+}
+
+const EVAL_BATCH_SIZE: usize = 128;
+
+impl Trainable for Finetuning<'_> {
+    fn parameters(&self) -> Vec<(String, Var)> {
+        self.model.params.vars()
+    }
+
+    fn example_lengths(&self) -> Vec<usize> {
+        self.train.iter().map(|e| e.ids.len()).collect()
+    }
+
+    fn loss(&self, indices: &[usize], _progress: f64) -> Result<StepLoss> {
+        let batch = collate(&self.train, indices, &Device::Cpu)?;
+        let (logits, _) = self
+            .model
+            .model
+            .forward(&batch.input, Mode::Train { dropout: true })?;
+        let total = task_loss(self.model.task_kind(), &logits, &batch.labels)?;
+        Ok(StepLoss {
+            components: BTreeMap::from([("task".into(), total.to_scalar::<f32>()? as f64)]),
+            total,
+        })
+    }
+
+    fn reseed_dropout(&self, seed: u64) {
+        self.model.model.bert.dropout_rng().reseed(seed);
+    }
+
+    fn evaluate(&self) -> Result<BTreeMap<String, f64>> {
+        self.model.evaluate(self.spec, &self.dev, EVAL_BATCH_SIZE)
+    }
+
+    fn save_model(&self, dir: &Path) -> Result<()> {
+        self.model.save(dir)
+    }
+}
+
+/// Fine-tunes `model` on `data`, keeping the best evaluation (by the task's first metric) in
+/// `out`, and writes `metrics.json` there.
 pub fn finetune(
     model: &TaskModel,
     data: &TaskData,
-    config: &FinetuneConfig,
+    config: &TrainerConfig,
     out: &RunDir,
+    resume: bool,
+    stop: &AtomicBool,
     command: &str,
 ) -> Result<FinetuneReport> {
     let started = Instant::now();
-    let train = model.encode(&data.train)?;
-    let dev = model.encode(&data.dev)?;
-    let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
-    let steps_per_epoch = train.len().div_ceil(config.batch_size);
-    let total_steps = config
-        .max_steps
-        .unwrap_or(usize::MAX)
-        .min(steps_per_epoch * config.epochs);
-    let schedule = LinearSchedule {
-        peak: config.lr,
-        warmup_steps: (total_steps as f64 * config.warmup).round() as usize,
-        total_steps,
+    let task = Finetuning {
+        model,
+        spec: &data.spec,
+        train: model.encode(&data.train)?,
+        dev: model.encode(&data.dev)?,
     };
-    let mut optimizer = AdamW::new(
-        model.params.vars(),
-        AdamWConfig {
-            weight_decay: config.weight_decay,
-            max_grad_norm: Some(config.max_grad_norm),
-            ..AdamWConfig::default()
-        },
-    );
-    let mut rng = StdRng::seed_from_u64(config.seed);
-    model.model.bert.dropout_rng().reseed(config.seed);
-    let metric = data.spec.metrics[0].name().to_string();
-    let kind = model.task_kind();
-
-    let mut report = FinetuneReport {
+    let metric = data.spec.metrics[0].name();
+    let state = train(&task, config, metric, out, resume, stop)?;
+    let best = state
+        .evaluations
+        .iter()
+        .find(|evaluation| evaluation.step == state.best_step);
+    let report = FinetuneReport {
         task: data.spec.name.clone(),
-        metric: metric.clone(),
-        value: f64::NEG_INFINITY,
-        best_epoch: 0,
-        epochs: 0,
-        train_examples: train.len(),
-        wall_time_s: 0.0,
-        examples_per_s: 0.0,
-        history: Vec::new(),
+        metric: metric.to_string(),
+        value: state.best_value.unwrap_or(f64::NAN),
+        best_epoch: best.map_or(0, |evaluation| evaluation.epoch),
+        best_step: state.best_step,
+        epochs: config.epochs,
+        train_examples: task.train.len(),
+        wall_time_s: started.elapsed().as_secs_f64(),
+        examples_per_s: state.examples_per_s(),
+        history: state.evaluations,
+        interrupted: state.interrupted,
         command: command.to_string(),
     };
-    let (mut step, mut train_seconds, mut examples_seen) = (0, 0.0, 0usize);
-    let progress = Progress::new(total_steps as u64, &format!("finetune {}", data.spec.name));
-    for epoch in 1..=config.epochs {
-        if step >= total_steps {
-            break;
-        }
-        let epoch_start = Instant::now();
-        let (mut loss_sum, mut epoch_examples, mut epoch_steps) = (0.0, 0, 0);
-        for indices in batch_plan(&lengths, config.batch_size, Some(&mut rng)) {
-            if step >= total_steps {
-                break;
-            }
-            let batch = collate(&train, &indices, &Device::Cpu)?;
-            let (logits, _) = model
-                .model
-                .forward(&batch.input, Mode::Train { dropout: true })?;
-            let loss = task_loss(kind, &logits, &batch.labels)?;
-            let loss_value = loss.to_scalar::<f32>()? as f64;
-            if !loss_value.is_finite() {
-                bail!(
-                    "training loss is {loss_value} at epoch {epoch}, step {step}: stopping; the best \
-                     checkpoint so far (if any) is kept in {}",
-                    out.path().display()
-                );
-            }
-            optimizer.step(&loss.backward()?, schedule.lr(step))?;
-            step += 1;
-            epoch_steps += 1;
-            loss_sum += loss_value * batch.len() as f64;
-            epoch_examples += batch.len();
-            let rate = epoch_examples as f64 / epoch_start.elapsed().as_secs_f64();
-            progress.step(format!(
-                "epoch {epoch} loss {:.4} {rate:.0} ex/s",
-                loss_sum / epoch_examples as f64
-            ));
-        }
-        let epoch_seconds = epoch_start.elapsed().as_secs_f64();
-        train_seconds += epoch_seconds;
-        examples_seen += epoch_examples;
-        let dev_metrics = model.evaluate(&data.spec, &dev, config.eval_batch_size)?;
-        let value = dev_metrics[&metric];
-        progress.println(format!(
-            "epoch {epoch}: train loss {:.4}, dev {}",
-            loss_sum / epoch_examples.max(1) as f64,
-            format_metrics(&dev_metrics)
-        ));
-        report.history.push(EpochRecord {
-            epoch,
-            steps: epoch_steps,
-            train_loss: loss_sum / epoch_examples.max(1) as f64,
-            dev: dev_metrics,
-            examples_per_s: epoch_examples as f64 / epoch_seconds,
-        });
-        if value > report.value {
-            report.value = value;
-            report.best_epoch = epoch;
-            model.save(out.path())?;
-        }
-        report.epochs = epoch;
-        report.examples_per_s = examples_seen as f64 / train_seconds;
-        report.wall_time_s = started.elapsed().as_secs_f64();
-        write_json(&out.join("metrics.json"), &report)?;
-    }
-    progress.finish();
+    let text = serde_json::to_string_pretty(&report)?;
+    kd_bert::write_atomically(&out.join("metrics.json"), |tmp| {
+        Ok(std::fs::write(tmp, text)?)
+    })?;
     Ok(report)
-}
-
-pub fn format_metrics(metrics: &BTreeMap<String, f64>) -> String {
-    metrics
-        .iter()
-        .map(|(name, value)| format!("{name} {:.2}%", value * 100.0))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn write_json(path: &std::path::Path, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    kd_bert::write_atomically(path, |tmp| Ok(std::fs::write(tmp, text)?))
 }

@@ -3,10 +3,12 @@
 //! model, fine-tuned on a task when it has no task head, evaluated, and saved as a directory
 //! that HF transformers loads unchanged.
 
+mod cache;
 mod finetune;
 mod resolve;
 mod task_model;
 
-pub use finetune::{EpochRecord, FinetuneConfig, FinetuneReport, finetune, format_metrics};
+pub use cache::{CacheOutcome, TeacherCache};
+pub use finetune::{FinetuneReport, finetune, task_loss};
 pub use resolve::ModelFiles;
 pub use task_model::{Encoder, Pooling, TaskModel};

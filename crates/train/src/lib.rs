@@ -4,6 +4,11 @@
 
 mod optim;
 mod run;
+mod trainer;
 
 pub use optim::{AdamW, AdamWConfig, LinearSchedule};
 pub use run::{Progress, RunDir};
+pub use trainer::{
+    Evaluation, StepLoss, TrainState, Trainable, TrainerConfig, format_metrics, interrupt_flag,
+    train,
+};

@@ -4,10 +4,12 @@
 //! The update runs as one pass over plain `f32` buffers (moments included) split across
 //! threads, instead of a dozen tensor operations and allocations per parameter.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use rayon::prelude::*;
+use std::collections::HashMap;
+use std::path::Path;
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWConfig {
@@ -32,6 +34,7 @@ impl Default for AdamWConfig {
 }
 
 struct Slot {
+    name: String,
     var: Var,
     decay: bool,
     first_moment: Vec<f32>,
@@ -60,6 +63,7 @@ impl AdamW {
                 decay: takes_weight_decay(&name),
                 first_moment: vec![0.0; var.elem_count()],
                 second_moment: vec![0.0; var.elem_count()],
+                name,
                 var,
             })
             .collect();
@@ -136,6 +140,57 @@ impl AdamW {
                 .set(&Tensor::from_vec(theta, shape, slot.var.device())?)?;
         }
         Ok(norm)
+    }
+}
+
+impl AdamW {
+    /// Writes the moments and the step count, atomically, so that training can resume.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = Vec::with_capacity(2 * self.slots.len());
+        for slot in &self.slots {
+            let shape = slot.var.shape().clone();
+            for (kind, moment) in [("m", &slot.first_moment), ("v", &slot.second_moment)] {
+                let tensor = Tensor::from_slice(moment, shape.clone(), &Device::Cpu)?;
+                tensors.push((format!("{kind}.{}", slot.name), tensor));
+            }
+        }
+        let metadata = HashMap::from([("steps".to_string(), self.steps.to_string())]);
+        kd_bert::write_atomically(path, |tmp| {
+            let views = tensors.iter().map(|(name, tensor)| (name.as_str(), tensor));
+            safetensors::tensor::serialize_to_file(views, Some(metadata), tmp)?;
+            Ok(())
+        })
+    }
+
+    /// Restores what [`AdamW::save`] wrote for the same parameters.
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read optimizer state {}", path.display()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
+        let steps = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("steps"))
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("{} has no step count", path.display()))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+        for slot in &mut self.slots {
+            for (kind, moment) in [
+                ("m", &mut slot.first_moment),
+                ("v", &mut slot.second_moment),
+            ] {
+                let name = format!("{kind}.{}", slot.name);
+                let tensor = tensors
+                    .get(&name)
+                    .with_context(|| format!("{} lacks {name}", path.display()))?;
+                *moment = tensor.flatten_all()?.to_vec1::<f32>()?;
+                if moment.len() != slot.var.elem_count() {
+                    bail!("{name} in {} has the wrong size", path.display());
+                }
+            }
+        }
+        self.steps = steps;
+        Ok(())
     }
 }
 
@@ -300,6 +355,48 @@ mod tests {
         let max_diff = diff.max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(max_diff < 1e-6, "{max_diff}: {clipped} vs {reference}");
         assert_eq!(clipped.dtype(), DType::F32);
+    }
+
+    #[test]
+    fn saved_state_resumes_exactly() {
+        let config = AdamWConfig::default();
+        let (resumed, straight) = (start(), start());
+        let mut first = AdamW::new(vec![("w".into(), resumed.clone())], config);
+        let mut uninterrupted = AdamW::new(vec![("w".into(), straight.clone())], config);
+        for _ in 0..3 {
+            first
+                .step(&loss(&resumed).backward().unwrap(), 0.05)
+                .unwrap();
+            uninterrupted
+                .step(&loss(&straight).backward().unwrap(), 0.05)
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        first
+            .save(&dir.path().join("optimizer.safetensors"))
+            .unwrap();
+        let mut second = AdamW::new(vec![("w".into(), resumed.clone())], config);
+        second
+            .load(&dir.path().join("optimizer.safetensors"))
+            .unwrap();
+        for _ in 0..3 {
+            second
+                .step(&loss(&resumed).backward().unwrap(), 0.05)
+                .unwrap();
+            uninterrupted
+                .step(&loss(&straight).backward().unwrap(), 0.05)
+                .unwrap();
+        }
+        assert_eq!(
+            resumed.to_vec1::<f32>().unwrap(),
+            straight.to_vec1::<f32>().unwrap()
+        );
+        let mut other = AdamW::new(vec![("x".into(), start())], config);
+        assert!(
+            other
+                .load(&dir.path().join("optimizer.safetensors"))
+                .is_err()
+        );
     }
 
     #[test]

@@ -37,6 +37,16 @@ impl RunDir {
         })
     }
 
+    /// An existing run directory, to resume the run in it.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.is_dir() {
+            bail!("cannot resume: {} is not a directory", path.display());
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -69,6 +79,11 @@ impl Progress {
             prefix: prefix.to_string(),
             log_every: (total / 20).max(1),
         }
+    }
+
+    /// Starts from `position` (a resumed run).
+    pub fn set_position(&self, position: u64) {
+        self.bar.set_position(position);
     }
 
     /// Advances by one step and shows `message`.

@@ -1,0 +1,28 @@
+//! Knowledge-distillation losses for BERT students, on the outputs of `kd_bert`'s encoder:
+//! prediction-layer losses (soft cross-entropy and KL at a temperature, hard labels, MSE),
+//! DistilBERT's cosine loss, TinyBERT's embedding, hidden-state and attention losses, MiniLM's
+//! attention KL, BERT-PKD's normalised `[CLS]` loss and MT-DNN's ensemble of teachers; layer
+//! mappings between student and teacher; and [`Objective`], a weighted, scheduled sum of them
+//! built from a recipe. Every loss is differentiable with respect to the student (and the
+//! objective's projections); the teacher side is a constant.
+
+mod intermediate;
+mod mapping;
+mod mean;
+mod objective;
+mod prediction;
+mod schedule;
+#[cfg(test)]
+mod testing;
+
+pub use intermediate::{attention_kl, attention_score_mse, cosine_loss, pkd_loss};
+pub use mapping::LayerMapping;
+pub use mean::{masked_mean, mse};
+pub use objective::{
+    ComponentConfig, DistillOutputs, EncoderShape, LossBatch, LossBreakdown, LossKind, Objective,
+    ObjectiveConfig,
+};
+pub use prediction::{
+    hard_cross_entropy, kl_divergence, soft_cross_entropy, soft_targets, weighted_average,
+};
+pub use schedule::Schedule;

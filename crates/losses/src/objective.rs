@@ -1,0 +1,483 @@
+//! A composite distillation objective built from a recipe: named components with weights, a
+//! temperature, and schedules for both.
+
+use crate::intermediate::{attention_kl, attention_score_mse, cosine_loss, pkd_loss};
+use crate::mapping::LayerMapping;
+use crate::mean::mse;
+use crate::prediction::{
+    check_weights, hard_cross_entropy, kl_divergence, soft_cross_entropy, soft_targets,
+    weighted_average,
+};
+use crate::schedule::Schedule;
+use anyhow::{Context, Result, bail, ensure};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::Linear;
+use kd_bert::{BertConfig, BertOutput, Params};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// An objective as a recipe describes it. DistilBERT's, in TOML:
+///
+/// ```toml
+/// temperature = 2.0
+/// components = [
+///     { kind = "soft_ce", weight = 5.0 },
+///     { kind = "hard", weight = 2.0 },
+///     { kind = "cosine", weight = 1.0 },
+/// ]
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveConfig {
+    /// The temperature of `soft_ce` and `kl`; 1 by default.
+    #[serde(default)]
+    pub temperature: Schedule,
+    /// The weights of several teachers' predictions (MT-DNN's ensemble); equal by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_weights: Option<Vec<f64>>,
+    pub components: Vec<ComponentConfig>,
+}
+
+/// One weighted term of an objective.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    pub kind: LossKind,
+    /// Its name in the breakdown and in its projection's parameter names; the kind's by
+    /// default, so two components of one kind need names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// 1 by default.
+    #[serde(default)]
+    pub weight: Schedule,
+    /// The layers a layer-comparing kind pairs, instead of its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<LayerMapping>,
+}
+
+/// The losses an objective combines. Those on hidden states pass the student's states through
+/// a learnable projection to the teacher's width when the widths differ; those on layers sum
+/// over their layer pairs, as TinyBERT and BERT-PKD do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// Soft cross-entropy with the teachers' distribution at the temperature, times T².
+    SoftCe,
+    /// KL divergence from the teachers' distribution at the temperature, times T².
+    Kl,
+    /// MSE between the student's and the teachers' logits (regression tasks such as STS-B).
+    LogitsMse,
+    /// The loss against gold labels: cross-entropy for class ids, MSE for float targets.
+    Hard,
+    /// DistilBERT's cosine loss between hidden states; by default the last layers'.
+    Cosine,
+    /// TinyBERT's MSE between the embedding outputs (through W_e).
+    EmbeddingMse,
+    /// TinyBERT's MSE between hidden states (through W_h); uniform layers by default.
+    HiddenMse,
+    /// TinyBERT's MSE between attention scores; uniform layers by default.
+    AttentionMse,
+    /// MiniLM's KL between attention distributions; uniform layers by default.
+    AttentionKl,
+    /// BERT-PKD's MSE between normalised `[CLS]` states; PKD-Skip's layers by default.
+    Pkd,
+}
+
+impl LossKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::SoftCe => "soft_ce",
+            Self::Kl => "kl",
+            Self::LogitsMse => "logits_mse",
+            Self::Hard => "hard",
+            Self::Cosine => "cosine",
+            Self::EmbeddingMse => "embedding_mse",
+            Self::HiddenMse => "hidden_mse",
+            Self::AttentionMse => "attention_mse",
+            Self::AttentionKl => "attention_kl",
+            Self::Pkd => "pkd",
+        }
+    }
+
+    fn compares_logits(self) -> bool {
+        matches!(self, Self::SoftCe | Self::Kl | Self::LogitsMse | Self::Hard)
+    }
+
+    fn compares_attention(self) -> bool {
+        matches!(self, Self::AttentionMse | Self::AttentionKl)
+    }
+
+    /// The layers compared unless the recipe names others; `None` for the embedding outputs,
+    /// which are the only ones `embedding_mse` compares.
+    fn default_layers(self) -> Option<LayerMapping> {
+        match self {
+            Self::Cosine => Some(LayerMapping::LastK(1)),
+            Self::HiddenMse | Self::AttentionMse | Self::AttentionKl => Some(LayerMapping::Uniform),
+            Self::Pkd => Some(LayerMapping::Skip),
+            _ => None,
+        }
+    }
+}
+
+/// What the objective must know of a model to check layer mappings and size projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderShape {
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub heads: usize,
+}
+
+impl From<&BertConfig> for EncoderShape {
+    fn from(config: &BertConfig) -> Self {
+        Self {
+            layers: config.num_hidden_layers,
+            hidden_size: config.hidden_size,
+            heads: config.num_attention_heads,
+        }
+    }
+}
+
+/// One model's outputs on a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct DistillOutputs<'a> {
+    /// `[batch, classes]` from a sequence classifier (`[batch, 1]` for regression), or
+    /// `[batch, seq, vocab]` from a masked-LM head, whose losses count real tokens only.
+    pub logits: &'a Tensor,
+    pub encoder: &'a BertOutput,
+}
+
+/// What the losses need of a batch besides the models' outputs.
+#[derive(Debug, Clone, Copy)]
+pub struct LossBatch<'a> {
+    /// `[batch, seq]` u32, 1 for real tokens, as in `kd_bert::BertInput`.
+    pub attention_mask: &'a Tensor,
+    /// Gold labels for `hard`: u32 class ids or float targets, `[batch]`, or `[batch, seq]`
+    /// token ids for a masked-LM head.
+    pub labels: Option<&'a Tensor>,
+    /// u32 in the labels' shape: which labels count (for masked-LM, the masked positions).
+    /// Every label by default, or every real token for per-token logits.
+    pub label_mask: Option<&'a Tensor>,
+}
+
+/// An objective's value on a batch.
+#[derive(Debug)]
+pub struct LossBreakdown {
+    /// The weighted sum of the components, to differentiate.
+    pub total: Tensor,
+    /// Each component's value before weighting, by name, for logging.
+    pub components: BTreeMap<String, f32>,
+}
+
+/// A weighted, scheduled sum of losses between a student and its teachers, with the
+/// projections its components learn.
+pub struct Objective {
+    temperature: Schedule,
+    teacher_weights: Vec<f64>,
+    components: Vec<Component>,
+    student: EncoderShape,
+    teachers: Vec<EncoderShape>,
+    params: Params,
+}
+
+struct Component {
+    name: String,
+    kind: LossKind,
+    weight: Schedule,
+    /// (student, teacher) layer pairs; 0 is the embedding output.
+    pairs: Vec<(usize, usize)>,
+    /// Maps the student's states to the teacher's width (TinyBERT's W_e or W_h).
+    projection: Option<Linear>,
+}
+
+/// BERT's initializer range, which TinyBERT's projections are drawn with.
+const PROJECTION_INIT_STD: f64 = 0.02;
+
+impl Objective {
+    /// Builds the objective for a student distilled from `teachers` (several for an ensemble,
+    /// which only the prediction-layer components can use). Checks every layer mapping against
+    /// the models' depths, and creates the projections in [`Objective::params`], initialised
+    /// as BERT does from `seed`.
+    pub fn new(
+        config: &ObjectiveConfig,
+        teachers: &[EncoderShape],
+        student: EncoderShape,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        ensure!(
+            !config.components.is_empty(),
+            "an objective needs components"
+        );
+        ensure!(!teachers.is_empty(), "an objective needs a teacher");
+        ensure!(
+            config.temperature.min() > 0.0,
+            "the temperature must stay positive, got {:?}",
+            config.temperature
+        );
+        let teacher_weights = match &config.teacher_weights {
+            Some(weights) => weights.clone(),
+            None => vec![1.0; teachers.len()],
+        };
+        check_weights(&teacher_weights, teachers.len())?;
+        let params = Params::new(device);
+        let mut names = BTreeSet::new();
+        let components = config
+            .components
+            .iter()
+            .map(|component| {
+                let name = component
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| component.kind.name().to_string());
+                ensure!(
+                    names.insert(name.clone()),
+                    "two components are named {name}; give one a `name`"
+                );
+                Component::new(name.clone(), component, teachers, student, &params)
+                    .with_context(|| format!("objective component {name}"))
+            })
+            .collect::<Result<_>>()?;
+        params.init_bert(PROJECTION_INIT_STD, seed)?;
+        Ok(Self {
+            temperature: config.temperature,
+            teacher_weights,
+            components,
+            student,
+            teachers: teachers.to_vec(),
+            params,
+        })
+    }
+
+    /// The projections' parameters, named `<component>.weight` and `<component>.bias`, for the
+    /// optimizer and checkpoints; empty when the widths match.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The objective at update `step` (from 0) of `total_steps`, where the schedules are.
+    pub fn compute(
+        &self,
+        student: &DistillOutputs,
+        teachers: &[DistillOutputs],
+        batch: &LossBatch,
+        step: usize,
+        total_steps: usize,
+    ) -> Result<LossBreakdown> {
+        ensure!(
+            teachers.len() == self.teachers.len(),
+            "the objective was built for {} teachers, got outputs of {}",
+            self.teachers.len(),
+            teachers.len()
+        );
+        check_depth(student.encoder, &self.student, "student")?;
+        for (outputs, shape) in teachers.iter().zip(&self.teachers) {
+            check_depth(outputs.encoder, shape, "teacher")?;
+        }
+        let temperature = self.temperature.at(step, total_steps);
+        let mut weighted = Vec::with_capacity(self.components.len());
+        let mut components = BTreeMap::new();
+        for component in &self.components {
+            let value = self
+                .component_value(component, student, teachers, batch, temperature)
+                .with_context(|| format!("objective component {}", component.name))?;
+            components.insert(
+                component.name.clone(),
+                value.to_dtype(DType::F32)?.to_scalar()?,
+            );
+            weighted.push(value.affine(component.weight.at(step, total_steps), 0.0)?);
+        }
+        Ok(LossBreakdown {
+            total: Tensor::stack(&weighted, 0)?.sum_all()?,
+            components,
+        })
+    }
+
+    fn component_value(
+        &self,
+        component: &Component,
+        student: &DistillOutputs,
+        teachers: &[DistillOutputs],
+        batch: &LossBatch,
+        temperature: f64,
+    ) -> Result<Tensor> {
+        let per_token = (student.logits.rank() == 3).then_some(batch.attention_mask);
+        let ensemble = |each: &dyn Fn(&DistillOutputs) -> Result<Tensor>| {
+            let tensors = teachers.iter().map(each).collect::<Result<Vec<_>>>()?;
+            weighted_average(&tensors, &self.teacher_weights)
+        };
+        let teacher_distribution =
+            || ensemble(&|teacher| soft_targets(teacher.logits, temperature));
+        let mask = batch.attention_mask;
+        let (s, t) = (student.encoder, teachers[0].encoder);
+        match component.kind {
+            LossKind::SoftCe => soft_cross_entropy(
+                student.logits,
+                &teacher_distribution()?,
+                temperature,
+                per_token,
+            ),
+            LossKind::Kl => kl_divergence(
+                student.logits,
+                &teacher_distribution()?,
+                temperature,
+                per_token,
+            ),
+            LossKind::LogitsMse => {
+                let teacher_logits = ensemble(&|teacher| Ok(teacher.logits.clone()))?;
+                mse(student.logits, &teacher_logits, per_token)
+            }
+            LossKind::Hard => {
+                let labels = batch.labels.context("the hard-label loss needs labels")?;
+                let label_mask = batch.label_mask.or(per_token);
+                if labels.dtype().is_float() {
+                    let logits = student.logits;
+                    let targets = labels.to_dtype(logits.dtype())?.reshape(logits.shape())?;
+                    mse(logits, &targets, label_mask)
+                } else {
+                    hard_cross_entropy(student.logits, labels, label_mask)
+                }
+            }
+            LossKind::Cosine => component.sum_over_pairs(|i, j| {
+                cosine_loss(&component.project(state(s, i))?, state(t, j), mask)
+            }),
+            LossKind::EmbeddingMse | LossKind::HiddenMse => component.sum_over_pairs(|i, j| {
+                mse(&component.project(state(s, i))?, state(t, j), Some(mask))
+            }),
+            LossKind::Pkd => component.sum_over_pairs(|i, j| {
+                pkd_loss(&component.project(&cls(state(s, i))?)?, &cls(state(t, j))?)
+            }),
+            LossKind::AttentionMse => component.sum_over_pairs(|i, j| {
+                attention_score_mse(&s.attention_scores[i - 1], &t.attention_scores[j - 1], mask)
+            }),
+            LossKind::AttentionKl => component.sum_over_pairs(|i, j| {
+                attention_kl(&s.attention_scores[i - 1], &t.attention_scores[j - 1], mask)
+            }),
+        }
+    }
+}
+
+impl Component {
+    fn new(
+        name: String,
+        config: &ComponentConfig,
+        teachers: &[EncoderShape],
+        student: EncoderShape,
+        params: &Params,
+    ) -> Result<Self> {
+        let kind = config.kind;
+        let mut component = Self {
+            name,
+            kind,
+            weight: config.weight,
+            pairs: Vec::new(),
+            projection: None,
+        };
+        if kind.compares_logits() {
+            ensure!(config.layers.is_none(), "{} takes no `layers`", kind.name());
+            return Ok(component);
+        }
+        let [teacher] = teachers else {
+            bail!(
+                "{} compares layers with one teacher, not {}",
+                kind.name(),
+                teachers.len()
+            );
+        };
+        component.pairs = match (kind.default_layers(), &config.layers) {
+            (Some(default), layers) => layers
+                .as_ref()
+                .unwrap_or(&default)
+                .pairs(student.layers, teacher.layers)?,
+            (None, None) => vec![(0, 0)],
+            (None, Some(_)) => bail!("{} takes no `layers`", kind.name()),
+        };
+        if kind.compares_attention() {
+            ensure!(
+                student.heads == teacher.heads,
+                "{} needs as many heads in the student ({}) as in the teacher ({})",
+                kind.name(),
+                student.heads,
+                teacher.heads
+            );
+            ensure!(
+                component.pairs.iter().all(|&(s, _)| s > 0),
+                "the embedding output (layer 0) has no attention"
+            );
+        } else if student.hidden_size != teacher.hidden_size {
+            let vb = params.var_builder().pp(&component.name);
+            component.projection = Some(candle_nn::linear(
+                student.hidden_size,
+                teacher.hidden_size,
+                vb,
+            )?);
+        }
+        Ok(component)
+    }
+
+    fn project(&self, student_states: &Tensor) -> Result<Tensor> {
+        Ok(match &self.projection {
+            Some(projection) => projection.forward(student_states)?,
+            None => student_states.clone(),
+        })
+    }
+
+    fn sum_over_pairs(&self, loss: impl Fn(usize, usize) -> Result<Tensor>) -> Result<Tensor> {
+        let losses = self
+            .pairs
+            .iter()
+            .map(|&(s, t)| loss(s, t))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&losses, 0)?.sum_all()?)
+    }
+}
+
+/// A layer's output; layer 0 is the embedding output.
+fn state(output: &BertOutput, layer: usize) -> &Tensor {
+    match layer {
+        0 => &output.embeddings,
+        _ => &output.hidden_states[layer - 1],
+    }
+}
+
+/// The `[CLS]` (first) position's states, `[batch, hidden]`.
+fn cls(states: &Tensor) -> Result<Tensor> {
+    Ok(states.narrow(1, 0, 1)?.squeeze(1)?)
+}
+
+fn check_depth(output: &BertOutput, shape: &EncoderShape, model: &str) -> Result<()> {
+    let layers = output.hidden_states.len();
+    ensure!(
+        layers == shape.layers && output.attention_scores.len() == layers,
+        "the {model}'s outputs have {layers} layers, the objective was built for {}",
+        shape.layers
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_component_names_are_the_recipe_names_of_their_kinds() {
+        use LossKind::*;
+        let kinds = [
+            SoftCe,
+            Kl,
+            LogitsMse,
+            Hard,
+            Cosine,
+            EmbeddingMse,
+            HiddenMse,
+            AttentionMse,
+            AttentionKl,
+            Pkd,
+        ];
+        for kind in kinds {
+            assert_eq!(
+                toml::Value::try_from(kind).unwrap().as_str(),
+                Some(kind.name())
+            );
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The training loop shared by fine-tuning and distillation: length-bucketed epochs, AdamW
+//! with warmup and decay, evaluation at an interval with the best model kept, a JSONL log of
+//! every loss component, checkpoints to resume from, and a clean stop on Ctrl-C or NaN.
+
+use crate::optim::{AdamW, AdamWConfig, LinearSchedule};
+use crate::run::{Progress, RunDir};
+use anyhow::{Context, Result, bail};
+use candle_core::{Tensor, Var};
+use rand::{SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    /// Fraction of the updates spent warming the learning rate up.
+    pub warmup: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    /// Stop after this many updates (a quick setting).
+    pub max_steps: Option<usize>,
+    pub seed: u64,
+    /// Evaluate and checkpoint every this many updates, besides the end of each epoch.
+    pub eval_every: Option<usize>,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            batch_size: 32,
+            lr: 5e-5,
+            warmup: 0.1,
+            weight_decay: 0.01,
+            max_grad_norm: 1.0,
+            max_steps: None,
+            seed: 42,
+            eval_every: None,
+        }
+    }
+}
+
+/// The loss of one batch: the total to minimise and each component's value, for the log.
+pub struct StepLoss {
+    pub total: Tensor,
+    pub components: BTreeMap<String, f64>,
+}
+
+/// What the loop trains.
+pub trait Trainable {
+    /// Every trained parameter under a unique name (a student's and its losses' projections).
+    fn parameters(&self) -> Vec<(String, Var)>;
+    /// Training examples' lengths, for bucketing; batches are lists of their indices.
+    fn example_lengths(&self) -> Vec<usize>;
+    /// The loss on the examples at `indices`; `progress` runs from 0 to 1 over training,
+    /// for scheduled loss weights and temperatures.
+    fn loss(&self, indices: &[usize], progress: f64) -> Result<StepLoss>;
+    /// Reseeds dropout, so that a resumed run draws what an uninterrupted one would.
+    fn reseed_dropout(&self, seed: u64);
+    /// Dev metrics; the first of `metric_names` selects the best model (higher is better).
+    fn evaluate(&self) -> Result<BTreeMap<String, f64>>;
+    /// Writes the model to keep (an HF model directory) into `dir`.
+    fn save_model(&self, dir: &Path) -> Result<()>;
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub step: usize,
+    pub epoch: usize,
+    /// Mean training loss since the previous evaluation.
+    pub train_loss: f64,
+    pub dev: BTreeMap<String, f64>,
+}
+
+/// Where a run stands; saved with every checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainState {
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: usize,
+    /// Batches of the current epoch already trained on.
+    pub batches_done: usize,
+    pub best_value: Option<f64>,
+    pub best_step: usize,
+    pub evaluations: Vec<Evaluation>,
+    pub examples_seen: usize,
+    pub train_seconds: f64,
+    /// Loss summed over the updates since the last evaluation, and their count.
+    pub interval_loss: f64,
+    pub interval_steps: usize,
+    pub interrupted: bool,
+}
+
+impl TrainState {
+    /// Training examples per second, evaluation excluded.
+    pub fn examples_per_s(&self) -> f64 {
+        self.examples_seen as f64 / self.train_seconds.max(1e-9)
+    }
+}
+
+const CHECKPOINT: &str = "checkpoint";
+
+/// Trains `model` into `out`: the best model by `metric` is saved at the top of `out`, the
+/// latest checkpoint under `out/checkpoint`, every step and evaluation in `out/log.jsonl`.
+/// With `resume`, training continues from the checkpoint in `out`. When `stop` turns true
+/// (Ctrl-C), a checkpoint is written and the state returned with `interrupted` set.
+pub fn train(
+    model: &dyn Trainable,
+    config: &TrainerConfig,
+    metric: &str,
+    out: &RunDir,
+    resume: bool,
+    stop: &AtomicBool,
+) -> Result<TrainState> {
+    let lengths = model.example_lengths();
+    let steps_per_epoch = lengths.len().div_ceil(config.batch_size);
+    let total_steps = config
+        .max_steps
+        .unwrap_or(usize::MAX)
+        .min(steps_per_epoch * config.epochs);
+    let schedule = LinearSchedule {
+        peak: config.lr,
+        warmup_steps: (total_steps as f64 * config.warmup).round() as usize,
+        total_steps,
+    };
+    let parameters = model.parameters();
+    let mut optimizer = AdamW::new(
+        parameters.clone(),
+        AdamWConfig {
+            weight_decay: config.weight_decay,
+            max_grad_norm: Some(config.max_grad_norm),
+            ..AdamWConfig::default()
+        },
+    );
+    let mut state = if resume {
+        load_checkpoint(&out.join(CHECKPOINT), &parameters, &mut optimizer)?
+    } else {
+        TrainState {
+            step: 0,
+            total_steps,
+            epoch: 1,
+            batches_done: 0,
+            best_value: None,
+            best_step: 0,
+            evaluations: Vec::new(),
+            examples_seen: 0,
+            train_seconds: 0.0,
+            interval_loss: 0.0,
+            interval_steps: 0,
+            interrupted: false,
+        }
+    };
+    state.interrupted = false;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join("log.jsonl"))
+        .context("cannot open the run log")?;
+    let progress = Progress::new(total_steps as u64, "train");
+    progress.set_position(state.step as u64);
+    while state.step < total_steps && state.epoch <= config.epochs {
+        let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(state.epoch as u64));
+        let plan = kd_data::batch_plan(&lengths, config.batch_size, Some(&mut rng));
+        for indices in plan.iter().skip(state.batches_done) {
+            if state.step >= total_steps {
+                break;
+            }
+            if stop.load(Ordering::SeqCst) {
+                state.interrupted = true;
+                save_checkpoint(&out.join(CHECKPOINT), &parameters, &optimizer, &state)?;
+                progress.finish();
+                return Ok(state);
+            }
+            let started = Instant::now();
+            model.reseed_dropout(
+                config
+                    .seed
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add(state.step as u64),
+            );
+            let loss = model.loss(indices, state.step as f64 / total_steps as f64)?;
+            let value = loss.total.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                bail!(
+                    "loss is {value} at step {} ({}): stopping; the best model and the last \
+                     checkpoint are kept in {}",
+                    state.step,
+                    format_components(&loss.components),
+                    out.path().display()
+                );
+            }
+            let lr = schedule.lr(state.step);
+            let grad_norm = optimizer.step(&loss.total.backward()?, lr)?;
+            state.train_seconds += started.elapsed().as_secs_f64();
+            state.step += 1;
+            state.batches_done += 1;
+            state.examples_seen += indices.len();
+            state.interval_loss += value;
+            state.interval_steps += 1;
+            let line = serde_json::json!({
+                "step": state.step, "epoch": state.epoch, "lr": lr, "loss": value,
+                "grad_norm": grad_norm, "components": loss.components,
+            });
+            writeln!(log, "{line}")?;
+            progress.step(format!(
+                "epoch {} loss {:.4} {:.0} ex/s",
+                state.epoch,
+                state.interval_loss / state.interval_steps as f64,
+                state.examples_per_s()
+            ));
+            let epoch_done = state.batches_done == plan.len();
+            let interval = config
+                .eval_every
+                .is_some_and(|every| state.step.is_multiple_of(every));
+            if epoch_done || interval || state.step == total_steps {
+                let dev = model.evaluate()?;
+                let value = *dev
+                    .get(metric)
+                    .with_context(|| format!("evaluation has no metric {metric}"))?;
+                progress.println(format!(
+                    "step {} (epoch {}): train loss {:.4}, dev {}",
+                    state.step,
+                    state.epoch,
+                    state.interval_loss / state.interval_steps.max(1) as f64,
+                    format_metrics(&dev)
+                ));
+                let evaluation = Evaluation {
+                    step: state.step,
+                    epoch: state.epoch,
+                    train_loss: state.interval_loss / state.interval_steps.max(1) as f64,
+                    dev,
+                };
+                writeln!(log, "{}", serde_json::json!({ "evaluation": evaluation }))?;
+                state.evaluations.push(evaluation);
+                (state.interval_loss, state.interval_steps) = (0.0, 0);
+                if state.best_value.is_none_or(|best| value > best) {
+                    state.best_value = Some(value);
+                    state.best_step = state.step;
+                    model.save_model(out.path())?;
+                }
+                if epoch_done {
+                    state.epoch += 1;
+                    state.batches_done = 0;
+                }
+                save_checkpoint(&out.join(CHECKPOINT), &parameters, &optimizer, &state)?;
+            }
+        }
+        if state.batches_done != 0 {
+            // The plan ran out without an evaluation only when max_steps ended it.
+            break;
+        }
+    }
+    progress.finish();
+    Ok(state)
+}
+
+fn save_checkpoint(
+    dir: &Path,
+    parameters: &[(String, Var)],
+    optimizer: &AdamW,
+    state: &TrainState,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tensors: Vec<(&str, &Tensor)> = parameters
+        .iter()
+        .map(|(name, var)| (name.as_str(), var.as_tensor()))
+        .collect();
+    kd_bert::write_atomically(&dir.join("params.safetensors"), |tmp| {
+        safetensors::tensor::serialize_to_file(tensors, None, tmp)?;
+        Ok(())
+    })?;
+    optimizer.save(&dir.join("optimizer.safetensors"))?;
+    let text = serde_json::to_string_pretty(state)?;
+    kd_bert::write_atomically(&dir.join("state.json"), |tmp| {
+        Ok(std::fs::write(tmp, text)?)
+    })
+}
+
+fn load_checkpoint(
+    dir: &Path,
+    parameters: &[(String, Var)],
+    optimizer: &mut AdamW,
+) -> Result<TrainState> {
+    let state_path = dir.join("state.json");
+    let text = std::fs::read_to_string(&state_path)
+        .with_context(|| format!("cannot resume: no checkpoint at {}", state_path.display()))?;
+    let state: TrainState = serde_json::from_str(&text)
+        .with_context(|| format!("malformed checkpoint state {}", state_path.display()))?;
+    let params_path = dir.join("params.safetensors");
+    let tensors = candle_core::safetensors::load(&params_path, &candle_core::Device::Cpu)
+        .with_context(|| format!("cannot read {}", params_path.display()))?;
+    for (name, var) in parameters {
+        let tensor = tensors
+            .get(name)
+            .with_context(|| format!("checkpoint {} lacks {name}", params_path.display()))?;
+        var.set(tensor)
+            .with_context(|| format!("checkpoint tensor {name} does not fit"))?;
+    }
+    optimizer.load(&dir.join("optimizer.safetensors"))?;
+    Ok(state)
+}
+
+pub fn format_metrics(metrics: &BTreeMap<String, f64>) -> String {
+    metrics
+        .iter()
+        .map(|(name, value)| format!("{name} {:.2}%", value * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn format_components(components: &BTreeMap<String, f64>) -> String {
+    components
+        .iter()
+        .map(|(name, value)| format!("{name} {value:.4}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A flag that turns true on Ctrl-C (SIGINT), for [`train`] to stop at the next step.
+pub fn interrupt_flag() -> Result<&'static AtomicBool> {
+    static STOP: AtomicBool = AtomicBool::new(false);
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    let mut result = Ok(());
+    INSTALLED.call_once(|| {
+        result = ctrlc::set_handler(|| {
+            if STOP.swap(true, Ordering::SeqCst) {
+                // A second Ctrl-C while the checkpoint is written: leave at once.
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again to quit at once)");
+        });
+    });
+    result.context("cannot install the Ctrl-C handler")?;
+    Ok(&STOP)
+}
