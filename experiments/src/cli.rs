@@ -5,6 +5,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kd_data::{Example, Label, TaskData, TaskKind, TaskSpec};
 use kd_teacher::{Encoder, ModelFiles, Pooling, TaskModel, finetune};
 use kd_train::{RunDir, TrainerConfig};
+
+use crate::distill::{self, DistillOptions};
+use crate::recipe::Recipe;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -24,6 +27,34 @@ enum Command {
     Predict(PredictArgs),
     /// Print one JSON array (the sentence embedding) per text.
     Embed(EmbedArgs),
+    /// Distil a student from a teacher by a TOML recipe (see experiments/recipes/).
+    Distill(DistillArgs),
+}
+
+#[derive(Args)]
+struct DistillArgs {
+    #[arg(long)]
+    recipe: PathBuf,
+    /// Output directory [default: runs/<recipe name>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override a recipe field, e.g. --set training.lr=5e-5 --set stages.0.epochs=1.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    #[arg(long)]
+    force: bool,
+    /// Continue the interrupted run in --out from its last checkpoint.
+    #[arg(long, conflicts_with = "force")]
+    resume: bool,
+    /// Where teacher outputs are cached, shared by runs with the same teacher and data.
+    #[arg(long, default_value = "runs/cache")]
+    cache_dir: PathBuf,
+    /// Quick setting: stop each stage after this many updates.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Quick setting: train on the first N training examples only.
+    #[arg(long)]
+    max_train_examples: Option<usize>,
 }
 
 /// Which task, and where its data is.
@@ -184,6 +215,7 @@ pub fn run() -> Result<()> {
         Command::Eval(args) => run_eval(args),
         Command::Predict(args) => run_predict(args),
         Command::Embed(args) => run_embed(args),
+        Command::Distill(args) => run_distill(args),
     }
 }
 
@@ -336,5 +368,56 @@ fn run_embed(args: EmbedArgs) -> Result<()> {
     for row in embeddings.to_vec2::<f32>()? {
         println!("{}", serde_json::to_string(&row)?);
     }
+    Ok(())
+}
+
+fn run_distill(args: DistillArgs) -> Result<()> {
+    let mut overrides = args.overrides.clone();
+    if let Some(steps) = args.max_steps {
+        overrides.push(format!("training.max_steps={steps}"));
+    }
+    if let Some(examples) = args.max_train_examples {
+        overrides.push(format!("data.max_train_examples={examples}"));
+    }
+    let recipe = Recipe::load(&args.recipe, &overrides)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(&recipe.name));
+    let options = DistillOptions {
+        out: &out,
+        force: args.force,
+        resume: args.resume,
+        cache_dir: &args.cache_dir,
+        shared_dir: &shared_dir(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let summary = distill::run(&recipe, &options, kd_train::interrupt_flag()?)?;
+    println!("{}", serde_json::to_string(&summary)?);
+    if summary.interrupted {
+        eprintln!("interrupted: checkpoint saved; continue with the same command and --resume");
+        std::process::exit(130);
+    }
+    let metric = &summary.metric;
+    let row = |role: &str, model: &distill::ModelSummary| {
+        format!(
+            "{role:<8} {:>6} {:>6} {:>11} {:>9.2}%",
+            model.layers,
+            model.hidden,
+            model.params,
+            model.dev.get(metric).copied().unwrap_or(f64::NAN) * 100.0
+        )
+    };
+    eprintln!(
+        "\n{:<8} {:>6} {:>6} {:>11} {:>10}",
+        "model", "layers", "hidden", "parameters", metric
+    );
+    eprintln!("{}", row("teacher", &summary.teacher));
+    eprintln!("{}", row("student", &summary.student));
+    eprintln!(
+        "student saved to {} ({:.0} s)",
+        out.display(),
+        summary.wall_time_s
+    );
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! `kd`: knowledge distillation for BERT models, on the command line.
 
 mod cli;
+mod distill;
+mod recipe;
 
 fn main() {
     keep_freed_memory();

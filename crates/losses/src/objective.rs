@@ -143,7 +143,9 @@ pub struct DistillOutputs<'a> {
     /// `[batch, classes]` from a sequence classifier (`[batch, 1]` for regression), or
     /// `[batch, seq, vocab]` from a masked-LM head, whose losses count real tokens only.
     pub logits: &'a Tensor,
-    pub encoder: &'a BertOutput,
+    /// The encoder's intermediates; a teacher's may be left out (cached logits) when the
+    /// objective compares predictions only (see [`Objective::needs_teacher_states`]).
+    pub encoder: Option<&'a BertOutput>,
 }
 
 /// What the losses need of a batch besides the models' outputs.
@@ -248,6 +250,14 @@ impl Objective {
         })
     }
 
+    /// Whether a component compares layers, so that the teacher's intermediate states are
+    /// needed and not only its logits.
+    pub fn needs_teacher_states(&self) -> bool {
+        self.components
+            .iter()
+            .any(|component| !component.kind.compares_logits())
+    }
+
     /// The projections' parameters, named `<component>.weight` and `<component>.bias`, for the
     /// optimizer and checkpoints; empty when the widths match.
     pub fn params(&self) -> &Params {
@@ -269,9 +279,14 @@ impl Objective {
             self.teachers.len(),
             teachers.len()
         );
-        check_depth(student.encoder, &self.student, "student")?;
+        let student_states = student
+            .encoder
+            .context("the student's outputs lack its states")?;
+        check_depth(student_states, &self.student, "student")?;
         for (outputs, shape) in teachers.iter().zip(&self.teachers) {
-            check_depth(outputs.encoder, shape, "teacher")?;
+            if let Some(states) = outputs.encoder {
+                check_depth(states, shape, "teacher")?;
+            }
         }
         let temperature = self.temperature.at(step, total_steps);
         let mut weighted = Vec::with_capacity(self.components.len());
@@ -308,7 +323,15 @@ impl Objective {
         let teacher_distribution =
             || ensemble(&|teacher| soft_targets(teacher.logits, temperature));
         let mask = batch.attention_mask;
-        let (s, t) = (student.encoder, teachers[0].encoder);
+        let states = || -> Result<(&BertOutput, &BertOutput)> {
+            let student = student
+                .encoder
+                .context("the student's states are missing")?;
+            let teacher = teachers[0]
+                .encoder
+                .context("this component compares layers: it needs the teacher's states")?;
+            Ok((student, teacher))
+        };
         match component.kind {
             LossKind::SoftCe => soft_cross_entropy(
                 student.logits,
@@ -337,21 +360,40 @@ impl Objective {
                     hard_cross_entropy(student.logits, labels, label_mask)
                 }
             }
-            LossKind::Cosine => component.sum_over_pairs(|i, j| {
-                cosine_loss(&component.project(state(s, i))?, state(t, j), mask)
-            }),
-            LossKind::EmbeddingMse | LossKind::HiddenMse => component.sum_over_pairs(|i, j| {
-                mse(&component.project(state(s, i))?, state(t, j), Some(mask))
-            }),
-            LossKind::Pkd => component.sum_over_pairs(|i, j| {
-                pkd_loss(&component.project(&cls(state(s, i))?)?, &cls(state(t, j))?)
-            }),
-            LossKind::AttentionMse => component.sum_over_pairs(|i, j| {
-                attention_score_mse(&s.attention_scores[i - 1], &t.attention_scores[j - 1], mask)
-            }),
-            LossKind::AttentionKl => component.sum_over_pairs(|i, j| {
-                attention_kl(&s.attention_scores[i - 1], &t.attention_scores[j - 1], mask)
-            }),
+            LossKind::Cosine => {
+                let (s, t) = states()?;
+                component.sum_over_pairs(|i, j| {
+                    cosine_loss(&component.project(state(s, i))?, state(t, j), mask)
+                })
+            }
+            LossKind::EmbeddingMse | LossKind::HiddenMse => {
+                let (s, t) = states()?;
+                component.sum_over_pairs(|i, j| {
+                    mse(&component.project(state(s, i))?, state(t, j), Some(mask))
+                })
+            }
+            LossKind::Pkd => {
+                let (s, t) = states()?;
+                component.sum_over_pairs(|i, j| {
+                    pkd_loss(&component.project(&cls(state(s, i))?)?, &cls(state(t, j))?)
+                })
+            }
+            LossKind::AttentionMse => {
+                let (s, t) = states()?;
+                component.sum_over_pairs(|i, j| {
+                    attention_score_mse(
+                        &s.attention_scores[i - 1],
+                        &t.attention_scores[j - 1],
+                        mask,
+                    )
+                })
+            }
+            LossKind::AttentionKl => {
+                let (s, t) = states()?;
+                component.sum_over_pairs(|i, j| {
+                    attention_kl(&s.attention_scores[i - 1], &t.attention_scores[j - 1], mask)
+                })
+            }
         }
     }
 }

@@ -76,7 +76,10 @@ fn encoder_outputs(shape: EncoderShape, mask: &Tensor, seed: u64) -> BertOutput 
 }
 
 fn outputs<'a>(logits: &'a Tensor, encoder: &'a BertOutput) -> DistillOutputs<'a> {
-    DistillOutputs { logits, encoder }
+    DistillOutputs {
+        logits,
+        encoder: Some(encoder),
+    }
 }
 
 fn batch<'a>(attention_mask: &'a Tensor, labels: Option<&'a Tensor>) -> LossBatch<'a> {

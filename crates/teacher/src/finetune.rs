@@ -58,7 +58,7 @@ impl Trainable for Finetuning<'_> {
         self.train.iter().map(|e| e.ids.len()).collect()
     }
 
-    fn loss(&self, indices: &[usize], _progress: f64) -> Result<StepLoss> {
+    fn loss(&self, indices: &[usize], _step: usize, _total_steps: usize) -> Result<StepLoss> {
         let batch = collate(&self.train, indices, &Device::Cpu)?;
         let (logits, _) = self
             .model

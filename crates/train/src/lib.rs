@@ -9,6 +9,6 @@ mod trainer;
 pub use optim::{AdamW, AdamWConfig, LinearSchedule};
 pub use run::{Progress, RunDir};
 pub use trainer::{
-    Evaluation, StepLoss, TrainState, Trainable, TrainerConfig, format_metrics, interrupt_flag,
-    train,
+    Evaluation, Keep, StepLoss, TrainState, Trainable, TrainerConfig, format_metrics,
+    interrupt_flag, train,
 };

@@ -28,6 +28,21 @@ pub struct TrainerConfig {
     pub seed: u64,
     /// Evaluate and checkpoint every this many updates, besides the end of each epoch.
     pub eval_every: Option<usize>,
+    /// Which model to keep: the best evaluation's or the last's.
+    #[serde(default)]
+    pub keep: Keep,
+}
+
+/// Which model a run keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    /// The best by the dev metric.
+    #[default]
+    Best,
+    /// The last (for stages whose dev metric means nothing yet, such as TinyBERT's
+    /// intermediate-layer distillation).
+    Last,
 }
 
 impl Default for TrainerConfig {
@@ -42,6 +57,7 @@ impl Default for TrainerConfig {
             max_steps: None,
             seed: 42,
             eval_every: None,
+            keep: Keep::Best,
         }
     }
 }
@@ -58,9 +74,9 @@ pub trait Trainable {
     fn parameters(&self) -> Vec<(String, Var)>;
     /// Training examples' lengths, for bucketing; batches are lists of their indices.
     fn example_lengths(&self) -> Vec<usize>;
-    /// The loss on the examples at `indices`; `progress` runs from 0 to 1 over training,
-    /// for scheduled loss weights and temperatures.
-    fn loss(&self, indices: &[usize], progress: f64) -> Result<StepLoss>;
+    /// The loss on the examples at `indices` at update `step` of `total_steps` (for scheduled
+    /// loss weights and temperatures).
+    fn loss(&self, indices: &[usize], step: usize, total_steps: usize) -> Result<StepLoss>;
     /// Reseeds dropout, so that a resumed run draws what an uninterrupted one would.
     fn reseed_dropout(&self, seed: u64);
     /// Dev metrics; the first of `metric_names` selects the best model (higher is better).
@@ -184,7 +200,7 @@ pub fn train(
                     .wrapping_mul(1_000_003)
                     .wrapping_add(state.step as u64),
             );
-            let loss = model.loss(indices, state.step as f64 / total_steps as f64)?;
+            let loss = model.loss(indices, state.step, total_steps)?;
             let value = loss.total.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 bail!(
@@ -242,6 +258,11 @@ pub fn train(
                 if state.best_value.is_none_or(|best| value > best) {
                     state.best_value = Some(value);
                     state.best_step = state.step;
+                    if config.keep == Keep::Best {
+                        model.save_model(out.path())?;
+                    }
+                }
+                if config.keep == Keep::Last {
                     model.save_model(out.path())?;
                 }
                 if epoch_done {

@@ -1,0 +1,404 @@
+//! `kd distill`: runs a recipe's stages, each an objective trained through the shared loop,
+//! the teacher's logits cached across epochs and recipes.
+
+use crate::recipe::{DataSpec, Recipe, Stage, StudentSpec};
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor, Var};
+use kd_bert::Mode;
+use kd_data::{EncodedExample, TaskData, TaskSpec, collate};
+use kd_losses::{DistillOutputs, EncoderShape, LossBatch, Objective};
+use kd_teacher::{CacheOutcome, ModelFiles, TaskModel, TeacherCache};
+use kd_train::{RunDir, StepLoss, TrainState, Trainable, TrainerConfig, train};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+const EVAL_BATCH_SIZE: usize = 128;
+
+/// One stage's training: the student, its teacher and the objective between them.
+struct Distillation<'a> {
+    student: &'a TaskModel,
+    teacher: &'a TaskModel,
+    objective: &'a Objective,
+    spec: &'a TaskSpec,
+    train: &'a [EncodedExample],
+    dev: &'a [EncodedExample],
+    /// The teacher's logits for every training example, when the objective needs no more.
+    teacher_logits: Option<Tensor>,
+}
+
+impl Trainable for Distillation<'_> {
+    fn parameters(&self) -> Vec<(String, Var)> {
+        let projections = self.objective.params().vars().into_iter();
+        self.student
+            .params
+            .vars()
+            .into_iter()
+            .chain(projections.map(|(name, var)| (format!("objective.{name}"), var)))
+            .collect()
+    }
+
+    fn example_lengths(&self) -> Vec<usize> {
+        self.train.iter().map(|e| e.ids.len()).collect()
+    }
+
+    fn loss(&self, indices: &[usize], step: usize, total_steps: usize) -> Result<StepLoss> {
+        let batch = collate(self.train, indices, &Device::Cpu)?;
+        let (student_logits, student_states) = self
+            .student
+            .model
+            .forward(&batch.input, Mode::Train { dropout: true })?;
+        let (teacher_logits, teacher_states) = match &self.teacher_logits {
+            Some(cached) => {
+                let rows: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+                let rows = Tensor::new(rows, &Device::Cpu)?;
+                (cached.index_select(&rows, 0)?, None)
+            }
+            None => {
+                let (logits, states) = self.teacher.model.forward(&batch.input, Mode::Inference)?;
+                (logits, Some(states))
+            }
+        };
+        let breakdown = self.objective.compute(
+            &DistillOutputs {
+                logits: &student_logits,
+                encoder: Some(&student_states),
+            },
+            &[DistillOutputs {
+                logits: &teacher_logits,
+                encoder: teacher_states.as_ref(),
+            }],
+            &LossBatch {
+                attention_mask: &batch.input.attention_mask,
+                labels: Some(&batch.labels),
+                label_mask: None,
+            },
+            step,
+            total_steps,
+        )?;
+        Ok(StepLoss {
+            total: breakdown.total,
+            components: breakdown
+                .components
+                .into_iter()
+                .map(|(name, value)| (name, value as f64))
+                .collect(),
+        })
+    }
+
+    fn reseed_dropout(&self, seed: u64) {
+        self.student.model.bert.dropout_rng().reseed(seed);
+    }
+
+    fn evaluate(&self) -> Result<BTreeMap<String, f64>> {
+        self.student.evaluate(self.spec, self.dev, EVAL_BATCH_SIZE)
+    }
+
+    fn save_model(&self, dir: &Path) -> Result<()> {
+        self.student.save(dir)
+    }
+}
+
+/// What `kd distill` prints and writes to `summary.json`.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub recipe: String,
+    pub task: String,
+    pub metric: String,
+    pub teacher: ModelSummary,
+    pub student: ModelSummary,
+    pub stages: Vec<StageSummary>,
+    pub wall_time_s: f64,
+    pub interrupted: bool,
+    pub command: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelSummary {
+    pub layers: usize,
+    pub hidden: usize,
+    pub params: usize,
+    pub dev: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StageSummary {
+    pub name: String,
+    pub steps: usize,
+    pub best: Option<f64>,
+    pub examples_per_s: f64,
+    /// Seconds spent on the teacher's logits, and whether they came from the cache.
+    pub teacher_seconds: f64,
+    pub teacher_cache: Option<String>,
+}
+
+pub struct DistillOptions<'a> {
+    pub out: &'a Path,
+    pub force: bool,
+    pub resume: bool,
+    pub cache_dir: &'a Path,
+    pub shared_dir: &'a Path,
+    pub command: String,
+}
+
+/// Runs every stage of `recipe` into `options.out`: stage `N-name/` folders with their logs and
+/// checkpoints, the final student at the top with `summary.json`.
+pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Result<Summary> {
+    let started = Instant::now();
+    let teacher_files = ModelFiles::resolve(&recipe.teacher.model)?;
+    let teacher = TaskModel::load(&teacher_files, recipe.data.max_seq_len)
+        .with_context(|| format!("cannot load teacher {}", recipe.teacher.model))?;
+    let data = load_data(&recipe.data, options.shared_dir, &teacher)?;
+    let student = build_student(recipe, &teacher)?;
+    let train_set = student.encode(&data.train)?;
+    let dev_set = student.encode(&data.dev)?;
+    let metric = data.spec.metrics[0].name().to_string();
+    // Everything is loaded and checked before the output directory is touched.
+    let out = if options.resume {
+        RunDir::open(options.out)?
+    } else {
+        RunDir::create(options.out, options.force)?
+    };
+    eprintln!(
+        "{}: teacher {} ({} parameters), student {} layers x {} ({} parameters), {} train / {} dev",
+        recipe.name,
+        recipe.teacher.model,
+        teacher.params.num_parameters(),
+        student.config.num_hidden_layers,
+        student.config.hidden_size,
+        student.params.num_parameters(),
+        train_set.len(),
+        dev_set.len()
+    );
+    let cache = TeacherCache::new(options.cache_dir);
+    let mut stages = Vec::new();
+    let mut interrupted = false;
+    for (index, stage) in recipe.stages.iter().enumerate() {
+        let stage_dir = out.join(&format!("{}-{}", index + 1, stage.name));
+        let (state, summary) = run_stage(
+            recipe,
+            stage,
+            index,
+            &stage_dir,
+            &student,
+            &teacher,
+            &teacher_files,
+            &data.spec,
+            &train_set,
+            &dev_set,
+            &cache,
+            options.resume,
+            stop,
+        )?;
+        stages.push(summary);
+        if state.interrupted {
+            interrupted = true;
+            break;
+        }
+        // The next stage starts from the model this one keeps.
+        student
+            .params
+            .load(&stage_dir.join("model.safetensors"), |_| false)?;
+    }
+    if !interrupted {
+        student.save(out.path())?;
+    }
+    let summary = Summary {
+        recipe: recipe.name.clone(),
+        task: data.spec.name.clone(),
+        metric,
+        teacher: model_summary(&teacher, &data.spec, &dev_set)?,
+        student: model_summary(&student, &data.spec, &dev_set)?,
+        stages,
+        wall_time_s: started.elapsed().as_secs_f64(),
+        interrupted,
+        command: options.command.clone(),
+    };
+    let text = serde_json::to_string_pretty(&summary)?;
+    kd_bert::write_atomically(&out.join("summary.json"), |tmp| {
+        Ok(std::fs::write(tmp, text)?)
+    })?;
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_stage(
+    recipe: &Recipe,
+    stage: &Stage,
+    index: usize,
+    dir: &Path,
+    student: &TaskModel,
+    teacher: &TaskModel,
+    teacher_files: &ModelFiles,
+    spec: &TaskSpec,
+    train_set: &[EncodedExample],
+    dev_set: &[EncodedExample],
+    cache: &TeacherCache,
+    resume: bool,
+    stop: &AtomicBool,
+) -> Result<(TrainState, StageSummary)> {
+    let done = dir.join("stage.json");
+    let objective = Objective::new(
+        &stage.objective,
+        &[EncoderShape::from(&teacher.config)],
+        EncoderShape::from(&student.config),
+        &Device::Cpu,
+        recipe.training.seed.wrapping_add(index as u64),
+    )
+    .with_context(|| format!("stage {}", stage.name))?;
+    let teacher_started = Instant::now();
+    let (teacher_logits, cache_outcome) = if objective.needs_teacher_states() {
+        (None, None)
+    } else {
+        let (logits, outcome) =
+            cache.logits(teacher, &teacher_files.weights, train_set, EVAL_BATCH_SIZE)?;
+        (Some(logits), Some(outcome))
+    };
+    let teacher_seconds = teacher_started.elapsed().as_secs_f64();
+    if let Some(outcome) = cache_outcome {
+        eprintln!(
+            "stage {}: teacher logits {} in {teacher_seconds:.1} s",
+            stage.name,
+            match outcome {
+                CacheOutcome::Computed => "computed and cached",
+                CacheOutcome::Loaded => "loaded from the cache",
+            }
+        );
+    }
+    let task = Distillation {
+        student,
+        teacher,
+        objective: &objective,
+        spec,
+        train: train_set,
+        dev: dev_set,
+        teacher_logits,
+    };
+    let training = &recipe.training;
+    let config = TrainerConfig {
+        epochs: stage.epochs,
+        batch_size: training.batch_size,
+        lr: stage.lr.unwrap_or(training.lr),
+        warmup: training.warmup,
+        weight_decay: training.weight_decay,
+        max_steps: training.max_steps,
+        seed: training.seed,
+        eval_every: training.eval_every,
+        keep: stage.keep,
+        ..TrainerConfig::default()
+    };
+    let stage_resume = resume && dir.join("checkpoint/state.json").is_file();
+    let state = if resume && done.is_file() {
+        eprintln!("stage {}: already complete", stage.name);
+        let text = std::fs::read_to_string(dir.join("checkpoint/state.json"))?;
+        serde_json::from_str(&text)?
+    } else {
+        let stage_dir = if stage_resume {
+            RunDir::open(dir)?
+        } else {
+            RunDir::create(dir, true)?
+        };
+        let state = train(
+            &task,
+            &config,
+            spec.metrics[0].name(),
+            &stage_dir,
+            stage_resume,
+            stop,
+        )?;
+        if !state.interrupted {
+            kd_bert::write_atomically(&done, |tmp| Ok(std::fs::write(tmp, "{}")?))?;
+        }
+        state
+    };
+    let summary = StageSummary {
+        name: stage.name.clone(),
+        steps: state.step,
+        best: state.best_value,
+        examples_per_s: state.examples_per_s(),
+        teacher_seconds,
+        teacher_cache: cache_outcome.map(|outcome| format!("{outcome:?}").to_lowercase()),
+    };
+    Ok((state, summary))
+}
+
+fn load_data(spec: &DataSpec, shared_dir: &Path, teacher: &TaskModel) -> Result<TaskData> {
+    let task = TaskSpec::glue(&spec.task)?;
+    if task.kind != teacher.task_kind() {
+        bail!(
+            "the teacher is a {:?} model but task {} is {:?}",
+            teacher.task_kind(),
+            task.name,
+            task.kind
+        );
+    }
+    let dir: PathBuf = match &spec.data_dir {
+        Some(dir) => dir.clone(),
+        None => task.glue_dir(&shared_dir.join("data")),
+    };
+    let mut labels = teacher.dataset_labels();
+    let mut data = TaskData {
+        train: task.read(&dir.join("train.tsv"), &mut labels)?,
+        dev: task.read(&dir.join("dev.tsv"), &mut labels)?,
+        labels,
+        spec: task,
+    };
+    if let Some(limit) = spec.max_train_examples {
+        data.train.truncate(limit);
+    }
+    Ok(data)
+}
+
+fn build_student(recipe: &Recipe, teacher: &TaskModel) -> Result<TaskModel> {
+    let seed = recipe.training.seed;
+    match &recipe.student {
+        StudentSpec::Distilbert { layers, copy_head } => {
+            let layers = layers
+                .clone()
+                .unwrap_or_else(|| kd_student::every_other_layer(teacher.config.num_hidden_layers));
+            kd_student::distilbert_student(teacher, &layers, *copy_head, seed)
+        }
+        StudentSpec::Tinybert { shape, init: None } => {
+            kd_student::tinybert_student(teacher, *shape, seed)
+        }
+        StudentSpec::Tinybert {
+            shape,
+            init: Some(init),
+        } => {
+            let files = ModelFiles::resolve(init)?;
+            let student = TaskModel::from_backbone(
+                &files,
+                teacher.task_kind(),
+                &teacher.dataset_labels(),
+                seed,
+                recipe.data.max_seq_len,
+            )?;
+            let config = &student.config;
+            if (config.num_hidden_layers, config.hidden_size) != (shape.layers, shape.hidden) {
+                bail!(
+                    "student checkpoint {init} has {} layers x {}, the recipe says {} x {}",
+                    config.num_hidden_layers,
+                    config.hidden_size,
+                    shape.layers,
+                    shape.hidden
+                );
+            }
+            Ok(student)
+        }
+    }
+}
+
+fn model_summary(
+    model: &TaskModel,
+    spec: &TaskSpec,
+    dev: &[EncodedExample],
+) -> Result<ModelSummary> {
+    Ok(ModelSummary {
+        layers: model.config.num_hidden_layers,
+        hidden: model.config.hidden_size,
+        params: model.params.num_parameters(),
+        dev: model.evaluate(spec, dev, EVAL_BATCH_SIZE)?,
+    })
+}

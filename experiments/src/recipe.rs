@@ -1,0 +1,210 @@
+//! Distillation recipes: TOML files naming the teacher, how the student is built, the data,
+//! the training settings and the stages with their objectives. `--set key=value` overrides
+//! any field before the recipe is read (`training.lr=5e-5`, `stages.0.epochs=1`).
+
+use anyhow::{Context, Result, bail};
+use kd_losses::ObjectiveConfig;
+use kd_student::StudentShape;
+use kd_train::Keep;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub teacher: TeacherSpec,
+    pub student: StudentSpec,
+    pub data: DataSpec,
+    pub training: TrainingSpec,
+    pub stages: Vec<Stage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherSpec {
+    /// A fine-tuned task model: hub id or directory.
+    pub model: String,
+}
+
+/// How the student is built.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StudentSpec {
+    /// A subset of the teacher's layers, copied (every other layer by default).
+    Distilbert {
+        #[serde(default)]
+        layers: Option<Vec<usize>>,
+        #[serde(default = "yes")]
+        copy_head: bool,
+    },
+    /// Any shape, BERT-initialised, or from a checkpoint directory (a general-distilled
+    /// student) when `init` is given.
+    Tinybert {
+        shape: StudentShape,
+        #[serde(default)]
+        init: Option<String>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// A GLUE task name.
+    pub task: String,
+    /// Directory with train.tsv and dev.tsv [default: the shared GLUE folder of the task].
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    #[serde(default = "default_max_seq_len")]
+    pub max_seq_len: usize,
+    /// Train on the first N examples only (a quick setting).
+    #[serde(default)]
+    pub max_train_examples: Option<usize>,
+}
+
+fn default_max_seq_len() -> usize {
+    128
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    pub lr: f64,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "default_warmup")]
+    pub warmup: f64,
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Evaluate and checkpoint every N updates, besides each epoch's end.
+    #[serde(default)]
+    pub eval_every: Option<usize>,
+    /// Stop each stage after N updates (a quick setting).
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+}
+
+fn default_batch_size() -> usize {
+    32
+}
+fn default_warmup() -> f64 {
+    0.1
+}
+fn default_weight_decay() -> f64 {
+    0.01
+}
+fn default_seed() -> u64 {
+    42
+}
+
+/// One stage: an objective trained for some epochs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub name: String,
+    pub epochs: usize,
+    /// This stage's learning rate, when it differs from `training.lr`.
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// The model the stage hands on: the best on dev, or the last.
+    #[serde(default)]
+    pub keep: Keep,
+    pub objective: ObjectiveConfig,
+}
+
+impl Recipe {
+    /// Reads a recipe, applying `key=value` overrides first.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read recipe {}", path.display()))?;
+        let mut value = toml::Value::Table(
+            toml::from_str(&text)
+                .with_context(|| format!("malformed recipe {}", path.display()))?,
+        );
+        for assignment in overrides {
+            apply_override(&mut value, assignment)
+                .with_context(|| format!("cannot apply --set {assignment}"))?;
+        }
+        let recipe: Self = value
+            .try_into()
+            .with_context(|| format!("invalid recipe {}", path.display()))?;
+        if recipe.stages.is_empty() {
+            bail!("recipe {} has no stages", path.display());
+        }
+        Ok(recipe)
+    }
+}
+
+/// Applies `a.b.0.c=value`; the value is read as TOML, or else taken as a string.
+fn apply_override(recipe: &mut toml::Value, assignment: &str) -> Result<()> {
+    let (key, raw) = assignment.split_once('=').context("expected key=value")?;
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut table| table.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let path: Vec<&str> = key.trim().split('.').collect();
+    set_path(recipe, &path, value)
+}
+
+fn set_path(node: &mut toml::Value, path: &[&str], value: toml::Value) -> Result<()> {
+    let Some((first, rest)) = path.split_first() else {
+        *node = value;
+        return Ok(());
+    };
+    let child = match node {
+        toml::Value::Table(table) if rest.is_empty() => {
+            table.insert(first.to_string(), value);
+            return Ok(());
+        }
+        toml::Value::Table(table) => table.get_mut(*first),
+        toml::Value::Array(array) => first.parse::<usize>().ok().and_then(|i| array.get_mut(i)),
+        _ => None,
+    };
+    set_path(
+        child.with_context(|| format!("no field {first}"))?,
+        rest,
+        value,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_reach_nested_tables_and_array_elements() {
+        let mut recipe: toml::Value =
+            toml::from_str("[training]\nlr = 1e-4\n[[stages]]\nname = \"a\"\nepochs = 3\n")
+                .unwrap();
+        apply_override(&mut recipe, "training.lr=5e-5").unwrap();
+        apply_override(&mut recipe, "stages.0.epochs=1").unwrap();
+        apply_override(&mut recipe, "teacher.model=runs/t").unwrap_err();
+        apply_override(&mut recipe, "training.eval_every=100").unwrap();
+        apply_override(&mut recipe, "stages.0.name=quick run").unwrap();
+        assert_eq!(recipe["training"]["lr"].as_float(), Some(5e-5));
+        assert_eq!(recipe["training"]["eval_every"].as_integer(), Some(100));
+        assert_eq!(recipe["stages"][0]["epochs"].as_integer(), Some(1));
+        assert_eq!(recipe["stages"][0]["name"].as_str(), Some("quick run"));
+        assert!(apply_override(&mut recipe, "stages.3.epochs=1").is_err());
+    }
+
+    #[test]
+    fn shipped_recipes_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+        let mut count = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            Recipe::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            count += 1;
+        }
+        assert!(count >= 6, "{count} recipes");
+    }
+}
