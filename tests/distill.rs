@@ -7,24 +7,6 @@ mod common;
 use serde_json::Value;
 use std::path::Path;
 
-fn quick_teacher(out: &Path) {
-    common::kd_ok(&[
-        "finetune",
-        "--model",
-        common::MINILM,
-        "--task",
-        "sst2",
-        "--out",
-        out.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--max-train-examples",
-        "1000",
-        "--lr",
-        "1e-4",
-    ]);
-}
-
 fn distill(recipe: &str, out: &Path, cache: &Path, overrides: &[&str]) -> Value {
     let recipe = common::workspace_root()
         .join("experiments/recipes")
@@ -66,7 +48,7 @@ fn logged(log: &Path, name: &str) -> Vec<f64> {
 fn distilbert_recipe_trains_a_student_that_beats_chance() {
     let root = tempfile::tempdir().unwrap();
     let teacher = root.path().join("teacher");
-    quick_teacher(&teacher);
+    common::quick_sst2_teacher(&teacher);
     let teacher_set = format!("teacher.model={}", teacher.display());
     let cache = root.path().join("cache");
 

@@ -5,32 +5,12 @@ mod common;
 
 use candle_core::Device;
 use serde_json::Value;
-use std::path::Path;
-
-fn finetune_sst2(out: &Path) -> Value {
-    let stdout = common::kd_ok(&[
-        "finetune",
-        "--model",
-        common::MINILM,
-        "--task",
-        "sst2",
-        "--out",
-        out.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--max-train-examples",
-        "1000",
-        "--lr",
-        "1e-4",
-    ]);
-    serde_json::from_str(stdout.trim()).unwrap()
-}
 
 #[test]
 fn finetuned_sst2_teacher_round_trips_through_eval_and_predict() {
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("teacher");
-    let report = finetune_sst2(&out);
+    let report = common::quick_sst2_teacher(&out);
     let accuracy = report["value"].as_f64().unwrap();
     assert!(
         accuracy > 0.65,

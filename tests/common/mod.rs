@@ -100,3 +100,25 @@ pub fn write_tiny_model(dir: &Path) {
     )
     .unwrap();
 }
+
+/// Fine-tunes all-MiniLM-L6-v2 on 1000 SST-2 sentences for one epoch (a quick teacher, about
+/// 80% dev accuracy) into `out`, and returns the report `kd finetune` prints.
+pub fn quick_sst2_teacher(out: &Path) -> serde_json::Value {
+    let out = out.to_str().unwrap();
+    let stdout = kd_ok(&[
+        "finetune",
+        "--model",
+        MINILM,
+        "--task",
+        "sst2",
+        "--out",
+        out,
+        "--epochs",
+        "1",
+        "--max-train-examples",
+        "1000",
+        "--lr",
+        "1e-4",
+    ]);
+    serde_json::from_str(stdout.trim()).unwrap()
+}
