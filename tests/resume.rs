@@ -44,8 +44,21 @@ fn logged_steps(out: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Starts a run, sends `signal` once it has logged 30 steps, and returns the run's output.
+fn interrupt(args: &[&str], out: &Path, signal: i32) -> std::process::Output {
+    let child = kd_command(args).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    while logged_steps(out) < 30 {
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    child.wait_with_output().unwrap()
+}
+
 #[test]
-fn an_interrupted_run_resumes_to_the_uninterrupted_result() {
+fn an_interrupted_or_killed_run_resumes_to_the_uninterrupted_result() {
     let root = tempfile::tempdir().unwrap();
     let model = root.path().join("model");
     common::write_tiny_model(&model);
@@ -55,62 +68,58 @@ fn an_interrupted_run_resumes_to_the_uninterrupted_result() {
     let train = std::fs::read_to_string(common::glue_dir("SST-2").join("train.tsv")).unwrap();
     let train: Vec<&str> = train.lines().take(2001).collect();
     std::fs::write(data.join("train.tsv"), train.join("\n")).unwrap();
-    std::fs::copy(
-        common::glue_dir("SST-2").join("dev.tsv"),
-        data.join("dev.tsv"),
-    )
-    .unwrap();
+    let dev = common::glue_dir("SST-2").join("dev.tsv");
+    std::fs::copy(dev, data.join("dev.tsv")).unwrap();
     let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
 
     let straight = root.path().join("straight");
-    let status = kd_command(&finetune_args(model, data, straight.to_str().unwrap()))
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-
-    // Interrupt a second run part-way with SIGINT, as Ctrl-C does.
-    let interrupted = root.path().join("interrupted");
-    let args = finetune_args(model, data, interrupted.to_str().unwrap());
-    let child = kd_command(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while logged_steps(&interrupted) < 30 {
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(130),
-        "{}",
-        common::stderr(&output)
-    );
-    assert!(common::stderr(&output).contains("--resume"));
-    let steps = logged_steps(&interrupted);
-    assert!(steps < 500, "interrupted only after {steps} steps");
-    assert!(interrupted.join("checkpoint/state.json").is_file());
-
-    let mut resume = args.clone();
-    resume.push("--resume");
-    let status = kd_command(&resume).stderr(Stdio::null()).status().unwrap();
-    assert!(status.success());
-    assert_eq!(logged_steps(&interrupted), 500);
-
-    let read = |dir: &Path, file: &str| std::fs::read(dir.join(file)).unwrap();
+    let args = finetune_args(model, data, straight.to_str().unwrap());
     assert!(
-        read(&straight, "model.safetensors") == read(&interrupted, "model.safetensors"),
-        "the resumed run's best model differs from the uninterrupted run's"
+        kd_command(&args)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
     );
-    let metrics = |dir: &Path| -> serde_json::Value {
-        serde_json::from_slice(&read(dir, "metrics.json")).unwrap()
+    let read = |dir: &Path, file: &str| std::fs::read(dir.join(file)).unwrap();
+    let history = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(&read(dir, "metrics.json")).unwrap()["history"]
+            .clone()
     };
-    assert_eq!(
-        metrics(&straight)["history"],
-        metrics(&interrupted)["history"]
-    );
+
+    // Ctrl-C (SIGINT) saves a checkpoint where the run is; SIGKILL leaves the last periodic
+    // one (every 20 steps) and log lines past it, which the resumed run replaces.
+    for (signal, name) in [(libc::SIGINT, "interrupted"), (libc::SIGKILL, "killed")] {
+        let out = root.path().join(name);
+        let args = finetune_args(model, data, out.to_str().unwrap());
+        let output = interrupt(&args, &out, signal);
+        if signal == libc::SIGINT {
+            assert_eq!(
+                output.status.code(),
+                Some(130),
+                "{}",
+                common::stderr(&output)
+            );
+            assert!(common::stderr(&output).contains("--resume"));
+        }
+        let steps = logged_steps(&out);
+        assert!(steps < 500, "{name} only after {steps} steps");
+        assert!(out.join("checkpoint/state.json").is_file());
+
+        let mut resume = args.clone();
+        resume.push("--resume");
+        assert!(
+            kd_command(&resume)
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert_eq!(logged_steps(&out), 500, "{name}");
+        assert!(
+            read(&straight, "model.safetensors") == read(&out, "model.safetensors"),
+            "the {name} and resumed run's best model differs from the uninterrupted run's"
+        );
+        assert_eq!(history(&straight), history(&out), "{name}");
+    }
 }

@@ -173,6 +173,9 @@ pub fn train(
         }
     };
     state.interrupted = false;
+    if resume {
+        truncate_log(&out.join("log.jsonl"), state.step)?;
+    }
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -279,6 +282,26 @@ pub fn train(
     }
     progress.finish();
     Ok(state)
+}
+
+/// Drops the log lines of steps after `step`: those a killed run trained past its last
+/// checkpoint, and that the resumed run trains again.
+fn truncate_log(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            let entry: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            let logged = entry["step"]
+                .as_u64()
+                .or_else(|| entry["evaluation"]["step"].as_u64());
+            logged.is_some_and(|logged| logged as usize <= step)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    kd_bert::write_atomically(path, |tmp| Ok(std::fs::write(tmp, kept)?))
 }
 
 fn save_checkpoint(
