@@ -276,10 +276,6 @@ impl BertModel {
         })
     }
 
-    pub fn config(&self) -> &BertConfig {
-        &self.config
-    }
-
     /// The generator behind every dropout of this model.
     pub fn dropout_rng(&self) -> &DropoutRng {
         &self.dropout_rng

@@ -74,16 +74,6 @@ pub struct Batch {
     pub indices: Vec<usize>,
 }
 
-impl Batch {
-    pub fn len(&self) -> usize {
-        self.indices.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.indices.is_empty()
-    }
-}
-
 /// Pads the examples at `indices` to the longest of them.
 pub fn collate(examples: &[EncodedExample], indices: &[usize], device: &Device) -> Result<Batch> {
     let seq_len = indices

@@ -213,14 +213,6 @@ impl TaskData {
             dev,
         })
     }
-
-    /// The number of model outputs: classes, or 1 for regression.
-    pub fn num_outputs(&self) -> usize {
-        match self.spec.kind {
-            TaskKind::Classification => self.labels.len(),
-            TaskKind::Regression => 1,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -248,7 +240,6 @@ mod tests {
         assert_eq!(data.train[0].pair.as_deref(), Some("y"));
         assert_eq!(data.train[0].label, Label::Class(2));
         assert_eq!(data.dev[0].label, Label::Class(1));
-        assert_eq!(data.num_outputs(), 3);
     }
 
     #[test]

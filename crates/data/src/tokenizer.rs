@@ -67,14 +67,6 @@ impl TextTokenizer {
     pub fn max_len(&self) -> usize {
         self.max_len
     }
-
-    pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
-    }
 }
 
 /// `do_lower_case` from `tokenizer_config.json`; BERT's default (true) when absent.
