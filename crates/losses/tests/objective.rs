@@ -564,3 +564,53 @@ fn gradients_reach_every_student_and_projection_parameter_and_no_teacher_paramet
     }
     Ok(())
 }
+
+#[test]
+fn prediction_only_objectives_work_from_teacher_logits_alone() -> Result<()> {
+    let (student_shape, teacher_shape) = (shape(2, 8, 2), shape(4, 12, 2));
+    let build = |text: &str| -> Result<Objective> {
+        let config: ObjectiveConfig = toml::from_str(text)?;
+        Objective::new(&config, &[teacher_shape], student_shape, &DEVICE, 0)
+    };
+    let logits_only = build("components = [{ kind = \"soft_ce\" }, { kind = \"hard\" }]")?;
+    assert!(!logits_only.needs_teacher_states());
+    assert!(build(DISTILBERT)?.needs_teacher_states());
+
+    let mask = padding_mask(&[3, 2], 3);
+    let encoder = encoder_outputs(student_shape, &mask, 1);
+    let (student_logits, teacher_logits) = (random(&[2, 3], 2), random(&[2, 3], 3));
+    let labels = Tensor::new(&[0u32, 2], &DEVICE)?;
+    let teacher = DistillOutputs {
+        logits: &teacher_logits,
+        encoder: None,
+    };
+    let breakdown = logits_only.compute(
+        &outputs(&student_logits, &encoder),
+        &[teacher],
+        &batch(&mask, Some(&labels)),
+        0,
+        1,
+    )?;
+    let expected = soft_cross_entropy(
+        &student_logits,
+        &soft_targets(&teacher_logits, 1.0)?,
+        1.0,
+        None,
+    )?;
+    assert_close(breakdown.components["soft_ce"], scalar(&expected));
+    // A layer loss without the teacher's states is an error, not a silent zero.
+    let error = build(DISTILBERT)?
+        .compute(
+            &outputs(&student_logits, &encoder),
+            &[teacher],
+            &batch(&mask, Some(&labels)),
+            0,
+            1,
+        )
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("teacher's states"),
+        "{error:#}"
+    );
+    Ok(())
+}
