@@ -29,7 +29,8 @@ impl TaskModel {
     /// Loads a model that has a task head (an `id2label` in its config).
     pub fn load(files: &ModelFiles, max_len: usize) -> Result<Self> {
         let config = BertConfig::from_file(&files.config)?;
-        let model = Self::initialised(config, &files.dir, 0, max_len)
+        // Every parameter comes from the file: no initialisation to draw first.
+        let model = Self::build(config, &files.dir, max_len)
             .with_context(|| format!("cannot build the model of {}", files.config.display()))?;
         model.params.load(&files.weights, |_| false)?;
         Ok(model)
@@ -69,6 +70,15 @@ impl TaskModel {
         seed: u64,
         max_len: usize,
     ) -> Result<Self> {
+        let model = Self::build(config, tokenizer_dir, max_len)?;
+        model
+            .params
+            .init_bert(model.config.initializer_range, seed)?;
+        Ok(model)
+    }
+
+    /// The model's structure, its parameters still unset (zero).
+    fn build(config: BertConfig, tokenizer_dir: &Path, max_len: usize) -> Result<Self> {
         let Some(labels) = config.labels().filter(|labels| !labels.is_empty()) else {
             bail!(
                 "the model config describes no task head (no id2label): fine-tune it first with `kd finetune`"
@@ -84,7 +94,6 @@ impl TaskModel {
         let params = Params::new(&Device::Cpu);
         let model =
             BertForSequenceClassification::new(&config, labels.len(), params.var_builder())?;
-        params.init_bert(config.initializer_range, seed)?;
         Ok(Self {
             config,
             params,
@@ -114,10 +123,7 @@ impl TaskModel {
     /// Writes `config.json`, `model.safetensors` and the tokenizer files into `dir`, each
     /// atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let config = serde_json::to_string_pretty(&self.config)?;
-        kd_bert::write_atomically(&dir.join("config.json"), |tmp| {
-            Ok(std::fs::write(tmp, config)?)
-        })?;
+        kd_bert::write_json_atomically(&dir.join("config.json"), &self.config)?;
         self.params.save(&dir.join("model.safetensors"))?;
         for source in tokenizer_files(&self.tokenizer_dir) {
             let name = source
