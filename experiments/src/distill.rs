@@ -216,10 +216,7 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
         interrupted,
         command: options.command.clone(),
     };
-    let text = serde_json::to_string_pretty(&summary)?;
-    kd_bert::write_atomically(&out.join("summary.json"), |tmp| {
-        Ok(std::fs::write(tmp, text)?)
-    })?;
+    kd_bert::write_json_atomically(&out.join("summary.json"), &summary)?;
     Ok(summary)
 }
 

@@ -17,4 +17,4 @@ pub use classifier::BertForSequenceClassification;
 pub use config::{BertConfig, ProblemType};
 pub use layers::{DropoutRng, Mode};
 pub use model::{BertInput, BertModel, BertOutput};
-pub use params::{LoadReport, Params, write_atomically};
+pub use params::{LoadReport, Params, write_atomically, write_json_atomically};

@@ -164,6 +164,12 @@ fn checkpoint_names(name: &str) -> impl Iterator<Item = String> {
     plain.into_iter().chain(legacy)
 }
 
+/// Writes `value` as pretty-printed JSON to `path`, atomically.
+pub fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    write_atomically(path, |tmp| Ok(std::fs::write(tmp, text)?))
+}
+
 /// Writes `path` through `write` on a temporary file beside it, then renames it into place, so
 /// that an interrupted write never leaves a truncated file under the final name.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {

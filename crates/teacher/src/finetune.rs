@@ -122,9 +122,6 @@ pub fn finetune(
         interrupted: state.interrupted,
         command: command.to_string(),
     };
-    let text = serde_json::to_string_pretty(&report)?;
-    kd_bert::write_atomically(&out.join("metrics.json"), |tmp| {
-        Ok(std::fs::write(tmp, text)?)
-    })?;
+    kd_bert::write_json_atomically(&out.join("metrics.json"), &report)?;
     Ok(report)
 }

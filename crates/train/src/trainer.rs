@@ -79,7 +79,7 @@ pub trait Trainable {
     fn loss(&self, indices: &[usize], step: usize, total_steps: usize) -> Result<StepLoss>;
     /// Reseeds dropout, so that a resumed run draws what an uninterrupted one would.
     fn reseed_dropout(&self, seed: u64);
-    /// Dev metrics; the first of `metric_names` selects the best model (higher is better).
+    /// Dev metrics; the one [`train`] is given selects the best model (higher is better).
     fn evaluate(&self) -> Result<BTreeMap<String, f64>>;
     /// Writes the model to keep (an HF model directory) into `dir`.
     fn save_model(&self, dir: &Path) -> Result<()>;
@@ -320,10 +320,7 @@ fn save_checkpoint(
         Ok(())
     })?;
     optimizer.save(&dir.join("optimizer.safetensors"))?;
-    let text = serde_json::to_string_pretty(state)?;
-    kd_bert::write_atomically(&dir.join("state.json"), |tmp| {
-        Ok(std::fs::write(tmp, text)?)
-    })
+    kd_bert::write_json_atomically(&dir.join("state.json"), state)
 }
 
 fn load_checkpoint(
