@@ -233,7 +233,7 @@ fn the_inference_path_has_no_gradient_and_agrees_with_training() {
         .unwrap();
     let (infer, _) = model.forward(&input, Mode::Inference).unwrap();
     assert!(max_abs_diff(&train, &infer) < 1e-5);
-    // The fused kernels cut the graph: this is why training must not use them.
+    // Inference cuts the graph after each layer, so that intermediates are freed early.
     let grads = infer.sum_all().unwrap().backward().unwrap();
     let embedding = params
         .get("bert.embeddings.word_embeddings.weight")

@@ -6,6 +6,7 @@ use kd_data::{Example, Label, TaskData, TaskKind, TaskSpec};
 use kd_teacher::{Encoder, ModelFiles, Pooling, TaskModel, finetune};
 use kd_train::{RunDir, TrainerConfig};
 
+use crate::bench::{self, BenchArgs};
 use crate::distill::{self, DistillOptions};
 use crate::recipe::Recipe;
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ enum Command {
     Embed(EmbedArgs),
     /// Distil a student from a teacher by a TOML recipe (see experiments/recipes/).
     Distill(DistillArgs),
+    /// Time inference, training and distillation steps, optionally beside PyTorch.
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -216,6 +219,7 @@ pub fn run() -> Result<()> {
         Command::Predict(args) => run_predict(args),
         Command::Embed(args) => run_embed(args),
         Command::Distill(args) => run_distill(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `kd`: knowledge distillation for BERT models, on the command line.
 
+mod bench;
 mod cli;
 mod distill;
 mod recipe;
@@ -21,7 +22,7 @@ fn keep_freed_memory() {
     // SAFETY: mallopt only adjusts allocator parameters; called before any threads start.
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
 }

@@ -2,11 +2,11 @@
 //! `BertForSequenceClassification`: pooled [CLS] output, dropout, then a linear layer.
 
 use crate::config::BertConfig;
-use crate::layers::{Dropout, Mode, linear};
+use crate::layers::{Dropout, Linear, Mode};
 use crate::model::{BertInput, BertModel, BertOutput};
 use anyhow::Result;
-use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
 
 pub struct BertForSequenceClassification {
     pub bert: BertModel,
@@ -19,7 +19,7 @@ impl BertForSequenceClassification {
     pub fn new(config: &BertConfig, num_labels: usize, vb: VarBuilder) -> Result<Self> {
         let bert = BertModel::new(config, vb.pp("bert"), true)?;
         let dropout = Dropout::new(config.hidden_dropout_prob, bert.dropout_rng());
-        let classifier = linear(config.hidden_size, num_labels, vb.pp("classifier"))?;
+        let classifier = Linear::new(config.hidden_size, num_labels, vb.pp("classifier"))?;
         Ok(Self {
             bert,
             dropout,

@@ -1,24 +1,27 @@
-//! Building blocks whose forward pass depends on [`Mode`]: the inference path may use candle's
-//! fused kernels, the training path must stay differentiable (candle 0.11's fused softmax and
-//! layer norm silently cut the gradient graph).
+//! The encoder's building blocks: layer norm and dense layers on kd's fused kernels, dropout,
+//! and the [`Mode`] a forward pass runs in.
 
+use crate::ops;
 use anyhow::Result;
-use candle_core::{D, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use candle_core::Tensor;
+use candle_nn::{Init, VarBuilder};
+use rand::rngs::{SmallRng, StdRng};
+use rand::{Rng, RngCore, SeedableRng};
+use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
-/// How a forward pass runs.
+/// How a forward pass runs. Both use the same kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// No gradient needed: fused kernels, no dropout.
+    /// No gradient: the graph is cut after each layer so that intermediates are freed as soon
+    /// as the next layer has used them; no dropout.
     Inference,
-    /// Differentiable composition of every op; dropout when asked.
+    /// Every output differentiable; dropout when asked.
     Train { dropout: bool },
 }
 
 impl Mode {
-    fn differentiable(self) -> bool {
+    pub(crate) fn differentiable(self) -> bool {
         matches!(self, Mode::Train { .. })
     }
 
@@ -27,46 +30,54 @@ impl Mode {
     }
 }
 
-/// Softmax over the last dimension.
-pub(crate) fn softmax(xs: &Tensor, mode: Mode) -> Result<Tensor> {
-    Ok(if mode.differentiable() {
-        candle_nn::ops::softmax(xs, D::Minus1)?
-    } else {
-        candle_nn::ops::softmax_last_dim(xs)?
-    })
-}
-
 /// Layer normalisation over the last dimension, with HF's parameter names.
 #[derive(Debug, Clone)]
 pub(crate) struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
-    eps: f64,
+    eps: f32,
 }
 
 impl LayerNorm {
     pub(crate) fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints(size, "weight", Init::Const(1.0))?;
         let bias = vb.get_with_hints(size, "bias", Init::Const(0.0))?;
+        let eps = eps as f32;
         Ok(Self { weight, bias, eps })
     }
 
-    pub(crate) fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-        let eps = self.eps as f32;
-        Ok(if mode.differentiable() {
-            candle_nn::ops::layer_norm_slow(xs, &self.weight, &self.bias, eps)?
-        } else {
-            candle_nn::ops::layer_norm(&xs.contiguous()?, &self.weight, &self.bias, eps)?
-        })
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(ops::layer_norm(xs, &self.weight, &self.bias, self.eps)?)
     }
 }
 
-/// A linear layer created with BERT's initialisation (the values are reset by
-/// [`crate::Params::init_bert`] from a seeded generator).
-pub(crate) fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    let weight = vb.get_with_hints((out_dim, in_dim), "weight", Init::Const(0.0))?;
-    let bias = vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
-    Ok(Linear::new(weight, Some(bias)))
+/// A dense layer, `xs W^T + b` over the last dimension, as one matrix product over every row
+/// of every example: candle_nn's `Linear` broadcasts `W` over the batch instead, so that its
+/// backward pass materialises and sums a weight gradient per example.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    /// Creates `weight` `[out_dim, in_dim]` and `bias` under `vb` (zero until the parameters
+    /// are initialised, e.g. by [`crate::Params::init_bert`]).
+    pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((out_dim, in_dim), "weight", Init::Const(0.0))?;
+        let bias = vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut dims = xs.dims().to_vec();
+        let in_dim = dims.pop().unwrap_or(1);
+        let rows = dims.iter().product::<usize>();
+        let out = xs.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let out = ops::add_bias(&out, &self.bias)?;
+        dims.push(self.weight.dim(0)?);
+        Ok(out.reshape(dims)?)
+    }
 }
 
 /// The random source shared by every dropout of a model, seedable for reproducible runs
@@ -83,6 +94,10 @@ impl DropoutRng {
         *self.0.lock().unwrap() = StdRng::seed_from_u64(seed);
     }
 }
+
+const MASK_CHUNK: usize = 1 << 14;
+/// Spreads chunk indices over the seed's bits (the golden-ratio constant of splitmix64).
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Inverted dropout: zeroes each element with probability `p` in training, scales the rest.
 #[derive(Debug, Clone)]
@@ -103,19 +118,24 @@ impl Dropout {
         if !mode.dropout() || self.p <= 0.0 {
             return Ok(xs.clone());
         }
+        // One draw from the model's generator seeds a fast generator per chunk, so that the
+        // mask is drawn in parallel and still depends on the seed alone.
+        let seed: u64 = self.rng.0.lock().unwrap().random();
         let keep_scale = 1.0 / (1.0 - self.p);
-        let mask: Vec<f32> = {
-            let mut rng = self.rng.0.lock().unwrap();
-            (0..xs.elem_count())
-                .map(|_| {
-                    if rng.random::<f32>() < self.p {
+        let threshold = (self.p as f64 * 2f64.powi(32)) as u64;
+        let mut mask = vec![0f32; xs.elem_count()];
+        mask.par_chunks_mut(MASK_CHUNK)
+            .enumerate()
+            .for_each(|(chunk, mask)| {
+                let mut rng = SmallRng::seed_from_u64(seed ^ (chunk as u64).wrapping_mul(GOLDEN));
+                for m in mask {
+                    *m = if (rng.next_u32() as u64) < threshold {
                         0.0
                     } else {
                         keep_scale
-                    }
-                })
-                .collect()
-        };
+                    };
+                }
+            });
         let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
         Ok(xs.mul(&mask)?)
     }

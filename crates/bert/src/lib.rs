@@ -3,18 +3,19 @@
 //! (embedding output, each layer's hidden states, attention scores and probabilities, pooled
 //! output), and a sequence-classification head.
 //!
-//! There is one model definition. [`Mode`] switches between the differentiable training path
-//! (composed softmax and layer norm, dropout) and the inference path (candle's fused kernels,
-//! which have no backward pass).
+//! There is one model definition on kd's fused CPU kernels ([`ops`]: softmax, layer norm and
+//! GELU, each with a hand-written backward pass). [`Mode`] switches dropout on for training and
+//! cuts the graph after each layer for inference.
 
 mod classifier;
 mod config;
 mod layers;
 mod model;
+pub mod ops;
 mod params;
 
 pub use classifier::BertForSequenceClassification;
 pub use config::{BertConfig, ProblemType};
-pub use layers::{DropoutRng, Mode};
+pub use layers::{DropoutRng, Linear, Mode};
 pub use model::{BertInput, BertModel, BertOutput};
 pub use params::{LoadReport, Params, write_atomically, write_json_atomically};

@@ -2,10 +2,11 @@
 //! checkpoints (`embeddings.*`, `encoder.layer.N.*`, `pooler.*`).
 
 use crate::config::BertConfig;
-use crate::layers::{Dropout, DropoutRng, LayerNorm, Mode, linear, softmax};
+use crate::layers::{Dropout, DropoutRng, LayerNorm, Linear, Mode};
+use crate::ops;
 use anyhow::{Result, bail};
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{Embedding, Init, Linear, VarBuilder};
+use candle_nn::{Embedding, Init, VarBuilder};
 
 /// One batch of token ids, as `[batch, seq]` u32 tensors.
 #[derive(Debug, Clone)]
@@ -86,7 +87,7 @@ impl Embeddings {
             .forward(&input.input_ids)?
             .broadcast_add(&self.position.forward(&positions)?)?
             .add(&self.token_type.forward(&input.token_type_ids)?)?;
-        let xs = self.layer_norm.forward(&xs, mode)?;
+        let xs = self.layer_norm.forward(&xs)?;
         self.dropout.forward(&xs, mode)
     }
 }
@@ -111,9 +112,9 @@ impl SelfAttention {
     fn new(cfg: &BertConfig, vb: VarBuilder, rng: &DropoutRng) -> Result<Self> {
         let hidden = cfg.hidden_size;
         Ok(Self {
-            query: linear(hidden, hidden, vb.pp("query"))?,
-            key: linear(hidden, hidden, vb.pp("key"))?,
-            value: linear(hidden, hidden, vb.pp("value"))?,
+            query: Linear::new(hidden, hidden, vb.pp("query"))?,
+            key: Linear::new(hidden, hidden, vb.pp("key"))?,
+            value: Linear::new(hidden, hidden, vb.pp("value"))?,
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
             dropout: Dropout::new(cfg.attention_probs_dropout_prob, rng),
@@ -130,12 +131,13 @@ impl SelfAttention {
     }
 
     fn forward(&self, xs: &Tensor, mask_bias: &Tensor, mode: Mode) -> Result<AttentionOutput> {
-        let q = self.split_heads(&self.query.forward(xs)?)?;
+        // Scaling the queries costs a seq/head_dim-th of scaling the scores.
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let q = self.split_heads(&(self.query.forward(xs)? * scale)?)?;
         let k = self.split_heads(&self.key.forward(xs)?)?;
         let v = self.split_heads(&self.value.forward(xs)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
-        let probs = softmax(&scores, mode)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask_bias)?;
+        let probs = ops::softmax_last_dim(&scores)?;
         let context = self.dropout.forward(&probs, mode)?.matmul(&v)?;
         let (batch, _, seq, _) = context.dims4()?;
         let context =
@@ -160,7 +162,7 @@ struct ResidualNorm {
 impl ResidualNorm {
     fn new(cfg: &BertConfig, in_dim: usize, vb: VarBuilder, rng: &DropoutRng) -> Result<Self> {
         Ok(Self {
-            dense: linear(in_dim, cfg.hidden_size, vb.pp("dense"))?,
+            dense: Linear::new(in_dim, cfg.hidden_size, vb.pp("dense"))?,
             layer_norm: LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
             dropout: Dropout::new(cfg.hidden_dropout_prob, rng),
         })
@@ -168,7 +170,7 @@ impl ResidualNorm {
 
     fn forward(&self, xs: &Tensor, residual: &Tensor, mode: Mode) -> Result<Tensor> {
         let xs = self.dropout.forward(&self.dense.forward(xs)?, mode)?;
-        self.layer_norm.forward(&(xs + residual)?, mode)
+        self.layer_norm.forward(&(xs + residual)?)
     }
 }
 
@@ -199,7 +201,7 @@ impl Activation {
 
     fn forward(self, xs: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Self::GeluErf => xs.gelu_erf()?,
+            Self::GeluErf => ops::gelu_erf(xs)?,
             Self::GeluTanh => xs.gelu()?,
             Self::Relu => xs.relu()?,
         })
@@ -212,7 +214,7 @@ impl Layer {
         Ok(Self {
             attention: SelfAttention::new(cfg, attention.pp("self"), rng)?,
             attention_output: ResidualNorm::new(cfg, cfg.hidden_size, attention.pp("output"), rng)?,
-            intermediate: linear(
+            intermediate: Linear::new(
                 cfg.hidden_size,
                 cfg.intermediate_size,
                 vb.pp("intermediate").pp("dense"),
@@ -259,7 +261,7 @@ impl BertModel {
             .map(|i| Layer::new(config, vb.pp(format!("encoder.layer.{i}")), &dropout_rng))
             .collect::<Result<_>>()?;
         let pooler = if with_pooler {
-            Some(linear(
+            Some(Linear::new(
                 config.hidden_size,
                 config.hidden_size,
                 vb.pp("pooler.dense"),
@@ -274,6 +276,11 @@ impl BertModel {
             config: config.clone(),
             dropout_rng,
         })
+    }
+
+    /// The input word embeddings, `[vocab, hidden]`.
+    pub fn word_embeddings(&self) -> &Tensor {
+        self.embeddings.word.embeddings()
     }
 
     /// The generator behind every dropout of this model.
@@ -294,16 +301,26 @@ impl BertModel {
         let mask_bias = ((1.0 - input.attention_mask.to_dtype(DType::F32)?)? * f32::MIN as f64)?
             .unsqueeze(1)?
             .unsqueeze(1)?;
-        let embeddings = self.embeddings.forward(input, mode)?;
+        // Without gradients, cutting the graph after each layer frees the layer's
+        // intermediates as soon as the next one has read its output.
+        let keep = |xs: Tensor| {
+            if mode.differentiable() {
+                xs
+            } else {
+                xs.detach()
+            }
+        };
+        let embeddings = keep(self.embeddings.forward(input, mode)?);
         let mut hidden_states = Vec::with_capacity(self.layers.len());
         let mut attention_scores = Vec::with_capacity(self.layers.len());
         let mut attention_probs = Vec::with_capacity(self.layers.len());
         let mut xs = embeddings.clone();
         for layer in &self.layers {
             let (out, attention) = layer.forward(&xs, &mask_bias, mode)?;
+            let out = keep(out);
             hidden_states.push(out.clone());
-            attention_scores.push(attention.scores);
-            attention_probs.push(attention.probs);
+            attention_scores.push(keep(attention.scores));
+            attention_probs.push(keep(attention.probs));
             xs = out;
         }
         let pooled = match &self.pooler {

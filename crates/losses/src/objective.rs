@@ -10,9 +10,8 @@ use crate::prediction::{
 };
 use crate::schedule::Schedule;
 use anyhow::{Context, Result, bail, ensure};
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::Linear;
-use kd_bert::{BertConfig, BertOutput, Params};
+use candle_core::{DType, Device, Tensor};
+use kd_bert::{BertConfig, BertOutput, Linear, Params};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -447,11 +446,7 @@ impl Component {
             );
         } else if student.hidden_size != teacher.hidden_size {
             let vb = params.var_builder().pp(&component.name);
-            component.projection = Some(candle_nn::linear(
-                student.hidden_size,
-                teacher.hidden_size,
-                vb,
-            )?);
+            component.projection = Some(Linear::new(student.hidden_size, teacher.hidden_size, vb)?);
         }
         Ok(component)
     }

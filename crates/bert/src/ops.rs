@@ -1,0 +1,577 @@
+//! Fused CPU kernels with hand-written backward passes: softmax over the last dimension,
+//! layer normalisation and erf-GELU. candle 0.11's fused softmax and layer norm have no
+//! backward, and composing them from tensor ops allocates and walks an intermediate per step
+//! (and keeps each for the backward pass); these make one parallel pass each way.
+//! The backward kernels are themselves ops without a backward (no second derivatives).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Rows per parallel task, and elements per task for elementwise kernels: enough work to
+/// amortise scheduling.
+const MIN_ROWS: usize = 16;
+const CHUNK: usize = 1 << 14;
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(Softmax)
+}
+
+/// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
+pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    xs.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LayerNorm { eps },
+    )
+}
+
+/// `xs + bias` with `xs` `[rows, dim]` and `bias` `[dim]`; its backward pass sums the
+/// gradient's rows in parallel (candle reduces a broadcast on one thread).
+pub fn add_bias(xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
+}
+
+/// GELU with the exact (erf) formulation, as BERT's `hidden_act = "gelu"`.
+pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(GeluErf)
+}
+
+/// The contiguous `f32` data of an op's input.
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: only f32 tensors are supported")
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op}: the input must be contiguous")
+    };
+    Ok(&data[start..end])
+}
+
+fn last_dim(layout: &Layout) -> usize {
+    layout.dims().last().copied().unwrap_or(1)
+}
+
+/// Output rows `out`, computed row by row in parallel from rows of the inputs.
+fn map_rows<const N: usize>(
+    inputs: [&[f32]; N],
+    dim: usize,
+    f: impl Fn(&mut [f32], [&[f32]; N]) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; inputs[0].len()];
+    out.par_chunks_mut(dim)
+        .enumerate()
+        .with_min_len(MIN_ROWS)
+        .for_each(|(row, out)| {
+            let range = row * dim..(row + 1) * dim;
+            f(out, inputs.map(|input| &input[range.clone()]))
+        });
+    out
+}
+
+/// `width` sums over `rows` rows, in parallel: `accumulate(sums, row)` adds one row's terms.
+fn sum_rows(rows: usize, width: usize, accumulate: impl Fn(&mut [f32], usize) + Sync) -> Vec<f32> {
+    (0..rows)
+        .into_par_iter()
+        .with_min_len(MIN_ROWS)
+        .fold(
+            || vec![0f32; width],
+            |mut sums, row| {
+                accumulate(&mut sums, row);
+                sums
+            },
+        )
+        .reduce(
+            || vec![0f32; width],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
+}
+
+/// Elementwise `out[i] = f(a[i], b[i])` in parallel.
+fn map_elements(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(out, (a, b))| {
+            for ((out, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                *out = f(a, b);
+            }
+        });
+    out
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "kd-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(storage, layout, self.name())?;
+        let out = map_rows([xs], last_dim(layout), |out, [xs]| {
+            let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for (out, &x) in out.iter_mut().zip(xs) {
+                *out = (x - max).exp();
+                sum += *out;
+            }
+            let scale = 1.0 / sum;
+            out.iter_mut().for_each(|out| *out *= scale);
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _xs: &Tensor, probs: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(probs.apply_op2_no_bwd(&grad, &SoftmaxBackward)?))
+    }
+}
+
+/// `dx = p * (g - sum(g * p))` row by row.
+struct SoftmaxBackward;
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "kd-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        probs: &CpuStorage,
+        probs_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let probs = f32_slice(probs, probs_layout, self.name())?;
+        let grad = f32_slice(grad, grad_layout, self.name())?;
+        let out = map_rows([probs, grad], last_dim(probs_layout), |out, [p, g]| {
+            let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
+            for ((out, &p), &g) in out.iter_mut().zip(p).zip(g) {
+                *out = p * (g - dot);
+            }
+        });
+        Ok((CpuStorage::F32(out), probs_layout.shape().clone()))
+    }
+}
+
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "kd-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(xs, xs_layout, self.name())?;
+        let bias = f32_slice(bias, bias_layout, self.name())?;
+        if last_dim(xs_layout) != bias.len() {
+            candle_core::bail!(
+                "a bias of {} for rows of {}",
+                bias.len(),
+                last_dim(xs_layout)
+            );
+        }
+        let out = map_rows([xs], bias.len(), |out, [xs]| {
+            for ((out, &x), &b) in out.iter_mut().zip(xs).zip(bias) {
+                *out = x + b;
+            }
+        });
+        Ok((CpuStorage::F32(out), xs_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _xs: &Tensor,
+        bias: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad_bias = grad.contiguous()?.apply_op1_no_bwd(&SumRows)?;
+        Ok((Some(grad.clone()), Some(grad_bias.reshape(bias.shape())?)))
+    }
+}
+
+/// The sum of a matrix's rows.
+struct SumRows;
+
+impl CustomOp1 for SumRows {
+    fn name(&self) -> &'static str {
+        "kd-sum-rows"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(storage, layout, self.name())?;
+        let dim = last_dim(layout);
+        let sums = sum_rows(xs.len() / dim, dim, |sums, row| {
+            let row = &xs[row * dim..(row + 1) * dim];
+            sums.iter_mut().zip(row).for_each(|(sum, x)| *sum += x);
+        });
+        Ok((CpuStorage::F32(sums), Shape::from(dim)))
+    }
+}
+
+/// A row's mean and reciprocal standard deviation.
+fn moments(xs: &[f32], eps: f32) -> (f32, f32) {
+    let n = xs.len() as f32;
+    let mean = xs.iter().sum::<f32>() / n;
+    let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "kd-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(xs, xs_layout, self.name())?;
+        let weight = f32_slice(weight, weight_layout, self.name())?;
+        let bias = f32_slice(bias, bias_layout, self.name())?;
+        let dim = last_dim(xs_layout);
+        if weight.len() != dim || bias.len() != dim {
+            candle_core::bail!(
+                "layer norm over {dim} features with {} weights",
+                weight.len()
+            );
+        }
+        let out = map_rows([xs], dim, |out, [xs]| {
+            let (mean, rstd) = moments(xs, self.eps);
+            for (i, out) in out.iter_mut().enumerate() {
+                *out = (xs[i] - mean) * rstd * weight[i] + bias[i];
+            }
+        });
+        Ok((CpuStorage::F32(out), xs_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let eps = self.eps;
+        let grad_xs = xs.apply_op3_no_bwd(weight, &grad, &LayerNormInputGrad { eps })?;
+        let param_grads = xs.apply_op2_no_bwd(&grad, &LayerNormParamGrads { eps })?;
+        Ok((
+            Some(grad_xs),
+            Some(param_grads.get(0)?),
+            Some(param_grads.get(1)?),
+        ))
+    }
+}
+
+/// `dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat))` with `gw = g * weight`.
+struct LayerNormInputGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormInputGrad {
+    fn name(&self) -> &'static str {
+        "kd-layer-norm-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(xs, xs_layout, self.name())?;
+        let weight = f32_slice(weight, weight_layout, self.name())?;
+        let grad = f32_slice(grad, grad_layout, self.name())?;
+        let dim = last_dim(xs_layout);
+        let out = map_rows([xs, grad], dim, |out, [xs, grad]| {
+            let (mean, rstd) = moments(xs, self.eps);
+            let (mut sum_gw, mut sum_gw_xhat) = (0.0f32, 0.0f32);
+            for i in 0..dim {
+                let gw = grad[i] * weight[i];
+                sum_gw += gw;
+                sum_gw_xhat += gw * (xs[i] - mean) * rstd;
+            }
+            let (mean_gw, mean_gw_xhat) = (sum_gw / dim as f32, sum_gw_xhat / dim as f32);
+            for (i, out) in out.iter_mut().enumerate() {
+                let xhat = (xs[i] - mean) * rstd;
+                *out = rstd * (grad[i] * weight[i] - mean_gw - xhat * mean_gw_xhat);
+            }
+        });
+        Ok((CpuStorage::F32(out), xs_layout.shape().clone()))
+    }
+}
+
+/// `[2, dim]`: the weight's gradient `sum(g * xhat)` and the bias's `sum(g)` over all rows.
+struct LayerNormParamGrads {
+    eps: f32,
+}
+
+impl CustomOp2 for LayerNormParamGrads {
+    fn name(&self) -> &'static str {
+        "kd-layer-norm-param-grads"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(xs, xs_layout, self.name())?;
+        let grad = f32_slice(grad, grad_layout, self.name())?;
+        let dim = last_dim(xs_layout);
+        let sums = sum_rows(xs.len() / dim, 2 * dim, |sums, row| {
+            let (xs, grad) = (
+                &xs[row * dim..(row + 1) * dim],
+                &grad[row * dim..(row + 1) * dim],
+            );
+            let (mean, rstd) = moments(xs, self.eps);
+            let (weight, bias) = sums.split_at_mut(dim);
+            for i in 0..dim {
+                weight[i] += grad[i] * (xs[i] - mean) * rstd;
+                bias[i] += grad[i];
+            }
+        });
+        Ok((CpuStorage::F32(sums), Shape::from((2, dim))))
+    }
+}
+
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+/// The error function, to 1.5e-7 (Abramowitz and Stegun 7.1.26): GELU's only costly part.
+fn erf(x: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
+    let y = 1.0 - poly * (-x * x).exp();
+    y.copysign(x)
+}
+
+/// The standard normal's cumulative distribution.
+fn normal_cdf(x: f32) -> f32 {
+    0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "kd-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(storage, layout, self.name())?;
+        let out = map_elements(xs, xs, |x, _| x * normal_cdf(x));
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, xs: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            xs.apply_op2_no_bwd(&grad.contiguous()?, &GeluErfBackward)?,
+        ))
+    }
+}
+
+/// `dx = g * (cdf(x) + x * pdf(x))`.
+struct GeluErfBackward;
+
+impl CustomOp2 for GeluErfBackward {
+    fn name(&self) -> &'static str {
+        "kd-gelu-erf-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(xs, xs_layout, self.name())?;
+        let grad = f32_slice(grad, grad_layout, self.name())?;
+        let out = map_elements(xs, grad, |x, g| {
+            g * (normal_cdf(x) + x * FRAC_1_SQRT_2PI * (-0.5 * x * x).exp())
+        });
+        Ok((CpuStorage::F32(out), xs_layout.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{D, Device, Var};
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(seed);
+        let n = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The gradient of `sum(f(inputs) * probe)` with respect to `inputs[which]` by central
+    /// differences, in f64 arithmetic on the f32 function.
+    fn numeric_grad(
+        f: &dyn Fn(&[Tensor]) -> Tensor,
+        inputs: &[Tensor],
+        which: usize,
+        probe: &Tensor,
+    ) -> Vec<f32> {
+        let h = 1e-2f32;
+        let base: Vec<f32> = inputs[which].flatten_all().unwrap().to_vec1().unwrap();
+        let objective = |values: &[f32]| -> f64 {
+            let mut moved = inputs.to_vec();
+            moved[which] = Tensor::from_slice(values, inputs[which].shape(), &Device::Cpu).unwrap();
+            let out = f(&moved).broadcast_mul(probe).unwrap();
+            let out: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+            out.iter().map(|&v| v as f64).sum()
+        };
+        (0..base.len())
+            .map(|i| {
+                let mut up = base.clone();
+                up[i] += h;
+                let mut down = base.clone();
+                down[i] -= h;
+                ((objective(&up) - objective(&down)) / (2.0 * h as f64)) as f32
+            })
+            .collect()
+    }
+
+    /// Checks the op's analytic gradients for every input against finite differences.
+    fn check_gradients(f: &dyn Fn(&[Tensor]) -> Tensor, inputs: &[Tensor], tolerance: f32) {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&tensors);
+        let probe = random(out.dims(), 99);
+        let grads = (out * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (which, var) in vars.iter().enumerate() {
+            let analytic: Vec<f32> = grads
+                .get(var.as_tensor())
+                .expect("every input gets a gradient")
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let numeric = numeric_grad(f, inputs, which, &probe);
+            for (a, n) in analytic.iter().zip(&numeric) {
+                assert!(
+                    (a - n).abs() <= tolerance * (1.0 + n.abs()),
+                    "input {which}: analytic {a} vs numeric {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_matches_candle_and_finite_differences() {
+        let xs = random(&[3, 4, 7], 1);
+        let reference = candle_nn::ops::softmax(&xs, D::Minus1).unwrap();
+        assert!(max_diff(&softmax_last_dim(&xs).unwrap(), &reference) < 1e-6);
+        check_gradients(&|t| softmax_last_dim(&t[0]).unwrap(), &[xs], 2e-3);
+    }
+
+    #[test]
+    fn softmax_gives_masked_keys_zero_probability() {
+        let xs = Tensor::new(&[[1.0f32, f32::MIN + 1.0, 2.0]], &Device::Cpu).unwrap();
+        let probs: Vec<f32> = softmax_last_dim(&xs)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(probs[1], 0.0);
+        assert!((probs[0] + probs[2] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn layer_norm_matches_candle_and_finite_differences() {
+        let xs = (random(&[2, 5, 8], 2) * 3.0).unwrap();
+        let weight = (random(&[8], 3) + 1.0).unwrap();
+        let bias = random(&[8], 4);
+        let reference = candle_nn::ops::layer_norm_slow(&xs, &weight, &bias, 1e-12).unwrap();
+        let fused = layer_norm(&xs, &weight, &bias, 1e-12).unwrap();
+        assert!(max_diff(&fused, &reference) < 1e-5);
+        check_gradients(
+            &|t| layer_norm(&t[0], &t[1], &t[2], 1e-12).unwrap(),
+            &[xs, weight, bias],
+            2e-3,
+        );
+    }
+
+    #[test]
+    fn add_bias_matches_broadcasting_and_finite_differences() {
+        let (xs, bias) = (random(&[6, 5], 6), random(&[5], 7));
+        let reference = xs.broadcast_add(&bias).unwrap();
+        assert!(max_diff(&add_bias(&xs, &bias).unwrap(), &reference) < 1e-7);
+        check_gradients(&|t| add_bias(&t[0], &t[1]).unwrap(), &[xs, bias], 2e-3);
+    }
+
+    #[test]
+    fn gelu_matches_candle_and_finite_differences() {
+        let xs = (random(&[4, 33], 5) * 3.0).unwrap();
+        let reference = xs.gelu_erf().unwrap();
+        assert!(max_diff(&gelu_erf(&xs).unwrap(), &reference) < 1e-6);
+        check_gradients(&|t| gelu_erf(&t[0]).unwrap(), &[xs], 2e-3);
+    }
+
+    #[test]
+    fn erf_is_accurate_to_its_bound() {
+        for (x, expected) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (-2.0, -0.995_322_3),
+            (3.5, 0.999_999_3),
+        ] {
+            assert!((erf(x) - expected).abs() < 3e-7, "erf({x}) = {}", erf(x));
+        }
+    }
+}

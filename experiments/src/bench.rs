@@ -1,0 +1,360 @@
+//! `kd bench`: times encoder inference, a training step (forward, backward, AdamW) and a
+//! distillation step (teacher forward, then a half-depth student's step on the DistilBERT
+//! objective) on random fixed-shape batches, each case in a fresh process so that its peak
+//! memory is its own; with `--pytorch`, runs `benches/pytorch_bench.py` on the same cases and
+//! prints the two side by side.
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, ValueEnum};
+use kd_bert::{BertConfig, BertForSequenceClassification, BertInput, Mode, Params};
+use kd_data::TaskKind;
+use kd_losses::{DistillOutputs, LossBatch, Objective, ObjectiveConfig};
+use kd_teacher::task_loss;
+use kd_train::{AdamW, AdamWConfig};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// small: 6 layers x 384 (12 heads), batch 32; base: 12 layers x 768, batch 8.
+    #[arg(long, value_delimiter = ',', default_value = "small,base")]
+    shapes: Vec<Shape>,
+    #[arg(long, value_delimiter = ',', default_value = "inference,train,distill")]
+    cases: Vec<Case>,
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Timed runs per case (after the warm-up runs).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Threads for both kd and PyTorch.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// A Python with torch and transformers (see benches/setup.sh): also time PyTorch eager
+    /// on the same cases and print the ratios.
+    #[arg(long)]
+    pytorch: Option<PathBuf>,
+    /// Also write every measurement as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Run the single given case in this process and print its measurement (used by `kd bench`
+    /// itself to isolate each case's memory).
+    #[arg(long, hide = true)]
+    child: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Shape {
+    Small,
+    Base,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Case {
+    Inference,
+    Train,
+    Distill,
+}
+
+impl Shape {
+    /// (layers, hidden, heads, intermediate, batch)
+    fn dims(self) -> (usize, usize, usize, usize, usize) {
+        match self {
+            Shape::Small => (6, 384, 12, 1536, 32),
+            Shape::Base => (12, 768, 12, 3072, 8),
+        }
+    }
+
+    fn config(self, layers: usize) -> Result<BertConfig> {
+        let (_, hidden, heads, intermediate, _) = self.dims();
+        let mut config: BertConfig = serde_json::from_value(serde_json::json!({
+            "vocab_size": 30522,
+            "hidden_size": hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "intermediate_size": intermediate,
+            "max_position_embeddings": 512,
+        }))?;
+        config.set_classification_head(
+            &["negative".into(), "positive".into()],
+            kd_bert::ProblemType::SingleLabelClassification,
+        );
+        Ok(config)
+    }
+}
+
+/// One case's timings, as both kd and the PyTorch script print them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Measurement {
+    shape: Shape,
+    case: Case,
+    times_ms: Vec<f64>,
+    min_ms: f64,
+    median_ms: f64,
+    peak_rss_mb: f64,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.child {
+        let [shape] = args.shapes[..] else {
+            bail!("a child bench runs one shape")
+        };
+        let [case] = args.cases[..] else {
+            bail!("a child bench runs one case")
+        };
+        let measurement = measure(shape, case, &args)?;
+        println!("{}", serde_json::to_string(&measurement)?);
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for &shape in &args.shapes {
+        for &case in &args.cases {
+            let kd = run_child(kd_command(shape, case, &args)?)?;
+            let torch = match &args.pytorch {
+                Some(python) => Some(run_child(pytorch_command(python, shape, case, &args))?),
+                None => None,
+            };
+            print_row(&kd, torch.as_ref(), rows.is_empty());
+            rows.push(serde_json::json!({ "kd": kd, "pytorch": torch }));
+        }
+    }
+    if let Some(path) = &args.json {
+        let report = serde_json::json!({
+            "threads": args.threads,
+            "seq_len": args.seq_len,
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "results": rows,
+        });
+        kd_bert::write_json_atomically(path, &report)?;
+    }
+    Ok(())
+}
+
+fn common_flags(shape: Shape, case: Case, args: &BenchArgs) -> Vec<String> {
+    vec![
+        format!("--shapes={}", name(shape)),
+        format!("--cases={}", name(case)),
+        format!("--seq-len={}", args.seq_len),
+        format!("--runs={}", args.runs),
+        format!("--warmup={}", args.warmup),
+        format!("--threads={}", args.threads),
+    ]
+}
+
+/// The command-line spelling of a shape or case.
+fn name(value: impl ValueEnum) -> String {
+    value.to_possible_value().unwrap().get_name().to_string()
+}
+
+fn kd_command(shape: Shape, case: Case, args: &BenchArgs) -> Result<Command> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg("bench")
+        .arg("--child")
+        .args(common_flags(shape, case, args))
+        // candle sizes its matmul thread pool from rayon's variable.
+        .env("RAYON_NUM_THREADS", args.threads.to_string());
+    Ok(command)
+}
+
+fn pytorch_command(python: &PathBuf, shape: Shape, case: Case, args: &BenchArgs) -> Command {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/pytorch_bench.py");
+    let mut command = Command::new(python);
+    command.arg(script).args(common_flags(shape, case, args));
+    command
+}
+
+fn run_child(mut command: Command) -> Result<Measurement> {
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8(output.stdout)?;
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line)
+        .with_context(|| format!("unexpected output of {command:?}: {stdout}"))
+}
+
+fn print_row(kd: &Measurement, torch: Option<&Measurement>, header: bool) {
+    if header {
+        println!(
+            "{:<6} {:<10} {:>10} {:>10} {:>8} {:>12} {:>12} {:>8} {:>9}",
+            "shape",
+            "case",
+            "kd min",
+            "kd median",
+            "kd MB",
+            "torch min",
+            "torch median",
+            "torch MB",
+            "kd/torch"
+        );
+    }
+    let (torch_min, torch_median, torch_mb, ratio) = match torch {
+        Some(t) => (
+            format!("{:.1}", t.min_ms),
+            format!("{:.1}", t.median_ms),
+            format!("{:.0}", t.peak_rss_mb),
+            format!("{:.2}", kd.median_ms / t.median_ms),
+        ),
+        None => Default::default(),
+    };
+    println!(
+        "{:<6} {:<10} {:>10.1} {:>10.1} {:>8.0} {:>12} {:>12} {:>8} {:>9}",
+        name(kd.shape),
+        name(kd.case),
+        kd.min_ms,
+        kd.median_ms,
+        kd.peak_rss_mb,
+        torch_min,
+        torch_median,
+        torch_mb,
+        ratio
+    );
+}
+
+/// A random batch of full-length sequences (no padding, as the PyTorch script uses).
+fn random_batch(batch: usize, seq_len: usize, rng: &mut StdRng) -> Result<(BertInput, Tensor)> {
+    let ids: Vec<u32> = (0..batch * seq_len)
+        .map(|_| rng.random_range(1000..30522))
+        .collect();
+    let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..2)).collect();
+    let device = Device::Cpu;
+    let input = BertInput {
+        input_ids: Tensor::from_vec(ids, (batch, seq_len), &device)?,
+        token_type_ids: Tensor::zeros((batch, seq_len), DType::U32, &device)?,
+        attention_mask: Tensor::ones((batch, seq_len), DType::U32, &device)?,
+    };
+    Ok((input, Tensor::new(labels, &device)?))
+}
+
+struct Model {
+    params: Params,
+    model: BertForSequenceClassification,
+    config: BertConfig,
+}
+
+fn model(shape: Shape, layers: usize, seed: u64) -> Result<Model> {
+    let config = shape.config(layers)?;
+    let params = Params::new(&Device::Cpu);
+    let model = BertForSequenceClassification::new(&config, 2, params.var_builder())?;
+    params.init_bert(config.initializer_range, seed)?;
+    Ok(Model {
+        params,
+        model,
+        config,
+    })
+}
+
+const DISTILBERT_OBJECTIVE: &str = r#"
+temperature = 2.0
+components = [
+    { kind = "soft_ce", weight = 5.0 },
+    { kind = "hard", weight = 2.0 },
+    { kind = "cosine", weight = 1.0 },
+]
+"#;
+
+fn measure(shape: Shape, case: Case, args: &BenchArgs) -> Result<Measurement> {
+    let (layers, .., batch) = shape.dims();
+    let mut rng = StdRng::seed_from_u64(0);
+    let (input, labels) = random_batch(batch, args.seq_len, &mut rng)?;
+    let teacher = model(shape, layers, 1)?;
+    let mut step: Box<dyn FnMut() -> Result<()>> = match case {
+        Case::Inference => Box::new(move || {
+            teacher.model.forward(&input, Mode::Inference)?;
+            Ok(())
+        }),
+        Case::Train => {
+            let mut optimizer = AdamW::new(teacher.params.vars(), AdamWConfig::default());
+            Box::new(move || {
+                let (logits, _) = teacher
+                    .model
+                    .forward(&input, Mode::Train { dropout: true })?;
+                let loss = task_loss(TaskKind::Classification, &logits, &labels)?;
+                optimizer.step(&loss.backward()?, 1e-5)?;
+                Ok(())
+            })
+        }
+        Case::Distill => {
+            let student = model(shape, layers / 2, 2)?;
+            let objective = Objective::new(
+                &toml::from_str::<ObjectiveConfig>(DISTILBERT_OBJECTIVE)?,
+                &[(&teacher.config).into()],
+                (&student.config).into(),
+                &Device::Cpu,
+                3,
+            )?;
+            let mut optimizer = AdamW::new(student.params.vars(), AdamWConfig::default());
+            Box::new(move || {
+                let (teacher_logits, teacher_states) =
+                    teacher.model.forward(&input, Mode::Inference)?;
+                let (student_logits, student_states) = student
+                    .model
+                    .forward(&input, Mode::Train { dropout: true })?;
+                let loss = objective.compute(
+                    &DistillOutputs {
+                        logits: &student_logits,
+                        encoder: Some(&student_states),
+                    },
+                    &[DistillOutputs {
+                        logits: &teacher_logits,
+                        encoder: Some(&teacher_states),
+                    }],
+                    &LossBatch {
+                        attention_mask: &input.attention_mask,
+                        labels: Some(&labels),
+                        label_mask: None,
+                    },
+                    0,
+                    1,
+                )?;
+                optimizer.step(&loss.total.backward()?, 1e-5)?;
+                Ok(())
+            })
+        }
+    };
+    for _ in 0..args.warmup {
+        step()?;
+    }
+    let mut times_ms = Vec::with_capacity(args.runs);
+    for _ in 0..args.runs {
+        let start = Instant::now();
+        step()?;
+        times_ms.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut sorted = times_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(Measurement {
+        shape,
+        case,
+        min_ms: sorted[0],
+        median_ms: sorted[sorted.len() / 2],
+        times_ms,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// The process's peak resident memory.
+fn peak_rss_mb() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    usage.ru_maxrss as f64 / 1024.0
+}
