@@ -165,6 +165,33 @@ impl TaskSpec {
             })
             .collect()
     }
+
+    /// Writes examples as a TSV file in this task's columns, which [`TaskSpec::read`] reads
+    /// back; `labels` names the classes. Tabs and newlines inside texts become spaces.
+    pub fn write(&self, path: &Path, examples: &[Example], labels: &[String]) -> Result<()> {
+        let clean = |text: &str| text.replace(['\t', '\n', '\r'], " ");
+        let mut header = vec![self.text_column.as_str()];
+        header.extend(self.pair_column.as_deref());
+        header.push(&self.label_column);
+        let mut out = header.join("\t") + "\n";
+        for example in examples {
+            out += &clean(&example.text);
+            if let Some(pair) = &example.pair {
+                out += &format!("\t{}", clean(pair));
+            }
+            let label = match example.label {
+                Label::Class(class) => labels
+                    .get(class)
+                    .with_context(|| format!("class {class} has no name"))?
+                    .clone(),
+                Label::Score(score) => score.to_string(),
+            };
+            out += &format!("\t{label}\n");
+        }
+        kd_bert::write_atomically(path, |tmp| {
+            std::fs::write(tmp, &out).with_context(|| format!("cannot write {}", tmp.display()))
+        })
+    }
 }
 
 fn discover_labels<'a>(raw: impl Iterator<Item = &'a str>) -> Vec<String> {
@@ -223,6 +250,29 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn written_examples_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = TaskSpec::glue("RTE").unwrap();
+        let labels = vec!["entailment".to_string(), "not_entailment".to_string()];
+        let examples = vec![
+            Example {
+                text: "A man sleeps.".into(),
+                pair: Some("Someone rests.".into()),
+                label: Label::Class(0),
+            },
+            Example {
+                text: "Two dogs.".into(),
+                pair: Some("No dog.".into()),
+                label: Label::Class(1),
+            },
+        ];
+        let path = dir.path().join("augmented.tsv");
+        spec.write(&path, &examples, &labels).unwrap();
+        let mut read_labels = labels.clone();
+        assert_eq!(spec.read(&path, &mut read_labels).unwrap(), examples);
     }
 
     #[test]

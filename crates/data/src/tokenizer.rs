@@ -63,6 +63,17 @@ impl TextTokenizer {
         })
     }
 
+    /// Token strings by id (added tokens included).
+    pub fn vocab(&self) -> Vec<String> {
+        let mut vocab = vec![String::new(); self.inner.get_vocab_size(true)];
+        for (token, id) in self.inner.get_vocab(true) {
+            if let Some(slot) = vocab.get_mut(id as usize) {
+                *slot = token;
+            }
+        }
+        vocab
+    }
+
     /// The length sequences are truncated to.
     pub fn max_len(&self) -> usize {
         self.max_len
