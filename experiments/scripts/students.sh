@@ -8,8 +8,12 @@ export HF_HOME=${HF_HOME:-../shared/hf-cache}
 cargo build --release -p kd-experiments
 recipes=("$@")
 [ ${#recipes[@]} -gt 0 ] || recipes=(sst2-distilbert-l3 sst2-distilbert-l3-nokd sst2-tinybert-l4 \
-  sst2-tinybert-l4-nokd mrpc-distilbert-l3 rte-distilbert-l3)
+  sst2-tinybert-l4-nokd sst2-tinybert-l4-aug mrpc-distilbert-l3 rte-distilbert-l3)
 for recipe in "${recipes[@]}"; do
+  if [ "$recipe" = sst2-tinybert-l4-aug ] && [ ! -f runs/augment/sst2-x4.tsv ]; then
+    ./target/release/kd augment --model runs/teachers/SST-2 --task sst2 --per-example 4 \
+      --out runs/augment/sst2-x4.tsv
+  fi
   out=runs/$recipe
   if [ -f "$out/summary.json" ] && grep -q '"interrupted": false' "$out/summary.json"; then
     echo "$recipe: done in $out"; continue

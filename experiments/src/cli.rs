@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kd_data::{Example, Label, TaskData, TaskKind, TaskSpec};
+use kd_data::{
+    AugmentConfig, Example, Label, TaskData, TaskKind, TaskSpec, WordNeighbours, augment,
+};
 use kd_teacher::{Encoder, ModelFiles, Pooling, TaskModel, finetune};
 use kd_train::{RunDir, TrainerConfig};
 
@@ -30,6 +32,9 @@ enum Command {
     Embed(EmbedArgs),
     /// Distil a student from a teacher by a TOML recipe (see experiments/recipes/).
     Distill(DistillArgs),
+    /// Write TinyBERT-style augmented training examples (words replaced by embedding-space
+    /// neighbours) as a TSV file for a recipe's `data.augment`.
+    Augment(AugmentArgs),
     /// Time inference, training and distillation steps, optionally beside PyTorch.
     Bench(BenchArgs),
 }
@@ -212,6 +217,35 @@ struct EmbedArgs {
     texts: Vec<String>,
 }
 
+#[derive(Args)]
+struct AugmentArgs {
+    /// The model whose word embeddings and vocabulary give the candidates (the teacher, or its
+    /// backbone): hub id or directory.
+    #[arg(long)]
+    model: String,
+    #[command(flatten)]
+    task: TaskArgs,
+    /// The TSV file to write (the task's columns; the original examples are not repeated).
+    #[arg(long)]
+    out: PathBuf,
+    /// New examples per training example (TinyBERT: 20).
+    #[arg(long, default_value_t = 20)]
+    per_example: usize,
+    /// Probability of replacing each replaceable word (TinyBERT: 0.4).
+    #[arg(long, default_value_t = 0.4)]
+    replace_prob: f64,
+    /// Candidate replacements per word (TinyBERT: 15).
+    #[arg(long, default_value_t = 15)]
+    candidates: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Augment the first N training examples only.
+    #[arg(long)]
+    max_train_examples: Option<usize>,
+    #[arg(long)]
+    force: bool,
+}
+
 pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Finetune(args) => run_finetune(args),
@@ -219,6 +253,7 @@ pub fn run() -> Result<()> {
         Command::Predict(args) => run_predict(args),
         Command::Embed(args) => run_embed(args),
         Command::Distill(args) => run_distill(args),
+        Command::Augment(args) => run_augment(args),
         Command::Bench(args) => bench::run(args),
     }
 }
@@ -372,6 +407,52 @@ fn run_embed(args: EmbedArgs) -> Result<()> {
     for row in embeddings.to_vec2::<f32>()? {
         println!("{}", serde_json::to_string(&row)?);
     }
+    Ok(())
+}
+
+fn run_augment(args: AugmentArgs) -> Result<()> {
+    if args.out.exists() && !args.force {
+        bail!("{} exists; pass --force to replace it", args.out.display());
+    }
+    if !(0.0..=1.0).contains(&args.replace_prob) {
+        bail!(
+            "--replace-prob must lie in [0, 1], got {}",
+            args.replace_prob
+        );
+    }
+    let spec = args.task.spec()?;
+    let mut data = TaskData::load(&spec, &args.task.dir(&spec)?)?;
+    if let Some(limit) = args.max_train_examples {
+        data.train.truncate(limit);
+    }
+    let encoder = Encoder::load(&ModelFiles::resolve(&args.model)?, 512)?;
+    let texts = data
+        .train
+        .iter()
+        .flat_map(|e| std::iter::once(e.text.as_str()).chain(e.pair.as_deref()));
+    let neighbours = WordNeighbours::new(
+        &encoder.tokenizer.vocab(),
+        encoder.model.word_embeddings(),
+        &WordNeighbours::words_of(texts),
+        args.candidates,
+    )?;
+    let config = AugmentConfig {
+        per_example: args.per_example,
+        replace_prob: args.replace_prob,
+        seed: args.seed,
+    };
+    let augmented = augment(&data.train, &neighbours, &config);
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    spec.write(&args.out, &augmented, &data.labels)?;
+    eprintln!(
+        "{} augmented examples from {} in {}",
+        augmented.len(),
+        data.train.len(),
+        args.out.display()
+    );
     Ok(())
 }
 

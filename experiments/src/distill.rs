@@ -345,6 +345,10 @@ fn load_data(spec: &DataSpec, shared_dir: &Path, teacher: &TaskModel) -> Result<
     if let Some(limit) = spec.max_train_examples {
         data.train.truncate(limit);
     }
+    if let Some(path) = &spec.augment {
+        let augmented = data.spec.read(path, &mut data.labels)?;
+        data.train.extend(augmented);
+    }
     Ok(data)
 }
 

@@ -66,6 +66,9 @@ pub struct DataSpec {
     /// Train on the first N examples only (a quick setting).
     #[serde(default)]
     pub max_train_examples: Option<usize>,
+    /// Augmented examples (`kd augment`), in the task's columns, added to the training set.
+    #[serde(default)]
+    pub augment: Option<PathBuf>,
 }
 
 fn default_max_seq_len() -> usize {

@@ -91,6 +91,9 @@ pub struct Evaluation {
     pub epoch: usize,
     /// Mean training loss since the previous evaluation.
     pub train_loss: f64,
+    /// Training time up to this evaluation (evaluations excluded), for time-to-accuracy.
+    #[serde(default)]
+    pub train_seconds: f64,
     pub dev: BTreeMap<String, f64>,
 }
 
@@ -253,6 +256,7 @@ pub fn train(
                     step: state.step,
                     epoch: state.epoch,
                     train_loss: state.interval_loss / state.interval_steps.max(1) as f64,
+                    train_seconds: state.train_seconds,
                     dev,
                 };
                 writeln!(log, "{}", serde_json::json!({ "evaluation": evaluation }))?;

@@ -1,0 +1,130 @@
+"""The SST-2 DistilBERT recipe (experiments/recipes/sst2-distilbert-l3.toml) done the usual
+PyTorch way, for `kd distill`'s end-to-end comparison: every batch padded to 128 tokens, the
+teacher run on every step, no caching, no length bucketing.
+
+Same recipe as kd's: a 3-layer student copied from teacher layers 0, 2, 4 (embeddings, pooler
+and head too), 5 * soft cross-entropy (T = 2) + 2 * hard + 1 * cosine of the last hidden states
+over real tokens, AdamW (lr 1e-4, weight decay 0.01 off biases and LayerNorm, clipping 1.0),
+10% linear warmup then linear decay over 3 epochs, batch 32, dropout on, 2 threads.
+Prints one JSON line per evaluation with the training time so far (evaluation excluded) and
+stops after --max-steps.
+
+Usage: .venv-ref/bin/python benches/pytorch_distill_sst2.py --teacher runs/teachers/SST-2 \
+    --data ../shared/data/glue/SST-2 --max-steps 500 --eval-every 500
+"""
+
+import argparse
+import copy
+import csv
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import BertForSequenceClassification, BertTokenizerFast
+
+
+def read_tsv(path):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    return [(row[0], int(row[1])) for row in rows[1:]]
+
+
+def encode(tokenizer, rows, max_len):
+    batch = tokenizer(
+        [text for text, _ in rows], padding="max_length", truncation=True, max_length=max_len, return_tensors="pt"
+    )
+    return batch["input_ids"], batch["attention_mask"], torch.tensor([label for _, label in rows])
+
+
+def student_of(teacher, layers):
+    student = copy.deepcopy(teacher)
+    student.bert.encoder.layer = torch.nn.ModuleList([copy.deepcopy(teacher.bert.encoder.layer[i]) for i in layers])
+    student.config.num_hidden_layers = len(layers)
+    return student
+
+
+def loss_fn(student_out, teacher_out, labels, mask, temperature=2.0):
+    soft = F.kl_div(
+        F.log_softmax(student_out.logits / temperature, -1),
+        F.softmax(teacher_out.logits / temperature, -1),
+        reduction="batchmean",
+    ) * temperature**2
+    hard = F.cross_entropy(student_out.logits, labels)
+    real = mask.bool()
+    s, t = student_out.hidden_states[-1][real], teacher_out.hidden_states[-1][real]
+    cosine = F.cosine_embedding_loss(s, t, torch.ones(s.shape[0]))
+    return 5.0 * soft + 2.0 * hard + 1.0 * cosine
+
+
+@torch.no_grad()
+def accuracy(model, ids, mask, labels, batch_size=128):
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        logits = model(input_ids=ids[start : start + batch_size], attention_mask=mask[start : start + batch_size]).logits
+        correct += (logits.argmax(-1) == labels[start : start + batch_size]).sum().item()
+    model.train()
+    return correct / len(labels)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    tokenizer = BertTokenizerFast.from_pretrained(args.teacher)
+    train_ids, train_mask, train_labels = encode(tokenizer, read_tsv(f"{args.data}/train.tsv"), 128)
+    dev_ids, dev_mask, dev_labels = encode(tokenizer, read_tsv(f"{args.data}/dev.tsv"), 128)
+    teacher = BertForSequenceClassification.from_pretrained(args.teacher, attn_implementation="eager").eval()
+    student = student_of(teacher, [0, 2, 4]).train()
+
+    decay = [p for n, p in student.named_parameters() if not n.endswith("bias") and "LayerNorm" not in n]
+    no_decay = [p for n, p in student.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4
+    )
+    batch_size = 32
+    steps_per_epoch = -(-len(train_labels) // batch_size)
+    total = steps_per_epoch * args.epochs
+    warmup = round(0.1 * total)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: step / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+    )
+
+    step, train_seconds = 0, 0.0
+    for epoch in range(args.epochs):
+        order = torch.randperm(len(train_labels))
+        for start in range(0, len(order), batch_size):
+            begun = time.perf_counter()
+            rows = order[start : start + batch_size]
+            ids, mask, labels = train_ids[rows], train_mask[rows], train_labels[rows]
+            with torch.no_grad():
+                teacher_out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            student_out = student(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            loss = loss_fn(student_out, teacher_out, labels, mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            train_seconds += time.perf_counter() - begun
+            done = args.max_steps is not None and step >= args.max_steps
+            if step % args.eval_every == 0 or done:
+                dev = accuracy(student, dev_ids, dev_mask, dev_labels)
+                print(json.dumps({"step": step, "epoch": epoch + 1, "train_seconds": train_seconds, "dev_accuracy": dev}), flush=True)
+            if done:
+                return
+
+
+if __name__ == "__main__":
+    main()
