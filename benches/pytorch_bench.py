@@ -37,12 +37,13 @@ def model(shape, layers, seed):
     return BertForSequenceClassification(config)
 
 
-def optimizer(net):
-    """AdamW as kd runs it: weight decay on weights only, the global norm clipped to 1."""
+def optimizer(net, lr=1e-5):
+    """AdamW as kd runs it: weight decay on weights only (the global norm is clipped to 1 in
+    `update`)."""
     decay = [p for n, p in net.named_parameters() if not n.endswith("bias") and "LayerNorm" not in n]
     no_decay = [p for n, p in net.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-5
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
     )
 
 

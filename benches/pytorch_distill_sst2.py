@@ -20,8 +20,9 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
 from transformers import BertForSequenceClassification, BertTokenizerFast
+
+from pytorch_bench import distillation_loss, optimizer as adamw
 
 
 def read_tsv(path):
@@ -42,19 +43,6 @@ def student_of(teacher, layers):
     student.bert.encoder.layer = torch.nn.ModuleList([copy.deepcopy(teacher.bert.encoder.layer[i]) for i in layers])
     student.config.num_hidden_layers = len(layers)
     return student
-
-
-def loss_fn(student_out, teacher_out, labels, mask, temperature=2.0):
-    soft = F.kl_div(
-        F.log_softmax(student_out.logits / temperature, -1),
-        F.softmax(teacher_out.logits / temperature, -1),
-        reduction="batchmean",
-    ) * temperature**2
-    hard = F.cross_entropy(student_out.logits, labels)
-    real = mask.bool()
-    s, t = student_out.hidden_states[-1][real], teacher_out.hidden_states[-1][real]
-    cosine = F.cosine_embedding_loss(s, t, torch.ones(s.shape[0]))
-    return 5.0 * soft + 2.0 * hard + 1.0 * cosine
 
 
 @torch.no_grad()
@@ -87,11 +75,7 @@ def main():
     teacher = BertForSequenceClassification.from_pretrained(args.teacher, attn_implementation="eager").eval()
     student = student_of(teacher, [0, 2, 4]).train()
 
-    decay = [p for n, p in student.named_parameters() if not n.endswith("bias") and "LayerNorm" not in n]
-    no_decay = [p for n, p in student.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4
-    )
+    optimizer = adamw(student, lr=1e-4)
     batch_size = 32
     steps_per_epoch = -(-len(train_labels) // batch_size)
     total = steps_per_epoch * args.epochs
@@ -110,7 +94,7 @@ def main():
             with torch.no_grad():
                 teacher_out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True)
             student_out = student(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            loss = loss_fn(student_out, teacher_out, labels, mask)
+            loss = distillation_loss(student_out, teacher_out, labels, mask)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the shipped distillation recipes (hours on a 2-core CPU; each resumes if interrupted)
-# and collects experiments/results/{sst2,glue-students}.json.
+# and collects experiments/results/{sst2,mrpc,rte}.json.
 # Needs the teachers of experiments/scripts/teachers.sh in runs/teachers/.
 # Usage: experiments/scripts/students.sh [RECIPE...]   (from the repository root)
 set -euo pipefail
