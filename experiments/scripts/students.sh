@@ -25,6 +25,7 @@ done
 python3 - <<'PY'
 import json, os
 rows = {}
+teachers = {t["task"]: t for t in json.load(open("experiments/results/teachers.json"))}
 for recipe in sorted(os.listdir("experiments/recipes")):
     name = recipe.removesuffix(".toml")
     path = f"runs/{name}/summary.json"
@@ -36,7 +37,7 @@ for recipe in sorted(os.listdir("experiments/recipes")):
     teacher = s["teacher"]
     table.setdefault("teacher", {"name": f"teacher-{task}", "role": "teacher", "layers": teacher["layers"],
         "hidden": teacher["hidden"], "params": teacher["params"], f"dev_{s['metric']}": teacher["dev"][s["metric"]],
-        "wall_time_s": None, "command": "experiments/scripts/teachers.sh"})
+        "wall_time_s": round(teachers[task]["wall_time_s"], 1), "command": teachers[task]["command"]})
     student = s["student"]
     table[name] = {"name": name, "role": "baseline" if name.endswith("-nokd") else "student",
         "layers": student["layers"], "hidden": student["hidden"], "params": student["params"],
