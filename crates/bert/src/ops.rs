@@ -90,14 +90,18 @@ fn sum_rows(rows: usize, width: usize, accumulate: impl Fn(&mut [f32], usize) + 
         )
 }
 
-/// Elementwise `out[i] = f(a[i], b[i])` in parallel.
-fn map_elements(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
+/// Elementwise `out[i] = f([a[i], b[i], ...])` in parallel.
+fn map_elements<const N: usize>(
+    inputs: [&[f32]; N],
+    f: impl Fn([f32; N]) -> f32 + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; inputs[0].len()];
     out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(out, (a, b))| {
-            for ((out, &a), &b) in out.iter_mut().zip(a).zip(b) {
-                *out = f(a, b);
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            let start = chunk * CHUNK;
+            for (i, out) in out.iter_mut().enumerate() {
+                *out = f(inputs.map(|input| input[start + i]));
             }
         });
     out
@@ -388,7 +392,7 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let xs = f32_slice(storage, layout, self.name())?;
-        let out = map_elements(xs, xs, |x, _| x * normal_cdf(x));
+        let out = map_elements([xs], |[x]| x * normal_cdf(x));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -416,7 +420,7 @@ impl CustomOp2 for GeluErfBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let xs = f32_slice(xs, xs_layout, self.name())?;
         let grad = f32_slice(grad, grad_layout, self.name())?;
-        let out = map_elements(xs, grad, |x, g| {
+        let out = map_elements([xs, grad], |[x, g]| {
             g * (normal_cdf(x) + x * FRAC_1_SQRT_2PI * (-0.5 * x * x).exp())
         });
         Ok((CpuStorage::F32(out), xs_layout.shape().clone()))
