@@ -7,10 +7,11 @@ set -euo pipefail
 export HF_HOME=${HF_HOME:-../shared/hf-cache}
 cargo build --release -p kd-experiments
 recipes=("$@")
-[ ${#recipes[@]} -gt 0 ] || recipes=(sst2-distilbert-l3 sst2-distilbert-l3-nokd sst2-tinybert-l4 \
-  sst2-tinybert-l4-nokd sst2-tinybert-l4-aug mrpc-distilbert-l3 rte-distilbert-l3)
+[ ${#recipes[@]} -gt 0 ] || recipes=(sst2-distilbert-l3 sst2-distilbert-l3-nokd \
+  sst2-distilbert-l3-backbone sst2-distilbert-l3-backbone-nokd sst2-distilbert-l3-aug \
+  sst2-tinybert-l4 sst2-tinybert-l4-nokd sst2-tinybert-l4-aug mrpc-distilbert-l3 rte-distilbert-l3)
 for recipe in "${recipes[@]}"; do
-  if [ "$recipe" = sst2-tinybert-l4-aug ] && [ ! -f runs/augment/sst2-x4.tsv ]; then
+  if [[ "$recipe" == *-aug ]] && [ ! -f runs/augment/sst2-x4.tsv ]; then
     ./target/release/kd augment --model runs/teachers/SST-2 --task sst2 --per-example 4 \
       --out runs/augment/sst2-x4.tsv
   fi

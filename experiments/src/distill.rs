@@ -355,11 +355,27 @@ fn load_data(spec: &DataSpec, shared_dir: &Path, teacher: &TaskModel) -> Result<
 fn build_student(recipe: &Recipe, teacher: &TaskModel) -> Result<TaskModel> {
     let seed = recipe.training.seed;
     match &recipe.student {
-        StudentSpec::Distilbert { layers, copy_head } => {
+        StudentSpec::Distilbert {
+            layers,
+            copy_head,
+            from,
+        } => {
             let layers = layers
                 .clone()
                 .unwrap_or_else(|| kd_student::every_other_layer(teacher.config.num_hidden_layers));
-            kd_student::distilbert_student(teacher, &layers, *copy_head, seed)
+            let Some(from) = from else {
+                return kd_student::distilbert_student(teacher, &layers, *copy_head, seed);
+            };
+            let source = TaskModel::from_backbone(
+                &ModelFiles::resolve(from)?,
+                teacher.task_kind(),
+                &teacher.dataset_labels(),
+                seed,
+                teacher.tokenizer.max_len(),
+            )?;
+            kd_student::check_source(teacher, &source)
+                .with_context(|| format!("cannot build the student from {from}"))?;
+            kd_student::distilbert_student(&source, &layers, false, seed)
         }
         StudentSpec::Tinybert { shape, init: None } => {
             kd_student::tinybert_student(teacher, *shape, seed)

@@ -39,6 +39,10 @@ pub enum StudentSpec {
         layers: Option<Vec<usize>>,
         #[serde(default = "yes")]
         copy_head: bool,
+        /// Copy the layers from this model (hub id or directory) instead, such as the
+        /// teacher's pre-trained backbone; the task head then starts fresh.
+        #[serde(default)]
+        from: Option<String>,
     },
     /// Any shape, BERT-initialised, or from a checkpoint directory (a general-distilled
     /// student) when `init` is given.

@@ -1,5 +1,7 @@
 //! Students for kd. A DistilBERT-style student keeps a subset of the teacher's layers (one in
-//! two by default) and copies them, with the embeddings and optionally the task head. A
+//! two by default) and copies them, with the embeddings and optionally the task head; or it
+//! copies them from another model that reads the same tokens at the same width, such as the
+//! teacher's pre-trained backbone (DistilBERT's students start from pre-trained BERT). A
 //! TinyBERT-style student has any depth, width, heads and FFN size, shares the teacher's
 //! vocabulary and tokenizer, and starts from BERT's random initialisation. Both are
 //! [`TaskModel`]s, so they save as HF directories that `kd eval` and `kd predict` load.
@@ -54,6 +56,20 @@ pub fn distilbert_student(
     Ok(student)
 }
 
+/// Checks that a DistilBERT-style student copied from `source` rather than from `teacher` can
+/// be distilled from it: the same vocabulary (the student reads the teacher's token ids) and
+/// the same width (the cosine loss compares their hidden states directly).
+pub fn check_source(teacher: &TaskModel, source: &TaskModel) -> Result<()> {
+    if source.tokenizer.vocab() != teacher.tokenizer.vocab() {
+        bail!("the student's source model has a different vocabulary from the teacher's");
+    }
+    let (width, teacher_width) = (source.config.hidden_size, teacher.config.hidden_size);
+    if width != teacher_width {
+        bail!("the student's source model is {width} wide, the teacher {teacher_width}");
+    }
+    Ok(())
+}
+
 /// The teacher parameter a DistilBERT-style student parameter is copied from.
 fn teacher_name(student_name: &str, layers: &[usize]) -> String {
     const LAYER: &str = "bert.encoder.layer.";
@@ -100,12 +116,17 @@ mod tests {
     use kd_bert::{BertInput, Mode};
     use std::path::Path;
 
+    const VOCAB: &str = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ngood\nbad\nfilm\n";
+
     /// A 4-layer, 16-wide teacher with a 2-class head and a toy WordPiece vocabulary.
     fn tiny_teacher(dir: &Path) -> TaskModel {
-        let vocab = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ngood\nbad\nfilm\n";
+        tiny_model(dir, VOCAB, 16, 3)
+    }
+
+    fn tiny_model(dir: &Path, vocab: &str, hidden: usize, seed: u64) -> TaskModel {
         std::fs::write(dir.join("vocab.txt"), vocab).unwrap();
         let mut config: BertConfig = serde_json::from_value(serde_json::json!({
-            "vocab_size": 8, "hidden_size": 16, "num_hidden_layers": 4,
+            "vocab_size": 8, "hidden_size": hidden, "num_hidden_layers": 4,
             "num_attention_heads": 4, "intermediate_size": 32, "max_position_embeddings": 16,
         }))
         .unwrap();
@@ -113,7 +134,7 @@ mod tests {
             &["neg".into(), "pos".into()],
             kd_bert::ProblemType::SingleLabelClassification,
         );
-        TaskModel::initialised(config, dir, 3, 16).unwrap()
+        TaskModel::initialised(config, dir, seed, 16).unwrap()
     }
 
     fn tensor(model: &TaskModel, name: &str) -> Tensor {
@@ -178,6 +199,36 @@ mod tests {
         let clone = distilbert_student(&teacher, &[0, 1, 2, 3], true, 9).unwrap();
         let logits = |m: &TaskModel| m.model.forward(&input(), Mode::Inference).unwrap().0;
         assert!(same(&logits(&clone), &logits(&teacher)));
+    }
+
+    #[test]
+    fn a_student_copied_from_another_source_takes_its_layers() {
+        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let teacher = tiny_teacher(dirs[0].path());
+        let source = tiny_model(dirs[1].path(), VOCAB, 16, 8);
+        check_source(&teacher, &source).unwrap();
+        let student = distilbert_student(&source, &[1, 3], false, 9).unwrap();
+        let name = "bert.encoder.layer.0.output.dense.weight";
+        let source_layer = "bert.encoder.layer.1.output.dense.weight";
+        assert!(same(
+            &tensor(&student, name),
+            &tensor(&source, source_layer)
+        ));
+        assert!(!same(
+            &tensor(&student, name),
+            &tensor(&teacher, source_layer)
+        ));
+
+        let other_words = VOCAB.replace("film", "movie");
+        let error = |source: &TaskModel| check_source(&teacher, source).unwrap_err().to_string();
+        let renamed = tiny_model(dirs[2].path(), &other_words, 16, 8);
+        assert!(
+            error(&renamed).contains("vocabulary"),
+            "{}",
+            error(&renamed)
+        );
+        let narrow = tiny_model(dirs[3].path(), VOCAB, 8, 8);
+        assert!(error(&narrow).contains("8 wide"), "{}", error(&narrow));
     }
 
     #[test]
