@@ -1,6 +1,7 @@
 //! A real recipe end to end in the quick setting: the SST-2 DistilBERT recipe on a quickly
 //! fine-tuned all-MiniLM-L6-v2 teacher; the student beats chance, the distillation loss falls,
-//! the teacher's logits are cached across runs, and the student reloads with `kd eval`.
+//! the teacher's logits are cached across runs (and never computed for a hard-label baseline),
+//! and the student reloads with `kd eval`.
 
 mod common;
 
@@ -99,4 +100,14 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
         .collect();
     assert_eq!(runs[0]["stages"][0]["teacher_cache"], "computed");
     assert_eq!(runs[1]["stages"][0]["teacher_cache"], "loaded");
+
+    // A hard-label baseline never runs the teacher on the training set.
+    let hard_only = distill(
+        "sst2-distilbert-l3-nokd.toml",
+        &root.path().join("nokd"),
+        &root.path().join("nokd-cache"),
+        &[&teacher_set, "training.max_steps=5"],
+    );
+    assert!(hard_only["stages"][0]["teacher_cache"].is_null());
+    assert!(!root.path().join("nokd-cache").exists());
 }

@@ -25,8 +25,17 @@ struct Distillation<'a> {
     spec: &'a TaskSpec,
     train: &'a [EncodedExample],
     dev: &'a [EncodedExample],
+    teacher_outputs: TeacherOutputs,
+}
+
+/// Where a stage's teacher outputs come from.
+enum TeacherOutputs {
+    /// None: the objective reads only the labels.
+    Unused,
     /// The teacher's logits for every training example, when the objective needs no more.
-    teacher_logits: Option<Tensor>,
+    CachedLogits(Tensor),
+    /// The teacher runs beside the student on each batch, when layers are compared.
+    Live,
 }
 
 impl Trainable for Distillation<'_> {
@@ -50,26 +59,31 @@ impl Trainable for Distillation<'_> {
             .student
             .model
             .forward(&batch.input, Mode::Train { dropout: true })?;
-        let (teacher_logits, teacher_states) = match &self.teacher_logits {
-            Some(cached) => {
+        let teacher = match &self.teacher_outputs {
+            TeacherOutputs::Unused => None,
+            TeacherOutputs::CachedLogits(cached) => {
                 let rows: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
                 let rows = Tensor::new(rows, &Device::Cpu)?;
-                (cached.index_select(&rows, 0)?, None)
+                Some((cached.index_select(&rows, 0)?, None))
             }
-            None => {
+            TeacherOutputs::Live => {
                 let (logits, states) = self.teacher.model.forward(&batch.input, Mode::Inference)?;
-                (logits, Some(states))
+                Some((logits, Some(states)))
             }
         };
+        let teachers: Vec<DistillOutputs> = teacher
+            .iter()
+            .map(|(logits, states)| DistillOutputs {
+                logits,
+                encoder: states.as_ref(),
+            })
+            .collect();
         let breakdown = self.objective.compute(
             &DistillOutputs {
                 logits: &student_logits,
                 encoder: Some(&student_states),
             },
-            &[DistillOutputs {
-                logits: &teacher_logits,
-                encoder: teacher_states.as_ref(),
-            }],
+            &teachers,
             &LossBatch {
                 attention_mask: &batch.input.attention_mask,
                 labels: Some(&batch.labels),
@@ -246,12 +260,14 @@ fn run_stage(
     )
     .with_context(|| format!("stage {}", stage.name))?;
     let teacher_started = Instant::now();
-    let (teacher_logits, cache_outcome) = if objective.needs_teacher_states() {
-        (None, None)
+    let (teacher_outputs, cache_outcome) = if !objective.needs_teacher() {
+        (TeacherOutputs::Unused, None)
+    } else if objective.needs_teacher_states() {
+        (TeacherOutputs::Live, None)
     } else {
         let (logits, outcome) =
             cache.logits(teacher, &teacher_files.weights, train_set, EVAL_BATCH_SIZE)?;
-        (Some(logits), Some(outcome))
+        (TeacherOutputs::CachedLogits(logits), Some(outcome))
     };
     let teacher_seconds = teacher_started.elapsed().as_secs_f64();
     if let Some(outcome) = cache_outcome {
@@ -271,7 +287,7 @@ fn run_stage(
         spec,
         train: train_set,
         dev: dev_set,
-        teacher_logits,
+        teacher_outputs,
     };
     let training = &recipe.training;
     let config = TrainerConfig {

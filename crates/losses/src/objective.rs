@@ -249,6 +249,14 @@ impl Objective {
         })
     }
 
+    /// Whether a component reads the teacher at all: an objective of hard labels alone (a
+    /// baseline without distillation) is computed from no teacher outputs.
+    pub fn needs_teacher(&self) -> bool {
+        self.components
+            .iter()
+            .any(|component| !matches!(component.kind, LossKind::Hard))
+    }
+
     /// Whether a component compares layers, so that the teacher's intermediate states are
     /// needed and not only its logits.
     pub fn needs_teacher_states(&self) -> bool {
@@ -264,6 +272,8 @@ impl Objective {
     }
 
     /// The objective at update `step` (from 0) of `total_steps`, where the schedules are.
+    /// `teachers` holds one output per teacher, or none when [`Objective::needs_teacher`] is
+    /// false.
     pub fn compute(
         &self,
         student: &DistillOutputs,
@@ -273,7 +283,7 @@ impl Objective {
         total_steps: usize,
     ) -> Result<LossBreakdown> {
         ensure!(
-            teachers.len() == self.teachers.len(),
+            teachers.len() == self.teachers.len() || (teachers.is_empty() && !self.needs_teacher()),
             "the objective was built for {} teachers, got outputs of {}",
             self.teachers.len(),
             teachers.len()

@@ -614,3 +614,46 @@ fn prediction_only_objectives_work_from_teacher_logits_alone() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn hard_labels_alone_need_no_teacher_outputs() -> Result<()> {
+    let model = shape(1, 4, 1);
+    let build = |text: &str| -> Result<Objective> {
+        let config: ObjectiveConfig = toml::from_str(text)?;
+        Objective::new(&config, &[model], model, &DEVICE, 0)
+    };
+    let hard_only = build("components = [{ kind = \"hard\", weight = 2.0 }]")?;
+    assert!(!hard_only.needs_teacher());
+    let mask = padding_mask(&[2, 1], 2);
+    let encoder = encoder_outputs(model, &mask, 1);
+    let logits = random(&[2, 3], 2);
+    let labels = Tensor::new(&[1u32, 0], &DEVICE)?;
+    let breakdown = hard_only.compute(
+        &outputs(&logits, &encoder),
+        &[],
+        &batch(&mask, Some(&labels)),
+        0,
+        1,
+    )?;
+    let expected = scalar(&hard_cross_entropy(&logits, &labels, None)?);
+    assert_close(breakdown.components["hard"], expected);
+    assert_close(scalar(&breakdown.total), 2.0 * expected);
+
+    // An objective that reads the teacher refuses to run without its outputs.
+    let soft = build("components = [{ kind = \"soft_ce\" }, { kind = \"hard\" }]")?;
+    assert!(soft.needs_teacher());
+    let error = soft
+        .compute(
+            &outputs(&logits, &encoder),
+            &[],
+            &batch(&mask, Some(&labels)),
+            0,
+            1,
+        )
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("built for 1 teachers"),
+        "{error:#}"
+    );
+    Ok(())
+}
