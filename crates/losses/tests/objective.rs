@@ -628,13 +628,16 @@ fn hard_labels_alone_need_no_teacher_outputs() -> Result<()> {
     let encoder = encoder_outputs(model, &mask, 1);
     let logits = random(&[2, 3], 2);
     let labels = Tensor::new(&[1u32, 0], &DEVICE)?;
-    let breakdown = hard_only.compute(
-        &outputs(&logits, &encoder),
-        &[],
-        &batch(&mask, Some(&labels)),
-        0,
-        1,
-    )?;
+    let without_teacher = |objective: &Objective| {
+        objective.compute(
+            &outputs(&logits, &encoder),
+            &[],
+            &batch(&mask, Some(&labels)),
+            0,
+            1,
+        )
+    };
+    let breakdown = without_teacher(&hard_only)?;
     let expected = scalar(&hard_cross_entropy(&logits, &labels, None)?);
     assert_close(breakdown.components["hard"], expected);
     assert_close(scalar(&breakdown.total), 2.0 * expected);
@@ -642,15 +645,7 @@ fn hard_labels_alone_need_no_teacher_outputs() -> Result<()> {
     // An objective that reads the teacher refuses to run without its outputs.
     let soft = build("components = [{ kind = \"soft_ce\" }, { kind = \"hard\" }]")?;
     assert!(soft.needs_teacher());
-    let error = soft
-        .compute(
-            &outputs(&logits, &encoder),
-            &[],
-            &batch(&mask, Some(&labels)),
-            0,
-            1,
-        )
-        .unwrap_err();
+    let error = without_teacher(&soft).unwrap_err();
     assert!(
         format!("{error:#}").contains("built for 1 teachers"),
         "{error:#}"
