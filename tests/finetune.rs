@@ -79,6 +79,61 @@ fn finetuned_sst2_teacher_round_trips_through_eval_and_predict() {
         assert!((total - 1.0).abs() < 1e-5);
     }
 
+    // Batch prediction of a file by the task's text column: every line in input order, and
+    // labels scoring exactly the accuracy `kd eval` measured, whatever the batching.
+    let dev = common::glue_dir("SST-2").join("dev.tsv");
+    let jsonl = root.path().join("dev.jsonl");
+    let model = out.to_str().unwrap();
+    let predict_dev = |extra: &[&str]| {
+        let mut args = vec!["predict", "--model", model, "--task", "sst2", "--input"];
+        args.extend([dev.to_str().unwrap(), "--output", jsonl.to_str().unwrap()]);
+        args.extend(extra);
+        common::kd(&args)
+    };
+    assert!(predict_dev(&["--batch-size", "16"]).status.success());
+    let refused = common::stderr(&predict_dev(&[]));
+    assert!(refused.contains("--force"), "{refused}");
+    let rows: Vec<Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let gold: Vec<(String, String)> = std::fs::read_to_string(&dev)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let (text, label) = line.split_once('\t').unwrap();
+            (text.to_string(), label.to_string())
+        })
+        .collect();
+    assert_eq!(rows.len(), gold.len());
+    let mut right = 0;
+    for (index, (row, (text, label))) in rows.iter().zip(&gold).enumerate() {
+        assert_eq!(row["line"], index + 2);
+        assert_eq!(row["text"], text.as_str());
+        right += usize::from(row["label"] == label.as_str());
+    }
+    assert_eq!(right as f64 / gold.len() as f64, reloaded);
+
+    // Plain lines on standard input; a bad line stops the run with its number, after the
+    // lines before it were written.
+    let mut input = b"a wonderful, moving film\n".repeat(5);
+    input.extend(b"bad \xff bytes\nnever read\n");
+    let output = common::kd_with_stdin(&["predict", "--model", model, "--input", "-"], &input);
+    assert!(!output.status.success());
+    let error = common::stderr(&output);
+    assert!(error.contains("<stdin>:6: not valid UTF-8"), "{error}");
+    let written: Vec<Value> = common::stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(written.len(), 5);
+    // The same text gives the same probabilities alone as among others.
+    let alone = &lines[0]["probabilities"]["1"].as_f64().unwrap();
+    let batched = written[4]["probabilities"]["1"].as_f64().unwrap();
+    assert!((alone - batched).abs() < 1e-5, "{alone} vs {batched}");
+
     // The output directory is never overwritten silently.
     let error = common::kd_err(&[
         "finetune",

@@ -11,12 +11,13 @@ tasks=("$@")
 [ ${#tasks[@]} -gt 0 ] || tasks=(SST-2 CoLA MRPC RTE STS-B)
 for task in "${tasks[@]}"; do
   out=runs/teachers/$task
+  eval_every=(); [ "$task" = SST-2 ] && eval_every=(--eval-every 500)
   if [ -f "$out/metrics.json" ] && [ -f "$out/model.safetensors" ] && [ ! -f "$out/.running" ]; then
     echo "teacher $task: already in $out"; continue
   fi
   mkdir -p "$out" && touch "$out/.running"
   ./target/release/kd finetune --model "$model" --task "$task" --out "$out" --force \
-    --epochs "$(epochs_for "$task")" --lr 1e-4 --batch-size 32 --seed 42
+    --epochs "$(epochs_for "$task")" --lr 1e-4 --batch-size 32 --seed 42 "${eval_every[@]}"
   rm -f "$out/.running"
 done
 python3 - <<'PY'
@@ -26,8 +27,8 @@ for task in ["SST-2", "CoLA", "MRPC", "RTE", "STS-B"]:
     path = f"runs/teachers/{task}/metrics.json"
     if os.path.exists(path):
         m = json.load(open(path))
-        best = m["history"][m["best_epoch"] - 1]["dev"]
-        rows.append({k: m[k] for k in ["task", "metric", "value", "epochs", "wall_time_s", "examples_per_s", "command"]} | {"best_epoch": m["best_epoch"], "dev": best})
+        best = next(h for h in m["history"] if h["step"] == m["best_step"])["dev"]
+        rows.append({k: m[k] for k in ["task", "metric", "value", "epochs", "wall_time_s", "examples_per_s", "command"]} | {"best_epoch": m["best_epoch"], "best_step": m["best_step"], "dev": best})
 json.dump(rows, open("experiments/results/teachers.json", "w"), indent=2)
 print(json.dumps(rows, indent=2))
 PY

@@ -2,14 +2,13 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kd_data::{
-    AugmentConfig, Example, Label, TaskData, TaskKind, TaskSpec, WordNeighbours, augment,
-};
+use kd_data::{AugmentConfig, DataSpec, WordNeighbours, augment};
 use kd_teacher::{Encoder, ModelFiles, Pooling, TaskModel, finetune};
 use kd_train::{RunDir, TrainerConfig};
 
 use crate::bench::{self, BenchArgs};
 use crate::distill::{self, DistillOptions};
+use crate::predict::{self, PredictArgs};
 use crate::recipe::Recipe;
 use std::path::PathBuf;
 
@@ -65,64 +64,8 @@ struct DistillArgs {
     max_train_examples: Option<usize>,
 }
 
-/// Which task, and where its data is.
-#[derive(Args)]
-struct TaskArgs {
-    /// A GLUE task (SST-2, CoLA, MRPC, RTE, STS-B), or a name for a task on your own TSV files
-    /// described by --text-column and --label-column.
-    #[arg(long)]
-    task: String,
-    /// Directory with train.tsv and dev.tsv [default: $KD_SHARED_DIR/data/glue/TASK, with
-    /// KD_SHARED_DIR defaulting to ../shared].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// For your own TSV: the text column.
-    #[arg(long)]
-    text_column: Option<String>,
-    /// For your own TSV: the second text column of sentence-pair tasks.
-    #[arg(long)]
-    pair_column: Option<String>,
-    /// For your own TSV: the label column.
-    #[arg(long)]
-    label_column: Option<String>,
-    /// For your own TSV: labels are real-valued scores.
-    #[arg(long)]
-    regression: bool,
-}
-
-impl TaskArgs {
-    fn spec(&self) -> Result<TaskSpec> {
-        match (&self.text_column, &self.label_column) {
-            (Some(text), Some(label)) => {
-                let kind = if self.regression {
-                    TaskKind::Regression
-                } else {
-                    TaskKind::Classification
-                };
-                Ok(TaskSpec::custom(
-                    &self.task,
-                    text,
-                    self.pair_column.as_deref(),
-                    label,
-                    kind,
-                ))
-            }
-            (None, None) => TaskSpec::glue(&self.task),
-            _ => bail!("a TSV task needs both --text-column and --label-column"),
-        }
-    }
-
-    fn dir(&self, spec: &TaskSpec) -> Result<PathBuf> {
-        match &self.data_dir {
-            Some(dir) => Ok(dir.clone()),
-            None if self.text_column.is_some() => bail!("a TSV task needs --data-dir"),
-            None => Ok(spec.glue_dir(&shared_dir().join("data"))),
-        }
-    }
-}
-
 /// The shared data and model cache: `$KD_SHARED_DIR`, or `../shared`.
-fn shared_dir() -> PathBuf {
+pub fn shared_dir() -> PathBuf {
     std::env::var_os("KD_SHARED_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("../shared"))
@@ -134,7 +77,7 @@ struct FinetuneArgs {
     #[arg(long)]
     model: String,
     #[command(flatten)]
-    task: TaskArgs,
+    data: DataSpec,
     /// Output directory (refused if not empty, unless --force).
     #[arg(long)]
     out: PathBuf,
@@ -152,8 +95,6 @@ struct FinetuneArgs {
     lr: f64,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
-    #[arg(long, default_value_t = 128)]
-    max_seq_len: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Fraction of the updates spent on linear warmup.
@@ -164,9 +105,6 @@ struct FinetuneArgs {
     /// Quick setting: stop after this many updates.
     #[arg(long)]
     max_steps: Option<usize>,
-    /// Quick setting: train on the first N training examples only.
-    #[arg(long)]
-    max_train_examples: Option<usize>,
 }
 
 #[derive(Args)]
@@ -174,26 +112,11 @@ struct EvalArgs {
     /// A task model directory (with a task head).
     #[arg(long)]
     model: String,
+    /// The task; it is evaluated on its dev file (--dev, or --data, names another TSV).
     #[command(flatten)]
-    task: TaskArgs,
-    /// Evaluate on this TSV file instead of the task's dev.tsv.
-    #[arg(long)]
-    data: Option<PathBuf>,
-    #[arg(long, default_value_t = 128)]
-    max_seq_len: usize,
+    data: DataSpec,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
-}
-
-#[derive(Args)]
-struct PredictArgs {
-    #[arg(long)]
-    model: String,
-    #[arg(long, default_value_t = 128)]
-    max_seq_len: usize,
-    /// Texts to classify; a tab inside a text separates a sentence pair.
-    #[arg(required = true)]
-    texts: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -224,7 +147,7 @@ struct AugmentArgs {
     #[arg(long)]
     model: String,
     #[command(flatten)]
-    task: TaskArgs,
+    data: DataSpec,
     /// The TSV file to write (the task's columns; the original examples are not repeated).
     #[arg(long)]
     out: PathBuf,
@@ -239,9 +162,6 @@ struct AugmentArgs {
     candidates: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Augment the first N training examples only.
-    #[arg(long)]
-    max_train_examples: Option<usize>,
     #[arg(long)]
     force: bool,
 }
@@ -250,7 +170,7 @@ pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Finetune(args) => run_finetune(args),
         Command::Eval(args) => run_eval(args),
-        Command::Predict(args) => run_predict(args),
+        Command::Predict(args) => predict::run(args),
         Command::Embed(args) => run_embed(args),
         Command::Distill(args) => run_distill(args),
         Command::Augment(args) => run_augment(args),
@@ -259,14 +179,19 @@ pub fn run() -> Result<()> {
 }
 
 fn run_finetune(args: FinetuneArgs) -> Result<()> {
-    let spec = args.task.spec()?;
-    let mut data = TaskData::load(&spec, &args.task.dir(&spec)?)?;
-    if let Some(limit) = args.max_train_examples {
-        data.train.truncate(limit);
+    if !args.data.unlabeled.is_empty() {
+        bail!("kd finetune learns from labels only; unlabeled text is for kd distill's recipes");
     }
+    let data = args.data.load(&shared_dir(), Vec::new())?;
+    let spec = &data.spec;
     let files = ModelFiles::resolve(&args.model)?;
-    let model =
-        TaskModel::from_backbone(&files, spec.kind, &data.labels, args.seed, args.max_seq_len)?;
+    let model = TaskModel::from_backbone(
+        &files,
+        spec.kind,
+        &data.labels,
+        args.seed,
+        args.data.max_seq_len,
+    )?;
     // Everything is loaded and checked before the output directory is touched.
     let out = if args.resume {
         RunDir::open(&args.out)?
@@ -313,8 +238,8 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
 }
 
 fn run_eval(args: EvalArgs) -> Result<()> {
-    let spec = args.task.spec()?;
-    let model = TaskModel::load(&ModelFiles::resolve(&args.model)?, args.max_seq_len)?;
+    let spec = args.data.task_spec()?;
+    let model = TaskModel::load(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
     if model.task_kind() != spec.kind {
         bail!(
             "model {} is a {:?} model but task {} is {:?}",
@@ -324,10 +249,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             spec.kind
         );
     }
-    let path = match &args.data {
-        Some(path) => path.clone(),
-        None => args.task.dir(&spec)?.join("dev.tsv"),
-    };
+    let path = args.data.dev_path(&shared_dir())?;
     let mut labels = model.dataset_labels();
     let examples = spec.read(&path, &mut labels)?;
     let metrics = model.evaluate(&spec, &model.encode(&examples)?, args.batch_size)?;
@@ -339,60 +261,6 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     });
     println!("{output}");
     Ok(())
-}
-
-fn run_predict(args: PredictArgs) -> Result<()> {
-    let model = TaskModel::load(&ModelFiles::resolve(&args.model)?, args.max_seq_len)?;
-    let examples: Vec<Example> = args
-        .texts
-        .iter()
-        .map(|text| {
-            let mut parts = text.splitn(2, '\t');
-            Example {
-                text: parts.next().unwrap_or_default().to_string(),
-                pair: parts.next().map(str::to_string),
-                label: Label::Class(0),
-            }
-        })
-        .collect();
-    let logits = model.logits(&model.encode(&examples)?, 64)?;
-    for (text, row) in args.texts.iter().zip(logits.to_vec2::<f32>()?) {
-        let output = match model.task_kind() {
-            TaskKind::Regression => serde_json::json!({ "text": text, "score": row[0] }),
-            TaskKind::Classification => {
-                let probabilities = softmax(&row);
-                let best = argmax(&probabilities);
-                let by_label: serde_json::Map<String, serde_json::Value> = model
-                    .labels
-                    .iter()
-                    .zip(&probabilities)
-                    .map(|(label, p)| (label.clone(), (*p).into()))
-                    .collect();
-                serde_json::json!({
-                    "text": text,
-                    "label": model.labels[best],
-                    "probabilities": by_label,
-                })
-            }
-        };
-        println!("{output}");
-    }
-    Ok(())
-}
-
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
-    let total: f32 = exps.iter().sum();
-    exps.iter().map(|e| e / total).collect()
-}
-
-fn argmax(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(index, _)| index)
 }
 
 fn run_embed(args: EmbedArgs) -> Result<()> {
@@ -420,11 +288,7 @@ fn run_augment(args: AugmentArgs) -> Result<()> {
             args.replace_prob
         );
     }
-    let spec = args.task.spec()?;
-    let mut data = TaskData::load(&spec, &args.task.dir(&spec)?)?;
-    if let Some(limit) = args.max_train_examples {
-        data.train.truncate(limit);
-    }
+    let data = args.data.load(&shared_dir(), Vec::new())?;
     let encoder = Encoder::load(&ModelFiles::resolve(&args.model)?, 512)?;
     let texts = data
         .train
@@ -446,7 +310,7 @@ fn run_augment(args: AugmentArgs) -> Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    spec.write(&args.out, &augmented, &data.labels)?;
+    data.spec.write(&args.out, &augmented, &data.labels)?;
     eprintln!(
         "{} augmented examples from {} in {}",
         augmented.len(),

@@ -1,17 +1,17 @@
 //! `kd distill`: runs a recipe's stages, each an objective trained through the shared loop,
 //! the teacher's logits cached across epochs and recipes.
 
-use crate::recipe::{DataSpec, Recipe, Stage, StudentSpec};
+use crate::recipe::{Recipe, Stage, StudentSpec};
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor, Var};
 use kd_bert::Mode;
-use kd_data::{EncodedExample, TaskData, TaskSpec, collate};
+use kd_data::{DataSpec, EncodedExample, TaskData, TaskSpec, collate};
 use kd_losses::{DistillOutputs, EncoderShape, LossBatch, Objective};
 use kd_teacher::{CacheOutcome, ModelFiles, TaskModel, TeacherCache};
 use kd_train::{RunDir, StepLoss, TrainState, Trainable, TrainerConfig, train};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -87,7 +87,7 @@ impl Trainable for Distillation<'_> {
             &LossBatch {
                 attention_mask: &batch.input.attention_mask,
                 labels: Some(&batch.labels),
-                label_mask: None,
+                label_mask: batch.label_mask.as_ref(),
             },
             step,
             total_steps,
@@ -121,6 +121,9 @@ pub struct Summary {
     pub recipe: String,
     pub task: String,
     pub metric: String,
+    /// Labelled training examples (augmented ones included) and transfer-set sentences.
+    pub train_examples: usize,
+    pub unlabeled_examples: usize,
     pub teacher: ModelSummary,
     pub student: ModelSummary,
     pub stages: Vec<StageSummary>,
@@ -165,8 +168,14 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
     let teacher = TaskModel::load(&teacher_files, recipe.data.max_seq_len)
         .with_context(|| format!("cannot load teacher {}", recipe.teacher.model))?;
     let data = load_data(&recipe.data, options.shared_dir, &teacher)?;
+    let unlabeled = recipe
+        .data
+        .load_unlabeled(&teacher.tokenizer, recipe.training.seed)?;
     let student = build_student(recipe, &teacher)?;
-    let train_set = student.encode(&data.train)?;
+    // Labelled examples first: a stage that reads labels only trains on that prefix.
+    let mut train_set = student.encode(&data.train)?;
+    let labelled = train_set.len();
+    train_set.extend(student.encode(&unlabeled)?);
     let dev_set = student.encode(&data.dev)?;
     let metric = data.spec.metrics[0].name().to_string();
     // Everything is loaded and checked before the output directory is touched.
@@ -176,14 +185,15 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
         RunDir::create(options.out, options.force)?
     };
     eprintln!(
-        "{}: teacher {} ({} parameters), student {} layers x {} ({} parameters), {} train / {} dev",
+        "{}: teacher {} ({} parameters), student {} layers x {} ({} parameters), {} labelled + {} unlabeled train / {} dev",
         recipe.name,
         recipe.teacher.model,
         teacher.params.num_parameters(),
         student.config.num_hidden_layers,
         student.config.hidden_size,
         student.params.num_parameters(),
-        train_set.len(),
+        labelled,
+        unlabeled.len(),
         dev_set.len()
     );
     let cache = TeacherCache::new(options.cache_dir);
@@ -201,6 +211,7 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
             &teacher_files,
             &data.spec,
             &train_set,
+            labelled,
             &dev_set,
             &cache,
             options.resume,
@@ -223,6 +234,8 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
         recipe: recipe.name.clone(),
         task: data.spec.name.clone(),
         metric,
+        train_examples: labelled,
+        unlabeled_examples: unlabeled.len(),
         teacher: model_summary(&teacher, &data.spec, &dev_set)?,
         student: model_summary(&student, &data.spec, &dev_set)?,
         stages,
@@ -245,6 +258,7 @@ fn run_stage(
     teacher_files: &ModelFiles,
     spec: &TaskSpec,
     train_set: &[EncodedExample],
+    labelled: usize,
     dev_set: &[EncodedExample],
     cache: &TeacherCache,
     resume: bool,
@@ -261,6 +275,12 @@ fn run_stage(
     .with_context(|| format!("stage {}", stage.name))?;
     let teacher_started = Instant::now();
     let (teacher_outputs, cache_outcome) = if !objective.needs_teacher() {
+        if labelled < train_set.len() {
+            eprintln!(
+                "stage {}: labels only, so it trains on the {labelled} labelled examples",
+                stage.name
+            );
+        }
         (TeacherOutputs::Unused, None)
     } else if objective.needs_teacher_states() {
         (TeacherOutputs::Live, None)
@@ -280,6 +300,10 @@ fn run_stage(
             }
         );
     }
+    let train_set = match teacher_outputs {
+        TeacherOutputs::Unused => &train_set[..labelled],
+        _ => train_set,
+    };
     let task = Distillation {
         student,
         teacher,
@@ -337,8 +361,9 @@ fn run_stage(
     Ok((state, summary))
 }
 
+/// The recipe's labelled data, with the teacher's class names in the teacher's order.
 fn load_data(spec: &DataSpec, shared_dir: &Path, teacher: &TaskModel) -> Result<TaskData> {
-    let task = TaskSpec::glue(&spec.task)?;
+    let task = spec.task_spec()?;
     if task.kind != teacher.task_kind() {
         bail!(
             "the teacher is a {:?} model but task {} is {:?}",
@@ -347,25 +372,7 @@ fn load_data(spec: &DataSpec, shared_dir: &Path, teacher: &TaskModel) -> Result<
             task.kind
         );
     }
-    let dir: PathBuf = match &spec.data_dir {
-        Some(dir) => dir.clone(),
-        None => task.glue_dir(&shared_dir.join("data")),
-    };
-    let mut labels = teacher.dataset_labels();
-    let mut data = TaskData {
-        train: task.read(&dir.join("train.tsv"), &mut labels)?,
-        dev: task.read(&dir.join("dev.tsv"), &mut labels)?,
-        labels,
-        spec: task,
-    };
-    if let Some(limit) = spec.max_train_examples {
-        data.train.truncate(limit);
-    }
-    if let Some(path) = &spec.augment {
-        let augmented = data.spec.read(path, &mut data.labels)?;
-        data.train.extend(augmented);
-    }
-    Ok(data)
+    spec.load(shared_dir, teacher.dataset_labels())
 }
 
 fn build_student(recipe: &Recipe, teacher: &TaskModel) -> Result<TaskModel> {

@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod distill;
+mod predict;
 mod recipe;
 
 fn main() {

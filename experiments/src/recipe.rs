@@ -3,11 +3,12 @@
 //! any field before the recipe is read (`training.lr=5e-5`, `stages.0.epochs=1`).
 
 use anyhow::{Context, Result, bail};
+use kd_data::DataSpec;
 use kd_losses::ObjectiveConfig;
 use kd_student::StudentShape;
 use kd_train::Keep;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,28 +56,6 @@ pub enum StudentSpec {
 
 fn yes() -> bool {
     true
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataSpec {
-    /// A GLUE task name.
-    pub task: String,
-    /// Directory with train.tsv and dev.tsv [default: the shared GLUE folder of the task].
-    #[serde(default)]
-    pub data_dir: Option<PathBuf>,
-    #[serde(default = "default_max_seq_len")]
-    pub max_seq_len: usize,
-    /// Train on the first N examples only (a quick setting).
-    #[serde(default)]
-    pub max_train_examples: Option<usize>,
-    /// Augmented examples (`kd augment`), in the task's columns, added to the training set.
-    #[serde(default)]
-    pub augment: Option<PathBuf>,
-}
-
-fn default_max_seq_len() -> usize {
-    128
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

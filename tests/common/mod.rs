@@ -6,7 +6,7 @@
 use candle_core::Device;
 use kd_bert::{BertConfig, BertModel, Params};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 pub const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
@@ -39,15 +39,32 @@ pub fn minilm_dir() -> PathBuf {
     config.parent().unwrap().to_path_buf()
 }
 
-/// Runs `kd` with the shared cache as `HF_HOME`.
-pub fn kd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kd"))
+fn kd_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kd"));
+    command
         .args(args)
         .env("HF_HOME", hf_home())
         .env("KD_SHARED_DIR", shared_dir())
-        .current_dir(workspace_root())
-        .output()
-        .expect("run kd")
+        .current_dir(workspace_root());
+    command
+}
+
+/// Runs `kd` with the shared cache as `HF_HOME`.
+pub fn kd(args: &[&str]) -> Output {
+    kd_command(args).output().expect("run kd")
+}
+
+/// Runs `kd` with `input` on its standard input.
+pub fn kd_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = kd_command(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kd");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().expect("run kd")
 }
 
 pub fn stdout(output: &Output) -> String {

@@ -68,8 +68,10 @@ pub fn batch_plan(
 /// A padded batch.
 pub struct Batch {
     pub input: BertInput,
-    /// `[batch]` u32 class ids or f32 scores.
+    /// `[batch]` u32 class ids or f32 scores (0 for unlabeled examples).
     pub labels: Tensor,
+    /// `[batch]` u32, 1 for labelled examples; `None` when every example has a label.
+    pub label_mask: Option<Tensor>,
     /// The examples' indices in their dataset.
     pub indices: Vec<usize>,
 }
@@ -109,27 +111,32 @@ pub fn collate(examples: &[EncodedExample], indices: &[usize], device: &Device) 
         );
     }
     let shape = (indices.len(), seq_len);
-    let labels = match examples.get(indices[0]).map(|e| e.label) {
-        Some(Label::Score(_)) => {
-            let scores: Vec<f32> = indices
-                .iter()
-                .map(|&i| match examples[i].label {
-                    Label::Score(s) => s,
-                    Label::Class(c) => c as f32,
-                })
-                .collect();
-            Tensor::new(scores, device)?
-        }
-        _ => {
-            let classes: Vec<u32> = indices
-                .iter()
-                .map(|&i| match examples[i].label {
-                    Label::Class(c) => c as u32,
-                    Label::Score(s) => s as u32,
-                })
-                .collect();
-            Tensor::new(classes, device)?
-        }
+    let labels = indices.iter().map(|&i| examples[i].label);
+    let labels = if labels.clone().any(|l| matches!(l, Label::Score(_))) {
+        let scores: Vec<f32> = labels
+            .map(|label| match label {
+                Label::Score(s) => s,
+                Label::Class(_) | Label::Unlabeled => 0.0,
+            })
+            .collect();
+        Tensor::new(scores, device)?
+    } else {
+        let classes: Vec<u32> = labels
+            .map(|label| match label {
+                Label::Class(c) => c as u32,
+                Label::Score(_) | Label::Unlabeled => 0,
+            })
+            .collect();
+        Tensor::new(classes, device)?
+    };
+    let labelled: Vec<u32> = indices
+        .iter()
+        .map(|&i| u32::from(examples[i].label != Label::Unlabeled))
+        .collect();
+    let label_mask = if labelled.contains(&0) {
+        Some(Tensor::new(labelled, device)?)
+    } else {
+        None
     };
     Ok(Batch {
         input: BertInput {
@@ -138,6 +145,7 @@ pub fn collate(examples: &[EncodedExample], indices: &[usize], device: &Device) 
             attention_mask: Tensor::from_vec(mask, shape, device)?,
         },
         labels,
+        label_mask,
         indices: indices.to_vec(),
     })
 }
@@ -205,5 +213,19 @@ mod tests {
             vec![1, 2, 0]
         );
         assert_eq!(batch.labels.to_vec1::<u32>().unwrap(), vec![1, 1]);
+        assert!(batch.label_mask.is_none());
+    }
+
+    #[test]
+    fn unlabeled_examples_are_masked_out_of_the_labels() {
+        let mut examples = vec![example(3, 1), example(5, 0), example(2, 1)];
+        examples[1].label = Label::Unlabeled;
+        let batch = collate(&examples, &[1, 0, 2], &Device::Cpu).unwrap();
+        assert_eq!(batch.labels.to_vec1::<u32>().unwrap(), vec![0, 1, 1]);
+        let mask = batch.label_mask.unwrap().to_vec1::<u32>().unwrap();
+        assert_eq!(mask, vec![0, 1, 1]);
+        examples[0].label = Label::Score(2.5);
+        let batch = collate(&examples, &[1, 0], &Device::Cpu).unwrap();
+        assert_eq!(batch.labels.to_vec1::<f32>().unwrap(), vec![0.0, 2.5]);
     }
 }

@@ -1,16 +1,20 @@
 //! Task data for kd: the WordPiece tokenizer, GLUE tasks and user TSV files, batches with
-//! dynamic padding and length bucketing, the metrics GLUE reports, and TinyBERT-style data
-//! augmentation.
+//! dynamic padding and length bucketing, the metrics GLUE reports, TinyBERT-style data
+//! augmentation, and unlabeled transfer sets; [`DataSpec`] describes a task's data for the
+//! command line and recipes alike.
 
 mod augment;
 mod batch;
 mod metrics;
+mod spec;
 mod task;
 mod tokenizer;
 mod tsv;
+mod unlabeled;
 
 pub use augment::{AugmentConfig, WordNeighbours, augment};
 pub use batch::{Batch, EncodedExample, batch_plan, collate, encode_examples};
 pub use metrics::{Metric, Predictions, evaluate};
+pub use spec::DataSpec;
 pub use task::{Example, Label, TaskData, TaskKind, TaskSpec};
 pub use tokenizer::{Encoded, TextTokenizer};

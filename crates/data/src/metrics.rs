@@ -50,6 +50,7 @@ pub fn evaluate(
                     .map(|label| match label {
                         Label::Class(c) => Ok(*c),
                         Label::Score(_) => bail!("class predictions against score labels"),
+                        Label::Unlabeled => bail!("an unlabeled example cannot be scored"),
                     })
                     .collect::<Result<Vec<_>>>()?;
                 check_lengths(predicted.len(), gold.len())?;
@@ -66,6 +67,7 @@ pub fn evaluate(
                     .map(|label| match label {
                         Label::Score(s) => Ok(*s as f64),
                         Label::Class(_) => bail!("score predictions against class labels"),
+                        Label::Unlabeled => bail!("an unlabeled example cannot be scored"),
                     })
                     .collect::<Result<Vec<_>>>()?;
                 check_lengths(predicted.len(), gold.len())?;

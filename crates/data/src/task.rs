@@ -185,6 +185,7 @@ impl TaskSpec {
                     .with_context(|| format!("class {class} has no name"))?
                     .clone(),
                 Label::Score(score) => score.to_string(),
+                Label::Unlabeled => bail!("an unlabeled example cannot be written as labelled"),
             };
             out += &format!("\t{label}\n");
         }
@@ -208,6 +209,8 @@ fn discover_labels<'a>(raw: impl Iterator<Item = &'a str>) -> Vec<String> {
 pub enum Label {
     Class(usize),
     Score(f32),
+    /// Transfer-set text: the teacher's outputs are its only targets.
+    Unlabeled,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -217,7 +220,7 @@ pub struct Example {
     pub label: Label,
 }
 
-/// A task's training and dev examples.
+/// A task's labelled training and dev examples.
 #[derive(Debug, Clone)]
 pub struct TaskData {
     pub spec: TaskSpec,

@@ -17,6 +17,8 @@ pub struct Encoded {
 
 pub struct TextTokenizer {
     inner: Tokenizer,
+    /// The same tokenizer without truncation, to find where long texts can be split.
+    untruncated: Tokenizer,
     max_len: usize,
 }
 
@@ -40,6 +42,7 @@ impl TextTokenizer {
             );
         };
         inner.with_padding(None);
+        let untruncated = inner.clone();
         inner
             .with_truncation(Some(TruncationParams {
                 direction: TruncationDirection::Right,
@@ -48,7 +51,11 @@ impl TextTokenizer {
                 stride: 0,
             }))
             .map_err(|e| anyhow!("invalid max length {max_len}: {e}"))?;
-        Ok(Self { inner, max_len })
+        Ok(Self {
+            inner,
+            untruncated,
+            max_len,
+        })
     }
 
     pub fn encode(&self, text: &str, pair: Option<&str>) -> Result<Encoded> {
@@ -61,6 +68,33 @@ impl TextTokenizer {
             ids: encoding.get_ids().to_vec(),
             type_ids: encoding.get_type_ids().to_vec(),
         })
+    }
+
+    /// Splits `text` into pieces that each fit the maximum length with `[CLS]` and `[SEP]`,
+    /// cutting between words (inside a word only when one word alone is too long).
+    pub fn split_to_fit(&self, text: &str) -> Result<Vec<String>> {
+        let budget = self.max_len.saturating_sub(2).max(1);
+        let encoding = self
+            .untruncated
+            .encode(text, false)
+            .map_err(|e| anyhow!("cannot tokenize {text:?}: {e}"))?;
+        let (offsets, words) = (encoding.get_offsets(), encoding.get_word_ids());
+        let starts_word = |token: usize| words[token] != words[token - 1];
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        while encoding.len() - start > budget {
+            let end = start + budget;
+            let cut = (start + 1..=end)
+                .rev()
+                .find(|&token| starts_word(token))
+                .unwrap_or(end);
+            pieces.push(text[offsets[start].0..offsets[cut].0].trim().to_string());
+            start = cut;
+        }
+        let rest = offsets.get(start).map_or("", |offset| &text[offset.0..]);
+        pieces.push(rest.trim().to_string());
+        pieces.retain(|piece| !piece.is_empty());
+        Ok(pieces)
     }
 
     /// Token strings by id (added tokens included).

@@ -14,8 +14,7 @@ pub(crate) struct Tsv {
 
 impl Tsv {
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = read_text(path)?;
         let mut lines = text.lines().enumerate();
         let Some((_, header)) = lines.next() else {
             bail!("{} is empty: expected a header line", path.display());
@@ -55,5 +54,29 @@ impl Tsv {
                 self.header.join(", ")
             )
         })
+    }
+}
+
+/// A whole text file; invalid UTF-8 is an error naming the file and the line.
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|error| {
+        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        anyhow::anyhow!("{}:{line}: not valid UTF-8", path.display())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_utf8_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.tsv");
+        std::fs::write(&path, b"sentence\tlabel\nfine\t1\nbad \xff\t0\n").unwrap();
+        let error = Tsv::read(&path).err().unwrap().to_string();
+        assert!(error.ends_with("train.tsv:3: not valid UTF-8"), "{error}");
     }
 }

@@ -6,6 +6,7 @@ use crate::task_model::TaskModel;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use kd_data::EncodedExample;
+use kd_train::Progress;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Read;
@@ -52,7 +53,12 @@ impl TeacherCache {
                 return Ok((logits, CacheOutcome::Loaded));
             }
         }
-        let logits = teacher.logits(examples, batch_size)?;
+        let progress = Progress::new(
+            examples.len().div_ceil(batch_size.max(1)) as u64,
+            "teacher logits",
+        );
+        let logits = teacher.logits(examples, batch_size, Some(&progress))?;
+        progress.finish();
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create cache directory {}", self.dir.display()))?;
         let tensors = HashMap::from([("logits".to_string(), logits.clone())]);

@@ -9,6 +9,7 @@ use kd_data::{
     EncodedExample, Example, Predictions, TaskKind, TaskSpec, TextTokenizer, batch_plan, collate,
     encode_examples, evaluate,
 };
+use kd_train::Progress;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -140,15 +141,25 @@ impl TaskModel {
         Ok(())
     }
 
-    /// Logits for every example, `[n, outputs]`, in example order (inference path).
-    pub fn logits(&self, examples: &[EncodedExample], batch_size: usize) -> Result<Tensor> {
+    /// Logits for every example, `[n, outputs]`, in example order (inference path), batched
+    /// by length; `progress` advances by one a batch.
+    pub fn logits(
+        &self,
+        examples: &[EncodedExample],
+        batch_size: usize,
+        progress: Option<&Progress>,
+    ) -> Result<Tensor> {
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
         let mut rows: Vec<Option<Tensor>> = vec![None; examples.len()];
-        for indices in batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>) {
+        let plan = batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>);
+        for indices in plan {
             let batch = collate(examples, &indices, &Device::Cpu)?;
             let (logits, _) = self.model.forward(&batch.input, Mode::Inference)?;
             for (row, &index) in indices.iter().enumerate() {
                 rows[index] = Some(logits.get(row)?);
+            }
+            if let Some(progress) = progress {
+                progress.step(String::new());
             }
         }
         let rows: Vec<Tensor> = rows.into_iter().flatten().collect();
@@ -177,7 +188,7 @@ impl TaskModel {
         examples: &[EncodedExample],
         batch_size: usize,
     ) -> Result<BTreeMap<String, f64>> {
-        let predictions = self.predictions(&self.logits(examples, batch_size)?)?;
+        let predictions = self.predictions(&self.logits(examples, batch_size, None)?)?;
         let gold: Vec<_> = examples.iter().map(|e| e.label).collect();
         evaluate(&spec.metrics, &predictions, &gold)
     }

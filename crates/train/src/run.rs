@@ -81,6 +81,22 @@ impl Progress {
         }
     }
 
+    /// A counter for a loop of unknown length (lines read from standard input); when standard
+    /// error is not a terminal it prints nothing until the caller's own summary.
+    pub fn unbounded(prefix: &str) -> Self {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{elapsed_precise}] {pos} {msg}")
+                .expect("valid template"),
+        );
+        bar.set_prefix(prefix.to_string());
+        Self {
+            bar,
+            prefix: prefix.to_string(),
+            log_every: u64::MAX,
+        }
+    }
+
     /// Starts from `position` (a resumed run).
     pub fn set_position(&self, position: u64) {
         self.bar.set_position(position);
@@ -88,10 +104,15 @@ impl Progress {
 
     /// Advances by one step and shows `message`.
     pub fn step(&self, message: String) {
-        self.bar.inc(1);
+        self.advance(1, message);
+    }
+
+    /// Advances by `count` steps and shows `message`.
+    pub fn advance(&self, count: u64, message: String) {
+        self.bar.inc(count);
         let position = self.bar.position();
         if self.bar.is_hidden() {
-            if position.is_multiple_of(self.log_every) {
+            if position / self.log_every > (position - count) / self.log_every {
                 let elapsed = self.bar.elapsed().as_secs();
                 let total = self.bar.length().unwrap_or(0);
                 eprintln!("{} {position}/{total} [{elapsed}s] {message}", self.prefix);

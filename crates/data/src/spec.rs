@@ -1,0 +1,318 @@
+//! [`DataSpec`]: where a task's data is and how to read it, one description shared by the
+//! command-line flags (`--task`, `--train`, `--text-column`, ...) and a recipe's `[data]`
+//! table (`task`, `train`, `text_column`, ...), so that both mean the same thing.
+
+use crate::task::{Example, TaskData, TaskKind, TaskSpec};
+use crate::tokenizer::TextTokenizer;
+use crate::unlabeled::read_unlabeled;
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A task's data: a GLUE name as a shortcut for its columns, metrics and files, or any TSV
+/// described by its columns; optionally augmented examples and unlabeled text (a transfer set)
+/// for the teacher to label.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// A GLUE task (SST-2, CoLA, MRPC, RTE, STS-B: its columns, metrics and files), or a name
+    /// for your own task on TSV files described by --text-column and --label-column.
+    #[arg(long)]
+    #[serde(default)]
+    pub task: Option<String>,
+    /// Directory with train.tsv and dev.tsv [default for GLUE tasks:
+    /// $KD_SHARED_DIR/data/glue/TASK, KD_SHARED_DIR defaulting to ../shared].
+    #[arg(long)]
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// The training TSV (or a directory holding train.tsv) [default: DATA_DIR/train.tsv].
+    #[arg(long)]
+    #[serde(default)]
+    pub train: Option<PathBuf>,
+    /// The dev TSV (or a directory holding dev.tsv) [default: DATA_DIR/dev.tsv].
+    #[arg(long, visible_alias = "data")]
+    #[serde(default)]
+    pub dev: Option<PathBuf>,
+    /// The text column of your TSV.
+    #[arg(long)]
+    #[serde(default)]
+    pub text_column: Option<String>,
+    /// The second text column of a sentence-pair task.
+    #[arg(long)]
+    #[serde(default)]
+    pub pair_column: Option<String>,
+    /// The label column of your TSV.
+    #[arg(long)]
+    #[serde(default)]
+    pub label_column: Option<String>,
+    /// Labels are real-valued scores, not class names.
+    #[arg(long)]
+    #[serde(default)]
+    pub regression: bool,
+    /// Texts are truncated (or, when unlabeled, split) to this many tokens.
+    #[arg(long, default_value_t = 128)]
+    #[serde(default = "default_max_seq_len")]
+    pub max_seq_len: usize,
+    /// Quick setting: train on the first N labelled training examples only.
+    #[arg(long)]
+    #[serde(default)]
+    pub max_train_examples: Option<usize>,
+    /// Augmented examples (`kd augment`), in the task's columns, added to the training set.
+    #[arg(long)]
+    #[serde(default)]
+    pub augment: Option<PathBuf>,
+    /// Unlabeled text for the teacher to label (a transfer set): plain text, one passage a
+    /// line, or a `.tsv` file read by the text (and pair) columns. Passages are split into
+    /// sentences, and sentences into chunks that fit --max-seq-len.
+    #[arg(long, num_args = 1..)]
+    #[serde(default)]
+    pub unlabeled: Vec<PathBuf>,
+    /// Keep at most this many unlabeled sentences (a seeded random choice of passages).
+    #[arg(long)]
+    #[serde(default)]
+    pub max_unlabeled: Option<usize>,
+}
+
+fn default_max_seq_len() -> usize {
+    128
+}
+
+impl DataSpec {
+    /// A GLUE task by name, its files in the shared folder.
+    pub fn glue(task: &str) -> Self {
+        Self {
+            task: Some(task.to_string()),
+            data_dir: None,
+            train: None,
+            dev: None,
+            text_column: None,
+            pair_column: None,
+            label_column: None,
+            regression: false,
+            max_seq_len: default_max_seq_len(),
+            max_train_examples: None,
+            augment: None,
+            unlabeled: Vec::new(),
+            max_unlabeled: None,
+        }
+    }
+
+    /// What to read from the files: a GLUE task's columns and metrics, each column replaceable
+    /// by the description's own, or a task wholly described by its columns.
+    pub fn task_spec(&self) -> Result<TaskSpec> {
+        let glue = self.task.as_deref().map(TaskSpec::glue);
+        let mut spec = match (glue, &self.text_column, &self.label_column) {
+            (Some(Ok(glue)), ..) => glue,
+            (_, Some(text), Some(label)) => TaskSpec::custom(
+                self.task.as_deref().unwrap_or("custom"),
+                text,
+                self.pair_column.as_deref(),
+                label,
+                if self.regression {
+                    TaskKind::Regression
+                } else {
+                    TaskKind::Classification
+                },
+            ),
+            (Some(Err(unknown)), None, None) => return Err(unknown),
+            (None, None, None) => bail!(
+                "no task: name a GLUE task (task, --task) or describe your TSV with text_column and label_column (--text-column, --label-column)"
+            ),
+            _ => bail!(
+                "a TSV task needs both text_column and label_column (--text-column, --label-column)"
+            ),
+        };
+        if let Some(text) = &self.text_column {
+            spec.text_column = text.clone();
+        }
+        if let Some(pair) = &self.pair_column {
+            spec.pair_column = Some(pair.clone());
+        }
+        if let Some(label) = &self.label_column {
+            spec.label_column = label.clone();
+        }
+        Ok(spec)
+    }
+
+    /// The training file: `train` (a file, or a directory holding train.tsv), else
+    /// `train.tsv` in the data directory.
+    pub fn train_path(&self, shared_dir: &Path) -> Result<PathBuf> {
+        self.split_path(self.train.as_deref(), "train.tsv", shared_dir)
+    }
+
+    /// The dev file, as [`DataSpec::train_path`] finds the training file.
+    pub fn dev_path(&self, shared_dir: &Path) -> Result<PathBuf> {
+        self.split_path(self.dev.as_deref(), "dev.tsv", shared_dir)
+    }
+
+    fn split_path(&self, given: Option<&Path>, name: &str, shared_dir: &Path) -> Result<PathBuf> {
+        let dir = match (given, self.data_dir.as_deref()) {
+            (Some(path), _) if !path.is_dir() => return Ok(path.to_path_buf()),
+            (Some(dir), _) | (None, Some(dir)) => dir.to_path_buf(),
+            (None, None) => match self.task.as_deref().map(TaskSpec::glue) {
+                Some(Ok(glue)) => glue.glue_dir(&shared_dir.join("data")),
+                _ => bail!(
+                    "where is {name}? give data_dir (--data-dir) or the file itself (--{})",
+                    name.trim_end_matches(".tsv")
+                ),
+            },
+        };
+        Ok(dir.join(name))
+    }
+
+    /// Reads the training and dev examples with the class names `labels` (a teacher's, in its
+    /// order; an empty list discovers them from the training file, sorted), then the augmented
+    /// examples; a label outside the list is an error naming the file and line.
+    pub fn load(&self, shared_dir: &Path, labels: Vec<String>) -> Result<TaskData> {
+        let spec = self.task_spec()?;
+        let mut labels = labels;
+        let mut train = spec.read(&self.train_path(shared_dir)?, &mut labels)?;
+        if let Some(limit) = self.max_train_examples {
+            train.truncate(limit);
+        }
+        let dev = spec.read(&self.dev_path(shared_dir)?, &mut labels)?;
+        if let Some(path) = &self.augment {
+            train.extend(spec.read(path, &mut labels)?);
+        }
+        Ok(TaskData {
+            spec,
+            labels,
+            train,
+            dev,
+        })
+    }
+
+    /// The transfer set: sentences of the unlabeled files, split to fit the tokenizer's
+    /// maximum length, at most `max_unlabeled` of them, chosen and shuffled by `seed`.
+    pub fn load_unlabeled(&self, tokenizer: &TextTokenizer, seed: u64) -> Result<Vec<Example>> {
+        if self.unlabeled.is_empty() {
+            return Ok(Vec::new());
+        }
+        let spec = self.task_spec()?;
+        read_unlabeled(
+            &self.unlabeled,
+            &spec.text_column,
+            spec.pair_column.as_deref(),
+            tokenizer,
+            self.max_unlabeled,
+            seed,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::Label;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn recipe_table_and_flags_describe_the_same_task() {
+        let toml_spec: DataSpec = toml::from_str(
+            "task = \"intent\"\ntrain = \"t.tsv\"\ndev = \"d.tsv\"\ntext_column = \"q\"\nlabel_column = \"y\"\nmax_seq_len = 64\n",
+        )
+        .unwrap();
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            data: DataSpec,
+        }
+        let flags = <Flags as clap::Parser>::try_parse_from([
+            "kd",
+            "--task",
+            "intent",
+            "--train",
+            "t.tsv",
+            "--dev",
+            "d.tsv",
+            "--text-column",
+            "q",
+            "--label-column",
+            "y",
+            "--max-seq-len",
+            "64",
+        ])
+        .unwrap();
+        assert_eq!(toml_spec, flags.data);
+        let spec = toml_spec.task_spec().unwrap();
+        assert_eq!(
+            (spec.name.as_str(), spec.kind),
+            ("intent", TaskKind::Classification)
+        );
+        assert!(toml::from_str::<DataSpec>("task = \"SST-2\"\ntext_col = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn glue_names_are_shortcuts_whose_columns_and_files_can_be_replaced() {
+        let shared = Path::new("/shared");
+        let sst2 = DataSpec::glue("sst2");
+        assert_eq!(
+            sst2.train_path(shared).unwrap(),
+            Path::new("/shared/data/glue/SST-2/train.tsv")
+        );
+        let mut mine = DataSpec::glue("SST-2");
+        mine.train = Some("mine.tsv".into());
+        mine.text_column = Some("review".into());
+        let spec = mine.task_spec().unwrap();
+        assert_eq!(spec.text_column, "review");
+        assert_eq!(spec.label_column, "label");
+        assert_eq!(spec.metrics, TaskSpec::glue("SST-2").unwrap().metrics);
+        assert_eq!(mine.train_path(shared).unwrap(), Path::new("mine.tsv"));
+        assert_eq!(
+            mine.dev_path(shared).unwrap(),
+            Path::new("/shared/data/glue/SST-2/dev.tsv")
+        );
+
+        let unknown = DataSpec::glue("intent")
+            .task_spec()
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("known tasks are SST-2"), "{unknown}");
+        let mut half = DataSpec::glue("intent");
+        half.text_column = Some("q".into());
+        let error = half.task_spec().unwrap_err().to_string();
+        assert!(error.contains("label_column"), "{error}");
+        let mut no_files = DataSpec::glue("intent");
+        no_files.text_column = Some("q".into());
+        no_files.label_column = Some("y".into());
+        let error = no_files.train_path(shared).unwrap_err().to_string();
+        assert!(error.contains("--data-dir"), "{error}");
+    }
+
+    #[test]
+    fn teacher_labels_fix_the_order_and_unknown_labels_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            &dir.path().join("train.tsv"),
+            "q\ty\nhi\tgreet\nbye\tleave\n",
+        );
+        write(&dir.path().join("dev.tsv"), "q\ty\nhello\tgreet\n");
+        let mut spec = DataSpec::glue("intent");
+        spec.data_dir = Some(dir.path().to_path_buf());
+        spec.text_column = Some("q".into());
+        spec.label_column = Some("y".into());
+        let teacher_labels = vec!["leave".to_string(), "greet".to_string()];
+        let data = spec
+            .load(Path::new("/none"), teacher_labels.clone())
+            .unwrap();
+        assert_eq!(data.labels, teacher_labels);
+        assert_eq!(data.train[0].label, Label::Class(1));
+
+        write(
+            &dir.path().join("dev.tsv"),
+            "q\ty\nhello\tgreet\nhm\tthink\n",
+        );
+        let error = format!(
+            "{:#}",
+            spec.load(Path::new("/none"), teacher_labels).unwrap_err()
+        );
+        assert!(
+            error.contains("dev.tsv:3") && error.contains("\"think\""),
+            "{error}"
+        );
+    }
+}

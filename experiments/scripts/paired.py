@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Compares students with their baselines on the same dev sentences, from `kd predict` outputs.
+
+Each model directory holds dev-predictions.jsonl (`kd predict --input DEV --output ...`) and,
+for distilled models, summary.json. Seeds pair up by the `-sN` suffix of the directory names.
+Reports accuracy per model, mean and sample standard deviation over seeds, the share of the
+teacher's accuracy kept, and exact McNemar tests (two-sided) for each seed pair and pooled.
+
+Usage: paired.py --dev DEV.tsv --teacher DIR --baseline GLOB --student GLOB --out FILE.json
+"""
+import argparse
+import glob
+import json
+import math
+import platform
+import re
+import statistics
+import subprocess
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--dev", required=True)
+parser.add_argument("--teacher", required=True)
+parser.add_argument("--baseline", required=True)
+parser.add_argument("--student", required=True)
+parser.add_argument("--label-column", default="label")
+parser.add_argument("--out", required=True)
+args = parser.parse_args()
+
+with open(args.dev, encoding="utf-8") as f:
+    header, *rows = [line for line in f.read().splitlines() if line.strip()]
+label = header.split("\t").index(args.label_column)
+gold = [row.split("\t")[label] for row in rows]
+
+
+def correct(model_dir):
+    with open(f"{model_dir}/dev-predictions.jsonl") as f:
+        predicted = [json.loads(line)["label"] for line in f]
+    assert len(predicted) == len(gold), model_dir
+    return [p == g for p, g in zip(predicted, gold)]
+
+
+def mcnemar(a, b):
+    """Exact two-sided McNemar test of paired right/wrong lists: (b right only, a right only, p)."""
+    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    only_a = sum(1 for x, y in zip(a, b) if x and not y)
+    n, k = only_a + only_b, min(only_a, only_b)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return only_b, only_a, p
+
+
+def runs(pattern):
+    found = {}
+    for path in sorted(glob.glob(pattern)):
+        seed = int(re.search(r"-s(\d+)$", path).group(1))
+        summary = json.load(open(f"{path}/summary.json"))
+        found[seed] = {"dir": path, "correct": correct(path), "wall_time_s": summary["wall_time_s"],
+                       "command": summary["command"]}
+    return found
+
+
+def accuracy(right):
+    return sum(right) / len(right)
+
+
+teacher = correct(args.teacher)
+baseline, student = runs(args.baseline), runs(args.student)
+seeds = sorted(set(baseline) & set(student))
+pairs, pooled_a, pooled_b = [], [], []
+for seed in seeds:
+    a, b = baseline[seed]["correct"], student[seed]["correct"]
+    only_student, only_baseline, p = mcnemar(a, b)
+    pairs.append({"seed": seed, "baseline": accuracy(a), "student": accuracy(b),
+                  "student_only_right": only_student, "baseline_only_right": only_baseline,
+                  "mcnemar_p": p})
+    pooled_a += a
+    pooled_b += b
+
+
+def stats(found):
+    values = [accuracy(found[s]["correct"]) for s in seeds]
+    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "per_seed": values, "wall_time_s": [found[s]["wall_time_s"] for s in seeds],
+            "commands": [found[s]["command"] for s in seeds]}
+
+
+cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+           platform.processor())
+result = {
+    "dev": args.dev,
+    "teacher": {"dir": args.teacher, "accuracy": accuracy(teacher)},
+    "baseline": stats(baseline) | {"glob": args.baseline},
+    "student": stats(student) | {"glob": args.student},
+    "pairs": pairs,
+    "pooled_mcnemar": dict(zip(["student_only_right", "baseline_only_right", "p"], mcnemar(pooled_a, pooled_b))),
+    "cpu": cpu,
+    "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+}
+result["gain_points"] = 100 * (result["student"]["mean"] - result["baseline"]["mean"])
+result["student_of_teacher"] = result["student"]["mean"] / result["teacher"]["accuracy"]
+with open(args.out, "w") as f:
+    json.dump(result, f, indent=2)
+print(json.dumps({k: v for k, v in result.items() if k not in ("baseline", "student")}, indent=2))
+print("baseline", result["baseline"]["mean"], "+-", result["baseline"]["sd"])
+print("student ", result["student"]["mean"], "+-", result["student"]["sd"])
