@@ -31,20 +31,6 @@ fn distill(recipe: &str, out: &Path, cache: &Path, overrides: &[&str]) -> Value 
     serde_json::from_str(common::kd_ok(&args).trim()).unwrap()
 }
 
-/// A logged value of every training step: `loss`, or a component such as `cosine`.
-fn logged(log: &Path, name: &str) -> Vec<f64> {
-    std::fs::read_to_string(log)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
-        .filter(|entry| entry["step"].is_number())
-        .map(|entry| match name {
-            "loss" => entry["loss"].as_f64().unwrap(),
-            component => entry["components"][component].as_f64().unwrap(),
-        })
-        .collect()
-}
-
 #[test]
 fn distilbert_recipe_trains_a_student_that_beats_chance() {
     let root = tempfile::tempdir().unwrap();
@@ -70,7 +56,7 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
     let log = out.join("1-distill/log.jsonl");
     let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
     let first_and_last = |name: &str| {
-        let values = logged(&log, name);
+        let values = common::logged(&log, name);
         assert_eq!(values.len(), 63);
         (mean(&values[..10]), mean(&values[values.len() - 10..]))
     };

@@ -97,16 +97,6 @@ fn distill(recipe: &Path, out: &Path, cache: &Path) -> Value {
     serde_json::from_str(stdout.trim()).unwrap()
 }
 
-fn logged_components(log: &Path, name: &str) -> Vec<f64> {
-    std::fs::read_to_string(log)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
-        .filter(|entry| entry["step"].is_number())
-        .map(|entry| entry["components"][name].as_f64().unwrap())
-        .collect()
-}
-
 #[test]
 fn a_string_labelled_tsv_task_distils_with_unlabeled_text_and_round_trips() {
     let root = tempfile::tempdir().unwrap();
@@ -238,7 +228,7 @@ fn a_string_labelled_tsv_task_distils_with_unlabeled_text_and_round_trips() {
     let stage_one_epoch = stage.replace("epochs = 2", "epochs = 1");
     let few_recipe = recipe_with_batch(root.path(), "few", &teacher, &few, &stage_one_epoch, 4);
     distill(&few_recipe, &masked, &cache);
-    let hard = logged_components(&masked.join("1-distill/log.jsonl"), "hard");
+    let hard = common::logged(&masked.join("1-distill/log.jsonl"), "hard");
     let zero = hard.iter().filter(|&&h| h == 0.0).count();
     assert_eq!(hard.len(), 24);
     assert!((16..24).contains(&zero), "hard losses {hard:?}");

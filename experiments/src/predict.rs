@@ -20,9 +20,9 @@ const CHUNK_LINES: usize = 4096;
 pub struct PredictArgs {
     #[arg(long)]
     model: String,
-    /// How to read the input: a TSV with a header when a text column is known (--text-column
-    /// and --pair-column, or a GLUE --task) or the file ends in .tsv; otherwise one text a
-    /// line, a tab separating a sentence pair.
+    /// How to read the input: a TSV with a header, by its text column, when one is named
+    /// (--text-column and --pair-column, or a GLUE --task's); otherwise one text a line, a
+    /// tab separating a sentence pair.
     #[command(flatten)]
     data: DataSpec,
     /// Read the texts from this file, or `-` for standard input.
@@ -71,15 +71,17 @@ impl LineReader {
             number: 0,
             columns: None,
         };
-        let is_tsv = path.extension().is_some_and(|ext| ext == "tsv")
-            || data.text_column.is_some()
-            || data.task.is_some();
-        if is_tsv {
-            let (text, pair) = match (&data.text_column, data.task_spec()) {
-                (_, Ok(spec)) => (spec.text_column, spec.pair_column),
-                (Some(text), Err(_)) => (text.clone(), data.pair_column.clone()),
-                (None, Err(_)) => ("sentence".to_string(), data.pair_column.clone()),
-            };
+        let columns = match data.text_columns()? {
+            Some(columns) => Some(columns),
+            None if path.extension().is_some_and(|ext| ext == "tsv") => {
+                bail!(
+                    "{}: which column holds the text? give --text-column",
+                    lines.name
+                )
+            }
+            None => None,
+        };
+        if let Some((text, pair)) = columns {
             let Some(header) = lines.next_line()? else {
                 bail!("{} is empty: expected a header line", lines.name);
             };

@@ -139,3 +139,17 @@ pub fn quick_sst2_teacher(out: &Path) -> serde_json::Value {
     ]);
     serde_json::from_str(stdout.trim()).unwrap()
 }
+
+/// A logged value of every training step: `loss`, or a component such as `cosine`.
+pub fn logged(log: &Path, name: &str) -> Vec<f64> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|entry| entry["step"].is_number())
+        .map(|entry| match name {
+            "loss" => entry["loss"].as_f64().unwrap(),
+            component => entry["components"][component].as_f64().unwrap(),
+        })
+        .collect()
+}

@@ -134,6 +134,22 @@ impl DataSpec {
         Ok(spec)
     }
 
+    /// The text column and the pair column of unlabeled TSV input: the description's own, or
+    /// else its GLUE task's; `None` when neither names them.
+    pub fn text_columns(&self) -> Result<Option<(String, Option<String>)>> {
+        Ok(match (&self.text_column, &self.task) {
+            (Some(text), _) => Some((text.clone(), self.pair_column.clone())),
+            (None, Some(task)) => {
+                let glue = TaskSpec::glue(task)?;
+                Some((
+                    glue.text_column,
+                    self.pair_column.clone().or(glue.pair_column),
+                ))
+            }
+            (None, None) => None,
+        })
+    }
+
     /// The training file: `train` (a file, or a directory holding train.tsv), else
     /// `train.tsv` in the data directory.
     pub fn train_path(&self, shared_dir: &Path) -> Result<PathBuf> {
@@ -188,11 +204,9 @@ impl DataSpec {
         if self.unlabeled.is_empty() {
             return Ok(Vec::new());
         }
-        let spec = self.task_spec()?;
         read_unlabeled(
             &self.unlabeled,
-            &spec.text_column,
-            spec.pair_column.as_deref(),
+            self.text_columns()?,
             tokenizer,
             self.max_unlabeled,
             seed,
@@ -262,6 +276,11 @@ mod tests {
         assert_eq!(spec.label_column, "label");
         assert_eq!(spec.metrics, TaskSpec::glue("SST-2").unwrap().metrics);
         assert_eq!(mine.train_path(shared).unwrap(), Path::new("mine.tsv"));
+        assert_eq!(
+            DataSpec::glue("RTE").text_columns().unwrap(),
+            Some(("sentence1".into(), Some("sentence2".into())))
+        );
+        assert_eq!(mine.text_columns().unwrap(), Some(("review".into(), None)));
         assert_eq!(
             mine.dev_path(shared).unwrap(),
             Path::new("/shared/data/glue/SST-2/dev.tsv")

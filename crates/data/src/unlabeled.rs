@@ -5,25 +5,24 @@
 use crate::task::{Example, Label};
 use crate::tokenizer::TextTokenizer;
 use crate::tsv::{Tsv, read_text};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use std::path::{Path, PathBuf};
 
-/// Reads unlabeled examples from `paths`: `.tsv` files by `text_column` (and `pair_column`,
-/// whose pairs are kept whole), other files a passage a line. At most `limit` examples.
+/// Reads unlabeled examples from `paths`: `.tsv` files by their text column (and pair column,
+/// whose pairs are kept whole) of `columns`, other files a passage a line. At most `limit`.
 pub fn read_unlabeled(
     paths: &[PathBuf],
-    text_column: &str,
-    pair_column: Option<&str>,
+    columns: Option<(String, Option<String>)>,
     tokenizer: &TextTokenizer,
     limit: Option<usize>,
     seed: u64,
 ) -> Result<Vec<Example>> {
     let mut passages = Vec::new();
     for path in paths {
-        passages.extend(read_passages(path, text_column, pair_column)?);
+        passages.extend(read_passages(path, columns.as_ref())?);
     }
     // A seeded random choice of passages when capped, kept in file order: the same files
     // give the same examples (and teacher-cache key) under any seed when nothing is dropped.
@@ -60,13 +59,18 @@ pub fn read_unlabeled(
 
 fn read_passages(
     path: &Path,
-    text_column: &str,
-    pair_column: Option<&str>,
+    columns: Option<&(String, Option<String>)>,
 ) -> Result<Vec<(String, Option<String>)>> {
     if path.extension().is_some_and(|ext| ext == "tsv") {
+        let Some((text_column, pair_column)) = columns else {
+            bail!(
+                "{}: which column holds the text? give text_column",
+                path.display()
+            );
+        };
         let tsv = Tsv::read(path)?;
         let text = tsv.column(text_column)?;
-        let pair = pair_column.map(|c| tsv.column(c)).transpose()?;
+        let pair = pair_column.as_deref().map(|c| tsv.column(c)).transpose()?;
         return Ok(tsv
             .rows
             .into_iter()
@@ -170,8 +174,9 @@ mod tests {
         let tsv = dir.path().join("train.tsv");
         std::fs::write(&tsv, "sentence\tlabel\nthe dogs\t1\nthe cats\t0\n").unwrap();
         let paths = vec![text.clone(), tsv];
+        let columns = Some(("sentence".to_string(), None));
         let read = |limit, seed| {
-            read_unlabeled(&paths, "sentence", None, &tokenizer, limit, seed)
+            read_unlabeled(&paths, columns.clone(), &tokenizer, limit, seed)
                 .unwrap()
                 .into_iter()
                 .map(|e| {
@@ -208,7 +213,7 @@ mod tests {
         assert!(three.iter().all(|text| all.contains(text)));
 
         std::fs::write(&text, b"fine\n\xfe\n").unwrap();
-        let error = read_unlabeled(&paths, "sentence", None, &tokenizer, None, 1).unwrap_err();
+        let error = read_unlabeled(&paths, columns, &tokenizer, None, 1).unwrap_err();
         assert!(
             format!("{error:#}").contains("corpus.txt:2: not valid UTF-8"),
             "{error:#}"
