@@ -6,8 +6,7 @@
 # Every step resumes or is skipped when done. Usage: experiments/scripts/few_labels.sh
 set -euo pipefail
 export HF_HOME=${HF_HOME:-../shared/hf-cache}
-kd=${KD:-./target/release/kd}
-[ -n "${KD:-}" ] || cargo build --release -p kd-experiments
+source "$(dirname "$0")/seeds.sh"
 split=runs/data/sst2-1k
 [ -f $split/train.tsv ] || python3 experiments/scripts/split_labels.py \
   ../shared/data/glue/SST-2/train.tsv 1000 1 $split
@@ -17,24 +16,9 @@ if [ ! -f $teacher/metrics.json ]; then
   $kd finetune --model sentence-transformers/all-MiniLM-L6-v2 --task SST-2 --train $split/train.tsv \
     --out $teacher --epochs 10 --lr 1e-4 --batch-size 32 --seed 42 "${resume[@]}"
 fi
-dev=../shared/data/glue/SST-2/dev.tsv
-predict() { # model dir -> dir/dev-predictions.jsonl
-  [ -f "$1/dev-predictions.jsonl" ] || $kd predict --model "$1" --task SST-2 --input $dev \
-    --output "$1/dev-predictions.jsonl" --force
-}
-predict $teacher
-for seed in 1 2 3; do
-  for recipe in sst2-1k-distilbert-l3-backbone-nokd sst2-1k-distilbert-l3-backbone-transfer; do
-    out=runs/sst2-1k/$recipe-s$seed
-    if ! { [ -f "$out/summary.json" ] && grep -q '"interrupted": false' "$out/summary.json"; }; then
-      resume=(--force); [ -d "$out" ] && resume=(--resume)
-      $kd distill --recipe experiments/recipes/$recipe.toml --set training.seed=$seed \
-        --out "$out" "${resume[@]}"
-    fi
-    predict "$out"
-  done
-done
-python3 experiments/scripts/paired.py --dev $dev --teacher $teacher \
+predict_dev $teacher
+distill_seeds runs/sst2-1k sst2-1k-distilbert-l3-backbone-nokd sst2-1k-distilbert-l3-backbone-transfer
+python3 experiments/scripts/paired.py --dev "$dev" --teacher $teacher \
   --baseline 'runs/sst2-1k/sst2-1k-distilbert-l3-backbone-nokd-s*' \
   --student 'runs/sst2-1k/sst2-1k-distilbert-l3-backbone-transfer-s*' \
   --out experiments/results/sst2-few-labels.json
