@@ -6,7 +6,6 @@
 kd=${KD:-./target/release/kd}
 [ -n "${KD:-}" ] || cargo build --release -p kd-experiments
 dev=${DEV:-../shared/data/glue/SST-2/dev.tsv}
-DISTILL_ARGS=(${DISTILL_ARGS[@]+"${DISTILL_ARGS[@]}"})
 
 predict_dev() {
   [ -f "$1/dev-predictions.jsonl" ] || $kd predict --model "$1" --task SST-2 --input "$dev" \
