@@ -151,8 +151,7 @@ impl TaskModel {
     ) -> Result<Tensor> {
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
         let mut rows: Vec<Option<Tensor>> = vec![None; examples.len()];
-        let plan = batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>);
-        for indices in plan {
+        for indices in batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>) {
             let batch = collate(examples, &indices, &Device::Cpu)?;
             let (logits, _) = self.model.forward(&batch.input, Mode::Inference)?;
             for (row, &index) in indices.iter().enumerate() {
