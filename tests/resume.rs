@@ -1,4 +1,4 @@
-//! A run interrupted with Ctrl-C saves a checkpoint and exits; `--resume` continues it to the
+//! A run interrupted with Ctrl-C or SIGTERM saves a checkpoint and exits; `--resume` continues it to the
 //! same result as an uninterrupted run.
 
 mod common;
@@ -93,13 +93,18 @@ fn an_interrupted_or_killed_run_resumes_to_the_uninterrupted_result() {
         history
     };
 
-    // Ctrl-C (SIGINT) saves a checkpoint where the run is; SIGKILL leaves the last periodic
-    // one (every 20 steps) and log lines past it, which the resumed run replaces.
-    for (signal, name) in [(libc::SIGINT, "interrupted"), (libc::SIGKILL, "killed")] {
+    // Ctrl-C (SIGINT) and SIGTERM save a checkpoint where the run is; SIGKILL leaves the last
+    // periodic one (every 20 steps) and log lines past it, which the resumed run replaces.
+    let signals = [
+        (libc::SIGINT, "interrupted"),
+        (libc::SIGTERM, "terminated"),
+        (libc::SIGKILL, "killed"),
+    ];
+    for (signal, name) in signals {
         let out = root.path().join(name);
         let args = finetune_args(model, data, out.to_str().unwrap());
         let output = interrupt(&args, &out, signal);
-        if signal == libc::SIGINT {
+        if signal != libc::SIGKILL {
             assert_eq!(
                 output.status.code(),
                 Some(130),

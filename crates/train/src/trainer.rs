@@ -378,6 +378,7 @@ pub fn interrupt_flag() -> Result<&'static AtomicBool> {
                 // A second Ctrl-C while the checkpoint is written: leave at once.
                 std::process::exit(130);
             }
+            // Ctrl-C, or SIGTERM from a scheduler or a shutdown.
             eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again to quit at once)");
         });
     });
