@@ -69,7 +69,7 @@ impl TaskSpec {
         else {
             let known: Vec<&str> = GLUE.iter().map(|(task, ..)| *task).collect();
             bail!(
-                "unknown task {name:?}: known tasks are {} (or describe a TSV with --text-column and --label-column)",
+                "unknown task {name:?}: known tasks are {} (or describe your TSV with text_column and label_column, --text-column and --label-column on the command line)",
                 known.join(", ")
             );
         };

@@ -154,6 +154,11 @@ mod tests {
             .split_to_fit("the cat sat on the mat the cats sat")
             .unwrap();
         assert_eq!(pieces, vec!["the cat sat on the mat", "the cats sat"]);
+        // Offsets are bytes of the original text: accents and unknown words slice cleanly.
+        let pieces = tokenizer
+            .split_to_fit("the Café sat on the mat the cats sat")
+            .unwrap();
+        assert_eq!(pieces, vec!["the Café sat on the mat", "the cats sat"]);
         let pieces = tokenizer.split_to_fit("a cat sat on the cats mat").unwrap();
         assert_eq!(pieces, vec!["a cat sat on the", "cats mat"]);
         for piece in &pieces {
