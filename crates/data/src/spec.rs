@@ -179,9 +179,8 @@ impl DataSpec {
     /// Reads the training and dev examples with the class names `labels` (a teacher's, in its
     /// order; an empty list discovers them from the training file, sorted), then the augmented
     /// examples; a label outside the list is an error naming the file and line.
-    pub fn load(&self, shared_dir: &Path, labels: Vec<String>) -> Result<TaskData> {
+    pub fn load(&self, shared_dir: &Path, mut labels: Vec<String>) -> Result<TaskData> {
         let spec = self.task_spec()?;
-        let mut labels = labels;
         let mut train = spec.read(&self.train_path(shared_dir)?, &mut labels)?;
         if let Some(limit) = self.max_train_examples {
             train.truncate(limit);

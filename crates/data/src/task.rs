@@ -230,21 +230,6 @@ pub struct TaskData {
     pub dev: Vec<Example>,
 }
 
-impl TaskData {
-    /// Reads `train.tsv` and `dev.tsv` from `dir`; labels are discovered from train.
-    pub fn load(spec: &TaskSpec, dir: &Path) -> Result<Self> {
-        let mut labels = Vec::new();
-        let train = spec.read(&dir.join("train.tsv"), &mut labels)?;
-        let dev = spec.read(&dir.join("dev.tsv"), &mut labels)?;
-        Ok(Self {
-            spec: spec.clone(),
-            labels,
-            train,
-            dev,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,11 +273,15 @@ mod tests {
         );
         write(dir.path(), "dev.tsv", "id\tq\ta\tgold\n9\tp\tq\tno\n");
         let spec = TaskSpec::custom("qa", "q", Some("a"), "gold", TaskKind::Classification);
-        let data = TaskData::load(&spec, dir.path()).unwrap();
-        assert_eq!(data.labels, vec!["maybe", "no", "yes"]);
-        assert_eq!(data.train[0].pair.as_deref(), Some("y"));
-        assert_eq!(data.train[0].label, Label::Class(2));
-        assert_eq!(data.dev[0].label, Label::Class(1));
+        let mut labels = Vec::new();
+        let train = spec
+            .read(&dir.path().join("train.tsv"), &mut labels)
+            .unwrap();
+        let dev = spec.read(&dir.path().join("dev.tsv"), &mut labels).unwrap();
+        assert_eq!(labels, vec!["maybe", "no", "yes"]);
+        assert_eq!(train[0].pair.as_deref(), Some("y"));
+        assert_eq!(train[0].label, Label::Class(2));
+        assert_eq!(dev[0].label, Label::Class(1));
     }
 
     #[test]
