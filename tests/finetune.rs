@@ -38,6 +38,22 @@ fn finetuned_sst2_teacher_round_trips_through_eval_and_predict() {
             .all(|k| k.starts_with("bert.") || k.starts_with("classifier."))
     );
     assert!(out.join("tokenizer.json").is_file() && out.join("vocab.txt").is_file());
+    // Readable by everyone, whatever mode the writer (safetensors: 0600) or the copied source
+    // (the read-only hub cache) had.
+    for name in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "metrics.json",
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o644, "{name}: {mode:o}");
+    }
     let metrics: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["value"], report["value"]);

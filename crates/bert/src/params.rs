@@ -171,13 +171,21 @@ pub fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Resu
 }
 
 /// Writes `path` through `write` on a temporary file beside it, then renames it into place, so
-/// that an interrupted write never leaves a truncated file under the final name.
+/// that an interrupted write never leaves a truncated file under the final name. The file is
+/// made readable by everyone and writable by its owner (0644), as model files are shared,
+/// whatever mode the writer created it with (safetensors: 0600; a copy: the source's).
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let file_name = path
         .file_name()
         .with_context(|| format!("{} is not a file path", path.display()))?;
     let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
     write(&tmp).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("cannot set the permissions of {}", tmp.display()))?;
+    }
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot move {} into place", path.display()))?;
     Ok(())
