@@ -21,14 +21,16 @@ for task in "${tasks[@]}"; do
   rm -f "$out/.running"
 done
 python3 - <<'PY'
+# Rows of the teachers in runs/teachers replace those recorded before; the others are kept.
 import json, os
-rows = []
+out = "experiments/results/teachers.json"
+rows = {row["task"]: row for row in (json.load(open(out)) if os.path.exists(out) else [])}
 for task in ["SST-2", "CoLA", "MRPC", "RTE", "STS-B"]:
     path = f"runs/teachers/{task}/metrics.json"
     if os.path.exists(path):
         m = json.load(open(path))
         best = next(h for h in m["history"] if h["step"] == m["best_step"])["dev"]
-        rows.append({k: m[k] for k in ["task", "metric", "value", "epochs", "wall_time_s", "examples_per_s", "command"]} | {"best_epoch": m["best_epoch"], "best_step": m["best_step"], "dev": best})
-json.dump(rows, open("experiments/results/teachers.json", "w"), indent=2)
-print(json.dumps(rows, indent=2))
+        rows[task] = {k: m[k] for k in ["task", "metric", "value", "epochs", "wall_time_s", "examples_per_s", "command"]} | {"best_epoch": m["best_epoch"], "best_step": m["best_step"], "dev": best}
+json.dump(list(rows.values()), open(out, "w"), indent=2)
+print(json.dumps(list(rows.values()), indent=2))
 PY
