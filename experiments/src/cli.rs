@@ -76,8 +76,6 @@ struct FinetuneArgs {
     /// Hub id (e.g. sentence-transformers/all-MiniLM-L6-v2) or local model directory.
     #[arg(long)]
     model: String,
-    #[command(flatten)]
-    data: DataSpec,
     /// Output directory (refused if not empty, unless --force).
     #[arg(long)]
     out: PathBuf,
@@ -105,6 +103,8 @@ struct FinetuneArgs {
     /// Quick setting: stop after this many updates.
     #[arg(long)]
     max_steps: Option<usize>,
+    #[command(flatten, next_help_heading = "Data")]
+    data: DataSpec,
 }
 
 #[derive(Args)]
@@ -112,11 +112,11 @@ struct EvalArgs {
     /// A task model directory (with a task head).
     #[arg(long)]
     model: String,
-    /// The task; it is evaluated on its dev file (--dev, or --data, names another TSV).
-    #[command(flatten)]
-    data: DataSpec,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    /// The task; it is evaluated on its dev file (--dev, or --data, names another TSV).
+    #[command(flatten, next_help_heading = "Data")]
+    data: DataSpec,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -146,8 +146,6 @@ struct AugmentArgs {
     /// backbone): hub id or directory.
     #[arg(long)]
     model: String,
-    #[command(flatten)]
-    data: DataSpec,
     /// The TSV file to write (the task's columns; the original examples are not repeated).
     #[arg(long)]
     out: PathBuf,
@@ -164,6 +162,8 @@ struct AugmentArgs {
     seed: u64,
     #[arg(long)]
     force: bool,
+    #[command(flatten, next_help_heading = "Data")]
+    data: DataSpec,
 }
 
 pub fn run() -> Result<()> {
@@ -179,7 +179,7 @@ pub fn run() -> Result<()> {
 }
 
 fn run_finetune(args: FinetuneArgs) -> Result<()> {
-    if !args.data.unlabeled.is_empty() {
+    if !args.data.unlabeled.is_empty() || args.data.max_unlabeled.is_some() {
         bail!("kd finetune learns from labels only; unlabeled text is for kd distill's recipes");
     }
     let data = args.data.load(&shared_dir(), Vec::new())?;
@@ -238,6 +238,7 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
 }
 
 fn run_eval(args: EvalArgs) -> Result<()> {
+    args.data.ensure_no_training_options("kd eval")?;
     let spec = args.data.task_spec()?;
     let model = TaskModel::load(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
     if model.task_kind() != spec.kind {

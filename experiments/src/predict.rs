@@ -20,11 +20,6 @@ const CHUNK_LINES: usize = 4096;
 pub struct PredictArgs {
     #[arg(long)]
     model: String,
-    /// How to read the input: a TSV with a header, by its text column, when one is named
-    /// (--text-column and --pair-column, or a GLUE --task's); otherwise one text a line, a
-    /// tab separating a sentence pair.
-    #[command(flatten)]
-    data: DataSpec,
     /// Read the texts from this file, or `-` for standard input.
     #[arg(long, conflicts_with = "texts")]
     input: Option<PathBuf>,
@@ -36,6 +31,11 @@ pub struct PredictArgs {
     force: bool,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// How to read the input: a TSV with a header, by its text column, when one is named
+    /// (--text-column and --pair-column, or a GLUE --task's); otherwise one text a line, a
+    /// tab separating a sentence pair.
+    #[command(flatten, next_help_heading = "Data")]
+    data: DataSpec,
     /// Texts to classify; a tab inside a text separates a sentence pair.
     #[arg(required_unless_present = "input")]
     texts: Vec<String>,
@@ -155,7 +155,14 @@ impl LineReader {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
+    args.data.ensure_no_training_options("kd predict")?;
     let model = TaskModel::load(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
+    // The input is opened (and its header checked) before the output is created.
+    let reader = args
+        .input
+        .as_ref()
+        .map(|input| LineReader::open(input, &args.data))
+        .transpose()?;
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => {
             if path.exists() && !args.force {
@@ -167,7 +174,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         }
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
-    let Some(input) = &args.input else {
+    let Some(mut reader) = reader else {
         let lines: Vec<Line> = args
             .texts
             .iter()
@@ -180,7 +187,6 @@ pub fn run(args: PredictArgs) -> Result<()> {
         return write_predictions(&model, &lines, args.batch_size, false, &mut out);
     };
     let started = Instant::now();
-    let mut reader = LineReader::open(input, &args.data)?;
     let progress = Progress::unbounded("predicting");
     let mut chunk = Vec::with_capacity(CHUNK_LINES);
     let mut written = 0;

@@ -150,6 +150,28 @@ impl DataSpec {
         })
     }
 
+    /// Refuses options that only training reads, for `command`s that read none (a flag that
+    /// silently does nothing misleads).
+    pub fn ensure_no_training_options(&self, command: &str) -> Result<()> {
+        let given: Vec<&str> = [
+            ("--train", self.train.is_some()),
+            ("--max-train-examples", self.max_train_examples.is_some()),
+            ("--augment", self.augment.is_some()),
+            ("--unlabeled", !self.unlabeled.is_empty()),
+            ("--max-unlabeled", self.max_unlabeled.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect();
+        if !given.is_empty() {
+            bail!(
+                "{command} reads no training data: {} would do nothing",
+                given.join(", ")
+            );
+        }
+        Ok(())
+    }
+
     /// The training file: `train` (a file, or a directory holding train.tsv), else
     /// `train.tsv` in the data directory.
     pub fn train_path(&self, shared_dir: &Path) -> Result<PathBuf> {
@@ -280,6 +302,14 @@ mod tests {
             Some(("sentence1".into(), Some("sentence2".into())))
         );
         assert_eq!(mine.text_columns().unwrap(), Some(("review".into(), None)));
+        let error = mine.ensure_no_training_options("kd eval").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "kd eval reads no training data: --train would do nothing"
+        );
+        DataSpec::glue("SST-2")
+            .ensure_no_training_options("kd eval")
+            .unwrap();
         assert_eq!(
             mine.dev_path(shared).unwrap(),
             Path::new("/shared/data/glue/SST-2/dev.tsv")
