@@ -4,7 +4,8 @@
 Each model directory holds dev-predictions.jsonl (`kd predict --input DEV --output ...`) and,
 for distilled models, summary.json. Seeds pair up by the `-sN` suffix of the directory names.
 Reports accuracy per model, mean and sample standard deviation over seeds, the share of the
-teacher's accuracy kept, and exact McNemar tests (two-sided) for each seed pair and pooled.
+teacher's accuracy kept, agreement with the teacher's predictions, and exact McNemar tests
+(two-sided) for each seed pair and pooled.
 
 Usage: paired.py --dev DEV.tsv --teacher DIR --baseline GLOB --student GLOB --out FILE.json
 """
@@ -32,11 +33,15 @@ label = header.split("\t").index(args.label_column)
 gold = [row.split("\t")[label] for row in rows]
 
 
-def correct(model_dir):
+def predicted(model_dir):
     with open(f"{model_dir}/dev-predictions.jsonl") as f:
-        predicted = [json.loads(line)["label"] for line in f]
-    assert len(predicted) == len(gold), model_dir
-    return [p == g for p, g in zip(predicted, gold)]
+        labels = [json.loads(line)["label"] for line in f]
+    assert len(labels) == len(gold), model_dir
+    return labels
+
+
+def correct(model_dir):
+    return [p == g for p, g in zip(predicted(model_dir), gold)]
 
 
 def mcnemar(a, b):
@@ -53,8 +58,10 @@ def runs(pattern):
     for path in sorted(glob.glob(pattern)):
         seed = int(re.search(r"-s(\d+)$", path).group(1))
         summary = json.load(open(f"{path}/summary.json"))
-        found[seed] = {"dir": path, "correct": correct(path), "wall_time_s": summary["wall_time_s"],
-                       "command": summary["command"]}
+        labels = predicted(path)
+        found[seed] = {"dir": path, "correct": [p == g for p, g in zip(labels, gold)],
+                       "agreement": sum(p == t for p, t in zip(labels, teacher_labels)) / len(gold),
+                       "wall_time_s": summary["wall_time_s"], "command": summary["command"]}
     return found
 
 
@@ -62,7 +69,8 @@ def accuracy(right):
     return sum(right) / len(right)
 
 
-teacher = correct(args.teacher)
+teacher_labels = predicted(args.teacher)
+teacher = [p == g for p, g in zip(teacher_labels, gold)]
 baseline, student = runs(args.baseline), runs(args.student)
 seeds = sorted(set(baseline) & set(student))
 pairs, pooled_a, pooled_b = [], [], []
@@ -79,7 +87,8 @@ for seed in seeds:
 def stats(found):
     values = [accuracy(found[s]["correct"]) for s in seeds]
     return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "per_seed": values, "wall_time_s": [found[s]["wall_time_s"] for s in seeds],
+            "per_seed": values, "agreement_with_teacher": [found[s]["agreement"] for s in seeds],
+            "wall_time_s": [found[s]["wall_time_s"] for s in seeds],
             "commands": [found[s]["command"] for s in seeds]}
 
 
