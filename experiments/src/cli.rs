@@ -289,10 +289,12 @@ fn run_augment(args: AugmentArgs) -> Result<()> {
             args.replace_prob
         );
     }
-    let data = args.data.load(&shared_dir(), Vec::new())?;
+    // Only the training file is read: augmentation needs no dev set.
+    let spec = args.data.task_spec()?;
+    let mut labels = Vec::new();
+    let train = args.data.read_train(&spec, &shared_dir(), &mut labels)?;
     let encoder = Encoder::load(&ModelFiles::resolve(&args.model)?, 512)?;
-    let texts = data
-        .train
+    let texts = train
         .iter()
         .flat_map(|e| std::iter::once(e.text.as_str()).chain(e.pair.as_deref()));
     let neighbours = WordNeighbours::new(
@@ -306,16 +308,16 @@ fn run_augment(args: AugmentArgs) -> Result<()> {
         replace_prob: args.replace_prob,
         seed: args.seed,
     };
-    let augmented = augment(&data.train, &neighbours, &config);
+    let augmented = augment(&train, &neighbours, &config);
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    data.spec.write(&args.out, &augmented, &data.labels)?;
+    spec.write(&args.out, &augmented, &labels)?;
     eprintln!(
         "{} augmented examples from {} in {}",
         augmented.len(),
-        data.train.len(),
+        train.len(),
         args.out.display()
     );
     Ok(())

@@ -199,24 +199,36 @@ impl DataSpec {
     }
 
     /// Reads the training and dev examples with the class names `labels` (a teacher's, in its
-    /// order; an empty list discovers them from the training file, sorted), then the augmented
-    /// examples; a label outside the list is an error naming the file and line.
+    /// order; an empty list discovers them from the training file, sorted); a label outside
+    /// the list is an error naming the file and line.
     pub fn load(&self, shared_dir: &Path, mut labels: Vec<String>) -> Result<TaskData> {
         let spec = self.task_spec()?;
-        let mut train = spec.read(&self.train_path(shared_dir)?, &mut labels)?;
-        if let Some(limit) = self.max_train_examples {
-            train.truncate(limit);
-        }
+        let train = self.read_train(&spec, shared_dir, &mut labels)?;
         let dev = spec.read(&self.dev_path(shared_dir)?, &mut labels)?;
-        if let Some(path) = &self.augment {
-            train.extend(spec.read(path, &mut labels)?);
-        }
         Ok(TaskData {
             spec,
             labels,
             train,
             dev,
         })
+    }
+
+    /// The labelled training examples: the first `max_train_examples` of the training file,
+    /// then the augmented ones.
+    pub fn read_train(
+        &self,
+        spec: &TaskSpec,
+        shared_dir: &Path,
+        labels: &mut Vec<String>,
+    ) -> Result<Vec<Example>> {
+        let mut train = spec.read(&self.train_path(shared_dir)?, labels)?;
+        if let Some(limit) = self.max_train_examples {
+            train.truncate(limit);
+        }
+        if let Some(path) = &self.augment {
+            train.extend(spec.read(path, labels)?);
+        }
+        Ok(train)
     }
 
     /// The transfer set: sentences of the unlabeled files, split to fit the tokenizer's
