@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use kd_data::{DataSpec, Example, Label, TaskKind};
+use kd_data::{DataSpec, Example, Label, TaskKind, header_column};
 use kd_teacher::{ModelFiles, TaskModel};
 use kd_train::Progress;
 use std::fs::File;
@@ -86,15 +86,7 @@ impl LineReader {
                 bail!("{} is empty: expected a header line", lines.name);
             };
             let header: Vec<&str> = header.split('\t').map(str::trim).collect();
-            let find = |column: &str| {
-                header.iter().position(|h| *h == column).with_context(|| {
-                    format!(
-                        "{}: no column {column:?} in the header (columns: {})",
-                        lines.name,
-                        header.join(", ")
-                    )
-                })
-            };
+            let find = |column: &str| header_column(&lines.name, &header, column);
             let columns = (
                 header.len(),
                 find(&text)?,

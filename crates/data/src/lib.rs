@@ -18,3 +18,4 @@ pub use metrics::{Metric, Predictions, evaluate};
 pub use spec::DataSpec;
 pub use task::{Example, Label, TaskData, TaskKind, TaskSpec};
 pub use tokenizer::{Encoded, TextTokenizer};
+pub use tsv::header_column;

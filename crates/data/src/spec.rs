@@ -78,25 +78,6 @@ fn default_max_seq_len() -> usize {
 }
 
 impl DataSpec {
-    /// A GLUE task by name, its files in the shared folder.
-    pub fn glue(task: &str) -> Self {
-        Self {
-            task: Some(task.to_string()),
-            data_dir: None,
-            train: None,
-            dev: None,
-            text_column: None,
-            pair_column: None,
-            label_column: None,
-            regression: false,
-            max_seq_len: default_max_seq_len(),
-            max_train_examples: None,
-            augment: None,
-            unlabeled: Vec::new(),
-            max_unlabeled: None,
-        }
-    }
-
     /// What to read from the files: a GLUE task's columns and metrics, each column replaceable
     /// by the description's own, or a task wholly described by its columns.
     pub fn task_spec(&self) -> Result<TaskSpec> {
@@ -252,6 +233,25 @@ mod tests {
     use super::*;
     use crate::task::Label;
 
+    /// A GLUE task by name, its files in the shared folder.
+    fn glue(task: &str) -> DataSpec {
+        DataSpec {
+            task: Some(task.to_string()),
+            data_dir: None,
+            train: None,
+            dev: None,
+            text_column: None,
+            pair_column: None,
+            label_column: None,
+            regression: false,
+            max_seq_len: default_max_seq_len(),
+            max_train_examples: None,
+            augment: None,
+            unlabeled: Vec::new(),
+            max_unlabeled: None,
+        }
+    }
+
     fn write(path: &Path, text: &str) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
@@ -296,12 +296,12 @@ mod tests {
     #[test]
     fn glue_names_are_shortcuts_whose_columns_and_files_can_be_replaced() {
         let shared = Path::new("/shared");
-        let sst2 = DataSpec::glue("sst2");
+        let sst2 = glue("sst2");
         assert_eq!(
             sst2.train_path(shared).unwrap(),
             Path::new("/shared/data/glue/SST-2/train.tsv")
         );
-        let mut mine = DataSpec::glue("SST-2");
+        let mut mine = glue("SST-2");
         mine.train = Some("mine.tsv".into());
         mine.text_column = Some("review".into());
         let spec = mine.task_spec().unwrap();
@@ -310,7 +310,7 @@ mod tests {
         assert_eq!(spec.metrics, TaskSpec::glue("SST-2").unwrap().metrics);
         assert_eq!(mine.train_path(shared).unwrap(), Path::new("mine.tsv"));
         assert_eq!(
-            DataSpec::glue("RTE").text_columns().unwrap(),
+            glue("RTE").text_columns().unwrap(),
             Some(("sentence1".into(), Some("sentence2".into())))
         );
         assert_eq!(mine.text_columns().unwrap(), Some(("review".into(), None)));
@@ -319,24 +319,19 @@ mod tests {
             error.to_string(),
             "kd eval reads no training data: --train would do nothing"
         );
-        DataSpec::glue("SST-2")
-            .ensure_no_training_options("kd eval")
-            .unwrap();
+        glue("SST-2").ensure_no_training_options("kd eval").unwrap();
         assert_eq!(
             mine.dev_path(shared).unwrap(),
             Path::new("/shared/data/glue/SST-2/dev.tsv")
         );
 
-        let unknown = DataSpec::glue("intent")
-            .task_spec()
-            .unwrap_err()
-            .to_string();
+        let unknown = glue("intent").task_spec().unwrap_err().to_string();
         assert!(unknown.contains("known tasks are SST-2"), "{unknown}");
-        let mut half = DataSpec::glue("intent");
+        let mut half = glue("intent");
         half.text_column = Some("q".into());
         let error = half.task_spec().unwrap_err().to_string();
         assert!(error.contains("label_column"), "{error}");
-        let mut no_files = DataSpec::glue("intent");
+        let mut no_files = glue("intent");
         no_files.text_column = Some("q".into());
         no_files.label_column = Some("y".into());
         let error = no_files.train_path(shared).unwrap_err().to_string();
@@ -351,7 +346,7 @@ mod tests {
             "q\ty\nhi\tgreet\nbye\tleave\n",
         );
         write(&dir.path().join("dev.tsv"), "q\ty\nhello\tgreet\n");
-        let mut spec = DataSpec::glue("intent");
+        let mut spec = glue("intent");
         spec.data_dir = Some(dir.path().to_path_buf());
         spec.text_column = Some("q".into());
         spec.label_column = Some("y".into());

@@ -47,14 +47,19 @@ impl Tsv {
 
     /// The index of a named column; the error lists the columns there are.
     pub fn column(&self, name: &str) -> Result<usize> {
-        self.header.iter().position(|h| h == name).with_context(|| {
-            format!(
-                "{}: no column {name:?} in the header (columns: {})",
-                self.path.display(),
-                self.header.join(", ")
-            )
-        })
+        header_column(&self.path.display().to_string(), &self.header, name)
     }
+}
+
+/// The index of column `name` in the header of `source`; the error lists the columns there are.
+pub fn header_column(source: &str, header: &[impl AsRef<str>], name: &str) -> Result<usize> {
+    let header: Vec<&str> = header.iter().map(AsRef::as_ref).collect();
+    header.iter().position(|h| *h == name).with_context(|| {
+        format!(
+            "{source}: no column {name:?} in the header (columns: {})",
+            header.join(", ")
+        )
+    })
 }
 
 /// A whole text file; invalid UTF-8 is an error naming the file and the line.
