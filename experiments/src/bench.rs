@@ -2,13 +2,16 @@
 //! distillation step (teacher forward, then a half-depth student's step on the DistilBERT
 //! objective) on random fixed-shape batches, each case in a fresh process so that its peak
 //! memory is its own; with `--pytorch`, runs `benches/pytorch_bench.py` on the same cases and
-//! prints the two side by side.
+//! prints the two side by side. The `latency` case instead answers real dev sentences one at
+//! a time with given task models (`benches/pytorch_latency.py` beside it: PyTorch eager and
+//! ONNX Runtime on the same models and sentences).
 
+use crate::latency;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
 use kd_bert::{BertConfig, BertForSequenceClassification, BertInput, Mode, Params};
-use kd_data::TaskKind;
+use kd_data::{DataSpec, TaskKind};
 use kd_losses::{DistillOutputs, LossBatch, Objective, ObjectiveConfig};
 use kd_teacher::task_loss;
 use kd_train::{AdamW, AdamWConfig};
@@ -23,6 +26,7 @@ pub struct BenchArgs {
     /// small: 6 layers x 384 (12 heads), batch 32; base: 12 layers x 768, batch 8.
     #[arg(long, value_delimiter = ',', default_value = "small,base")]
     shapes: Vec<Shape>,
+    /// `latency` needs --model and a dev set (--task or --dev and its columns).
     #[arg(long, value_delimiter = ',', default_value = "inference,train,distill")]
     cases: Vec<Case>,
     #[arg(long, default_value_t = 128)]
@@ -34,11 +38,11 @@ pub struct BenchArgs {
     warmup: usize,
     /// Threads for both kd and PyTorch.
     #[arg(long, default_value_t = 2)]
-    threads: usize,
+    pub(crate) threads: usize,
     /// A Python with torch and transformers (see benches/setup.sh): also time PyTorch eager
     /// on the same cases and print the ratios.
     #[arg(long)]
-    pytorch: Option<PathBuf>,
+    pub(crate) pytorch: Option<PathBuf>,
     /// Also write every measurement as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -46,6 +50,13 @@ pub struct BenchArgs {
     /// itself to isolate each case's memory).
     #[arg(long, hide = true)]
     child: bool,
+    /// Task models for the latency case (directories or hub ids), each timed on every dev
+    /// sentence at batch 1, loaded once.
+    #[arg(long = "model")]
+    pub(crate) models: Vec<String>,
+    /// The sentences of the latency case: the dev set's texts.
+    #[command(flatten, next_help_heading = "Data")]
+    pub(crate) data: DataSpec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -61,6 +72,7 @@ enum Case {
     Inference,
     Train,
     Distill,
+    Latency,
 }
 
 impl Shape {
@@ -102,6 +114,13 @@ struct Measurement {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.child && args.cases == [Case::Latency] {
+        let [model] = &args.models[..] else {
+            bail!("a child latency bench runs one model")
+        };
+        println!("{}", serde_json::to_string(&latency::measure(model, &args)?)?);
+        return Ok(());
+    }
     if args.child {
         let [shape] = args.shapes[..] else {
             bail!("a child bench runs one shape")
@@ -114,8 +133,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     let mut rows = Vec::new();
+    if args.cases.contains(&Case::Latency) {
+        rows.extend(latency::run(&args)?);
+    }
     for &shape in &args.shapes {
-        for &case in &args.cases {
+        for &case in args.cases.iter().filter(|&&case| case != Case::Latency) {
             let kd = run_child(kd_command(shape, case, &args)?)?;
             let torch = match &args.pytorch {
                 Some(python) => Some(run_child(pytorch_command(python, shape, case, &args))?),
@@ -149,20 +171,24 @@ fn common_flags(shape: Shape, case: Case, args: &BenchArgs) -> Vec<String> {
     ]
 }
 
+/// `kd bench --child` with `args` after the subcommand's own flags, on `threads` threads.
+pub(crate) fn kd_child(args: impl IntoIterator<Item = String>, threads: usize) -> Result<Command> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .args(["bench", "--child"])
+        .args(args)
+        // candle sizes its matmul thread pool from rayon's variable.
+        .env("RAYON_NUM_THREADS", threads.to_string());
+    Ok(command)
+}
+
 /// The command-line spelling of a shape or case.
 fn name(value: impl ValueEnum) -> String {
     value.to_possible_value().unwrap().get_name().to_string()
 }
 
 fn kd_command(shape: Shape, case: Case, args: &BenchArgs) -> Result<Command> {
-    let mut command = Command::new(std::env::current_exe()?);
-    command
-        .arg("bench")
-        .arg("--child")
-        .args(common_flags(shape, case, args))
-        // candle sizes its matmul thread pool from rayon's variable.
-        .env("RAYON_NUM_THREADS", args.threads.to_string());
-    Ok(command)
+    kd_child(common_flags(shape, case, args), args.threads)
 }
 
 fn pytorch_command(python: &PathBuf, shape: Shape, case: Case, args: &BenchArgs) -> Command {
@@ -172,7 +198,8 @@ fn pytorch_command(python: &PathBuf, shape: Shape, case: Case, args: &BenchArgs)
     command
 }
 
-fn run_child(mut command: Command) -> Result<Measurement> {
+/// Runs a child bench and reads the JSON of its last output line.
+pub(crate) fn run_child<T: serde::de::DeserializeOwned>(mut command: Command) -> Result<T> {
     let output = command
         .output()
         .with_context(|| format!("cannot run {command:?}"))?;
@@ -289,6 +316,7 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs) -> Result<Measurement> {
                 Ok(())
             })
         }
+        Case::Latency => bail!("the latency case times task models, not shapes"),
         Case::Distill => {
             let student = model(shape, layers / 2, 2)?;
             let objective = Objective::new(
@@ -349,7 +377,7 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs) -> Result<Measurement> {
 }
 
 /// The process's peak resident memory.
-fn peak_rss_mb() -> f64 {
+pub(crate) fn peak_rss_mb() -> f64 {
     // SAFETY: getrusage fills the struct it is given.
     let usage = unsafe {
         let mut usage = std::mem::zeroed::<libc::rusage>();

@@ -165,7 +165,7 @@ pub struct DistillOptions<'a> {
 pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Result<Summary> {
     let started = Instant::now();
     let teacher_files = ModelFiles::resolve(&recipe.teacher.model)?;
-    let teacher = TaskModel::load(&teacher_files, recipe.data.max_seq_len)
+    let teacher = TaskModel::load_for_inference(&teacher_files, recipe.data.max_seq_len)
         .with_context(|| format!("cannot load teacher {}", recipe.teacher.model))?;
     let data = load_data(&recipe.data, options.shared_dir, &teacher)?;
     let unlabeled = recipe

@@ -3,14 +3,29 @@
 mod bench;
 mod cli;
 mod distill;
+mod latency;
 mod predict;
 mod recipe;
 
 fn main() {
     keep_freed_memory();
-    if let Err(error) = cli::run() {
+    fix_thread_count();
+    // Everything runs on a worker of candle's thread pool: the parallel sections of each
+    // operation (ours, gemm's) then start from a pool thread instead of waking one from
+    // outside and waiting for it, which costs more than the work in small batches.
+    if let Err(error) = candle_core::Device::Cpu.with_context(cli::run) {
         eprintln!("error: {error:#}");
         std::process::exit(1);
+    }
+}
+
+/// candle decides how many threads a matrix product uses on every product, from
+/// `RAYON_NUM_THREADS` or else by counting the physical cores in `/proc/cpuinfo`: decide once.
+fn fix_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = candle_core::utils::get_num_threads();
+        // SAFETY: called before any other thread starts.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
     }
 }
 

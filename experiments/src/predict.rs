@@ -148,7 +148,7 @@ impl LineReader {
 
 pub fn run(args: PredictArgs) -> Result<()> {
     args.data.ensure_no_training_options("kd predict")?;
-    let model = TaskModel::load(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
+    let model = TaskModel::load_for_inference(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
     // The input is opened (and its header checked) before the output is created.
     let reader = args
         .input
@@ -275,7 +275,7 @@ fn write_predictions(
     Ok(())
 }
 
-fn softmax(logits: &[f32]) -> Vec<f32> {
+pub(crate) fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
     let total: f32 = exps.iter().sum();

@@ -27,6 +27,12 @@ impl BertForSequenceClassification {
         })
     }
 
+    /// Prepares the model for inference only (see [`BertModel::freeze`]).
+    pub fn freeze(&mut self) -> Result<()> {
+        self.bert.freeze()?;
+        self.classifier.freeze()
+    }
+
     /// Returns the logits, `[batch, num_labels]`, and every encoder intermediate.
     pub fn forward(&self, input: &BertInput, mode: Mode) -> Result<(Tensor, BertOutput)> {
         let output = self.bert.forward(input, mode)?;

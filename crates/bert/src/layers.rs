@@ -58,6 +58,10 @@ impl LayerNorm {
 pub struct Linear {
     weight: Tensor,
     bias: Tensor,
+    /// After [`Linear::freeze`]: `W^T` laid out as `[in, out]` in memory, which gemm reads as
+    /// it is, where it repacks the transposed view of `W` on every call (most of the time of
+    /// a one-sentence forward pass).
+    frozen_weight_t: Option<Tensor>,
 }
 
 impl Linear {
@@ -66,15 +70,29 @@ impl Linear {
     pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints((out_dim, in_dim), "weight", Init::Const(0.0))?;
         let bias = vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            frozen_weight_t: None,
+        })
+    }
+
+    /// Copies the weight, transposed, for inference: a snapshot that later changes to the
+    /// parameter do not reach, and through which no gradient flows.
+    pub fn freeze(&mut self) -> Result<()> {
+        self.frozen_weight_t = Some(self.weight.t()?.contiguous()?.detach());
+        Ok(())
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let mut dims = xs.dims().to_vec();
         let in_dim = dims.pop().unwrap_or(1);
         let rows = dims.iter().product::<usize>();
-        let out = xs.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
-        let out = ops::add_bias(&out, &self.bias)?;
+        let weight_t = match &self.frozen_weight_t {
+            Some(weight_t) => weight_t.clone(),
+            None => self.weight.t()?,
+        };
+        let out = ops::dense(&xs.reshape((rows, in_dim))?, &weight_t, &self.bias)?;
         dims.push(self.weight.dim(0)?);
         Ok(out.reshape(dims)?)
     }

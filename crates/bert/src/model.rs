@@ -121,6 +121,13 @@ impl SelfAttention {
         })
     }
 
+    fn freeze(&mut self) -> Result<()> {
+        for dense in [&mut self.query, &mut self.key, &mut self.value] {
+            dense.freeze()?;
+        }
+        Ok(())
+    }
+
     /// `[batch, seq, hidden]` -> `[batch, heads, seq, head_dim]`.
     fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
         let (batch, seq, _) = xs.dims3()?;
@@ -166,6 +173,10 @@ impl ResidualNorm {
             layer_norm: LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
             dropout: Dropout::new(cfg.hidden_dropout_prob, rng),
         })
+    }
+
+    fn freeze(&mut self) -> Result<()> {
+        self.dense.freeze()
     }
 
     fn forward(&self, xs: &Tensor, residual: &Tensor, mode: Mode) -> Result<Tensor> {
@@ -224,6 +235,13 @@ impl Layer {
         })
     }
 
+    fn freeze(&mut self) -> Result<()> {
+        self.attention.freeze()?;
+        self.attention_output.freeze()?;
+        self.intermediate.freeze()?;
+        self.output.freeze()
+    }
+
     fn forward(
         &self,
         xs: &Tensor,
@@ -249,6 +267,7 @@ pub struct BertModel {
     pooler: Option<Linear>,
     config: BertConfig,
     dropout_rng: DropoutRng,
+    frozen: bool,
 }
 
 impl BertModel {
@@ -275,7 +294,22 @@ impl BertModel {
             pooler,
             config: config.clone(),
             dropout_rng,
+            frozen: false,
         })
+    }
+
+    /// Prepares the model for inference only: each dense layer keeps a copy of its weight laid
+    /// out for the matrix product (see [`Linear::freeze`]). A snapshot: later changes to the
+    /// parameters are not seen, and a frozen model refuses to train.
+    pub fn freeze(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            layer.freeze()?;
+        }
+        if let Some(pooler) = &mut self.pooler {
+            pooler.freeze()?;
+        }
+        self.frozen = true;
+        Ok(())
     }
 
     /// The input word embeddings, `[vocab, hidden]`.
@@ -289,6 +323,9 @@ impl BertModel {
     }
 
     pub fn forward(&self, input: &BertInput, mode: Mode) -> Result<BertOutput> {
+        if self.frozen && mode.differentiable() {
+            bail!("a model frozen for inference cannot train");
+        }
         let (_, seq_len) = input.input_ids.dims2()?;
         if seq_len > self.config.max_position_embeddings {
             bail!(

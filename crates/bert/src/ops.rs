@@ -26,10 +26,13 @@ pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Resu
     )
 }
 
-/// `xs + bias` with `xs` `[rows, dim]` and `bias` `[dim]`; its backward pass sums the
-/// gradient's rows in parallel (candle reduces a broadcast on one thread).
-pub fn add_bias(xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    xs.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
+/// A dense layer, `xs weight_t + bias`, with `xs` `[rows, in]`, `weight_t` `[in, out]` in any
+/// layout (the transposed view of an HF `[out, in]` weight, or a contiguous transposed copy,
+/// which gemm reads without repacking it) and `bias` `[out]`. Each output row starts as the
+/// bias and gemm adds the product to it: no zero-filled buffer, no second pass for the bias.
+pub fn dense(xs: &Tensor, weight_t: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?
+        .apply_op3(weight_t, &bias.contiguous()?, Dense)
 }
 
 /// GELU with the exact (erf) formulation, as BERT's `hidden_act = "gelu"`.
@@ -162,46 +165,100 @@ impl CustomOp2 for SoftmaxBackward {
     }
 }
 
-struct AddBias;
+struct Dense;
 
-impl CustomOp2 for AddBias {
+impl CustomOp3 for Dense {
     fn name(&self) -> &'static str {
-        "kd-add-bias"
+        "kd-dense"
     }
 
     fn cpu_fwd(
         &self,
         xs: &CpuStorage,
         xs_layout: &Layout,
+        weight_t: &CpuStorage,
+        weight_t_layout: &Layout,
         bias: &CpuStorage,
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let xs = f32_slice(xs, xs_layout, self.name())?;
         let bias = f32_slice(bias, bias_layout, self.name())?;
-        if last_dim(xs_layout) != bias.len() {
+        let CpuStorage::F32(weight_t) = weight_t else {
+            candle_core::bail!("kd-dense: only f32 tensors are supported")
+        };
+        let (rows, in_dim) = xs_layout.shape().dims2()?;
+        let (weight_in, out_dim) = weight_t_layout.shape().dims2()?;
+        if weight_in != in_dim || bias.len() != out_dim {
             candle_core::bail!(
-                "a bias of {} for rows of {}",
-                bias.len(),
-                last_dim(xs_layout)
+                "kd-dense: rows of {in_dim} through a [{weight_in}, {out_dim}] weight and a bias of {}",
+                bias.len()
             );
         }
-        let out = map_rows([xs], bias.len(), |out, [xs]| {
-            for ((out, &x), &b) in out.iter_mut().zip(xs).zip(bias) {
-                *out = x + b;
-            }
-        });
-        Ok((CpuStorage::F32(out), xs_layout.shape().clone()))
+        let [weight_rs, weight_cs] = weight_t_layout.stride()[..] else {
+            unreachable!("a 2-D layout has two strides")
+        };
+        let weight_t = &weight_t[weight_t_layout.start_offset()..];
+        let mut out = Vec::with_capacity(rows * out_dim);
+        out.spare_capacity_mut()
+            .par_chunks_mut(out_dim.max(1))
+            .with_min_len(MIN_ROWS)
+            .for_each(|row| {
+                for (out, &b) in row.iter_mut().zip(bias) {
+                    out.write(b);
+                }
+            });
+        // SAFETY: every row was just initialised with the bias.
+        unsafe { out.set_len(rows * out_dim) };
+        let threads = rayon::current_num_threads();
+        // SAFETY: the pointers and strides describe `out` ([rows, out]), `xs` ([rows, in],
+        // contiguous) and `weight_t` (its layout, checked above to be [in, out]).
+        unsafe {
+            gemm::gemm(
+                rows,
+                out_dim,
+                in_dim,
+                out.as_mut_ptr(),
+                1,
+                out_dim as isize,
+                true,
+                xs.as_ptr(),
+                1,
+                in_dim as isize,
+                weight_t.as_ptr(),
+                weight_cs as isize,
+                weight_rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                if threads > 1 {
+                    gemm::Parallelism::Rayon(threads)
+                } else {
+                    gemm::Parallelism::None
+                },
+            )
+        };
+        Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))
     }
 
     fn bwd(
         &self,
-        _xs: &Tensor,
+        xs: &Tensor,
+        weight_t: &Tensor,
         bias: &Tensor,
         _out: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad_bias = grad.contiguous()?.apply_op1_no_bwd(&SumRows)?;
-        Ok((Some(grad.clone()), Some(grad_bias.reshape(bias.shape())?)))
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let grad_xs = grad.matmul(&weight_t.t()?)?;
+        let grad_weight_t = xs.t()?.matmul(&grad)?;
+        let grad_bias = grad.apply_op1_no_bwd(&SumRows)?;
+        Ok((
+            Some(grad_xs),
+            Some(grad_weight_t),
+            Some(grad_bias.reshape(bias.shape())?),
+        ))
     }
 }
 
@@ -551,11 +608,30 @@ mod tests {
     }
 
     #[test]
-    fn add_bias_matches_broadcasting_and_finite_differences() {
-        let (xs, bias) = (random(&[6, 5], 6), random(&[5], 7));
-        let reference = xs.broadcast_add(&bias).unwrap();
-        assert!(max_diff(&add_bias(&xs, &bias).unwrap(), &reference) < 1e-7);
-        check_gradients(&|t| add_bias(&t[0], &t[1]).unwrap(), &[xs, bias], 2e-3);
+    fn dense_matches_matmul_and_finite_differences() {
+        let (xs, weight, bias) = (random(&[6, 5], 6), random(&[4, 5], 7), random(&[4], 8));
+        let reference = xs
+            .matmul(&weight.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        let transposed_copy = weight.t().unwrap().contiguous().unwrap();
+        for weight_t in [weight.t().unwrap(), transposed_copy] {
+            assert!(max_diff(&dense(&xs, &weight_t, &bias).unwrap(), &reference) < 1e-6);
+        }
+        check_gradients(
+            &|t| dense(&t[0], &t[1].t().unwrap(), &t[2]).unwrap(),
+            &[xs, weight, bias],
+            2e-3,
+        );
+        // Large enough for gemm to split the work between threads.
+        let (xs, weight, bias) = (random(&[200, 96], 9), random(&[80, 96], 10), random(&[80], 11));
+        let reference = xs
+            .matmul(&weight.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        assert!(max_diff(&dense(&xs, &weight.t().unwrap(), &bias).unwrap(), &reference) < 1e-4);
     }
 
     #[test]

@@ -37,6 +37,14 @@ impl TaskModel {
         Ok(model)
     }
 
+    /// Loads a task model to answer with, never to train: frozen (see
+    /// [`BertForSequenceClassification::freeze`]), which speeds up small batches most.
+    pub fn load_for_inference(files: &ModelFiles, max_len: usize) -> Result<Self> {
+        let mut model = Self::load(files, max_len)?;
+        model.model.freeze()?;
+        Ok(model)
+    }
+
     /// Loads an encoder checkpoint and adds a new head for `labels` (or one regression
     /// output), initialised as BERT does from `seed`.
     pub fn from_backbone(
@@ -217,8 +225,9 @@ impl Encoder {
         let config = BertConfig::from_file(&files.config)?;
         let tokenizer = TextTokenizer::from_dir(&files.dir, max_len)?;
         let params = Params::new(&Device::Cpu);
-        let model = BertModel::new(&config, params.var_builder().pp("bert"), false)?;
+        let mut model = BertModel::new(&config, params.var_builder().pp("bert"), false)?;
         params.load(&files.weights, |_| false)?;
+        model.freeze()?;
         Ok(Self { model, tokenizer })
     }
 
