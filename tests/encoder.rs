@@ -58,10 +58,17 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn every_intermediate_matches_pytorch_on_both_paths() {
     let model = minilm();
+    let mut frozen = minilm();
+    frozen.freeze().unwrap();
     let fixture = fixture();
     for case in ["single", "pair", "batch"] {
         let input = input(&fixture, case);
-        for mode in [Mode::Inference, Mode::Train { dropout: false }] {
+        let runs = [
+            (&model, Mode::Inference),
+            (&model, Mode::Train { dropout: false }),
+            (&frozen, Mode::Inference),
+        ];
+        for (model, mode) in runs {
             let output = model.forward(&input, mode).unwrap();
             let check = |name: String, ours: &Tensor| {
                 let diff = max_abs_diff(ours, &fixture[&name]);
@@ -244,6 +251,32 @@ fn the_inference_path_has_no_gradient_and_agrees_with_training() {
         .forward(&input, Mode::Train { dropout: true })
         .unwrap();
     assert!(max_abs_diff(&dropped, &train) > 1e-4);
+}
+
+#[test]
+fn a_frozen_model_agrees_at_every_batch_size_and_refuses_to_train() {
+    let (_, model) = tiny_classifier();
+    let (_, mut frozen) = tiny_classifier();
+    frozen.freeze().unwrap();
+    let (small, _) = tiny_batch();
+    // 300 rows: beyond the packed weights' range, so both ways of multiplying are checked.
+    let repeat = |t: &Tensor| Tensor::cat(&vec![t.clone(); 30], 0).unwrap();
+    let large = BertInput {
+        input_ids: repeat(&small.input_ids),
+        token_type_ids: repeat(&small.token_type_ids),
+        attention_mask: repeat(&small.attention_mask),
+    };
+    for input in [small, large] {
+        let (expected, _) = model.forward(&input, Mode::Inference).unwrap();
+        let (logits, _) = frozen.forward(&input, Mode::Inference).unwrap();
+        assert!(max_abs_diff(&logits, &expected) < 1e-5);
+    }
+    let (input, _) = tiny_batch();
+    let error = frozen
+        .forward(&input, Mode::Train { dropout: false })
+        .err()
+        .expect("a frozen model refuses to train");
+    assert!(error.to_string().contains("frozen"), "{error}");
 }
 
 #[test]

@@ -118,7 +118,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let [model] = &args.models[..] else {
             bail!("a child latency bench runs one model")
         };
-        println!("{}", serde_json::to_string(&latency::measure(model, &args)?)?);
+        println!(
+            "{}",
+            serde_json::to_string(&latency::measure(model, &args)?)?
+        );
         return Ok(());
     }
     if args.child {

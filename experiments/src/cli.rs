@@ -240,7 +240,8 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
 fn run_eval(args: EvalArgs) -> Result<()> {
     args.data.ensure_no_training_options("kd eval")?;
     let spec = args.data.task_spec()?;
-    let model = TaskModel::load_for_inference(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
+    let model =
+        TaskModel::load_for_inference(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
     if model.task_kind() != spec.kind {
         bail!(
             "model {} is a {:?} model but task {} is {:?}",

@@ -167,7 +167,12 @@ fn write_sentences(path: &Path, examples: &[Example]) -> Result<()> {
 }
 
 /// PyTorch eager and ONNX Runtime on the same model and sentences.
-fn run_python(python: &Path, model: &str, sentences: &Path, args: &BenchArgs) -> Result<Vec<Latency>> {
+fn run_python(
+    python: &Path,
+    model: &str,
+    sentences: &Path,
+    args: &BenchArgs,
+) -> Result<Vec<Latency>> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/pytorch_latency.py");
     let model_dir = ModelFiles::resolve(model)?.dir;
     let mut results = Vec::new();

@@ -148,7 +148,8 @@ impl LineReader {
 
 pub fn run(args: PredictArgs) -> Result<()> {
     args.data.ensure_no_training_options("kd predict")?;
-    let model = TaskModel::load_for_inference(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
+    let model =
+        TaskModel::load_for_inference(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
     // The input is opened (and its header checked) before the output is created.
     let reader = args
         .input

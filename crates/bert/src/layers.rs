@@ -51,6 +51,10 @@ impl LayerNorm {
     }
 }
 
+/// Up to this many rows, a frozen layer multiplies through its packed weight; beyond, gemm's
+/// own packing is amortised over the rows.
+const PACKED_MAX_ROWS: usize = 256;
+
 /// A dense layer, `xs W^T + b` over the last dimension, as one matrix product over every row
 /// of every example: candle_nn's `Linear` broadcasts `W` over the batch instead, so that its
 /// backward pass materialises and sums a weight gradient per example.
@@ -58,10 +62,9 @@ impl LayerNorm {
 pub struct Linear {
     weight: Tensor,
     bias: Tensor,
-    /// After [`Linear::freeze`]: `W^T` laid out as `[in, out]` in memory, which gemm reads as
-    /// it is, where it repacks the transposed view of `W` on every call (most of the time of
-    /// a one-sentence forward pass).
-    frozen_weight_t: Option<Tensor>,
+    /// After [`Linear::freeze`]: the weight packed for products with few rows, where gemm
+    /// would otherwise spend most of its time repacking or fetching the weight.
+    packed: Option<ops::PackedWeight>,
 }
 
 impl Linear {
@@ -73,14 +76,14 @@ impl Linear {
         Ok(Self {
             weight,
             bias,
-            frozen_weight_t: None,
+            packed: None,
         })
     }
 
-    /// Copies the weight, transposed, for inference: a snapshot that later changes to the
+    /// Packs a copy of the weight for inference: a snapshot that later changes to the
     /// parameter do not reach, and through which no gradient flows.
     pub fn freeze(&mut self) -> Result<()> {
-        self.frozen_weight_t = Some(self.weight.t()?.contiguous()?.detach());
+        self.packed = Some(ops::PackedWeight::new(&self.weight)?);
         Ok(())
     }
 
@@ -88,11 +91,11 @@ impl Linear {
         let mut dims = xs.dims().to_vec();
         let in_dim = dims.pop().unwrap_or(1);
         let rows = dims.iter().product::<usize>();
-        let weight_t = match &self.frozen_weight_t {
-            Some(weight_t) => weight_t.clone(),
-            None => self.weight.t()?,
+        let xs = xs.reshape((rows, in_dim))?;
+        let out = match &self.packed {
+            Some(packed) if rows <= PACKED_MAX_ROWS => ops::dense_packed(&xs, packed, &self.bias)?,
+            _ => ops::dense(&xs, &self.weight.t()?, &self.bias)?,
         };
-        let out = ops::dense(&xs.reshape((rows, in_dim))?, &weight_t, &self.bias)?;
         dims.push(self.weight.dim(0)?);
         Ok(out.reshape(dims)?)
     }

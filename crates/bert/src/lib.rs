@@ -10,6 +10,7 @@
 mod classifier;
 mod config;
 mod layers;
+mod math;
 mod model;
 pub mod ops;
 mod params;
