@@ -274,8 +274,7 @@ fn a_frozen_model_agrees_at_every_batch_size_and_refuses_to_train() {
     let (input, _) = tiny_batch();
     let error = frozen
         .forward(&input, Mode::Train { dropout: false })
-        .err()
-        .expect("a frozen model refuses to train");
+        .expect_err("a frozen model refuses to train");
     assert!(error.to_string().contains("frozen"), "{error}");
 }
 
