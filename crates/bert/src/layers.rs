@@ -88,16 +88,11 @@ impl Linear {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut dims = xs.dims().to_vec();
-        let in_dim = dims.pop().unwrap_or(1);
-        let rows = dims.iter().product::<usize>();
-        let xs = xs.reshape((rows, in_dim))?;
-        let out = match &self.packed {
-            Some(packed) if rows <= PACKED_MAX_ROWS => ops::dense_packed(&xs, packed, &self.bias)?,
-            _ => ops::dense(&xs, &self.weight.t()?, &self.bias)?,
-        };
-        dims.push(self.weight.dim(0)?);
-        Ok(out.reshape(dims)?)
+        let rows = xs.elem_count() / xs.dims().last().copied().unwrap_or(1).max(1);
+        Ok(match &self.packed {
+            Some(packed) if rows <= PACKED_MAX_ROWS => ops::dense_packed(xs, packed, &self.bias)?,
+            _ => ops::dense(xs, &self.weight, &self.bias)?,
+        })
     }
 }
 
