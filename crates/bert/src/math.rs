@@ -53,6 +53,52 @@ pub(crate) fn erf(x: f32) -> f32 {
     y.copysign(x)
 }
 
+/// Lanes of the partial reductions below: a float sum in order is one long dependency chain
+/// the compiler may not reorder; this many independent partial results vectorise.
+const LANES: usize = 16;
+
+/// `combine` folded over `map(x)` for every `x` of `xs`, in [`LANES`] interleaved partial
+/// results, then across them.
+#[inline(always)]
+fn reduce(
+    xs: &[f32],
+    init: f32,
+    map: impl Fn(f32) -> f32,
+    combine: impl Fn(f32, f32) -> f32,
+) -> f32 {
+    let mut partial = [init; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (partial, &x) in partial.iter_mut().zip(chunk) {
+            *partial = combine(*partial, map(x));
+        }
+    }
+    let mut total = partial.into_iter().fold(init, &combine);
+    for &x in rest {
+        total = combine(total, map(x));
+    }
+    total
+}
+
+/// The sum of `xs`, vectorised (in a different order than one by one).
+#[inline(always)]
+pub(crate) fn sum(xs: &[f32]) -> f32 {
+    sum_of(xs, |x| x)
+}
+
+/// The sum of `f(x)` over `xs`, vectorised.
+#[inline(always)]
+pub(crate) fn sum_of(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    reduce(xs, 0.0, f, |a, b| a + b)
+}
+
+/// The largest of `xs` (-inf for none), vectorised.
+#[inline(always)]
+pub(crate) fn max(xs: &[f32]) -> f32 {
+    reduce(xs, f32::NEG_INFINITY, |x| x, |a, b| if b > a { b } else { a })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +128,17 @@ mod tests {
         ] {
             assert!((erf(x) - expected).abs() < 3e-7, "erf({x}) = {}", erf(x));
         }
+    }
+
+    #[test]
+    fn reductions_cover_every_element() {
+        let xs: Vec<f32> = (0..37).map(|i| (i as f32 - 20.0) * 0.5).collect();
+        assert_eq!(sum(&xs), xs.iter().sum::<f32>());
+        assert_eq!(sum_of(&xs, |x| x * x), xs.iter().map(|x| x * x).sum::<f32>());
+        assert_eq!(max(&xs), 8.0);
+        assert_eq!(max(&xs[..5]), -8.0);
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
+        assert_eq!(sum(&[]), 0.0);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! (and keeps each for the backward pass); these make one parallel pass each way.
 //! The backward kernels are themselves ops without a backward (no second derivatives).
 
-use crate::math::{erf, exp, vectorised};
+use crate::math::{erf, exp, max, sum, sum_of, vectorised};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -137,13 +137,11 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let xs = f32_slice(storage, layout, self.name())?;
         let out = map_rows([xs], last_dim(layout), |out, [xs]| {
-            let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
+            let max = max(xs);
             for (out, &x) in out.iter_mut().zip(xs) {
                 *out = exp(x - max);
-                sum += *out;
             }
-            let scale = 1.0 / sum;
+            let scale = 1.0 / sum(out);
             out.iter_mut().for_each(|out| *out *= scale);
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -423,9 +421,9 @@ impl CustomOp1 for SumRows {
 /// A row's mean and reciprocal standard deviation.
 fn moments(xs: &[f32], eps: f32) -> (f32, f32) {
     let n = xs.len() as f32;
-    let mean = xs.iter().sum::<f32>() / n;
-    let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
+    let mean = sum(xs) / n;
+    let squares = sum_of(xs, |x| (x - mean) * (x - mean));
+    (mean, 1.0 / (squares / n + eps).sqrt())
 }
 
 struct LayerNorm {
