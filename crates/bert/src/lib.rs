@@ -7,6 +7,7 @@
 //! GELU, each with a hand-written backward pass). [`Mode`] switches dropout on for training and
 //! cuts the graph after each layer for inference.
 
+mod attention;
 mod classifier;
 mod config;
 mod layers;

@@ -96,7 +96,12 @@ pub(crate) fn sum_of(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 /// The largest of `xs` (-inf for none), vectorised.
 #[inline(always)]
 pub(crate) fn max(xs: &[f32]) -> f32 {
-    reduce(xs, f32::NEG_INFINITY, |x| x, |a, b| if b > a { b } else { a })
+    reduce(
+        xs,
+        f32::NEG_INFINITY,
+        |x| x,
+        |a, b| if b > a { b } else { a },
+    )
 }
 
 #[cfg(test)]
@@ -134,7 +139,10 @@ mod tests {
     fn reductions_cover_every_element() {
         let xs: Vec<f32> = (0..37).map(|i| (i as f32 - 20.0) * 0.5).collect();
         assert_eq!(sum(&xs), xs.iter().sum::<f32>());
-        assert_eq!(sum_of(&xs, |x| x * x), xs.iter().map(|x| x * x).sum::<f32>());
+        assert_eq!(
+            sum_of(&xs, |x| x * x),
+            xs.iter().map(|x| x * x).sum::<f32>()
+        );
         assert_eq!(max(&xs), 8.0);
         assert_eq!(max(&xs[..5]), -8.0);
         assert_eq!(max(&[]), f32::NEG_INFINITY);

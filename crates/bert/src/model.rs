@@ -3,7 +3,7 @@
 
 use crate::config::BertConfig;
 use crate::layers::{Dropout, DropoutRng, LayerNorm, Linear, Mode};
-use crate::ops;
+use crate::{attention, ops};
 use anyhow::{Result, bail};
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Embedding, Init, VarBuilder};
@@ -128,29 +128,14 @@ impl SelfAttention {
         Ok(())
     }
 
-    /// `[batch, seq, hidden]` -> `[batch, heads, seq, head_dim]`.
-    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
-        let (batch, seq, _) = xs.dims3()?;
-        Ok(xs
-            .reshape((batch, seq, self.num_heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?)
-    }
-
     fn forward(&self, xs: &Tensor, mask_bias: &Tensor, mode: Mode) -> Result<AttentionOutput> {
-        // Scaling the queries costs a seq/head_dim-th of scaling the scores.
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let q = self.split_heads(&(self.query.forward(xs)? * scale)?)?;
-        let k = self.split_heads(&self.key.forward(xs)?)?;
-        let v = self.split_heads(&self.value.forward(xs)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask_bias)?;
+        let scale = 1.0 / (self.head_dim as f32).sqrt();
+        let q = self.query.forward(xs)?;
+        let k = self.key.forward(xs)?;
+        let v = self.value.forward(xs)?;
+        let scores = attention::scores(&q, &k, mask_bias, self.num_heads, scale)?;
         let probs = ops::softmax_last_dim(&scores)?;
-        let context = self.dropout.forward(&probs, mode)?.matmul(&v)?;
-        let (batch, _, seq, _) = context.dims4()?;
-        let context =
-            context
-                .transpose(1, 2)?
-                .reshape((batch, seq, self.num_heads * self.head_dim))?;
+        let context = attention::context(&self.dropout.forward(&probs, mode)?, &v)?;
         Ok(AttentionOutput {
             context,
             scores,
@@ -335,9 +320,7 @@ impl BertModel {
         }
         // Padding keys get the most negative f32 added to their scores, as HF does, so that
         // their probability is exactly zero.
-        let mask_bias = ((1.0 - input.attention_mask.to_dtype(DType::F32)?)? * f32::MIN as f64)?
-            .unsqueeze(1)?
-            .unsqueeze(1)?;
+        let mask_bias = ((1.0 - input.attention_mask.to_dtype(DType::F32)?)? * f32::MIN as f64)?;
         // Without gradients, cutting the graph after each layer frees the layer's
         // intermediates as soon as the next one has read its output.
         let keep = |xs: Tensor| {

@@ -43,7 +43,11 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
 }
 
 /// The contiguous `f32` data of an op's input.
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+pub(crate) fn f32_slice<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("{op}: only f32 tensors are supported")
     };
@@ -623,11 +627,11 @@ impl CustomOp2 for GeluErfBackward {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{D, Device, Var};
 
-    fn random(shape: &[usize], seed: u64) -> Tensor {
+    pub(crate) fn random(shape: &[usize], seed: u64) -> Tensor {
         use rand::{Rng, SeedableRng, rngs::StdRng};
         let mut rng = StdRng::seed_from_u64(seed);
         let n = shape.iter().product();
@@ -635,7 +639,7 @@ mod tests {
         Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()
@@ -677,7 +681,11 @@ mod tests {
     }
 
     /// Checks the op's analytic gradients for every input against finite differences.
-    fn check_gradients(f: &dyn Fn(&[Tensor]) -> Tensor, inputs: &[Tensor], tolerance: f32) {
+    pub(crate) fn check_gradients(
+        f: &dyn Fn(&[Tensor]) -> Tensor,
+        inputs: &[Tensor],
+        tolerance: f32,
+    ) {
         let vars: Vec<Var> = inputs
             .iter()
             .map(|t| Var::from_tensor(t).unwrap())
