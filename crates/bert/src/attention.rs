@@ -4,7 +4,7 @@
 //! context once each way, and the scaling and the mask were passes of their own, each with a
 //! zero-filled gradient and an addition in the backward pass.
 
-use crate::ops::f32_slice;
+use crate::ops::{f32_slice, rows_per_task};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -162,6 +162,7 @@ impl CustomOp3 for Scores {
         let mut out = Vec::with_capacity(batch * heads * seq_q * seq_k);
         out.spare_capacity_mut()
             .par_chunks_mut(seq_k.max(1))
+            .with_min_len(rows_per_task(seq_k))
             .enumerate()
             .for_each(|(row, out)| {
                 let b = row / (heads * seq_q);

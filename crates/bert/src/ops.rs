@@ -8,10 +8,13 @@ use crate::math::{erf, exp, max, sum, sum_of, vectorised};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Rows per parallel task, and elements per task for elementwise kernels: enough work to
-/// amortise scheduling.
-const MIN_ROWS: usize = 16;
-const CHUNK: usize = 1 << 14;
+/// Elements per parallel task: enough work to amortise waking a thread.
+pub(crate) const CHUNK: usize = 1 << 14;
+
+/// Rows of `width` elements per parallel task.
+pub(crate) fn rows_per_task(width: usize) -> usize {
+    (CHUNK / width.max(1)).max(1)
+}
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
@@ -69,7 +72,7 @@ fn map_rows<const N: usize>(
     f: impl Fn(&mut [f32], [&[f32]; N]) + Sync,
 ) -> Vec<f32> {
     let mut out = vec![0f32; inputs[0].len()];
-    let rows_per_task = (CHUNK / dim.max(1)).max(1);
+    let rows_per_task = rows_per_task(dim);
     out.par_chunks_mut(rows_per_task * dim.max(1))
         .enumerate()
         .for_each(|(task, out)| {
@@ -87,7 +90,7 @@ fn map_rows<const N: usize>(
 fn sum_rows(rows: usize, width: usize, accumulate: impl Fn(&mut [f32], usize) + Sync) -> Vec<f32> {
     (0..rows)
         .into_par_iter()
-        .with_min_len(MIN_ROWS)
+        .with_min_len(rows_per_task(width))
         .fold(
             || vec![0f32; width],
             |mut sums, row| {
@@ -104,9 +107,16 @@ fn sum_rows(rows: usize, width: usize, accumulate: impl Fn(&mut [f32], usize) + 
         )
 }
 
+/// A function of one or two elements, applied by [`map_elements`].
+trait ElementFn: Sync {
+    /// Implementations are `#[inline(always)]`: a call left in the loop (as a closure of
+    /// some size is) keeps it from vectorising.
+    fn apply(&self, a: f32, b: f32) -> f32;
+}
+
 /// Elementwise `out[i] = f(a[i], b[i])` (`b` may be empty for a one-input `f`), vectorised,
 /// in parallel chunks. (Zipped slices vectorise; indexing an array of inputs does not.)
-fn map_elements(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+fn map_elements(a: &[f32], b: &[f32], f: impl ElementFn) -> Vec<f32> {
     let mut out = Vec::with_capacity(a.len());
     out.spare_capacity_mut()
         .par_chunks_mut(CHUNK)
@@ -117,11 +127,11 @@ fn map_elements(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec
             vectorised(|| {
                 if b.is_empty() {
                     for (out, &a) in out.iter_mut().zip(a) {
-                        out.write(f(a, 0.0));
+                        out.write(f.apply(a, 0.0));
                     }
                 } else {
                     for ((out, &a), &b) in out.iter_mut().zip(a).zip(&b[range]) {
-                        out.write(f(a, b));
+                        out.write(f.apply(a, b));
                     }
                 }
             })
@@ -392,7 +402,7 @@ fn bias_rows(rows: usize, bias: &[f32]) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows * bias.len());
     out.spare_capacity_mut()
         .par_chunks_mut(bias.len().max(1))
-        .with_min_len(MIN_ROWS)
+        .with_min_len(rows_per_task(bias.len()))
         .for_each(|row| {
             for (out, &b) in row.iter_mut().zip(bias) {
                 out.write(b);
@@ -566,16 +576,24 @@ impl CustomOp2 for LayerNormParamGrads {
 
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
-// Named and always inlined: a closure this size stays a call per element, unvectorised.
-#[inline(always)]
-fn gelu(x: f32, _: f32) -> f32 {
-    x * normal_cdf(x)
+/// `x * cdf(x)`.
+struct Gelu;
+
+impl ElementFn for Gelu {
+    #[inline(always)]
+    fn apply(&self, x: f32, _: f32) -> f32 {
+        x * normal_cdf(x)
+    }
 }
 
 /// `dx = g * (cdf(x) + x * pdf(x))`.
-#[inline(always)]
-fn gelu_grad(x: f32, g: f32) -> f32 {
-    g * (normal_cdf(x) + x * FRAC_1_SQRT_2PI * exp(-0.5 * x * x))
+struct GeluGrad;
+
+impl ElementFn for GeluGrad {
+    #[inline(always)]
+    fn apply(&self, x: f32, g: f32) -> f32 {
+        g * (normal_cdf(x) + x * FRAC_1_SQRT_2PI * exp(-0.5 * x * x))
+    }
 }
 
 /// The standard normal's cumulative distribution.
@@ -593,7 +611,7 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let xs = f32_slice(storage, layout, self.name())?;
-        let out = map_elements(xs, &[], gelu);
+        let out = map_elements(xs, &[], Gelu);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -604,7 +622,7 @@ impl CustomOp1 for GeluErf {
     }
 }
 
-/// GELU's backward pass, [`gelu_grad`] element by element.
+/// GELU's backward pass, [`GeluGrad`] element by element.
 struct GeluErfBackward;
 
 impl CustomOp2 for GeluErfBackward {
@@ -621,7 +639,7 @@ impl CustomOp2 for GeluErfBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let xs = f32_slice(xs, xs_layout, self.name())?;
         let grad = f32_slice(grad, grad_layout, self.name())?;
-        let out = map_elements(xs, grad, gelu_grad);
+        let out = map_elements(xs, grad, GeluGrad);
         Ok((CpuStorage::F32(out), xs_layout.shape().clone()))
     }
 }
