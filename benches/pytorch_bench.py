@@ -72,7 +72,7 @@ def distillation_loss(student_out, teacher_out, labels, mask, temperature=2.0):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", required=True, choices=SHAPES)
-    parser.add_argument("--cases", required=True, choices=["inference", "train", "distill"])
+    parser.add_argument("--cases", required=True, choices=["gemm", "inference", "train", "distill"])
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -88,7 +88,18 @@ def main():
     labels = torch.randint(0, 2, (batch,), generator=generator)
     teacher = model(shape, layers, 1)
 
-    if case == "inference":
+    if case == "gemm":
+        # The dense-layer product alone (FFN input: tokens x hidden by hidden x intermediate).
+        _, hidden, _, intermediate, _ = SHAPES[shape]
+        xs = torch.randn(batch * args.seq_len, hidden, generator=generator)
+        weight = torch.randn(intermediate, hidden, generator=generator)
+        bias = torch.zeros(intermediate)
+
+        def step():
+            with torch.no_grad():
+                F.linear(xs, weight, bias)
+
+    elif case == "inference":
         teacher.eval()
 
         def step():

@@ -27,7 +27,11 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "small,base")]
     shapes: Vec<Shape>,
     /// `latency` needs --model and a dev set (--task or --dev and its columns).
-    #[arg(long, value_delimiter = ',', default_value = "inference,train,distill")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "gemm,inference,train,distill"
+    )]
     cases: Vec<Case>,
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
@@ -69,6 +73,9 @@ enum Shape {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Case {
+    /// The dense-layer product alone (the FFN's input projection over every token): the
+    /// ceiling the whole steps are measured against.
+    Gemm,
     Inference,
     Train,
     Distill,
@@ -102,6 +109,28 @@ impl Shape {
     }
 }
 
+impl Case {
+    /// Floating-point operations in one step of `shape` at `seq_len`: a forward pass counts
+    /// the dense layers and the attention products; a backward pass twice that.
+    fn flops(self, shape: Shape, seq_len: usize) -> f64 {
+        let (layers, hidden, _, intermediate, batch) = shape.dims();
+        let tokens = (batch * seq_len) as f64;
+        let (hidden, intermediate) = (hidden as f64, intermediate as f64);
+        let forward = |layers: usize| {
+            let dense = 2.0 * tokens * (4.0 * hidden * hidden + 2.0 * hidden * intermediate);
+            let attention = 2.0 * 2.0 * tokens * seq_len as f64 * hidden;
+            layers as f64 * (dense + attention)
+        };
+        match self {
+            Case::Gemm => 2.0 * tokens * hidden * intermediate,
+            Case::Inference => forward(layers),
+            Case::Train => 3.0 * forward(layers),
+            Case::Distill => forward(layers) + 3.0 * forward(layers / 2),
+            Case::Latency => 0.0,
+        }
+    }
+}
+
 /// One case's timings, as both kd and the PyTorch script print them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Measurement {
@@ -111,6 +140,9 @@ struct Measurement {
     min_ms: f64,
     median_ms: f64,
     peak_rss_mb: f64,
+    /// Filled in by the parent from the case's operation count.
+    #[serde(default)]
+    gflop_per_s: f64,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -135,23 +167,37 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&measurement)?);
         return Ok(());
     }
+    println!("CPU: {}, {} threads", cpu_model(), args.threads);
     let mut rows = Vec::new();
     if args.cases.contains(&Case::Latency) {
         rows.extend(latency::run(&args)?);
     }
+    let mut header = true;
     for &shape in &args.shapes {
+        let mut gemm_rate = None;
         for &case in args.cases.iter().filter(|&&case| case != Case::Latency) {
-            let kd = run_child(kd_command(shape, case, &args)?)?;
+            let rate = |mut m: Measurement| {
+                m.gflop_per_s = case.flops(shape, args.seq_len) / m.median_ms / 1e6;
+                m
+            };
+            let kd = rate(run_child(kd_command(shape, case, &args)?)?);
             let torch = match &args.pytorch {
-                Some(python) => Some(run_child(pytorch_command(python, shape, case, &args))?),
+                Some(python) => Some(rate(run_child(pytorch_command(
+                    python, shape, case, &args,
+                ))?)),
                 None => None,
             };
-            print_row(&kd, torch.as_ref(), rows.is_empty());
+            print_row(&kd, torch.as_ref(), header, gemm_rate);
+            header = false;
+            if case == Case::Gemm {
+                gemm_rate = Some(kd.gflop_per_s);
+            }
             rows.push(serde_json::json!({ "kd": kd, "pytorch": torch }));
         }
     }
     if let Some(path) = &args.json {
         let report = serde_json::json!({
+            "cpu": cpu_model(),
             "threads": args.threads,
             "seq_len": args.seq_len,
             "runs": args.runs,
@@ -218,42 +264,66 @@ pub(crate) fn run_child<T: serde::de::DeserializeOwned>(mut command: Command) ->
         .with_context(|| format!("unexpected output of {command:?}: {stdout}"))
 }
 
-fn print_row(kd: &Measurement, torch: Option<&Measurement>, header: bool) {
+/// Prints one case's row: kd's times, memory and GFLOP/s (and that rate as a share of the
+/// shape's gemm rate, when measured), then PyTorch's and the ratio of the medians.
+fn print_row(kd: &Measurement, torch: Option<&Measurement>, header: bool, gemm_rate: Option<f64>) {
     if header {
         println!(
-            "{:<6} {:<10} {:>10} {:>10} {:>8} {:>12} {:>12} {:>8} {:>9}",
+            "{:<6} {:<10} {:>10} {:>10} {:>8} {:>8} {:>7} {:>12} {:>12} {:>8} {:>8} {:>9}",
             "shape",
             "case",
             "kd min",
             "kd median",
             "kd MB",
+            "kd GF/s",
+            "of gemm",
             "torch min",
             "torch median",
             "torch MB",
+            "torch GF/s",
             "kd/torch"
         );
     }
-    let (torch_min, torch_median, torch_mb, ratio) = match torch {
+    let (torch_min, torch_median, torch_mb, torch_rate, ratio) = match torch {
         Some(t) => (
             format!("{:.1}", t.min_ms),
             format!("{:.1}", t.median_ms),
             format!("{:.0}", t.peak_rss_mb),
+            format!("{:.0}", t.gflop_per_s),
             format!("{:.2}", kd.median_ms / t.median_ms),
         ),
         None => Default::default(),
     };
+    let of_gemm = gemm_rate.map_or(String::new(), |rate| {
+        format!("{:.0}%", 100.0 * kd.gflop_per_s / rate)
+    });
     println!(
-        "{:<6} {:<10} {:>10.1} {:>10.1} {:>8.0} {:>12} {:>12} {:>8} {:>9}",
+        "{:<6} {:<10} {:>10.1} {:>10.1} {:>8.0} {:>8.0} {:>7} {:>12} {:>12} {:>8} {:>8} {:>9}",
         name(kd.shape),
         name(kd.case),
         kd.min_ms,
         kd.median_ms,
         kd.peak_rss_mb,
+        kd.gflop_per_s,
+        of_gemm,
         torch_min,
         torch_median,
         torch_mb,
+        torch_rate,
         ratio
     );
+}
+
+/// The CPU's model name, as `/proc/cpuinfo` gives it.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 /// A random batch of full-length sequences (no padding, as the PyTorch script uses).
@@ -320,6 +390,17 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs) -> Result<Measurement> {
             })
         }
         Case::Latency => bail!("the latency case times task models, not shapes"),
+        Case::Gemm => {
+            let (_, hidden, _, intermediate, _) = shape.dims();
+            let device = Device::Cpu;
+            let xs = Tensor::randn(0f32, 1.0, (batch * args.seq_len, hidden), &device)?;
+            let weight = Tensor::randn(0f32, 1.0, (intermediate, hidden), &device)?;
+            let bias = Tensor::zeros(intermediate, DType::F32, &device)?;
+            Box::new(move || {
+                kd_bert::ops::dense(&xs, &weight, &bias)?;
+                Ok(())
+            })
+        }
         Case::Distill => {
             let student = model(shape, layers / 2, 2)?;
             let objective = Objective::new(
@@ -376,6 +457,7 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs) -> Result<Measurement> {
         median_ms: sorted[sorted.len() / 2],
         times_ms,
         peak_rss_mb: peak_rss_mb(),
+        gflop_per_s: 0.0,
     })
 }
 
