@@ -8,4 +8,6 @@
 set -euo pipefail
 python3 -m venv .venv-ref
 .venv-ref/bin/pip install -r tests/fixtures/reference-requirements.txt
+# ONNX Runtime and the exporter's packages, for `kd bench --cases latency --pytorch`.
+.venv-ref/bin/pip install onnxruntime onnx onnxscript
 .venv-ref/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
