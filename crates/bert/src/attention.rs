@@ -4,7 +4,7 @@
 //! context once each way, and the scaling and the mask were passes of their own, each with a
 //! zero-filled gradient and an addition in the backward pass.
 
-use crate::ops::{f32_slice, rows_per_task};
+use crate::ops::{f32_slice, filled_rows, product};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -57,25 +57,13 @@ fn per_head(
         // SAFETY: each (example, head) writes its own block of `dst`; every view lies within
         // its buffer, as the callers' shapes (checked on entry) guarantee.
         unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                (dst_ptr as *mut f32).add(d),
-                d_cs as isize,
-                d_rs as isize,
+            product(
+                (m, n, k),
+                ((dst_ptr as *mut f32).add(d), d_rs, d_cs),
                 read_dst,
-                lhs.0.as_ptr().add(l),
-                l_cs as isize,
-                l_rs as isize,
-                rhs.0.as_ptr().add(r),
-                r_cs as isize,
-                r_rs as isize,
-                1.0,
+                (lhs.0.as_ptr().add(l), l_rs, l_cs),
+                (rhs.0.as_ptr().add(r), r_rs, r_cs),
                 beta,
-                false,
-                false,
-                false,
                 gemm::Parallelism::None,
             )
         }
@@ -159,19 +147,10 @@ impl CustomOp3 for Scores {
             );
         }
         // Every row of a block starts as its example's mask; gemm adds the scaled product.
-        let mut out = Vec::with_capacity(batch * heads * seq_q * seq_k);
-        out.spare_capacity_mut()
-            .par_chunks_mut(seq_k.max(1))
-            .with_min_len(rows_per_task(seq_k))
-            .enumerate()
-            .for_each(|(row, out)| {
-                let b = row / (heads * seq_q);
-                for (out, &m) in out.iter_mut().zip(&mask[b * seq_k..(b + 1) * seq_k]) {
-                    out.write(m);
-                }
-            });
-        // SAFETY: every row was just initialised.
-        unsafe { out.set_len(batch * heads * seq_q * seq_k) };
+        let mut out = filled_rows(batch * heads * seq_q, seq_k, |row| {
+            let b = row / (heads * seq_q);
+            &mask[b * seq_k..(b + 1) * seq_k]
+        });
         per_head(
             (batch, heads),
             (seq_q, seq_k, head_dim),

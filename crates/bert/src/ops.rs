@@ -45,19 +45,91 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
     xs.contiguous()?.apply_op1(GeluErf)
 }
 
+/// An op input's `f32` storage, whatever its layout.
+fn f32_storage<'a>(storage: &'a CpuStorage, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: only f32 tensors are supported")
+    };
+    Ok(data)
+}
+
 /// The contiguous `f32` data of an op's input.
 pub(crate) fn f32_slice<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
     op: &str,
 ) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{op}: only f32 tensors are supported")
-    };
+    let data = f32_storage(storage, op)?;
     let Some((start, end)) = layout.contiguous_offsets() else {
         candle_core::bail!("{op}: the input must be contiguous")
     };
     Ok(&data[start..end])
+}
+
+/// A matrix operand of [`product`]: its first element, row stride and column stride.
+pub(crate) type Strided<P> = (P, usize, usize);
+
+/// gemm's `dst = beta * lhs rhs` (`m x k` by `k x n`), added to what `dst` holds when
+/// `accumulate`.
+///
+/// # Safety
+/// Each pointer with its strides must describe a matrix of its size inside a live buffer, and
+/// nothing else may write `dst`'s elements meanwhile.
+pub(crate) unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs, dst_cs): Strided<*mut f32>,
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): Strided<*const f32>,
+    (rhs, rhs_rs, rhs_cs): Strided<*const f32>,
+    beta: f32,
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// `rows` rows of `width` elements, row `r` a copy of `source(r)`, written in parallel: the
+/// starting values that gemm then adds a product to (no zero-filled buffer first).
+pub(crate) fn filled_rows<'a>(
+    rows: usize,
+    width: usize,
+    source: impl Fn(usize) -> &'a [f32] + Sync,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * width);
+    out.spare_capacity_mut()
+        .par_chunks_mut(width.max(1))
+        .with_min_len(rows_per_task(width))
+        .enumerate()
+        .for_each(|(row, out)| {
+            for (out, &value) in out.iter_mut().zip(source(row)) {
+                out.write(value);
+            }
+        });
+    // SAFETY: every row was just initialised from its source, `width` elements long.
+    unsafe { out.set_len(rows * width) };
+    out
 }
 
 fn last_dim(layout: &Layout) -> usize {
@@ -212,9 +284,7 @@ impl CustomOp3 for Dense {
     ) -> Result<(CpuStorage, Shape)> {
         let xs = f32_slice(xs, xs_layout, self.name())?;
         let bias = f32_slice(bias, bias_layout, self.name())?;
-        let CpuStorage::F32(weight) = weight else {
-            candle_core::bail!("kd-dense: only f32 tensors are supported")
-        };
+        let weight = f32_storage(weight, self.name())?;
         let in_dim = last_dim(xs_layout);
         let rows = xs.len() / in_dim.max(1);
         let (out_dim, weight_in) = weight_layout.shape().dims2()?;
@@ -228,30 +298,18 @@ impl CustomOp3 for Dense {
             unreachable!("a 2-D layout has two strides")
         };
         let weight = &weight[weight_layout.start_offset()..];
-        let mut out = bias_rows(rows, bias);
+        let mut out = filled_rows(rows, out_dim, |_| bias);
         let threads = rayon::current_num_threads();
-        // SAFETY: the pointers and strides describe `out` ([rows, out]), `xs` ([rows, in],
-        // contiguous) and `W^T` ([in, out], the weight's layout read transposed).
+        // SAFETY: `out` is [rows, out], `xs` [rows, in] (contiguous) and `W^T` [in, out] (the
+        // weight's layout read transposed).
         unsafe {
-            gemm::gemm(
-                rows,
-                out_dim,
-                in_dim,
-                out.as_mut_ptr(),
-                1,
-                out_dim as isize,
+            product(
+                (rows, out_dim, in_dim),
+                (out.as_mut_ptr(), out_dim, 1),
                 true,
-                xs.as_ptr(),
-                1,
-                in_dim as isize,
-                weight.as_ptr(),
-                weight_out_stride as isize,
-                weight_in_stride as isize,
+                (xs.as_ptr(), in_dim, 1),
+                (weight.as_ptr(), weight_in_stride, weight_out_stride),
                 1.0,
-                1.0,
-                false,
-                false,
-                false,
                 if threads > 1 {
                     gemm::Parallelism::Rayon(threads)
                 } else {
@@ -363,54 +421,26 @@ impl CustomOp3 for DensePacked {
         if panel_in != in_dim || bias.len() != out_dim {
             candle_core::bail!("kd-dense-packed: rows of {in_dim} through panels of {panel_in}");
         }
-        let mut out = bias_rows(rows, bias);
+        let mut out = filled_rows(rows, out_dim, |_| bias);
         let dst = out.as_mut_ptr() as usize;
         (0..count).into_par_iter().for_each(|panel| {
             let width = PANEL.min(out_dim - panel * PANEL);
             // SAFETY: each panel writes its own columns of `out` ([rows, out_dim]); `xs` is
             // [rows, in] and the panel [in, PANEL], both contiguous.
             unsafe {
-                gemm::gemm(
-                    rows,
-                    width,
-                    in_dim,
-                    (dst as *mut f32).add(panel * PANEL),
-                    1,
-                    out_dim as isize,
+                product(
+                    (rows, width, in_dim),
+                    ((dst as *mut f32).add(panel * PANEL), out_dim, 1),
                     true,
-                    xs.as_ptr(),
-                    1,
-                    in_dim as isize,
-                    panels.as_ptr().add(panel * in_dim * PANEL),
-                    1,
-                    PANEL as isize,
+                    (xs.as_ptr(), in_dim, 1),
+                    (panels.as_ptr().add(panel * in_dim * PANEL), PANEL, 1),
                     1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
                     gemm::Parallelism::None,
                 )
             }
         });
         Ok((CpuStorage::F32(out), with_last_dim(xs_layout, out_dim)))
     }
-}
-
-/// `rows` copies of `bias`, one after another, written in parallel.
-fn bias_rows(rows: usize, bias: &[f32]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(rows * bias.len());
-    out.spare_capacity_mut()
-        .par_chunks_mut(bias.len().max(1))
-        .with_min_len(rows_per_task(bias.len()))
-        .for_each(|row| {
-            for (out, &b) in row.iter_mut().zip(bias) {
-                out.write(b);
-            }
-        });
-    // SAFETY: every row was just initialised with the bias.
-    unsafe { out.set_len(rows * bias.len()) };
-    out
 }
 
 /// The sum of a matrix's rows.
