@@ -96,4 +96,54 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
     );
     assert!(hard_only["stages"][0]["teacher_cache"].is_null());
     assert!(!root.path().join("nokd-cache").exists());
+
+    // The shipped general recipes, a few steps on a few corpus lines, make backbones that the
+    // task recipes start from: TinyBERT-style by `student.init`, DistilBERT-style by
+    // `student.from`.
+    let corpus = root.path().join("corpus");
+    common::write_corpus(&corpus);
+    let corpus = format!("data.corpus=[\"{}/*.txt\"]", corpus.display());
+    let shape = "student.shape={ layers = 2, hidden = 48, heads = 12, intermediate = 96 }";
+    let few_steps = "training.max_steps=4";
+    let general_tiny = root.path().join("general-tinybert");
+    let general = distill(
+        "general-tinybert-l4.toml",
+        &general_tiny,
+        &cache,
+        &[&corpus, shape, few_steps],
+    );
+    assert_eq!(general["stages"][0]["steps"], 4);
+    assert_eq!(general["student"]["mlm_head"], false);
+    let init = format!("student.init={}", general_tiny.display());
+    let task = distill(
+        "sst2-tinybert-l4.toml",
+        &root.path().join("tinybert"),
+        &cache,
+        &[&teacher_set, &init, shape, "training.max_steps=3"],
+    );
+    assert_eq!(task["student"]["hidden"], 48);
+
+    let general_distilbert = root.path().join("general-distilbert");
+    let general = distill(
+        "general-distilbert-l3.toml",
+        &general_distilbert,
+        &cache,
+        &[&corpus, few_steps],
+    );
+    assert_eq!(general["student"]["mlm_head"], true);
+    let held_out = &general["stages"][0]["held_out"];
+    assert!(held_out["mlm_accuracy"].is_number(), "{held_out}");
+    let from = format!("student.from={}", general_distilbert.display());
+    let task = distill(
+        "sst2-distilbert-l3-backbone.toml",
+        &root.path().join("distilbert"),
+        &cache,
+        &[
+            &teacher_set,
+            &from,
+            "student.layers=[0, 1, 2]",
+            "training.max_steps=3",
+        ],
+    );
+    assert_eq!(task["student"]["layers"], 3);
 }

@@ -5,7 +5,6 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 fn finetune_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
@@ -39,22 +38,12 @@ fn kd_command(args: &[&str]) -> Command {
 }
 
 fn logged_steps(out: &Path) -> usize {
-    std::fs::read_to_string(out.join("log.jsonl"))
-        .map(|log| log.lines().filter(|l| l.starts_with("{\"step\"")).count())
-        .unwrap_or(0)
+    common::logged_steps(&out.join("log.jsonl"))
 }
 
 /// Starts a run, sends `signal` once it has logged 30 steps, and returns the run's output.
 fn interrupt(args: &[&str], out: &Path, signal: i32) -> std::process::Output {
-    let child = kd_command(args).stderr(Stdio::piped()).spawn().unwrap();
-    let started = Instant::now();
-    while logged_steps(out) < 30 {
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as i32, signal) };
-    child.wait_with_output().unwrap()
+    common::interrupt_after(kd_command(args), &out.join("log.jsonl"), 30, signal)
 }
 
 #[test]

@@ -419,11 +419,11 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs) -> Result<Measurement> {
                     .forward(&input, Mode::Train { dropout: true })?;
                 let loss = objective.compute(
                     &DistillOutputs {
-                        logits: &student_logits,
+                        logits: Some(&student_logits),
                         encoder: Some(&student_states),
                     },
                     &[DistillOutputs {
-                        logits: &teacher_logits,
+                        logits: Some(&teacher_logits),
                         encoder: Some(&teacher_states),
                     }],
                     &LossBatch {

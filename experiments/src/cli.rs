@@ -3,14 +3,15 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kd_data::{AugmentConfig, DataSpec, WordNeighbours, augment};
-use kd_teacher::{Encoder, ModelFiles, Pooling, TaskModel, finetune};
+use kd_teacher::{Backbone, ModelFiles, Pooling, TaskModel, finetune};
 use kd_train::{RunDir, TrainerConfig};
 
 use crate::bench::{self, BenchArgs};
 use crate::distill::{self, DistillOptions};
+use crate::general;
 use crate::predict::{self, PredictArgs};
 use crate::recipe::Recipe;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(name = "kd", version, about = "Knowledge distillation for BERT models")]
@@ -266,7 +267,8 @@ fn run_eval(args: EvalArgs) -> Result<()> {
 }
 
 fn run_embed(args: EmbedArgs) -> Result<()> {
-    let encoder = Encoder::load(&ModelFiles::resolve(&args.model)?, args.max_seq_len)?;
+    let encoder =
+        Backbone::load_for_inference(&ModelFiles::resolve(&args.model)?, args.max_seq_len)?;
     let pooling = match args.pooling {
         PoolingArg::Mean => Pooling::Mean,
         PoolingArg::Cls => Pooling::Cls,
@@ -294,7 +296,7 @@ fn run_augment(args: AugmentArgs) -> Result<()> {
     let spec = args.data.task_spec()?;
     let mut labels = Vec::new();
     let train = args.data.read_train(&spec, &shared_dir(), &mut labels)?;
-    let encoder = Encoder::load(&ModelFiles::resolve(&args.model)?, 512)?;
+    let encoder = Backbone::load_for_inference(&ModelFiles::resolve(&args.model)?, 512)?;
     let texts = train
         .iter()
         .flat_map(|e| std::iter::once(e.text.as_str()).chain(e.pair.as_deref()));
@@ -324,6 +326,24 @@ fn run_augment(args: AugmentArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_general(recipe: &Recipe, options: &DistillOptions, out: &Path) -> Result<()> {
+    let summary = general::run(recipe, options, kd_train::interrupt_flag()?)?;
+    println!("{}", serde_json::to_string(&summary)?);
+    if summary.interrupted {
+        eprintln!("interrupted: checkpoint saved; continue with the same command and --resume");
+        std::process::exit(130);
+    }
+    eprintln!(
+        "general student ({} layers x {}, {} parameters) saved to {} ({:.0} s)",
+        summary.student.layers,
+        summary.student.hidden,
+        summary.student.params,
+        out.display(),
+        summary.wall_time_s
+    );
+    Ok(())
+}
+
 fn run_distill(args: DistillArgs) -> Result<()> {
     let mut overrides = args.overrides.clone();
     if let Some(steps) = args.max_steps {
@@ -345,6 +365,9 @@ fn run_distill(args: DistillArgs) -> Result<()> {
         shared_dir: &shared_dir(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
+    if !recipe.data.corpus.is_empty() {
+        return run_general(&recipe, &options, &out);
+    }
     let summary = distill::run(&recipe, &options, kd_train::interrupt_flag()?)?;
     println!("{}", serde_json::to_string(&summary)?);
     if summary.interrupted {

@@ -4,9 +4,9 @@
 use crate::recipe::{Recipe, Stage, StudentSpec};
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor, Var};
-use kd_bert::Mode;
+use kd_bert::{Mode, Params};
 use kd_data::{DataSpec, EncodedExample, TaskData, TaskSpec, collate};
-use kd_losses::{DistillOutputs, EncoderShape, LossBatch, Objective};
+use kd_losses::{DistillOutputs, EncoderShape, LossBatch, LossBreakdown, Objective};
 use kd_teacher::{CacheOutcome, ModelFiles, TaskModel, TeacherCache};
 use kd_train::{RunDir, StepLoss, TrainState, Trainable, TrainerConfig, train};
 use serde::Serialize;
@@ -40,13 +40,7 @@ enum TeacherOutputs {
 
 impl Trainable for Distillation<'_> {
     fn parameters(&self) -> Vec<(String, Var)> {
-        let projections = self.objective.params().vars().into_iter();
-        self.student
-            .params
-            .vars()
-            .into_iter()
-            .chain(projections.map(|(name, var)| (format!("objective.{name}"), var)))
-            .collect()
+        trained_parameters(&self.student.params, self.objective)
     }
 
     fn example_lengths(&self) -> Vec<usize> {
@@ -74,13 +68,13 @@ impl Trainable for Distillation<'_> {
         let teachers: Vec<DistillOutputs> = teacher
             .iter()
             .map(|(logits, states)| DistillOutputs {
-                logits,
+                logits: Some(logits),
                 encoder: states.as_ref(),
             })
             .collect();
         let breakdown = self.objective.compute(
             &DistillOutputs {
-                logits: &student_logits,
+                logits: Some(&student_logits),
                 encoder: Some(&student_states),
             },
             &teachers,
@@ -92,14 +86,7 @@ impl Trainable for Distillation<'_> {
             step,
             total_steps,
         )?;
-        Ok(StepLoss {
-            total: breakdown.total,
-            components: breakdown
-                .components
-                .into_iter()
-                .map(|(name, value)| (name, value as f64))
-                .collect(),
-        })
+        Ok(step_loss(breakdown))
     }
 
     fn reseed_dropout(&self, seed: u64) {
@@ -179,11 +166,7 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
     let dev_set = student.encode(&data.dev)?;
     let metric = data.spec.metrics[0].name().to_string();
     // Everything is loaded and checked before the output directory is touched.
-    let out = if options.resume {
-        RunDir::open(options.out)?
-    } else {
-        RunDir::create(options.out, options.force)?
-    };
+    let out = output_dir(options)?;
     eprintln!(
         "{}: teacher {} ({} parameters), student {} layers x {} ({} parameters), {} labelled + {} unlabeled train / {} dev",
         recipe.name,
@@ -197,36 +180,25 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
         dev_set.len()
     );
     let cache = TeacherCache::new(options.cache_dir);
-    let mut stages = Vec::new();
-    let mut interrupted = false;
-    for (index, stage) in recipe.stages.iter().enumerate() {
-        let stage_dir = out.join(&format!("{}-{}", index + 1, stage.name));
-        let (state, summary) = run_stage(
-            recipe,
-            stage,
-            index,
-            &stage_dir,
-            &student,
-            &teacher,
-            &teacher_files,
-            &data.spec,
-            &train_set,
-            labelled,
-            &dev_set,
-            &cache,
-            options.resume,
-            stop,
-        )?;
-        stages.push(summary);
-        if state.interrupted {
-            interrupted = true;
-            break;
-        }
-        // The next stage starts from the model this one keeps.
-        student
-            .params
-            .load(&stage_dir.join("model.safetensors"), |_| false)?;
-    }
+    let (stages, interrupted) =
+        run_stages(recipe, &out, &student.params, |index, stage, stage_dir| {
+            run_stage(
+                recipe,
+                stage,
+                index,
+                stage_dir,
+                &student,
+                &teacher,
+                &teacher_files,
+                &data.spec,
+                &train_set,
+                labelled,
+                &dev_set,
+                &cache,
+                options.resume,
+                stop,
+            )
+        })?;
     if !interrupted {
         student.save(out.path())?;
     }
@@ -264,7 +236,6 @@ fn run_stage(
     resume: bool,
     stop: &AtomicBool,
 ) -> Result<(TrainState, StageSummary)> {
-    let done = dir.join("stage.json");
     let objective = Objective::new(
         &stage.objective,
         &[EncoderShape::from(&teacher.config)],
@@ -313,6 +284,86 @@ fn run_stage(
         dev: dev_set,
         teacher_outputs,
     };
+    let state = train_stage(
+        recipe,
+        stage,
+        dir,
+        &task,
+        spec.metrics[0].name(),
+        false,
+        resume,
+        stop,
+    )?;
+    let summary = StageSummary {
+        name: stage.name.clone(),
+        steps: state.step,
+        best: state.best_value,
+        examples_per_s: state.examples_per_s(),
+        teacher_seconds,
+        teacher_cache: cache_outcome.map(|outcome| format!("{outcome:?}").to_lowercase()),
+    };
+    Ok((state, summary))
+}
+
+/// The run's output directory: created (refusing a non-empty one without `force`), or opened
+/// to resume.
+pub(crate) fn output_dir(options: &DistillOptions) -> Result<RunDir> {
+    if options.resume {
+        RunDir::open(options.out)
+    } else {
+        RunDir::create(options.out, options.force)
+    }
+}
+
+/// Runs `recipe`'s stages in order, each by `run_stage(index, stage, dir)` into its folder
+/// `N-name/` of `out`, the next starting from the model the previous one kept (loaded into
+/// `student`). Returns what each stage reported, and whether an interruption stopped them.
+pub(crate) fn run_stages<S>(
+    recipe: &Recipe,
+    out: &RunDir,
+    student: &Params,
+    mut run_stage: impl FnMut(usize, &Stage, &Path) -> Result<(TrainState, S)>,
+) -> Result<(Vec<S>, bool)> {
+    let mut reports = Vec::new();
+    for (index, stage) in recipe.stages.iter().enumerate() {
+        let stage_dir = out.join(&format!("{}-{}", index + 1, stage.name));
+        let (state, report) = run_stage(index, stage, &stage_dir)?;
+        reports.push(report);
+        if state.interrupted {
+            return Ok((reports, true));
+        }
+        student.load(&stage_dir.join("model.safetensors"), |_| false)?;
+    }
+    Ok((reports, false))
+}
+
+/// A breakdown of the objective as the training loop logs it.
+pub(crate) fn step_loss(breakdown: LossBreakdown) -> StepLoss {
+    StepLoss {
+        total: breakdown.total,
+        components: breakdown
+            .components
+            .into_iter()
+            .map(|(name, value)| (name, value as f64))
+            .collect(),
+    }
+}
+
+/// Trains one stage of `recipe` into `dir` (its log, checkpoint and kept model), or, with
+/// `resume`, continues it from its checkpoint; a stage already complete is not trained again.
+/// `metric` (a dev metric, or a loss when `minimize`) chooses the model kept.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_stage(
+    recipe: &Recipe,
+    stage: &Stage,
+    dir: &Path,
+    task: &dyn Trainable,
+    metric: &str,
+    minimize: bool,
+    resume: bool,
+    stop: &AtomicBool,
+) -> Result<TrainState> {
+    let done = dir.join("stage.json");
     let training = &recipe.training;
     let config = TrainerConfig {
         epochs: stage.epochs,
@@ -324,41 +375,36 @@ fn run_stage(
         seed: training.seed,
         eval_every: training.eval_every,
         keep: stage.keep,
+        minimize,
         ..TrainerConfig::default()
     };
-    let stage_resume = resume && dir.join("checkpoint/state.json").is_file();
-    let state = if resume && done.is_file() {
+    if resume && done.is_file() {
         eprintln!("stage {}: already complete", stage.name);
         let text = std::fs::read_to_string(dir.join("checkpoint/state.json"))?;
-        serde_json::from_str(&text)?
+        return Ok(serde_json::from_str(&text)?);
+    }
+    let stage_resume = resume && dir.join("checkpoint/state.json").is_file();
+    let stage_dir = if stage_resume {
+        RunDir::open(dir)?
     } else {
-        let stage_dir = if stage_resume {
-            RunDir::open(dir)?
-        } else {
-            RunDir::create(dir, true)?
-        };
-        let state = train(
-            &task,
-            &config,
-            spec.metrics[0].name(),
-            &stage_dir,
-            stage_resume,
-            stop,
-        )?;
-        if !state.interrupted {
-            kd_bert::write_atomically(&done, |tmp| Ok(std::fs::write(tmp, "{}")?))?;
-        }
-        state
+        RunDir::create(dir, true)?
     };
-    let summary = StageSummary {
-        name: stage.name.clone(),
-        steps: state.step,
-        best: state.best_value,
-        examples_per_s: state.examples_per_s(),
-        teacher_seconds,
-        teacher_cache: cache_outcome.map(|outcome| format!("{outcome:?}").to_lowercase()),
-    };
-    Ok((state, summary))
+    let state = train(task, &config, metric, &stage_dir, stage_resume, stop)?;
+    if !state.interrupted {
+        kd_bert::write_atomically(&done, |tmp| Ok(std::fs::write(tmp, "{}")?))?;
+    }
+    Ok(state)
+}
+
+/// A student's parameters and its objective's projections (`objective.*`), which train
+/// together.
+pub(crate) fn trained_parameters(student: &Params, objective: &Objective) -> Vec<(String, Var)> {
+    let projections = objective.params().vars().into_iter();
+    student
+        .vars()
+        .into_iter()
+        .chain(projections.map(|(name, var)| (format!("objective.{name}"), var)))
+        .collect()
 }
 
 /// The recipe's labelled data, with the teacher's class names in the teacher's order.

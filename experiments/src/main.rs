@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod distill;
+mod general;
 mod latency;
 mod predict;
 mod recipe;

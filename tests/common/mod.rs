@@ -7,6 +7,7 @@ use candle_core::Device;
 use kd_bert::{BertConfig, BertModel, Params};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
@@ -39,7 +40,7 @@ pub fn minilm_dir() -> PathBuf {
     config.parent().unwrap().to_path_buf()
 }
 
-fn kd_command(args: &[&str]) -> Command {
+pub fn kd_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kd"));
     command
         .args(args)
@@ -152,4 +153,36 @@ pub fn logged(log: &Path, name: &str) -> Vec<f64> {
             component => entry["components"][component].as_f64().unwrap(),
         })
         .collect()
+}
+
+/// Training steps logged so far in a run's `log.jsonl` (0 before it exists).
+pub fn logged_steps(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .map(|log| log.lines().filter(|l| l.starts_with("{\"step\"")).count())
+        .unwrap_or(0)
+}
+
+/// Starts `command`, sends `signal` once its `log` holds `steps` training steps, and returns
+/// the run's output (standard error captured).
+pub fn interrupt_after(mut command: Command, log: &Path, steps: usize, signal: i32) -> Output {
+    let child = command.stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    while logged_steps(log) < steps {
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    child.wait_with_output().unwrap()
+}
+
+/// Writes a small corpus (Brown sentences and IMDB reviews) into `dir`.
+pub fn write_corpus(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let corpus = shared_dir().join("data/corpus");
+    for (file, lines) in [("brown.txt", 300), ("imdb_unsup_50k.txt", 40)] {
+        let text = std::fs::read_to_string(corpus.join(file)).unwrap();
+        let head: Vec<&str> = text.lines().take(lines).collect();
+        std::fs::write(dir.join(file), head.join("\n")).unwrap();
+    }
 }

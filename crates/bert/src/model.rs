@@ -178,15 +178,16 @@ struct Layer {
     output: ResidualNorm,
 }
 
+/// The feed-forward activation, `hidden_act` in the config.
 #[derive(Clone, Copy)]
-enum Activation {
+pub(crate) enum Activation {
     GeluErf,
     GeluTanh,
     Relu,
 }
 
 impl Activation {
-    fn from_name(name: &str) -> Result<Self> {
+    pub(crate) fn from_name(name: &str) -> Result<Self> {
         Ok(match name {
             "gelu" => Self::GeluErf,
             "gelu_new" => Self::GeluTanh,
@@ -195,7 +196,7 @@ impl Activation {
         })
     }
 
-    fn forward(self, xs: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(self, xs: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Self::GeluErf => ops::gelu_erf(xs)?,
             Self::GeluTanh => xs.gelu()?,

@@ -159,24 +159,26 @@ fn map_rows<const N: usize>(
 }
 
 /// `width` sums over `rows` rows, in parallel: `accumulate(sums, row)` adds one row's terms.
+/// Rows are summed in fixed blocks whose sums are then added in order, so that the result has
+/// the same bits on every run (a work-stealing reduction groups the terms differently each
+/// time), and a resumed run trains exactly as an uninterrupted one.
 fn sum_rows(rows: usize, width: usize, accumulate: impl Fn(&mut [f32], usize) + Sync) -> Vec<f32> {
-    (0..rows)
+    let block = rows_per_task(width);
+    let partial: Vec<Vec<f32>> = (0..rows.div_ceil(block))
         .into_par_iter()
-        .with_min_len(rows_per_task(width))
-        .fold(
-            || vec![0f32; width],
-            |mut sums, row| {
+        .map(|index| {
+            let mut sums = vec![0f32; width];
+            for row in index * block..((index + 1) * block).min(rows) {
                 accumulate(&mut sums, row);
-                sums
-            },
-        )
-        .reduce(
-            || vec![0f32; width],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                a
-            },
-        )
+            }
+            sums
+        })
+        .collect();
+    let mut total = vec![0f32; width];
+    for sums in partial {
+        total.iter_mut().zip(sums).for_each(|(a, b)| *a += b);
+    }
+    total
 }
 
 /// A function of one or two elements, applied by [`map_elements`].

@@ -1,10 +1,12 @@
 //! Task data for kd: the WordPiece tokenizer, GLUE tasks and user TSV files, batches with
 //! dynamic padding and length bucketing, the metrics GLUE reports, TinyBERT-style data
-//! augmentation, and unlabeled transfer sets; [`DataSpec`] describes a task's data for the
+//! augmentation, unlabeled transfer sets, and packed, masked corpora for general distillation; [`DataSpec`] describes a task's data for the
 //! command line and recipes alike.
 
 mod augment;
 mod batch;
+mod corpus;
+mod masking;
 mod metrics;
 mod spec;
 mod task;
@@ -14,6 +16,8 @@ mod unlabeled;
 
 pub use augment::{AugmentConfig, WordNeighbours, augment};
 pub use batch::{Batch, EncodedExample, batch_plan, collate, encode_examples};
+pub use corpus::{CorpusSource, PackedCorpus, expand_globs, hash_file, pack_corpus};
+pub use masking::{MaskedToken, Masking};
 pub use metrics::{Metric, Predictions, evaluate};
 pub use spec::DataSpec;
 pub use task::{Example, Label, TaskData, TaskKind, TaskSpec};

@@ -71,6 +71,18 @@ pub struct DataSpec {
     #[arg(long)]
     #[serde(default)]
     pub max_unlabeled: Option<usize>,
+    /// Recipes only: plain-text files (globs) for general distillation, which reads no task.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corpus: Vec<String>,
+}
+
+/// The names whose flag is set.
+fn names_given<const N: usize>(fields: [(&'static str, bool); N]) -> Vec<&'static str> {
+    fields
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
 }
 
 fn default_max_seq_len() -> usize {
@@ -134,19 +146,44 @@ impl DataSpec {
     /// Refuses options that only training reads, for `command`s that read none (a flag that
     /// silently does nothing misleads).
     pub fn ensure_no_training_options(&self, command: &str) -> Result<()> {
-        let given: Vec<&str> = [
+        let given = names_given([
             ("--train", self.train.is_some()),
             ("--max-train-examples", self.max_train_examples.is_some()),
             ("--augment", self.augment.is_some()),
             ("--unlabeled", !self.unlabeled.is_empty()),
             ("--max-unlabeled", self.max_unlabeled.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(flag, given)| given.then_some(flag))
-        .collect();
+        ]);
         if !given.is_empty() {
             bail!(
                 "{command} reads no training data: {} would do nothing",
+                given.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses task fields in the data of general distillation, which reads only `corpus`,
+    /// `max_seq_len` and `max_train_examples` (a cap on the packed sequences).
+    pub fn ensure_corpus_only(&self) -> Result<()> {
+        if self.corpus.is_empty() {
+            bail!("general distillation needs `corpus` files in [data]");
+        }
+        let given = names_given([
+            ("task", self.task.is_some()),
+            ("data_dir", self.data_dir.is_some()),
+            ("train", self.train.is_some()),
+            ("dev", self.dev.is_some()),
+            ("text_column", self.text_column.is_some()),
+            ("pair_column", self.pair_column.is_some()),
+            ("label_column", self.label_column.is_some()),
+            ("regression", self.regression),
+            ("augment", self.augment.is_some()),
+            ("unlabeled", !self.unlabeled.is_empty()),
+            ("max_unlabeled", self.max_unlabeled.is_some()),
+        ]);
+        if !given.is_empty() {
+            bail!(
+                "general distillation reads a corpus, not a task: remove {} from [data]",
                 given.join(", ")
             );
         }
@@ -249,7 +286,28 @@ mod tests {
             augment: None,
             unlabeled: Vec::new(),
             max_unlabeled: None,
+            corpus: Vec::new(),
         }
+    }
+
+    #[test]
+    fn general_distillation_data_is_a_corpus_without_task_fields() {
+        let mut spec = glue("SST-2");
+        spec.task = None;
+        assert!(
+            spec.ensure_corpus_only()
+                .unwrap_err()
+                .to_string()
+                .contains("corpus")
+        );
+        spec.corpus = vec!["text/*.txt".into()];
+        spec.ensure_corpus_only().unwrap();
+        spec.task = Some("SST-2".into());
+        spec.regression = true;
+        assert_eq!(
+            spec.ensure_corpus_only().unwrap_err().to_string(),
+            "general distillation reads a corpus, not a task: remove task, regression from [data]"
+        );
     }
 
     fn write(path: &Path, text: &str) {

@@ -97,6 +97,23 @@ impl TextTokenizer {
         Ok(pieces)
     }
 
+    /// The word-piece ids of each text, without special tokens or truncation, tokenised in
+    /// parallel.
+    pub fn piece_ids(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let encodings = self
+            .untruncated
+            .encode_batch(texts.to_vec(), false)
+            .map_err(|e| anyhow!("cannot tokenize: {e}"))?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// The id of a special token such as `[MASK]`.
+    pub fn token_id(&self, token: &str) -> Result<u32> {
+        self.inner
+            .token_to_id(token)
+            .with_context(|| format!("the vocabulary has no {token}"))
+    }
+
     /// Token strings by id (added tokens included).
     pub fn vocab(&self) -> Vec<String> {
         let mut vocab = vec![String::new(); self.inner.get_vocab_size(true)];
@@ -149,4 +166,16 @@ fn wordpiece_from_vocab(vocab: &Path, lowercase: bool) -> Result<Tokenizer> {
     tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
     tokenizer.with_post_processor(Some(processor));
     Ok(tokenizer)
+}
+
+/// A WordPiece tokenizer over `[PAD] [UNK] [CLS] [SEP] [MASK]` (ids 0 to 4) and then `words`,
+/// written as `vocab.txt` into `dir`, for tests.
+#[cfg(test)]
+pub(crate) fn test_tokenizer(dir: &Path, words: &[&str], max_len: usize) -> TextTokenizer {
+    let vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .iter()
+        .chain(words)
+        .fold(String::new(), |vocab, token| vocab + token + "\n");
+    std::fs::write(dir.join("vocab.txt"), vocab).unwrap();
+    TextTokenizer::from_dir(dir, max_len).unwrap()
 }

@@ -87,7 +87,7 @@ fn read_passages(
 
 /// Splits a passage after `.`, `!` or `?` (and any closing quotes or brackets) where the next
 /// word starts with a capital, a digit or a quote, and at HTML line breaks (IMDB's `<br />`).
-fn split_sentences(passage: &str) -> Vec<&str> {
+pub(crate) fn split_sentences(passage: &str) -> Vec<&str> {
     let mut sentences = Vec::new();
     for block in passage.split("<br />").flat_map(|b| b.split("<br/>")) {
         let mut start = 0;
@@ -120,11 +120,11 @@ fn split_sentences(passage: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokenizer::test_tokenizer;
 
     fn tokenizer(dir: &Path, max_len: usize) -> TextTokenizer {
-        let vocab = "[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\ncat\nsat\non\nmat\n.\n##s\na\ndog\n";
-        std::fs::write(dir.join("vocab.txt"), vocab).unwrap();
-        TextTokenizer::from_dir(dir, max_len).unwrap()
+        let words = ["the", "cat", "sat", "on", "mat", ".", "##s", "a", "dog"];
+        test_tokenizer(dir, &words, max_len)
     }
 
     #[test]

@@ -27,15 +27,6 @@ pub fn pkd_loss(student_cls: &Tensor, teacher_cls: &Tensor) -> Result<Tensor> {
     )
 }
 
-/// TinyBERT's attention loss: the MSE between attention scores, averaged over heads and real
-/// (query, key) pairs. As in TinyBERT, scores at or below −100 (the padded keys' among them)
-/// count as 0 on both sides.
-pub fn attention_score_mse(student: &Tensor, teacher: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let difference = (zero_masked_scores(student)? - zero_masked_scores(&teacher.detach())?)?;
-    let real_pairs = mask.unsqueeze(2)?.broadcast_mul(&mask.unsqueeze(1)?)?;
-    masked_mean(&difference.sqr()?, Some(&real_pairs.unsqueeze(1)?))
-}
-
 /// MiniLM's attention-distribution loss: `KL(teacher ‖ student)` between the attention
 /// probabilities of each head and real query token, averaged over both. It takes the scores
 /// rather than the probabilities because a log-softmax of scores stays finite where a
@@ -45,11 +36,6 @@ pub fn attention_kl(student: &Tensor, teacher: &Tensor, mask: &Tensor) -> Result
     let teacher_probs = softmax(&teacher.detach(), D::Minus1)?;
     let per_query = kl_rows(student, &teacher_probs, 1.0)?;
     masked_mean(&per_query, Some(&mask.unsqueeze(1)?))
-}
-
-/// Scores TinyBERT treats as masked (at or below −100) set to 0.
-fn zero_masked_scores(scores: &Tensor) -> Result<Tensor> {
-    Ok(scores.gt(-1e2)?.where_cond(scores, &scores.zeros_like()?)?)
 }
 
 /// Each vector along the last axis scaled to unit length; the small constant under the root
@@ -66,6 +52,7 @@ fn l2_normalize(xs: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::score_mse::attention_score_mse;
     use crate::testing::{assert_close, check_gradient, padding_mask, random, scalar};
     use candle_core::{Device, Module};
     use candle_nn::Linear;

@@ -12,10 +12,11 @@ mod mean;
 mod objective;
 mod prediction;
 mod schedule;
+mod score_mse;
 #[cfg(test)]
 mod testing;
 
-pub use intermediate::{attention_kl, attention_score_mse, cosine_loss, pkd_loss};
+pub use intermediate::{attention_kl, cosine_loss, pkd_loss};
 pub use mapping::LayerMapping;
 pub use mean::{masked_mean, mse};
 pub use objective::{
@@ -26,3 +27,4 @@ pub use prediction::{
     hard_cross_entropy, kl_divergence, soft_cross_entropy, soft_targets, weighted_average,
 };
 pub use schedule::Schedule;
+pub use score_mse::attention_score_mse;

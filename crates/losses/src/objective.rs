@@ -1,7 +1,7 @@
 //! A composite distillation objective built from a recipe: named components with weights, a
 //! temperature, and schedules for both.
 
-use crate::intermediate::{attention_kl, attention_score_mse, cosine_loss, pkd_loss};
+use crate::intermediate::{attention_kl, cosine_loss, pkd_loss};
 use crate::mapping::LayerMapping;
 use crate::mean::mse;
 use crate::prediction::{
@@ -9,6 +9,7 @@ use crate::prediction::{
     weighted_average,
 };
 use crate::schedule::Schedule;
+use crate::score_mse::attention_score_mse;
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Device, Tensor};
 use kd_bert::{BertConfig, BertOutput, Linear, Params};
@@ -68,6 +69,9 @@ pub enum LossKind {
     LogitsMse,
     /// The loss against gold labels: cross-entropy for class ids, MSE for float targets.
     Hard,
+    /// The masked-LM loss of general distillation: cross-entropy on the masked tokens, whose
+    /// original ids are the labels (DistilBERT's `L_mlm`).
+    Mlm,
     /// DistilBERT's cosine loss between hidden states; by default the last layers'.
     Cosine,
     /// TinyBERT's MSE between the embedding outputs (through W_e).
@@ -89,6 +93,7 @@ impl LossKind {
             Self::Kl => "kl",
             Self::LogitsMse => "logits_mse",
             Self::Hard => "hard",
+            Self::Mlm => "mlm",
             Self::Cosine => "cosine",
             Self::EmbeddingMse => "embedding_mse",
             Self::HiddenMse => "hidden_mse",
@@ -99,7 +104,10 @@ impl LossKind {
     }
 
     fn compares_logits(self) -> bool {
-        matches!(self, Self::SoftCe | Self::Kl | Self::LogitsMse | Self::Hard)
+        matches!(
+            self,
+            Self::SoftCe | Self::Kl | Self::LogitsMse | Self::Hard | Self::Mlm
+        )
     }
 
     fn compares_attention(self) -> bool {
@@ -139,9 +147,11 @@ impl From<&BertConfig> for EncoderShape {
 /// One model's outputs on a batch.
 #[derive(Debug, Clone, Copy)]
 pub struct DistillOutputs<'a> {
-    /// `[batch, classes]` from a sequence classifier (`[batch, 1]` for regression), or
-    /// `[batch, seq, vocab]` from a masked-LM head, whose losses count real tokens only.
-    pub logits: &'a Tensor,
+    /// `[batch, classes]` from a sequence classifier (`[batch, 1]` for regression),
+    /// `[masked, vocab]` from a masked-LM head at the masked positions, or `[batch, seq, vocab]`
+    /// from one at every position, whose losses count real tokens only. `None` for a backbone
+    /// without a head, which only layer components can compare.
+    pub logits: Option<&'a Tensor>,
     /// The encoder's intermediates; a teacher's may be left out (cached logits) when the
     /// objective compares predictions only (see [`Objective::needs_teacher_states`]).
     pub encoder: Option<&'a BertOutput>,
@@ -254,7 +264,22 @@ impl Objective {
     pub fn needs_teacher(&self) -> bool {
         self.components
             .iter()
-            .any(|component| !matches!(component.kind, LossKind::Hard))
+            .any(|component| !matches!(component.kind, LossKind::Hard | LossKind::Mlm))
+    }
+
+    /// Whether a component reads the student's predictions.
+    pub fn needs_student_logits(&self) -> bool {
+        self.components
+            .iter()
+            .any(|component| component.kind.compares_logits())
+    }
+
+    /// The components' kinds, in the recipe's order.
+    pub fn kinds(&self) -> Vec<LossKind> {
+        self.components
+            .iter()
+            .map(|component| component.kind)
+            .collect()
     }
 
     /// Whether a component compares layers, so that the teacher's intermediate states are
@@ -324,13 +349,26 @@ impl Objective {
         batch: &LossBatch,
         temperature: f64,
     ) -> Result<Tensor> {
-        let per_token = (student.logits.rank() == 3).then_some(batch.attention_mask);
+        let student_logits = || {
+            student
+                .logits
+                .context("this component compares predictions: the student has none")
+        };
+        fn teacher_logits<'a>(teacher: &DistillOutputs<'a>) -> Result<&'a Tensor> {
+            teacher
+                .logits
+                .context("this component compares predictions: the teacher has no prediction head")
+        }
+        let per_token = student
+            .logits
+            .is_some_and(|logits| logits.rank() == 3)
+            .then_some(batch.attention_mask);
         let ensemble = |each: &dyn Fn(&DistillOutputs) -> Result<Tensor>| {
             let tensors = teachers.iter().map(each).collect::<Result<Vec<_>>>()?;
             weighted_average(&tensors, &self.teacher_weights)
         };
         let teacher_distribution =
-            || ensemble(&|teacher| soft_targets(teacher.logits, temperature));
+            || ensemble(&|teacher| soft_targets(teacher_logits(teacher)?, temperature));
         let mask = batch.attention_mask;
         let states = || -> Result<(&BertOutput, &BertOutput)> {
             let student = student
@@ -343,30 +381,30 @@ impl Objective {
         };
         match component.kind {
             LossKind::SoftCe => soft_cross_entropy(
-                student.logits,
+                student_logits()?,
                 &teacher_distribution()?,
                 temperature,
                 per_token,
             ),
             LossKind::Kl => kl_divergence(
-                student.logits,
+                student_logits()?,
                 &teacher_distribution()?,
                 temperature,
                 per_token,
             ),
             LossKind::LogitsMse => {
-                let teacher_logits = ensemble(&|teacher| Ok(teacher.logits.clone()))?;
-                mse(student.logits, &teacher_logits, per_token)
+                let teachers = ensemble(&|teacher| Ok(teacher_logits(teacher)?.clone()))?;
+                mse(student_logits()?, &teachers, per_token)
             }
-            LossKind::Hard => {
-                let labels = batch.labels.context("the hard-label loss needs labels")?;
+            LossKind::Hard | LossKind::Mlm => {
+                let labels = batch.labels.context("this loss needs labels")?;
                 let label_mask = batch.label_mask.or(per_token);
+                let logits = student_logits()?;
                 if labels.dtype().is_float() {
-                    let logits = student.logits;
                     let targets = labels.to_dtype(logits.dtype())?.reshape(logits.shape())?;
                     mse(logits, &targets, label_mask)
                 } else {
-                    hard_cross_entropy(student.logits, labels, label_mask)
+                    hard_cross_entropy(logits, labels, label_mask)
                 }
             }
             LossKind::Cosine => {
@@ -513,6 +551,7 @@ mod tests {
             Kl,
             LogitsMse,
             Hard,
+            Mlm,
             Cosine,
             EmbeddingMse,
             HiddenMse,

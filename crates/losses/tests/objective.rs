@@ -77,7 +77,7 @@ fn encoder_outputs(shape: EncoderShape, mask: &Tensor, seed: u64) -> BertOutput 
 
 fn outputs<'a>(logits: &'a Tensor, encoder: &'a BertOutput) -> DistillOutputs<'a> {
     DistillOutputs {
-        logits,
+        logits: Some(logits),
         encoder: Some(encoder),
     }
 }
@@ -581,7 +581,7 @@ fn prediction_only_objectives_work_from_teacher_logits_alone() -> Result<()> {
     let (student_logits, teacher_logits) = (random(&[2, 3], 2), random(&[2, 3], 3));
     let labels = Tensor::new(&[0u32, 2], &DEVICE)?;
     let teacher = DistillOutputs {
-        logits: &teacher_logits,
+        logits: Some(&teacher_logits),
         encoder: None,
     };
     let breakdown = logits_only.compute(

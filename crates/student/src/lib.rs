@@ -4,11 +4,12 @@
 //! teacher's pre-trained backbone (DistilBERT's students start from pre-trained BERT). A
 //! TinyBERT-style student has any depth, width, heads and FFN size, shares the teacher's
 //! vocabulary and tokenizer, and starts from BERT's random initialisation. Both are
-//! [`TaskModel`]s, so they save as HF directories that `kd eval` and `kd predict` load.
+//! [`TaskModel`]s, so they save as HF directories that `kd eval` and `kd predict` load; for
+//! general distillation, both come as [`Backbone`]s without a task head.
 
 use anyhow::{Result, bail};
-use kd_bert::BertConfig;
-use kd_teacher::TaskModel;
+use kd_bert::{BertConfig, Params};
+use kd_teacher::{Backbone, TaskModel};
 use serde::{Deserialize, Serialize};
 
 /// The teacher layers a DistilBERT-style student keeps by default: one in two from the first,
@@ -25,7 +26,46 @@ pub fn distilbert_student(
     copy_head: bool,
     seed: u64,
 ) -> Result<TaskModel> {
-    let teacher_layers = teacher.config.num_hidden_layers;
+    let config = layer_subset_config(&teacher.config, layers)?;
+    let student = TaskModel::initialised(
+        config,
+        &teacher.tokenizer_dir,
+        seed,
+        teacher.tokenizer.max_len(),
+    )?;
+    copy_layers(&teacher.params, &student.params, layers, |name| {
+        name.starts_with("classifier.") && !copy_head
+    })?;
+    Ok(student)
+}
+
+/// A DistilBERT-style student for general distillation: copies of the teacher backbone's
+/// `layers` and embeddings, with a masked-LM head if asked (the teacher's when it has one,
+/// else freshly initialised).
+pub fn distilbert_backbone(
+    teacher: &Backbone,
+    layers: &[usize],
+    mlm_head: bool,
+    seed: u64,
+) -> Result<Backbone> {
+    let config = layer_subset_config(&teacher.config, layers)?;
+    let student = Backbone::initialised(
+        config,
+        &teacher.tokenizer_dir,
+        mlm_head,
+        seed,
+        teacher.tokenizer.max_len(),
+    )?;
+    let fresh_head = teacher.mlm_head.is_none();
+    copy_layers(&teacher.params, &student.params, layers, |name| {
+        fresh_head && name.starts_with("cls.")
+    })?;
+    Ok(student)
+}
+
+/// The teacher's config with as many layers as `layers` names, each checked to exist.
+fn layer_subset_config(teacher: &BertConfig, layers: &[usize]) -> Result<BertConfig> {
+    let teacher_layers = teacher.num_hidden_layers;
     if layers.is_empty() {
         bail!("a student needs at least one layer");
     }
@@ -35,25 +75,31 @@ pub fn distilbert_student(
             teacher_layers - 1
         );
     }
-    let mut config = teacher.config.clone();
-    config.num_hidden_layers = layers.len();
-    let student = TaskModel::initialised(
-        config,
-        &teacher.tokenizer_dir,
-        seed,
-        teacher.tokenizer.max_len(),
-    )?;
-    for (name, var) in student.params.vars() {
-        if name.starts_with("classifier.") && !copy_head {
+    Ok(BertConfig {
+        num_hidden_layers: layers.len(),
+        ..teacher.clone()
+    })
+}
+
+/// Sets every student parameter but those `keep_fresh` names to its teacher counterpart
+/// (student layer `i` from teacher layer `layers[i]`).
+fn copy_layers(
+    teacher: &Params,
+    student: &Params,
+    layers: &[usize],
+    keep_fresh: impl Fn(&str) -> bool,
+) -> Result<()> {
+    for (name, var) in student.vars() {
+        if keep_fresh(&name) {
             continue;
         }
         let source = teacher_name(&name, layers);
-        let Some(teacher_var) = teacher.params.get(&source) else {
+        let Some(teacher_var) = teacher.get(&source) else {
             bail!("the teacher has no parameter {source} for student parameter {name}");
         };
         var.set(teacher_var.as_tensor())?;
     }
-    Ok(student)
+    Ok(())
 }
 
 /// Checks that a DistilBERT-style student copied from `source` rather than from `teacher` can
@@ -93,20 +139,44 @@ pub struct StudentShape {
 /// A TinyBERT-style student of `shape`, with the teacher's vocabulary, tokenizer, positions
 /// and task head labels, and BERT's initialisation (normal, std 0.02) from `seed`.
 pub fn tinybert_student(teacher: &TaskModel, shape: StudentShape, seed: u64) -> Result<TaskModel> {
-    let config = BertConfig {
-        num_hidden_layers: shape.layers,
-        hidden_size: shape.hidden,
-        num_attention_heads: shape.heads,
-        intermediate_size: shape.intermediate,
-        ..teacher.config.clone()
-    };
-    config.validate()?;
     TaskModel::initialised(
-        config,
+        shape.config(&teacher.config)?,
         &teacher.tokenizer_dir,
         seed,
         teacher.tokenizer.max_len(),
     )
+}
+
+/// A TinyBERT-style student for general distillation: [`tinybert_student`]'s shape and
+/// initialisation from a teacher backbone, with a masked-LM head if asked.
+pub fn tinybert_backbone(
+    teacher: &Backbone,
+    shape: StudentShape,
+    mlm_head: bool,
+    seed: u64,
+) -> Result<Backbone> {
+    Backbone::initialised(
+        shape.config(&teacher.config)?,
+        &teacher.tokenizer_dir,
+        mlm_head,
+        seed,
+        teacher.tokenizer.max_len(),
+    )
+}
+
+impl StudentShape {
+    /// The teacher's config in this shape.
+    fn config(self, teacher: &BertConfig) -> Result<BertConfig> {
+        let config = BertConfig {
+            num_hidden_layers: self.layers,
+            hidden_size: self.hidden,
+            num_attention_heads: self.heads,
+            intermediate_size: self.intermediate,
+            ..teacher.clone()
+        };
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 #[cfg(test)]

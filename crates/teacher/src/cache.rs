@@ -9,7 +9,6 @@ use kd_data::EncodedExample;
 use kd_train::Progress;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// A directory of cached teacher logits.
@@ -72,16 +71,7 @@ impl TeacherCache {
 /// A hash of the teacher's weight bytes and every example's token and segment ids.
 fn cache_key(teacher_weights: &Path, examples: &[EncodedExample]) -> Result<u64> {
     let mut hasher = DefaultHasher::new();
-    let mut file = std::fs::File::open(teacher_weights)
-        .with_context(|| format!("cannot read {}", teacher_weights.display()))?;
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let read = file.read(&mut buffer)?;
-        if read == 0 {
-            break;
-        }
-        buffer[..read].hash(&mut hasher);
-    }
+    kd_data::hash_file(teacher_weights, &mut hasher)?;
     for example in examples {
         example.ids.hash(&mut hasher);
         example.type_ids.hash(&mut hasher);

@@ -1,14 +1,17 @@
 //! Teachers for kd: a model named by hub id (through `hf-hub`, honouring `HF_HOME`, offline
 //! from a warm cache) or by local directory is resolved to its files, loaded as a BERT task
-//! model, fine-tuned on a task when it has no task head, evaluated, and saved as a directory
-//! that HF transformers loads unchanged.
+//! model (or as a backbone with its masked-LM head, for general distillation), fine-tuned on a
+//! task when it has no task head, evaluated, and saved as a directory that HF transformers
+//! loads unchanged.
 
+mod backbone;
 mod cache;
 mod finetune;
 mod resolve;
 mod task_model;
 
+pub use backbone::{Backbone, Pooling};
 pub use cache::{CacheOutcome, TeacherCache};
 pub use finetune::{FinetuneReport, finetune, task_loss};
 pub use resolve::ModelFiles;
-pub use task_model::{Encoder, Pooling, TaskModel};
+pub use task_model::TaskModel;

@@ -3,8 +3,8 @@
 
 use crate::resolve::{ModelFiles, tokenizer_files};
 use anyhow::{Context, Result, bail};
-use candle_core::{D, DType, Device, Tensor};
-use kd_bert::{BertConfig, BertForSequenceClassification, BertModel, Mode, Params, ProblemType};
+use candle_core::{D, Device, Tensor};
+use kd_bert::{BertConfig, BertForSequenceClassification, Mode, Params, ProblemType};
 use kd_data::{
     EncodedExample, Example, Predictions, TaskKind, TaskSpec, TextTokenizer, batch_plan, collate,
     encode_examples, evaluate,
@@ -132,21 +132,7 @@ impl TaskModel {
     /// Writes `config.json`, `model.safetensors` and the tokenizer files into `dir`, each
     /// atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        kd_bert::write_json_atomically(&dir.join("config.json"), &self.config)?;
-        self.params.save(&dir.join("model.safetensors"))?;
-        for source in tokenizer_files(&self.tokenizer_dir) {
-            let name = source
-                .file_name()
-                .context("tokenizer file without a name")?;
-            let target = dir.join(name);
-            if source != target {
-                kd_bert::write_atomically(&target, |tmp| {
-                    std::fs::copy(&source, tmp)?;
-                    Ok(())
-                })?;
-            }
-        }
-        Ok(())
+        save_model_dir(dir, &self.config, &self.params, &self.tokenizer_dir)
     }
 
     /// Logits for every example, `[n, outputs]`, in example order (inference path), batched
@@ -205,58 +191,27 @@ impl TaskModel {
     }
 }
 
-/// How [`Encoder::embed`] turns token states into one vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    /// Mean over real tokens, as sentence-transformers does.
-    Mean,
-    /// The `[CLS]` token's final state.
-    Cls,
-}
-
-/// A BERT encoder without a task head, for sentence embeddings.
-pub struct Encoder {
-    pub model: BertModel,
-    pub tokenizer: TextTokenizer,
-}
-
-impl Encoder {
-    pub fn load(files: &ModelFiles, max_len: usize) -> Result<Self> {
-        let config = BertConfig::from_file(&files.config)?;
-        let tokenizer = TextTokenizer::from_dir(&files.dir, max_len)?;
-        let params = Params::new(&Device::Cpu);
-        let mut model = BertModel::new(&config, params.var_builder().pp("bert"), false)?;
-        params.load(&files.weights, |_| false)?;
-        model.freeze()?;
-        Ok(Self { model, tokenizer })
-    }
-
-    /// One embedding per text, `[n, hidden]`.
-    pub fn embed(&self, texts: &[String], pooling: Pooling, normalize: bool) -> Result<Tensor> {
-        let examples: Vec<Example> = texts
-            .iter()
-            .map(|text| Example {
-                text: text.clone(),
-                pair: None,
-                label: kd_data::Label::Class(0),
-            })
-            .collect();
-        let encoded = encode_examples(&self.tokenizer, &examples)?;
-        let indices: Vec<usize> = (0..encoded.len()).collect();
-        let batch = collate(&encoded, &indices, &Device::Cpu)?;
-        let output = self.model.forward(&batch.input, Mode::Inference)?;
-        let pooled = match pooling {
-            Pooling::Mean => output.mean_pooled(&batch.input.attention_mask)?,
-            Pooling::Cls => output.last_hidden_state().narrow(1, 0, 1)?.squeeze(1)?,
-        };
-        if !normalize {
-            return Ok(pooled);
+/// Writes a model directory: `config.json`, `model.safetensors` and the tokenizer files of
+/// `tokenizer_dir`, each atomically.
+pub(crate) fn save_model_dir(
+    dir: &Path,
+    config: &BertConfig,
+    params: &Params,
+    tokenizer_dir: &Path,
+) -> Result<()> {
+    kd_bert::write_json_atomically(&dir.join("config.json"), config)?;
+    params.save(&dir.join("model.safetensors"))?;
+    for source in tokenizer_files(tokenizer_dir) {
+        let name = source
+            .file_name()
+            .context("tokenizer file without a name")?;
+        let target = dir.join(name);
+        if source != target {
+            kd_bert::write_atomically(&target, |tmp| {
+                std::fs::copy(&source, tmp)?;
+                Ok(())
+            })?;
         }
-        let norms = pooled
-            .sqr()?
-            .sum_keepdim(1)?
-            .sqrt()?
-            .clamp(1e-12, f64::MAX)?;
-        Ok(pooled.broadcast_div(&norms)?.to_dtype(DType::F32)?)
     }
+    Ok(())
 }

@@ -50,6 +50,16 @@ pub struct AdamW {
 /// Elements per parallel work item.
 const CHUNK: usize = 1 << 14;
 
+/// `Σ x²` in f64, summed in parallel over fixed chunks and then in order: the same bits on
+/// every run (a work-stealing reduction is not), so a resumed run clips as the first did.
+fn sum_of_squares(values: &[f32]) -> f64 {
+    let partial: Vec<f64> = values
+        .par_chunks(CHUNK)
+        .map(|chunk| chunk.iter().map(|&x| (x as f64) * (x as f64)).sum())
+        .collect();
+    partial.iter().sum()
+}
+
 /// Whether a parameter takes weight decay: BERT exempts biases and layer norms.
 fn takes_weight_decay(name: &str) -> bool {
     !(name.ends_with("bias") || name.contains("LayerNorm"))
@@ -90,7 +100,7 @@ impl AdamW {
         let norm = gradients
             .iter()
             .flatten()
-            .map(|g| g.par_iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+            .map(|g| sum_of_squares(g))
             .sum::<f64>()
             .sqrt();
         if !norm.is_finite() {

@@ -31,6 +31,9 @@ pub struct TrainerConfig {
     /// Which model to keep: the best evaluation's or the last's.
     #[serde(default)]
     pub keep: Keep,
+    /// The metric is a loss: lower is better.
+    #[serde(default)]
+    pub minimize: bool,
 }
 
 /// Which model a run keeps.
@@ -58,6 +61,7 @@ impl Default for TrainerConfig {
             seed: 42,
             eval_every: None,
             keep: Keep::Best,
+            minimize: false,
         }
     }
 }
@@ -79,7 +83,8 @@ pub trait Trainable {
     fn loss(&self, indices: &[usize], step: usize, total_steps: usize) -> Result<StepLoss>;
     /// Reseeds dropout, so that a resumed run draws what an uninterrupted one would.
     fn reseed_dropout(&self, seed: u64);
-    /// Dev metrics; the one [`train`] is given selects the best model (higher is better).
+    /// Dev metrics; the one [`train`] is given selects the best model (higher is better, or
+    /// lower when [`TrainerConfig::minimize`]).
     fn evaluate(&self) -> Result<BTreeMap<String, f64>>;
     /// Writes the model to keep (an HF model directory) into `dir`.
     fn save_model(&self, dir: &Path) -> Result<()>;
@@ -109,6 +114,9 @@ pub struct TrainState {
     pub best_step: usize,
     pub evaluations: Vec<Evaluation>,
     pub examples_seen: usize,
+    /// Tokens in those examples, padding excluded.
+    #[serde(default)]
+    pub tokens_seen: usize,
     pub train_seconds: f64,
     /// Loss summed over the updates since the last evaluation, and their count.
     pub interval_loss: f64,
@@ -120,6 +128,11 @@ impl TrainState {
     /// Training examples per second, evaluation excluded.
     pub fn examples_per_s(&self) -> f64 {
         self.examples_seen as f64 / self.train_seconds.max(1e-9)
+    }
+
+    /// Training tokens per second, evaluation excluded.
+    pub fn tokens_per_s(&self) -> f64 {
+        self.tokens_seen as f64 / self.train_seconds.max(1e-9)
     }
 }
 
@@ -169,6 +182,7 @@ pub fn train(
             best_step: 0,
             evaluations: Vec::new(),
             examples_seen: 0,
+            tokens_seen: 0,
             train_seconds: 0.0,
             interval_loss: 0.0,
             interval_steps: 0,
@@ -223,6 +237,7 @@ pub fn train(
             state.step += 1;
             state.batches_done += 1;
             state.examples_seen += indices.len();
+            state.tokens_seen += indices.iter().map(|&i| lengths[i]).sum::<usize>();
             state.interval_loss += value;
             state.interval_steps += 1;
             let line = serde_json::json!({
@@ -231,10 +246,11 @@ pub fn train(
             });
             writeln!(log, "{line}")?;
             progress.step(format!(
-                "epoch {} loss {:.4} {:.0} ex/s",
+                "epoch {} loss {:.4} {:.0} ex/s {:.0} tok/s",
                 state.epoch,
                 state.interval_loss / state.interval_steps as f64,
-                state.examples_per_s()
+                state.examples_per_s(),
+                state.tokens_per_s()
             ));
             let epoch_done = state.batches_done == plan.len();
             let interval = config
@@ -250,7 +266,11 @@ pub fn train(
                     state.step,
                     state.epoch,
                     state.interval_loss / state.interval_steps.max(1) as f64,
-                    format_metrics(&dev)
+                    match config.minimize {
+                        // Losses, not shares.
+                        true => format_components(&dev),
+                        false => format_metrics(&dev),
+                    }
                 ));
                 let evaluation = Evaluation {
                     step: state.step,
@@ -262,7 +282,11 @@ pub fn train(
                 writeln!(log, "{}", serde_json::json!({ "evaluation": evaluation }))?;
                 state.evaluations.push(evaluation);
                 (state.interval_loss, state.interval_steps) = (0.0, 0);
-                if state.best_value.is_none_or(|best| value > best) {
+                let better = |best: f64| match config.minimize {
+                    true => value < best,
+                    false => value > best,
+                };
+                if state.best_value.is_none_or(better) {
                     state.best_value = Some(value);
                     state.best_step = state.step;
                     if config.keep == Keep::Best {

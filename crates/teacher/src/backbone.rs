@@ -1,0 +1,150 @@
+//! Pre-trained encoders without a task head: sentence embeddings (`kd embed`), and the teacher
+//! and student of general distillation, with BERT's masked-LM head when the checkpoint has one.
+
+use crate::resolve::ModelFiles;
+use crate::task_model::save_model_dir;
+use anyhow::{Context, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use kd_bert::{BertConfig, BertModel, BertOutput, MaskedLmHead, Mode, Params};
+use kd_data::{Example, TextTokenizer, collate, encode_examples};
+use std::path::{Path, PathBuf};
+
+/// A tensor every masked-LM head has, under HF's `BertForMaskedLM` names.
+const MLM_HEAD_TENSOR: &str = "cls.predictions.transform.dense.weight";
+
+/// How [`Backbone::embed`] turns token states into one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// Mean over real tokens, as sentence-transformers does.
+    Mean,
+    /// The `[CLS]` token's final state.
+    Cls,
+}
+
+/// A BERT encoder (`bert.*`) and, optionally, its masked-LM head (`cls.predictions.*`).
+pub struct Backbone {
+    pub config: BertConfig,
+    pub params: Params,
+    pub model: BertModel,
+    pub mlm_head: Option<MaskedLmHead>,
+    pub tokenizer: TextTokenizer,
+    /// Where the tokenizer files are, to copy them beside a saved model.
+    pub tokenizer_dir: PathBuf,
+}
+
+impl Backbone {
+    /// Loads an encoder checkpoint (names with or without the `bert.` prefix; a pooler or a
+    /// task head in the file is left unused), with its masked-LM head when the file has one.
+    pub fn load(files: &ModelFiles, max_len: usize) -> Result<Self> {
+        let config = BertConfig::from_file(&files.config)?;
+        let weights = unsafe { MmapedSafetensors::new(&files.weights) }
+            .with_context(|| format!("cannot read weights file {}", files.weights.display()))?;
+        let has_head = weights.get(MLM_HEAD_TENSOR).is_ok();
+        let backbone = Self::build(config, &files.dir, has_head, max_len)?;
+        backbone.params.load(&files.weights, |_| false)?;
+        Ok(backbone)
+    }
+
+    /// Loads a backbone to answer with, never to train (see [`BertModel::freeze`]).
+    pub fn load_for_inference(files: &ModelFiles, max_len: usize) -> Result<Self> {
+        let mut backbone = Self::load(files, max_len)?;
+        backbone.model.freeze()?;
+        Ok(backbone)
+    }
+
+    /// A backbone for `config`, with a masked-LM head if asked, BERT-initialised from `seed`,
+    /// with the tokenizer of `tokenizer_dir`.
+    pub fn initialised(
+        config: BertConfig,
+        tokenizer_dir: &Path,
+        mlm_head: bool,
+        seed: u64,
+        max_len: usize,
+    ) -> Result<Self> {
+        let backbone = Self::build(config, tokenizer_dir, mlm_head, max_len)?;
+        backbone
+            .params
+            .init_bert(backbone.config.initializer_range, seed)?;
+        Ok(backbone)
+    }
+
+    fn build(
+        mut config: BertConfig,
+        tokenizer_dir: &Path,
+        mlm_head: bool,
+        max_len: usize,
+    ) -> Result<Self> {
+        let architecture = if mlm_head {
+            "BertForMaskedLM"
+        } else {
+            "BertModel"
+        };
+        config.architectures = Some(vec![architecture.to_string()]);
+        let tokenizer =
+            TextTokenizer::from_dir(tokenizer_dir, max_len.min(config.max_position_embeddings))?;
+        let params = Params::new(&Device::Cpu);
+        let vb = params.var_builder();
+        let model = BertModel::new(&config, vb.pp("bert"), false)?;
+        let mlm_head = mlm_head
+            .then(|| MaskedLmHead::new(&config, vb.pp("cls").pp("predictions")))
+            .transpose()?;
+        Ok(Self {
+            config,
+            params,
+            model,
+            mlm_head,
+            tokenizer,
+            tokenizer_dir: tokenizer_dir.to_path_buf(),
+        })
+    }
+
+    /// The masked-LM logits, `[n, vocab]`, at `positions` (`[n]` u32 indices into the
+    /// flattened `[batch * seq]` tokens of `output`).
+    pub fn mlm_logits(&self, output: &BertOutput, positions: &Tensor) -> Result<Tensor> {
+        let head = self
+            .mlm_head
+            .as_ref()
+            .context("the model has no masked-LM head (cls.predictions.*)")?;
+        head.forward(
+            output.last_hidden_state(),
+            positions,
+            self.model.word_embeddings(),
+        )
+    }
+
+    /// Writes `config.json`, `model.safetensors` (HF's `BertModel` layout under `bert.`, or
+    /// `BertForMaskedLM`'s with the head) and the tokenizer files into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        save_model_dir(dir, &self.config, &self.params, &self.tokenizer_dir)
+    }
+
+    /// One embedding per text, `[n, hidden]`.
+    pub fn embed(&self, texts: &[String], pooling: Pooling, normalize: bool) -> Result<Tensor> {
+        let examples: Vec<Example> = texts
+            .iter()
+            .map(|text| Example {
+                text: text.clone(),
+                pair: None,
+                label: kd_data::Label::Class(0),
+            })
+            .collect();
+        let encoded = encode_examples(&self.tokenizer, &examples)?;
+        let indices: Vec<usize> = (0..encoded.len()).collect();
+        let batch = collate(&encoded, &indices, &Device::Cpu)?;
+        let output = self.model.forward(&batch.input, Mode::Inference)?;
+        let pooled = match pooling {
+            Pooling::Mean => output.mean_pooled(&batch.input.attention_mask)?,
+            Pooling::Cls => output.last_hidden_state().narrow(1, 0, 1)?.squeeze(1)?,
+        };
+        if !normalize {
+            return Ok(pooled);
+        }
+        let norms = pooled
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12, f64::MAX)?;
+        Ok(pooled.broadcast_div(&norms)?.to_dtype(DType::F32)?)
+    }
+}
