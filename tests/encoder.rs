@@ -43,18 +43,6 @@ fn input(fixture: &HashMap<String, Tensor>, case: &str) -> BertInput {
     }
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
 #[test]
 fn every_intermediate_matches_pytorch_on_both_paths() {
     let model = minilm();
@@ -71,7 +59,7 @@ fn every_intermediate_matches_pytorch_on_both_paths() {
         for (model, mode) in runs {
             let output = model.forward(&input, mode).unwrap();
             let check = |name: String, ours: &Tensor| {
-                let diff = max_abs_diff(ours, &fixture[&name]);
+                let diff = common::max_abs_diff(ours, &fixture[&name]);
                 assert!(diff <= TOLERANCE, "{name} ({mode:?}): max abs diff {diff}");
             };
             // Hidden states are compared at real tokens: the states of padding positions are
@@ -85,7 +73,7 @@ fn every_intermediate_matches_pytorch_on_both_paths() {
             let check_tokens = |name: String, ours: &Tensor| {
                 let ours = ours.broadcast_mul(&real).unwrap();
                 let theirs = fixture[&name].broadcast_mul(&real).unwrap();
-                let diff = max_abs_diff(&ours, &theirs);
+                let diff = common::max_abs_diff(&ours, &theirs);
                 assert!(diff <= TOLERANCE, "{name} ({mode:?}): max abs diff {diff}");
             };
             check_tokens(format!("{case}.hidden.0"), &output.embeddings);
@@ -134,7 +122,7 @@ fn attention_scores_are_masked_before_the_softmax() {
     }
     // Softmax of the scores gives the probabilities.
     let probs = candle_nn::ops::softmax_last_dim(&output.attention_scores[2]).unwrap();
-    assert!(max_abs_diff(&probs, &output.attention_probs[2]) < 1e-6);
+    assert!(common::max_abs_diff(&probs, &output.attention_probs[2]) < 1e-6);
 }
 
 #[test]
@@ -239,7 +227,7 @@ fn the_inference_path_has_no_gradient_and_agrees_with_training() {
         .forward(&input, Mode::Train { dropout: false })
         .unwrap();
     let (infer, _) = model.forward(&input, Mode::Inference).unwrap();
-    assert!(max_abs_diff(&train, &infer) < 1e-5);
+    assert!(common::max_abs_diff(&train, &infer) < 1e-5);
     // Inference cuts the graph after each layer, so that intermediates are freed early.
     let grads = infer.sum_all().unwrap().backward().unwrap();
     let embedding = params
@@ -250,7 +238,7 @@ fn the_inference_path_has_no_gradient_and_agrees_with_training() {
     let (dropped, _) = model
         .forward(&input, Mode::Train { dropout: true })
         .unwrap();
-    assert!(max_abs_diff(&dropped, &train) > 1e-4);
+    assert!(common::max_abs_diff(&dropped, &train) > 1e-4);
 }
 
 #[test]
@@ -269,7 +257,7 @@ fn a_frozen_model_agrees_at_every_batch_size_and_refuses_to_train() {
     for input in [small, large] {
         let (expected, _) = model.forward(&input, Mode::Inference).unwrap();
         let (logits, _) = frozen.forward(&input, Mode::Inference).unwrap();
-        assert!(max_abs_diff(&logits, &expected) < 1e-5);
+        assert!(common::max_abs_diff(&logits, &expected) < 1e-5);
     }
     let (input, _) = tiny_batch();
     let error = frozen
@@ -295,6 +283,6 @@ fn embed_resolves_the_hub_id_from_the_cache_and_matches_sentence_transformers() 
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
     let ours = Tensor::new(rows, &Device::Cpu).unwrap();
-    let diff = max_abs_diff(&ours, &fixture["batch.mean_pooled_normalized"]);
+    let diff = common::max_abs_diff(&ours, &fixture["batch.mean_pooled_normalized"]);
     assert!(diff <= TOLERANCE, "max abs diff {diff}");
 }

@@ -40,20 +40,15 @@ fn finetuned_sst2_teacher_round_trips_through_eval_and_predict() {
     assert!(out.join("tokenizer.json").is_file() && out.join("vocab.txt").is_file());
     // Readable by everyone, whatever mode the writer (safetensors: 0600) or the copied source
     // (the read-only hub cache) had.
-    for name in [
-        "model.safetensors",
-        "config.json",
-        "tokenizer.json",
-        "metrics.json",
-    ] {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(out.join(name))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o644, "{name}: {mode:o}");
-    }
+    common::assert_readable_by_all(
+        &out,
+        &[
+            "model.safetensors",
+            "config.json",
+            "tokenizer.json",
+            "metrics.json",
+        ],
+    );
     let metrics: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["value"], report["value"]);

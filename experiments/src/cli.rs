@@ -37,6 +37,32 @@ enum Command {
     Augment(AugmentArgs),
     /// Time inference, training and distillation steps, optionally beside PyTorch.
     Bench(BenchArgs),
+    /// Write a compact copy of a model: f16 or bf16 weights, int8 dense layers, a vocabulary
+    /// pruned to the tokens some texts use.
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// The model to export: hub id or directory.
+    #[arg(long)]
+    model: String,
+    /// The directory to write (refused when not empty, unless --force).
+    #[arg(long)]
+    out: PathBuf,
+    /// The precision of the floating-point weights.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: kd_export::Precision,
+    /// Store the dense layers' weights as int8 (weight-only, one scale per output channel);
+    /// kd dequantizes them when it loads the model.
+    #[arg(long, value_parser = ["int8"])]
+    quantize: Option<String>,
+    /// Keep only the tokens these texts use (files, a text a line), plus the special and
+    /// single-character tokens; the embedding matrix and the tokenizer are rewritten together.
+    #[arg(long, num_args = 1.., value_name = "FILES")]
+    prune_vocab: Vec<PathBuf>,
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -175,6 +201,7 @@ pub fn run() -> Result<()> {
         Command::Embed(args) => run_embed(args),
         Command::Distill(args) => run_distill(args),
         Command::Augment(args) => run_augment(args),
+        Command::Export(args) => run_export(args),
         Command::Bench(args) => bench::run(args),
     }
 }
@@ -279,6 +306,27 @@ fn run_embed(args: EmbedArgs) -> Result<()> {
     for row in embeddings.to_vec2::<f32>()? {
         println!("{}", serde_json::to_string(&row)?);
     }
+    Ok(())
+}
+
+fn run_export(args: ExportArgs) -> Result<()> {
+    let model = ModelFiles::resolve(&args.model)?;
+    let out = kd_train::RunDir::create(&args.out, args.force)?;
+    let options = kd_export::ExportOptions {
+        precision: args.dtype,
+        int8: args.quantize.is_some(),
+        prune_vocab: args.prune_vocab,
+    };
+    let report = kd_export::export(&model, out.path(), &options)?;
+    println!("{}", serde_json::to_string(&report)?);
+    eprintln!(
+        "{} written: weights {:.1} MB -> {:.1} MB, vocabulary {} -> {} tokens",
+        out.path().display(),
+        report.weights_bytes_before as f64 / 1e6,
+        report.weights_bytes_after as f64 / 1e6,
+        report.vocab_before,
+        report.vocab_after
+    );
     Ok(())
 }
 

@@ -186,3 +186,31 @@ pub fn write_corpus(dir: &Path) {
         std::fs::write(dir.join(file), head.join("\n")).unwrap();
     }
 }
+
+/// The largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+/// Asserts that `files` in `dir` have mode 0644, whatever mode their writer (safetensors:
+/// 0600) or the copied source (the read-only hub cache) had.
+pub fn assert_readable_by_all(dir: &Path, files: &[&str]) {
+    #[cfg(unix)]
+    for name in files {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o644, "{name}: {mode:o}");
+    }
+}

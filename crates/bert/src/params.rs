@@ -104,9 +104,7 @@ impl Params {
                     var.dims()
                 );
             };
-            let tensor = file
-                .load(&key, &self.device)
-                .and_then(|t| t.to_dtype(DType::F32))
+            let tensor = load_f32(&file, &key, &self.device, &mut used)
                 .with_context(|| format!("cannot load tensor {key} from {}", path.display()))?;
             if tensor.dims() != var.dims() {
                 bail!(
@@ -140,6 +138,29 @@ impl Params {
             Ok(())
         })
     }
+}
+
+/// A tensor of the file in f32: floats converted, int8 weights (kd's exports) dequantized by
+/// the per-row scales stored beside them as `<name>_scale`.
+fn load_f32(
+    file: &MmapedSafetensors,
+    key: &str,
+    device: &Device,
+    used: &mut BTreeSet<String>,
+) -> Result<Tensor> {
+    let view = file.get(key)?;
+    if view.dtype() != safetensors::Dtype::I8 {
+        return Ok(file.load(key, device)?.to_dtype(DType::F32)?);
+    }
+    let scale_key = format!("{key}_scale");
+    let scales = file
+        .load(&scale_key, device)
+        .with_context(|| format!("int8 tensor {key} has no {scale_key}"))?
+        .to_dtype(DType::F32)?;
+    used.insert(scale_key);
+    let levels: Vec<f32> = view.data().iter().map(|&b| b as i8 as f32).collect();
+    let levels = Tensor::from_vec(levels, view.shape(), device)?;
+    Ok(levels.broadcast_mul(&scales.unsqueeze(1)?)?)
 }
 
 /// The names a parameter may have in a checkpoint, preferred first.

@@ -201,11 +201,16 @@ pub(crate) fn save_model_dir(
 ) -> Result<()> {
     kd_bert::write_json_atomically(&dir.join("config.json"), config)?;
     params.save(&dir.join("model.safetensors"))?;
-    for source in tokenizer_files(tokenizer_dir) {
+    copy_tokenizer_files(tokenizer_dir, dir)
+}
+
+/// Copies the tokenizer files of model directory `from` into `to`, each atomically.
+pub fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
+    for source in tokenizer_files(from) {
         let name = source
             .file_name()
             .context("tokenizer file without a name")?;
-        let target = dir.join(name);
+        let target = to.join(name);
         if source != target {
             kd_bert::write_atomically(&target, |tmp| {
                 std::fs::copy(&source, tmp)?;

@@ -1,0 +1,113 @@
+//! Compact exports of kd's models (task models and backbones alike), written as HF directories:
+//! weights in f16 or bf16, the dense layers' weights quantized to int8 (weight-only, one scale
+//! per output channel), and the vocabulary pruned to the tokens a corpus uses, with the
+//! embedding matrix and the tokenizer rewritten together. kd loads every export it writes;
+//! transformers loads the f32, f16 and bf16 ones.
+
+mod vocab;
+mod weights;
+
+pub use vocab::kept_token_ids;
+pub use weights::Precision;
+
+use anyhow::{Context, Result, ensure};
+use candle_core::{DType, Device, Tensor};
+use kd_bert::BertConfig;
+use kd_teacher::ModelFiles;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What to make of a model.
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    pub precision: Precision,
+    /// Quantize the dense layers' weights to int8 (weight-only, per output channel).
+    pub int8: bool,
+    /// Keep only the tokens these texts use (plus the special and single-character tokens).
+    pub prune_vocab: Vec<PathBuf>,
+}
+
+/// What an export wrote, for the command's report.
+#[derive(Debug, Serialize)]
+pub struct ExportReport {
+    pub weights_bytes_before: u64,
+    pub weights_bytes_after: u64,
+    pub vocab_before: usize,
+    pub vocab_after: usize,
+    pub quantized_tensors: usize,
+    pub precision: Precision,
+}
+
+/// Writes `model` into `out` (which must not hold a model already) as `options` say.
+pub fn export(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Result<ExportReport> {
+    let mut config = BertConfig::from_file(&model.config)?;
+    let mut tensors: BTreeMap<String, Tensor> =
+        candle_core::safetensors::load(&model.weights, &Device::Cpu)
+            .with_context(|| {
+                format!(
+                    "cannot read {} (an int8 export cannot be exported again)",
+                    model.weights.display()
+                )
+            })?
+            .into_iter()
+            .collect();
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let vocab_before = config.vocab_size;
+    if options.prune_vocab.is_empty() {
+        kd_teacher::copy_tokenizer_files(&model.dir, out)?;
+    } else {
+        let kept = kept_token_ids(&model.dir, &options.prune_vocab)?;
+        prune_rows(&mut tensors, &kept, vocab_before)?;
+        vocab::write_pruned_tokenizer(&model.dir, out, &kept)?;
+        config.pad_token_id = kept
+            .iter()
+            .position(|&id| id as usize == config.pad_token_id)
+            .unwrap_or(0);
+        config.vocab_size = kept.len();
+    }
+    let quantized_tensors = weights::write(
+        &tensors,
+        options.precision,
+        options.int8,
+        &out.join("model.safetensors"),
+    )?;
+    config
+        .extra
+        .insert("torch_dtype".into(), options.precision.torch_name().into());
+    if options.int8 {
+        config.extra.insert(
+            "kd_quantization".into(),
+            serde_json::json!({"weights": "int8", "scales": "per output channel", "scale_suffix": "_scale"}),
+        );
+    }
+    kd_bert::write_json_atomically(&out.join("config.json"), &config)?;
+    Ok(ExportReport {
+        weights_bytes_before: std::fs::metadata(&model.weights)?.len(),
+        weights_bytes_after: std::fs::metadata(out.join("model.safetensors"))?.len(),
+        vocab_before,
+        vocab_after: config.vocab_size,
+        quantized_tensors,
+        precision: options.precision,
+    })
+}
+
+/// Keeps the rows of `kept` ids in every tensor indexed by token: the word embeddings and a
+/// masked-LM head's output bias (and decoder, when stored untied).
+fn prune_rows(tensors: &mut BTreeMap<String, Tensor>, kept: &[u32], vocab: usize) -> Result<()> {
+    let rows = Tensor::new(kept, &Device::Cpu)?;
+    let mut pruned = 0;
+    for (name, tensor) in tensors.iter_mut() {
+        let by_token = name.ends_with("word_embeddings.weight")
+            || name.starts_with("cls.predictions.") && tensor.dim(0)? == vocab;
+        if by_token && tensor.dtype() != DType::U8 {
+            *tensor = tensor.index_select(&rows, 0)?;
+            pruned += 1;
+        }
+    }
+    ensure!(
+        pruned > 0,
+        "the weights have no word embedding matrix to prune"
+    );
+    Ok(())
+}

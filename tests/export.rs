@@ -1,0 +1,282 @@
+//! Compact exports: f16, bf16 and int8 exports reload in kd with logits close to the
+//! original's; a pruned vocabulary gives the same logits on the texts it was pruned for and
+//! still tokenises any text; candle-transformers' BERT reads the exports with kd's hidden
+//! states; files are written 0644 and an output directory is never overwritten silently.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use kd_bert::{BertConfig, Mode, ProblemType};
+use kd_data::{Example, Label, collate};
+use kd_export::{ExportOptions, Precision, export};
+use kd_teacher::{ModelFiles, TaskModel};
+use std::path::Path;
+
+const SENTENCES: [&str; 4] = [
+    "a gorgeous , witty , seductive movie .",
+    "the acting is bad and the plot is worse",
+    "it 's a charming and often affecting journey .",
+    "unflinchingly bleak and desperate",
+];
+
+/// A small random SST-2-shaped classifier with MiniLM's tokenizer, saved in `dir`.
+fn tiny_classifier(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let minilm = common::minilm_dir();
+    for file in ["tokenizer.json", "vocab.txt", "tokenizer_config.json"] {
+        std::fs::copy(minilm.join(file), dir.join(file)).unwrap();
+    }
+    let mut config: BertConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64,
+        "type_vocab_size": 2, "hidden_act": "gelu",
+    }))
+    .unwrap();
+    config.set_classification_head(
+        &["0".into(), "1".into()],
+        ProblemType::SingleLabelClassification,
+    );
+    // BERT's 0.02 makes logits tiny; a wider draw makes their differences measurable.
+    let model = TaskModel::initialised(config, dir, 5, 64).unwrap();
+    model.params.init_bert(0.2, 5).unwrap();
+    model.save(dir).unwrap();
+}
+
+/// The model's logits and last hidden state on `SENTENCES`.
+fn outputs(dir: &Path) -> (Tensor, Tensor) {
+    let model = TaskModel::load(&ModelFiles::from_dir(dir).unwrap(), 64).unwrap();
+    let examples: Vec<Example> = SENTENCES
+        .iter()
+        .map(|text| Example {
+            text: text.to_string(),
+            pair: None,
+            label: Label::Unlabeled,
+        })
+        .collect();
+    let encoded = model.encode(&examples).unwrap();
+    let batch = collate(&encoded, &[0, 1, 2, 3], &Device::Cpu).unwrap();
+    let (logits, states) = model.model.forward(&batch.input, Mode::Inference).unwrap();
+    (logits, states.last_hidden_state().clone())
+}
+
+fn exported(root: &Path, name: &str, options: ExportOptions) -> std::path::PathBuf {
+    let out = root.join(name);
+    let model = ModelFiles::from_dir(&root.join("model")).unwrap();
+    export(&model, &out, &options).unwrap();
+    out
+}
+
+#[test]
+fn exports_reload_in_kd_with_the_original_logits_within_their_precision() {
+    let root = tempfile::tempdir().unwrap();
+    tiny_classifier(&root.path().join("model"));
+    let (logits, _) = outputs(&root.path().join("model"));
+    let scale = logits
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(scale > 0.1, "logits too small to compare: {scale}");
+    let cases = [
+        ("f16", Precision::F16, false, 2e-3),
+        ("bf16", Precision::Bf16, false, 2e-2),
+        ("int8", Precision::F32, true, 3e-2),
+    ];
+    for (name, precision, int8, tolerance) in cases {
+        let options = ExportOptions {
+            precision,
+            int8,
+            prune_vocab: Vec::new(),
+        };
+        let dir = exported(root.path(), name, options);
+        let difference = common::max_abs_diff(&outputs(&dir).0, &logits) / scale;
+        assert!(
+            difference < tolerance,
+            "{name}: relative difference {difference}"
+        );
+        assert!(difference > 0.0, "{name}: the export changed nothing");
+        let bytes = |dir: &Path| {
+            std::fs::metadata(dir.join("model.safetensors"))
+                .unwrap()
+                .len()
+        };
+        assert!(
+            bytes(&dir) < bytes(&root.path().join("model")),
+            "{name} is no smaller"
+        );
+    }
+    // int8 stores the dense weights as I8 with a scale per output channel.
+    let file = std::fs::read(root.path().join("int8/model.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&file).unwrap();
+    let query = "bert.encoder.layer.0.attention.self.query.weight";
+    assert_eq!(
+        tensors.tensor(query).unwrap().dtype(),
+        safetensors::Dtype::I8
+    );
+    assert_eq!(
+        tensors.tensor(&format!("{query}_scale")).unwrap().shape(),
+        [32]
+    );
+    let embeddings = tensors
+        .tensor("bert.embeddings.word_embeddings.weight")
+        .unwrap();
+    assert_eq!(embeddings.dtype(), safetensors::Dtype::F32);
+}
+
+#[test]
+fn a_pruned_vocabulary_keeps_the_logits_of_its_texts_and_tokenises_any_text() {
+    let root = tempfile::tempdir().unwrap();
+    tiny_classifier(&root.path().join("model"));
+    let texts = root.path().join("texts.txt");
+    std::fs::write(&texts, SENTENCES.join("\n")).unwrap();
+    let options = ExportOptions {
+        prune_vocab: vec![texts.clone()],
+        ..ExportOptions::default()
+    };
+    let pruned = exported(root.path(), "pruned", options);
+    let config = BertConfig::from_file(&pruned.join("config.json")).unwrap();
+    assert!(
+        config.vocab_size < 3000,
+        "{} tokens kept",
+        config.vocab_size
+    );
+    let (logits, _) = outputs(&root.path().join("model"));
+    assert_eq!(common::max_abs_diff(&outputs(&pruned).0, &logits), 0.0);
+
+    // Words the texts never used fall back to the kept pieces (characters at worst).
+    let model = TaskModel::load(&ModelFiles::from_dir(&pruned).unwrap(), 64).unwrap();
+    let encoded = model.tokenizer.encode("zebras quixotically", None).unwrap();
+    let vocab = model.tokenizer.vocab();
+    let tokens: Vec<&str> = encoded
+        .ids
+        .iter()
+        .map(|&id| vocab[id as usize].as_str())
+        .collect();
+    assert!(!tokens.contains(&"[UNK]"), "{tokens:?}");
+    assert_eq!(tokens.first(), Some(&"[CLS]"));
+    let pieces: String = tokens[1..tokens.len() - 1]
+        .iter()
+        .map(|t| t.trim_start_matches("##"))
+        .collect();
+    assert_eq!(pieces, "zebrasquixotically");
+
+    // transformers loads the pruned vocabulary in f16 with the same answers (where the
+    // reference environment exists).
+    let python = common::workspace_root().join(".venv-ref/bin/python");
+    if python.is_file() {
+        let options = ExportOptions {
+            precision: Precision::F16,
+            prune_vocab: vec![texts],
+            ..ExportOptions::default()
+        };
+        let half = exported(root.path(), "pruned-f16", options);
+        let output = std::process::Command::new(python)
+            .arg(common::workspace_root().join("tests/fixtures/check_hf_load.py"))
+            .arg(&half)
+            .args(SENTENCES)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", common::stderr(&output));
+        let ours = outputs(&half).0.to_vec2::<f32>().unwrap();
+        for (line, ours) in common::stdout(&output).lines().zip(ours) {
+            let theirs: serde_json::Value = serde_json::from_str(line).unwrap();
+            for (theirs, ours) in theirs["logits"].as_array().unwrap().iter().zip(ours) {
+                let difference = (theirs.as_f64().unwrap() - ours as f64).abs();
+                assert!(difference < 1e-2, "{theirs} against {ours}");
+            }
+        }
+    }
+
+    // Readable by everyone, as model files are meant to be shared.
+    common::assert_readable_by_all(
+        &pruned,
+        &[
+            "model.safetensors",
+            "config.json",
+            "tokenizer.json",
+            "vocab.txt",
+        ],
+    );
+}
+
+#[test]
+fn candle_transformers_bert_reads_exports_with_kds_hidden_states() {
+    let root = tempfile::tempdir().unwrap();
+    tiny_classifier(&root.path().join("model"));
+    for (name, precision, tolerance) in
+        [("f32", Precision::F32, 1e-4), ("f16", Precision::F16, 1e-4)]
+    {
+        let options = ExportOptions {
+            precision,
+            ..ExportOptions::default()
+        };
+        let dir = exported(root.path(), name, options);
+        let (_, ours) = outputs(&dir);
+        let config: candle_transformers::models::bert::Config =
+            serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+        let weights = [dir.join("model.safetensors")];
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, &Device::Cpu) }
+            .unwrap();
+        let bert = candle_transformers::models::bert::BertModel::load(vb, &config).unwrap();
+        let model = TaskModel::load(&ModelFiles::from_dir(&dir).unwrap(), 64).unwrap();
+        let encoded = model
+            .encode(&[Example {
+                text: SENTENCES[0].into(),
+                pair: None,
+                label: Label::Unlabeled,
+            }])
+            .unwrap();
+        let ids = Tensor::new(encoded[0].ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let theirs = bert
+            .forward(&ids, &ids.zeros_like().unwrap(), None)
+            .unwrap();
+        let ours = ours
+            .narrow(0, 0, 1)
+            .unwrap()
+            .narrow(1, 0, ids.dim(1).unwrap())
+            .unwrap();
+        let difference = common::max_abs_diff(&theirs, &ours);
+        assert!(difference < tolerance, "{name}: {difference}");
+    }
+}
+
+#[test]
+fn kd_export_refuses_a_non_empty_output_and_reports_what_it_wrote() {
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("model");
+    tiny_classifier(&model);
+    let out = root.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), "mine").unwrap();
+    let args = [
+        "export",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--dtype",
+        "f16",
+        "--quantize",
+        "int8",
+    ];
+    let error = common::kd_err(&args);
+    assert!(error.contains("not empty"), "{error}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("keep.txt")).unwrap(),
+        "mine"
+    );
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let report: serde_json::Value = serde_json::from_str(common::kd_ok(&forced).trim()).unwrap();
+    assert_eq!(report["precision"], "f16");
+    assert_eq!(report["quantized_tensors"], 2 * 6 + 2);
+    assert!(report["weights_bytes_after"].as_u64() < report["weights_bytes_before"].as_u64());
+    let eval = common::kd_ok(&["eval", "--model", out.to_str().unwrap(), "--task", "sst2"]);
+    assert!(eval.contains("accuracy"), "{eval}");
+}
