@@ -1,7 +1,8 @@
 //! Compact exports: f16, bf16 and int8 exports reload in kd with logits close to the
 //! original's; a pruned vocabulary gives the same logits on the texts it was pruned for and
 //! still tokenises any text; candle-transformers' BERT reads the exports with kd's hidden
-//! states; files are written 0644 and an output directory is never overwritten silently.
+//! states; files are written 0644 and an output directory is never overwritten silently;
+//! `kd compare` puts an export beside its original.
 
 mod common;
 
@@ -279,4 +280,65 @@ fn kd_export_refuses_a_non_empty_output_and_reports_what_it_wrote() {
     assert!(report["weights_bytes_after"].as_u64() < report["weights_bytes_before"].as_u64());
     let eval = common::kd_ok(&["eval", "--model", out.to_str().unwrap(), "--task", "sst2"]);
     assert!(eval.contains("accuracy"), "{eval}");
+}
+
+#[test]
+fn kd_compare_puts_an_export_beside_its_original() {
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("model");
+    tiny_classifier(&model);
+    let options = ExportOptions {
+        precision: Precision::F16,
+        int8: true,
+        prune_vocab: Vec::new(),
+    };
+    let small = exported(root.path(), "small", options);
+    let dev = root.path().join("dev.tsv");
+    let sst2 = std::fs::read_to_string(common::glue_dir("SST-2").join("dev.tsv")).unwrap();
+    std::fs::write(&dev, sst2.lines().take(41).collect::<Vec<_>>().join("\n")).unwrap();
+    let out = root.path().join("compare");
+    let table = common::kd_ok(&[
+        "compare",
+        "--models",
+        model.to_str().unwrap(),
+        small.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--dev",
+        dev.to_str().unwrap(),
+        "--bootstrap",
+        "200",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(table.contains("| accuracy |"), "{table}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("compare.md"))
+            .unwrap()
+            .trim(),
+        table.trim()
+    );
+    let rows: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("compare.json")).unwrap()).unwrap();
+    let [original, export] = rows.as_array().unwrap().as_slice() else {
+        panic!("{rows}");
+    };
+    assert_eq!(original["agreement"], 1.0);
+    assert_eq!(original["mcnemar"]["p_value"], 1.0);
+    assert!(export["agreement"].as_f64().unwrap() >= 0.9, "{export}");
+    assert!(
+        export["kl_to_reference"].as_f64().unwrap() < 0.01,
+        "{export}"
+    );
+    assert!(export["weights_mb"].as_f64() < original["weights_mb"].as_f64());
+    assert_eq!(export["params"], original["params"]);
+    for row in [original, export] {
+        let (low, high) = (row["interval"][0].as_f64(), row["interval"][1].as_f64());
+        assert!(
+            low <= row["value"].as_f64() && row["value"].as_f64() <= high,
+            "{row}"
+        );
+        assert!(row["p50_ms"].as_f64().unwrap() > 0.0);
+        assert!(row["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    }
 }

@@ -37,6 +37,9 @@ enum Command {
     Augment(AugmentArgs),
     /// Time inference, training and distillation steps, optionally beside PyTorch.
     Bench(BenchArgs),
+    /// Compare models with a reference (the teacher) on the same dev examples: metric with a
+    /// bootstrap interval, agreement, KL, McNemar's test, size, latency, throughput, memory.
+    Compare(crate::compare::CompareArgs),
     /// Write a compact copy of a model: f16 or bf16 weights, int8 dense layers, a vocabulary
     /// pruned to the tokens some texts use.
     Export(ExportArgs),
@@ -202,6 +205,7 @@ pub fn run() -> Result<()> {
         Command::Distill(args) => run_distill(args),
         Command::Augment(args) => run_augment(args),
         Command::Export(args) => run_export(args),
+        Command::Compare(args) => crate::compare::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

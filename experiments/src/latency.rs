@@ -9,7 +9,7 @@ use crate::cli::shared_dir;
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use kd_bert::Mode;
-use kd_data::{Example, collate};
+use kd_data::{DataSpec, Example, collate};
 use kd_teacher::{ModelFiles, TaskModel};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -22,14 +22,14 @@ const WARMUP: usize = 16;
 /// One runtime's latencies for one model, as kd and the Python script print them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Latency {
-    model: String,
-    runtime: String,
-    sentences: usize,
-    mean_tokens: f64,
-    mean_ms: f64,
-    p50_ms: f64,
-    p95_ms: f64,
-    peak_rss_mb: f64,
+    pub(crate) model: String,
+    pub(crate) runtime: String,
+    pub(crate) sentences: usize,
+    pub(crate) mean_tokens: f64,
+    pub(crate) mean_ms: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p95_ms: f64,
+    pub(crate) peak_rss_mb: f64,
 }
 
 impl Latency {
@@ -64,8 +64,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
         "model", "runtime", "tokens", "mean ms", "p50 ms", "p95 ms", "MB"
     );
     for model in &args.models {
-        let child = kd_child(child_flags(model, args), args.threads)?;
-        let mut results: Vec<Latency> = vec![run_child(child)?];
+        let mut results = vec![in_child(model, &args.data, args.threads)?];
         if let Some(python) = &args.pytorch {
             write_sentences(&sentences, &examples)?;
             results.extend(run_python(python, model, &sentences, args)?);
@@ -86,6 +85,12 @@ pub fn run(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
     }
     let _ = std::fs::remove_file(&sentences);
     Ok(rows)
+}
+
+/// Times `model` on the dev sentences of `data` in a fresh process of its own, whose peak
+/// memory is then the model's alone.
+pub fn in_child(model: &str, data: &DataSpec, threads: usize) -> Result<Latency> {
+    run_child(kd_child(child_flags(model, data), threads)?)
 }
 
 /// Times `model` on the dev sentences in this process.
@@ -127,13 +132,12 @@ fn dev_examples(args: &BenchArgs) -> Result<Vec<Example>> {
 }
 
 /// The child's flags: the latency case, this model, and the data description.
-fn child_flags(model: &str, args: &BenchArgs) -> Vec<String> {
+fn child_flags(model: &str, data: &DataSpec) -> Vec<String> {
     let mut flags = vec![
         "--cases=latency".to_string(),
         format!("--model={model}"),
-        format!("--max-seq-len={}", args.data.max_seq_len),
+        format!("--max-seq-len={}", data.max_seq_len),
     ];
-    let data = &args.data;
     let options = [
         ("--task", data.task.clone()),
         ("--dev", data.dev_path(&shared_dir()).ok().map(path_string)),

@@ -9,6 +9,7 @@ mod corpus;
 mod masking;
 mod metrics;
 mod spec;
+mod stats;
 mod task;
 mod tokenizer;
 mod tsv;
@@ -20,6 +21,7 @@ pub use corpus::{CorpusSource, PackedCorpus, expand_globs, hash_file, pack_corpu
 pub use masking::{MaskedToken, Masking};
 pub use metrics::{Metric, Predictions, evaluate};
 pub use spec::DataSpec;
+pub use stats::{McNemar, agreement, bootstrap_interval, mcnemar};
 pub use task::{Example, Label, TaskData, TaskKind, TaskSpec};
 pub use tokenizer::{Encoded, TextTokenizer};
 pub use tsv::header_column;
