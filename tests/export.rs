@@ -312,6 +312,12 @@ fn kd_compare_puts_an_export_beside_its_original() {
         out.to_str().unwrap(),
     ]);
     assert!(table.contains("| accuracy |"), "{table}");
+    for chart in ["metric-latency", "metric-size"] {
+        for format in ["png", "svg"] {
+            let path = out.join(format!("{chart}.{format}"));
+            assert!(path.is_file(), "{} missing (no font?)", path.display());
+        }
+    }
     assert_eq!(
         std::fs::read_to_string(out.join("compare.md"))
             .unwrap()

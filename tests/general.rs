@@ -230,6 +230,14 @@ fn distilbert_objective_from_a_masked_lm_teacher_trains_and_resumes_to_the_same_
     assert!(student.mlm_head.is_some());
     assert_eq!(student.config.num_hidden_layers, 1);
 
+    // `kd report` draws every component's curve.
+    common::kd_ok(&["report", straight.to_str().unwrap()]);
+    let svg = std::fs::read_to_string(straight.join("report/1-general.svg")).unwrap();
+    for name in ["soft_ce", "mlm", "cosine", "mlm_accuracy"] {
+        assert!(svg.contains(name), "{name} is not in the chart");
+    }
+    assert!(straight.join("report/1-general.png").is_file());
+
     // Interrupted mid-epoch and resumed: the same batches and masks, the same student.
     let out = root.path().join("resumed");
     let resumed_args = args(&out);

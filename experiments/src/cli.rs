@@ -40,6 +40,9 @@ enum Command {
     /// Compare models with a reference (the teacher) on the same dev examples: metric with a
     /// bootstrap interval, agreement, KL, McNemar's test, size, latency, throughput, memory.
     Compare(crate::compare::CompareArgs),
+    /// Draw a run's learning curves (every loss component and dev value against the step) as
+    /// PNG and SVG.
+    Report(crate::report::ReportArgs),
     /// Write a compact copy of a model: f16 or bf16 weights, int8 dense layers, a vocabulary
     /// pruned to the tokens some texts use.
     Export(ExportArgs),
@@ -206,6 +209,7 @@ pub fn run() -> Result<()> {
         Command::Augment(args) => run_augment(args),
         Command::Export(args) => run_export(args),
         Command::Compare(args) => crate::compare::run(args),
+        Command::Report(args) => crate::report::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -2,6 +2,7 @@
 //! teacher): the task metric with a bootstrap interval, agreement, KL and McNemar's test
 //! against the reference, size, batch-1 latency, batch-32 throughput and peak memory.
 
+use crate::charts;
 use crate::cli::shared_dir;
 use anyhow::{Context, Result, bail};
 use candle_core::{D, Tensor};
@@ -11,7 +12,7 @@ use kd_data::{
 };
 use kd_teacher::{ModelFiles, TaskModel};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 const THROUGHPUT_BATCH: usize = 32;
@@ -164,6 +165,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
             Ok(std::fs::write(tmp, &table)?)
         })?;
         kd_bert::write_json_atomically(&out.join("compare.json"), &rows)?;
+        if let Err(error) = draw_charts(&rows, out.path()) {
+            eprintln!("charts skipped: {error:#}");
+        }
         eprintln!("written to {}", out.path().display());
     }
     Ok(())
@@ -243,4 +247,32 @@ fn markdown(rows: &[Row], reference: &str, examples: usize, data: &std::path::Pa
         );
     }
     table
+}
+
+/// The metric against latency and against size, one labelled point per model.
+fn draw_charts(rows: &[Row], out: &Path) -> Result<()> {
+    let metric = rows.first().map_or("metric", |row| row.metric.as_str());
+    let label = |row: &Row| {
+        let name = Path::new(&row.model).file_name();
+        name.map_or(row.model.clone(), |n| n.to_string_lossy().into_owned())
+    };
+    let points = |x: fn(&Row) -> f64| -> Vec<(String, f64, f64)> {
+        rows.iter()
+            .map(|row| (label(row), x(row), row.value * 100.0))
+            .collect()
+    };
+    let y = format!("{metric} (%)");
+    charts::scatter(
+        &out.join("metric-latency"),
+        &format!("{metric} against batch-1 latency"),
+        ("p50 latency (ms)", &y),
+        &points(|row| row.p50_ms),
+    )?;
+    charts::scatter(
+        &out.join("metric-size"),
+        &format!("{metric} against size"),
+        ("weights (MB)", &y),
+        &points(|row| row.weights_mb),
+    )?;
+    Ok(())
 }

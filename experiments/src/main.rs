@@ -1,6 +1,7 @@
 //! `kd`: knowledge distillation for BERT models, on the command line.
 
 mod bench;
+mod charts;
 mod cli;
 mod compare;
 mod distill;
@@ -8,6 +9,7 @@ mod general;
 mod latency;
 mod predict;
 mod recipe;
+mod report;
 
 fn main() {
     keep_freed_memory();

@@ -1,0 +1,185 @@
+//! Charts as PNG and SVG, drawn with plotters: labelled points (`kd compare`) and curves
+//! against steps (`kd report`). Text needs a TrueType font: `KD_FONT`, or the first of the
+//! usual system fonts found.
+
+use anyhow::{Context, Result, bail};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+const SIZE: (u32, u32) = (800, 560);
+const FAMILY: &str = "sans-serif";
+const FONT_DIRS: [&str; 4] = [
+    "/usr/share/fonts",
+    "/usr/local/share/fonts",
+    "/Library/Fonts",
+    "C:\\Windows\\Fonts",
+];
+const PREFERRED_FONTS: [&str; 3] = ["DejaVuSans.ttf", "LiberationSans-Regular.ttf", "Arial.ttf"];
+
+/// Registers a font for chart text once; the error says how to provide one.
+fn ensure_font() -> Result<()> {
+    static FONT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let path = FONT.get_or_init(|| {
+        let path = std::env::var_os("KD_FONT")
+            .map(PathBuf::from)
+            .or_else(find_font)?;
+        let bytes: &'static [u8] = Box::leak(std::fs::read(&path).ok()?.into_boxed_slice());
+        plotters::style::register_font(FAMILY, FontStyle::Normal, bytes).ok()?;
+        Some(path)
+    });
+    if path.is_none() {
+        bail!("no TrueType font found for chart text: set KD_FONT to a .ttf file");
+    }
+    Ok(())
+}
+
+fn find_font() -> Option<PathBuf> {
+    let mut fonts = Vec::new();
+    let mut dirs: Vec<PathBuf> = FONT_DIRS.iter().map(PathBuf::from).collect();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|ext| ext.eq_ignore_ascii_case("ttf"))
+            {
+                fonts.push(path);
+            }
+        }
+    }
+    let named = |name: &str| fonts.iter().find(|path| path.ends_with(name)).cloned();
+    PREFERRED_FONTS
+        .iter()
+        .find_map(|name| named(name))
+        .or_else(|| fonts.first().cloned())
+}
+
+/// A span around `values` with a margin, so that points do not sit on the frame.
+fn span(values: impl Iterator<Item = f64>) -> Range<f64> {
+    let (low, high) = values.fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(v), h.max(v)));
+    let margin = ((high - low) * 0.15).max(high.abs() * 0.05).max(1e-6);
+    (low - margin)..(high + margin)
+}
+
+/// Draws `draw` into `<stem>.png` and `<stem>.svg`; returns both paths.
+fn both_formats(
+    stem: &Path,
+    draw: impl Fn(DrawingArea<SVGBackend, Shift>) -> Result<()>,
+    draw_png: impl Fn(DrawingArea<BitMapBackend, Shift>) -> Result<()>,
+) -> Result<Vec<PathBuf>> {
+    ensure_font()?;
+    let svg = stem.with_extension("svg");
+    let png = stem.with_extension("png");
+    draw(SVGBackend::new(&svg, SIZE).into_drawing_area())
+        .with_context(|| format!("cannot draw {}", svg.display()))?;
+    draw_png(BitMapBackend::new(&png, SIZE).into_drawing_area())
+        .with_context(|| format!("cannot draw {}", png.display()))?;
+    Ok(vec![png, svg])
+}
+
+/// One labelled point per model.
+pub fn scatter(
+    stem: &Path,
+    title: &str,
+    axes: (&str, &str),
+    points: &[(String, f64, f64)],
+) -> Result<Vec<PathBuf>> {
+    both_formats(
+        stem,
+        |root| draw_scatter(root, title, axes, points),
+        |root| draw_scatter(root, title, axes, points),
+    )
+}
+
+fn draw_scatter<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    points: &[(String, f64, f64)],
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FAMILY, 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            span(points.iter().map(|p| p.1)),
+            span(points.iter().map(|p| p.2)),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()?;
+    chart.draw_series(points.iter().map(|(label, x, y)| {
+        EmptyElement::at((*x, *y))
+            + Circle::new((0, 0), 5, BLUE.filled())
+            + Text::new(label.clone(), (8, -18), (FAMILY, 14).into_font())
+    }))?;
+    root.present()?;
+    Ok(())
+}
+
+/// Curves against steps, one panel per group (`(panel title, [(series, points)])`).
+pub fn panels(stem: &Path, title: &str, groups: &[(String, Vec<Series>)]) -> Result<Vec<PathBuf>> {
+    both_formats(
+        stem,
+        |root| draw_panels(root, title, groups),
+        |root| draw_panels(root, title, groups),
+    )
+}
+
+/// A named curve.
+pub type Series = (String, Vec<(f64, f64)>);
+
+fn draw_panels<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    groups: &[(String, Vec<Series>)],
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let root = root.titled(title, (FAMILY, 22))?;
+    let areas = root.split_evenly((groups.len().max(1), 1));
+    for (area, (panel, series)) in areas.iter().zip(groups) {
+        let points = || series.iter().flat_map(|(_, points)| points.iter());
+        if points().next().is_none() {
+            continue;
+        }
+        let mut chart = ChartBuilder::on(area)
+            .caption(panel, (FAMILY, 16))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d(span(points().map(|p| p.0)), span(points().map(|p| p.1)))?;
+        chart.configure_mesh().x_desc("step").draw()?;
+        for (index, (name, points)) in series.iter().enumerate() {
+            let color = Palette99::pick(index).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(2),
+                ))?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
