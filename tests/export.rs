@@ -1,16 +1,17 @@
 //! Compact exports: f16, bf16 and int8 exports reload in kd with logits close to the
 //! original's; a pruned vocabulary gives the same logits on the texts it was pruned for and
 //! still tokenises any text; candle-transformers' BERT reads the exports with kd's hidden
-//! states; files are written 0644 and an output directory is never overwritten silently;
-//! `kd compare` puts an export beside its original.
+//! states; the ONNX export runs in tract (and ONNX Runtime) with kd's logits; files are
+//! written 0644 and an output directory is never overwritten silently; `kd compare` puts an
+//! export beside its original.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use kd_bert::{BertConfig, Mode, ProblemType};
+use kd_bert::{BertConfig, BertInput, Mode, ProblemType};
 use kd_data::{Example, Label, collate};
-use kd_export::{ExportOptions, Precision, export};
+use kd_export::{ExportOptions, Format, Precision, export};
 use kd_teacher::{ModelFiles, TaskModel};
 use std::path::Path;
 
@@ -44,10 +45,11 @@ fn tiny_classifier(dir: &Path) {
     model.save(dir).unwrap();
 }
 
-/// The model's logits and last hidden state on `SENTENCES`.
-fn outputs(dir: &Path) -> (Tensor, Tensor) {
+/// The model's logits and last hidden state on the first `n` of `SENTENCES`, padded into
+/// one batch, and that batch's input.
+fn outputs_on(dir: &Path, n: usize) -> (Tensor, Tensor, BertInput) {
     let model = TaskModel::load(&ModelFiles::from_dir(dir).unwrap(), 64).unwrap();
-    let examples: Vec<Example> = SENTENCES
+    let examples: Vec<Example> = SENTENCES[..n]
         .iter()
         .map(|text| Example {
             text: text.to_string(),
@@ -56,9 +58,16 @@ fn outputs(dir: &Path) -> (Tensor, Tensor) {
         })
         .collect();
     let encoded = model.encode(&examples).unwrap();
-    let batch = collate(&encoded, &[0, 1, 2, 3], &Device::Cpu).unwrap();
+    let indices: Vec<usize> = (0..n).collect();
+    let batch = collate(&encoded, &indices, &Device::Cpu).unwrap();
     let (logits, states) = model.model.forward(&batch.input, Mode::Inference).unwrap();
-    (logits, states.last_hidden_state().clone())
+    (logits, states.last_hidden_state().clone(), batch.input)
+}
+
+/// The model's logits and last hidden state on `SENTENCES`.
+fn outputs(dir: &Path) -> (Tensor, Tensor) {
+    let (logits, states, _) = outputs_on(dir, SENTENCES.len());
+    (logits, states)
 }
 
 fn exported(root: &Path, name: &str, options: ExportOptions) -> std::path::PathBuf {
@@ -90,7 +99,7 @@ fn exports_reload_in_kd_with_the_original_logits_within_their_precision() {
         let options = ExportOptions {
             precision,
             int8,
-            prune_vocab: Vec::new(),
+            ..ExportOptions::default()
         };
         let dir = exported(root.path(), name, options);
         let difference = common::max_abs_diff(&outputs(&dir).0, &logits) / scale;
@@ -247,6 +256,100 @@ fn candle_transformers_bert_reads_exports_with_kds_hidden_states() {
     }
 }
 
+/// An input tensor's rows as int64, ONNX's index type.
+fn rows_i64(tensor: &Tensor) -> Vec<Vec<i64>> {
+    let rows = tensor.to_dtype(DType::I64).unwrap();
+    rows.to_vec2::<i64>().unwrap()
+}
+
+/// The logits tract computes for `input` with the exported graph.
+fn tract_logits(onnx: &Path, input: &BertInput) -> Tensor {
+    use tract_onnx::prelude::{Framework, InferenceModelExt, IntoRunnable, tract_ndarray, tvec};
+    let model = tract_onnx::onnx()
+        .model_for_path(onnx)
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let array = |tensor: &Tensor| {
+        let rows = rows_i64(tensor);
+        let shape = (rows.len(), rows[0].len());
+        let array = tract_ndarray::Array2::from_shape_vec(shape, rows.concat()).unwrap();
+        tract_onnx::prelude::Tensor::from(array).into()
+    };
+    let outputs = model
+        .run(tvec![
+            array(&input.input_ids),
+            array(&input.attention_mask),
+            array(&input.token_type_ids)
+        ])
+        .unwrap();
+    let logits = outputs[0].to_plain_array_view::<f32>().unwrap();
+    let shape = logits.shape().to_vec();
+    Tensor::from_iter(logits.iter().copied(), &Device::Cpu)
+        .unwrap()
+        .reshape(shape)
+        .unwrap()
+}
+
+#[test]
+fn the_onnx_export_runs_in_tract_and_onnx_runtime_with_kds_logits() {
+    let root = tempfile::tempdir().unwrap();
+    tiny_classifier(&root.path().join("model"));
+    let options = ExportOptions {
+        format: Format::Onnx,
+        ..ExportOptions::default()
+    };
+    let onnx = exported(root.path(), "onnx", options);
+    common::assert_readable_by_all(&onnx, &["model.onnx", "config.json", "tokenizer.json"]);
+    // A padded batch of four, then one sentence alone: batch and length are dynamic.
+    for n in [SENTENCES.len(), 1] {
+        let (logits, _, input) = outputs_on(&root.path().join("model"), n);
+        let theirs = tract_logits(&onnx.join("model.onnx"), &input);
+        assert_eq!(theirs.dims(), logits.dims());
+        let difference = common::max_abs_diff(&theirs, &logits);
+        assert!(difference < 1e-4, "tract, {n} sentences: {difference}");
+    }
+
+    // ONNX's checker and ONNX Runtime, where the reference environment exists.
+    let python = common::workspace_root().join(".venv-ref/bin/python");
+    if python.is_file() {
+        let (logits, _, input) = outputs_on(&root.path().join("model"), SENTENCES.len());
+        let inputs = serde_json::json!({
+            "input_ids": rows_i64(&input.input_ids),
+            "attention_mask": rows_i64(&input.attention_mask),
+            "token_type_ids": rows_i64(&input.token_type_ids),
+        });
+        let script = common::workspace_root().join("tests/fixtures/check_onnx_ort.py");
+        let mut command = std::process::Command::new(python);
+        command.arg(script).arg(&onnx);
+        let output = common::run_with_stdin(command, inputs.to_string().as_bytes());
+        assert!(output.status.success(), "{}", common::stderr(&output));
+        let theirs: Vec<Vec<f32>> = serde_json::from_str(&common::stdout(&output)).unwrap();
+        let theirs = Tensor::new(theirs, &Device::Cpu).unwrap();
+        let difference = common::max_abs_diff(&theirs, &logits);
+        assert!(difference < 1e-4, "ONNX Runtime: {difference}");
+    }
+
+    // kd itself runs safetensors models, and says what to do with an ONNX export.
+    let error = common::kd_err(&["eval", "--model", onnx.to_str().unwrap(), "--task", "sst2"]);
+    assert!(error.contains("is an ONNX export"), "{error}");
+    let error = common::kd_err(&[
+        "export",
+        "--model",
+        root.path().join("model").to_str().unwrap(),
+        "--out",
+        root.path().join("onnx-f16").to_str().unwrap(),
+        "--format",
+        "onnx",
+        "--dtype",
+        "f16",
+    ]);
+    assert!(error.contains("f32 weights"), "{error}");
+    assert!(!root.path().join("onnx-f16").exists());
+}
+
 #[test]
 fn kd_export_refuses_a_non_empty_output_and_reports_what_it_wrote() {
     let root = tempfile::tempdir().unwrap();
@@ -290,27 +393,36 @@ fn kd_compare_puts_an_export_beside_its_original() {
     let options = ExportOptions {
         precision: Precision::F16,
         int8: true,
-        prune_vocab: Vec::new(),
+        ..ExportOptions::default()
     };
     let small = exported(root.path(), "small", options);
     let dev = root.path().join("dev.tsv");
     let sst2 = std::fs::read_to_string(common::glue_dir("SST-2").join("dev.tsv")).unwrap();
     std::fs::write(&dev, sst2.lines().take(41).collect::<Vec<_>>().join("\n")).unwrap();
     let out = root.path().join("compare");
-    let table = common::kd_ok(&[
-        "compare",
-        "--models",
-        model.to_str().unwrap(),
-        small.to_str().unwrap(),
-        "--task",
-        "sst2",
-        "--dev",
-        dev.to_str().unwrap(),
-        "--bootstrap",
-        "200",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let compare = |other: &Path| -> Vec<String> {
+        let args = [
+            "compare",
+            "--models",
+            model.to_str().unwrap(),
+            other.to_str().unwrap(),
+        ];
+        let data = [
+            "--task",
+            "sst2",
+            "--dev",
+            dev.to_str().unwrap(),
+            "--bootstrap",
+            "200",
+        ];
+        args.iter()
+            .chain(&data)
+            .map(|arg| arg.to_string())
+            .collect()
+    };
+    let mut args = compare(&small);
+    args.extend(["--out".to_string(), out.to_str().unwrap().to_string()]);
+    let table = common::kd_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(table.contains("| accuracy |"), "{table}");
     for chart in ["metric-latency", "metric-size"] {
         for format in ["png", "svg"] {
@@ -346,5 +458,36 @@ fn kd_compare_puts_an_export_beside_its_original() {
         );
         assert!(row["p50_ms"].as_f64().unwrap() > 0.0);
         assert!(row["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    }
+
+    // An ONNX export runs in ONNX Runtime beside kd's rows, where the reference environment
+    // exists; without --onnx-python, kd says what it needs.
+    let onnx_options = ExportOptions {
+        format: Format::Onnx,
+        ..ExportOptions::default()
+    };
+    let onnx = exported(root.path(), "onnx", onnx_options);
+    let mut args = compare(&onnx);
+    let error = common::kd_err(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(error.contains("--onnx-python"), "{error}");
+    let python = common::workspace_root().join(".venv-ref/bin/python");
+    if python.is_file() {
+        args.extend(["--onnx-python".to_string(), python.display().to_string()]);
+        let table = common::kd_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let row = table
+            .lines()
+            .find(|line| line.contains("(onnxruntime)"))
+            .unwrap_or_else(|| panic!("{table}"));
+        // Same answers as kd's (agreement 100%, KL 0.00), same parameters.
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[4], "100.00%", "{row}");
+        assert_eq!(cells[5], "0.00", "{row}");
+        let original_row = table
+            .lines()
+            .find(|line| line.contains("/model |"))
+            .unwrap();
+        let original_cells: Vec<&str> = original_row.split('|').map(str::trim).collect();
+        assert_eq!(cells[2], original_cells[2], "{table}");
+        assert_eq!(cells[7..9], original_cells[7..9], "{table}");
     }
 }

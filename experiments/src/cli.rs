@@ -44,7 +44,7 @@ enum Command {
     /// PNG and SVG.
     Report(crate::report::ReportArgs),
     /// Write a compact copy of a model: f16 or bf16 weights, int8 dense layers, a vocabulary
-    /// pruned to the tokens some texts use.
+    /// pruned to the tokens some texts use; or the model as an ONNX graph.
     Export(ExportArgs),
 }
 
@@ -67,6 +67,10 @@ struct ExportArgs {
     /// single-character tokens; the embedding matrix and the tokenizer are rewritten together.
     #[arg(long, num_args = 1.., value_name = "FILES")]
     prune_vocab: Vec<PathBuf>,
+    /// `onnx` writes a task model's graph (opset 17, f32, dynamic batch and length) for
+    /// ONNX Runtime, tract and the like.
+    #[arg(long, value_enum, default_value = "safetensors")]
+    format: kd_export::Format,
     #[arg(long)]
     force: bool,
 }
@@ -319,12 +323,16 @@ fn run_embed(args: EmbedArgs) -> Result<()> {
 
 fn run_export(args: ExportArgs) -> Result<()> {
     let model = ModelFiles::resolve(&args.model)?;
-    let out = kd_train::RunDir::create(&args.out, args.force)?;
     let options = kd_export::ExportOptions {
+        format: args.format,
         precision: args.dtype,
         int8: args.quantize.is_some(),
         prune_vocab: args.prune_vocab,
     };
+    if options.format == kd_export::Format::Onnx {
+        kd_export::onnx::check_options(&options)?;
+    }
+    let out = kd_train::RunDir::create(&args.out, args.force)?;
     let report = kd_export::export(&model, out.path(), &options)?;
     println!("{}", serde_json::to_string(&report)?);
     eprintln!(

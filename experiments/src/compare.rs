@@ -1,18 +1,22 @@
 //! `kd compare`: models side by side on the same dev examples against a reference (the
 //! teacher): the task metric with a bootstrap interval, agreement, KL and McNemar's test
-//! against the reference, size, batch-1 latency, batch-32 throughput and peak memory.
+//! against the reference, size, batch-1 latency, batch-32 throughput and peak memory. ONNX
+//! exports (`kd export --format onnx`) run in ONNX Runtime, through `benches/onnx_answers.py`.
 
 use crate::charts;
 use crate::cli::shared_dir;
 use anyhow::{Context, Result, bail};
 use candle_core::{D, Tensor};
 use clap::Args;
+use kd_bert::{BertConfig, ProblemType};
 use kd_data::{
-    DataSpec, Label, McNemar, Predictions, agreement, bootstrap_interval, evaluate, mcnemar,
+    DataSpec, Example, Label, McNemar, Predictions, agreement, bootstrap_interval, evaluate,
+    mcnemar,
 };
 use kd_teacher::{ModelFiles, TaskModel};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 const THROUGHPUT_BATCH: usize = 32;
@@ -39,12 +43,18 @@ pub struct CompareArgs {
     /// Threads for the latency and throughput measurements.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// A Python interpreter with onnxruntime, onnx and tokenizers (benches/setup.sh makes
+    /// one), to run the ONNX exports among --models in ONNX Runtime.
+    #[arg(long)]
+    onnx_python: Option<PathBuf>,
 }
 
 /// One model's row.
 #[derive(Debug, Serialize)]
 pub struct Row {
     model: String,
+    /// `kd`, or `onnxruntime` for an ONNX export.
+    runtime: String,
     metric: String,
     value: f64,
     interval: (f64, f64),
@@ -52,13 +62,32 @@ pub struct Row {
     agreement: Option<f64>,
     kl_to_reference: Option<f64>,
     mcnemar: Option<McNemar>,
+    weights_mb: f64,
+    #[serde(flatten)]
+    costs: Costs,
+}
+
+/// A model's size in parameters and what answering cost it: batch-1 latency, batch-32
+/// throughput, peak memory.
+#[derive(Debug, Serialize, Deserialize)]
+struct Costs {
     params: usize,
     params_without_embeddings: usize,
-    weights_mb: f64,
     p50_ms: f64,
     p95_ms: f64,
     throughput_per_s: f64,
     peak_rss_mb: f64,
+}
+
+/// What a model answered on the dev examples and what that cost.
+struct Measured {
+    runtime: &'static str,
+    labels: Vec<String>,
+    problem_type: ProblemType,
+    /// `[examples, outputs]`.
+    logits: Tensor,
+    weights_mb: f64,
+    costs: Costs,
 }
 
 /// What a model answered on the dev examples.
@@ -88,8 +117,8 @@ pub fn run(args: CompareArgs) -> Result<()> {
 
     let spec = args.data.task_spec()?;
     let dev_path = args.data.dev_path(&shared_dir())?;
-    let reference = load(&reference_name, &args.data)?;
-    let mut labels = reference.dataset_labels();
+    let (reference_labels, reference_type) = task_head(&reference_name)?;
+    let mut labels = kd_teacher::dataset_labels(reference_type, &reference_labels);
     let examples = spec.read(&dev_path, &mut labels)?;
     if examples.is_empty() {
         bail!("{}: no examples to compare on", dev_path.display());
@@ -99,22 +128,21 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let mut reference_answers: Option<Answers> = None;
     let mut rows = Vec::new();
     for name in &names {
-        let model = load(name, &args.data)?;
-        if model.labels != reference.labels {
+        let measured = if is_onnx_export(name) {
+            measure_onnx(name, &examples, &args)?
+        } else {
+            measure_kd(name, &examples, &args)?
+        };
+        if measured.labels != reference_labels {
             bail!(
-                "{name} predicts {:?}, the reference {reference_name} {:?}",
-                model.labels,
-                reference.labels
+                "{name} predicts {:?}, the reference {reference_name} {reference_labels:?}",
+                measured.labels,
             );
         }
-        let encoded = model.encode(&examples)?;
-        let started = Instant::now();
-        let logits = model.logits(&encoded, THROUGHPUT_BATCH, None)?;
-        let throughput = examples.len() as f64 / started.elapsed().as_secs_f64();
-        let predictions = model.predictions(&logits)?;
+        let predictions = kd_teacher::predictions(measured.problem_type, &measured.logits)?;
         let answers = Answers {
             probabilities: match predictions {
-                Predictions::Classes(_) => Some(kd_bert::ops::softmax_last_dim(&logits)?),
+                Predictions::Classes(_) => Some(kd_bert::ops::softmax_last_dim(&measured.logits)?),
                 Predictions::Scores(_) => None,
             },
             predictions,
@@ -130,29 +158,17 @@ pub fn run(args: CompareArgs) -> Result<()> {
         )?;
         let against = reference_answers.as_ref().unwrap_or(&answers);
         let (agreement, kl, test) = against_reference(&answers, against, &gold)?;
-        eprintln!("{name}: timing one sentence at a time");
-        let latency = crate::latency::in_child(name, &args.data, args.threads)?;
-        let files = ModelFiles::resolve(name)?;
-        let vars = model.params.vars();
         rows.push(Row {
             model: name.clone(),
+            runtime: measured.runtime.to_string(),
             metric: metric.name().to_string(),
             value,
             interval,
             agreement,
             kl_to_reference: kl,
             mcnemar: test,
-            params: model.params.num_parameters(),
-            params_without_embeddings: vars
-                .iter()
-                .filter(|(name, _)| !name.contains("embeddings"))
-                .map(|(_, var)| var.elem_count())
-                .sum(),
-            weights_mb: std::fs::metadata(&files.weights)?.len() as f64 / 1e6,
-            p50_ms: latency.p50_ms,
-            p95_ms: latency.p95_ms,
-            throughput_per_s: throughput,
-            peak_rss_mb: latency.peak_rss_mb,
+            weights_mb: measured.weights_mb,
+            costs: measured.costs,
         });
         if reference_answers.is_none() {
             reference_answers = Some(answers);
@@ -173,9 +189,107 @@ pub fn run(args: CompareArgs) -> Result<()> {
     Ok(())
 }
 
-fn load(name: &str, data: &DataSpec) -> Result<TaskModel> {
-    TaskModel::load_for_inference(&ModelFiles::resolve(name)?, data.max_seq_len)
-        .with_context(|| format!("cannot load {name}"))
+/// A directory holding an ONNX export rather than a model kd loads.
+fn is_onnx_export(name: &str) -> bool {
+    let dir = Path::new(name);
+    dir.join(kd_export::onnx::ONNX_FILE).is_file() && !dir.join("model.safetensors").exists()
+}
+
+/// The labels and problem type of a model's head, from its config.
+fn task_head(name: &str) -> Result<(Vec<String>, ProblemType)> {
+    let config = if is_onnx_export(name) {
+        Path::new(name).join("config.json")
+    } else {
+        ModelFiles::resolve(name)?.config
+    };
+    BertConfig::from_file(&config)?
+        .task_head()
+        .with_context(|| format!("{name} has no task head (no id2label in its config)"))
+}
+
+/// A model kd loads: logits at batch 32 here, latency in a fresh process.
+fn measure_kd(name: &str, examples: &[Example], args: &CompareArgs) -> Result<Measured> {
+    let files = ModelFiles::resolve(name)?;
+    let model = TaskModel::load_for_inference(&files, args.data.max_seq_len)
+        .with_context(|| format!("cannot load {name}"))?;
+    let encoded = model.encode(examples)?;
+    let started = Instant::now();
+    let logits = model.logits(&encoded, THROUGHPUT_BATCH, None)?;
+    let throughput_per_s = examples.len() as f64 / started.elapsed().as_secs_f64();
+    eprintln!("{name}: timing one sentence at a time");
+    let latency = crate::latency::in_child(name, &args.data, args.threads)?;
+    let vars = model.params.vars();
+    Ok(Measured {
+        runtime: "kd",
+        labels: model.labels.clone(),
+        problem_type: model.problem_type,
+        logits,
+        weights_mb: std::fs::metadata(&files.weights)?.len() as f64 / 1e6,
+        costs: Costs {
+            params: model.params.num_parameters(),
+            params_without_embeddings: vars
+                .iter()
+                .filter(|(name, _)| !name.contains("embeddings"))
+                .map(|(_, var)| var.elem_count())
+                .sum(),
+            p50_ms: latency.p50_ms,
+            p95_ms: latency.p95_ms,
+            throughput_per_s,
+            peak_rss_mb: latency.peak_rss_mb,
+        },
+    })
+}
+
+/// What `benches/onnx_answers.py` prints.
+#[derive(Deserialize)]
+struct OnnxAnswers {
+    logits: Vec<Vec<f32>>,
+    #[serde(flatten)]
+    costs: Costs,
+}
+
+/// An ONNX export, run in ONNX Runtime by `--onnx-python` in a process of its own.
+fn measure_onnx(name: &str, examples: &[Example], args: &CompareArgs) -> Result<Measured> {
+    let Some(python) = &args.onnx_python else {
+        bail!(
+            "{name} is an ONNX export: give --onnx-python PYTHON (an interpreter with onnxruntime, \
+             onnx and tokenizers, as benches/setup.sh makes) to run it in ONNX Runtime"
+        );
+    };
+    let (labels, problem_type) = task_head(name)?;
+    let sentences = std::env::temp_dir().join(format!("kd-compare-{}.jsonl", std::process::id()));
+    crate::latency::write_sentences(&sentences, examples)?;
+    eprintln!("{name}: running in ONNX Runtime");
+    let mut command = Command::new(python);
+    command
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../benches/onnx_answers.py"
+        ))
+        .arg(format!("--model={name}"))
+        .arg(format!("--sentences={}", sentences.display()))
+        .arg(format!("--threads={}", args.threads))
+        .arg(format!("--warmup={}", crate::latency::WARMUP))
+        .arg(format!("--batch-size={THROUGHPUT_BATCH}"))
+        .arg(format!("--max-seq-len={}", args.data.max_seq_len));
+    let answers: Result<OnnxAnswers> = crate::bench::run_child(command);
+    let _ = std::fs::remove_file(&sentences);
+    let answers = answers?;
+    let outputs = answers.logits.first().map_or(0, Vec::len);
+    let logits = Tensor::from_vec(
+        answers.logits.concat(),
+        (answers.logits.len(), outputs),
+        &candle_core::Device::Cpu,
+    )?;
+    let onnx_file = Path::new(name).join(kd_export::onnx::ONNX_FILE);
+    Ok(Measured {
+        runtime: "onnxruntime",
+        labels,
+        problem_type,
+        logits,
+        weights_mb: std::fs::metadata(onnx_file)?.len() as f64 / 1e6,
+        costs: answers.costs,
+    })
 }
 
 /// Agreement, mean KL(reference ‖ model) and McNemar's test, for classifiers.
@@ -225,28 +339,37 @@ fn markdown(rows: &[Row], reference: &str, examples: usize, data: &std::path::Pa
         value.map_or("-".to_string(), |v| format!("{:.2}", v * scale))
     };
     for row in rows {
+        let model = with_runtime(row.model.clone(), &row.runtime);
         let test = row.mcnemar.map_or("-".to_string(), |t| {
             format!("{} / {}, p = {:.3}", t.only_first, t.only_second, t.p_value)
         });
         table += &format!(
             "| {} | {:.2} | {:.2} to {:.2} | {}% | {} | {} | {:.1}M | {:.1}M | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} |\n",
-            row.model,
+            model,
             row.value * 100.0,
             row.interval.0 * 100.0,
             row.interval.1 * 100.0,
             optional(row.agreement, 100.0),
             optional(row.kl_to_reference, 1.0),
             test,
-            row.params as f64 / 1e6,
-            row.params_without_embeddings as f64 / 1e6,
+            row.costs.params as f64 / 1e6,
+            row.costs.params_without_embeddings as f64 / 1e6,
             row.weights_mb,
-            row.p50_ms,
-            row.p95_ms,
-            row.throughput_per_s,
-            row.peak_rss_mb,
+            row.costs.p50_ms,
+            row.costs.p95_ms,
+            row.costs.throughput_per_s,
+            row.costs.peak_rss_mb,
         );
     }
     table
+}
+
+/// A model's name, with the runtime that ran it when that is not kd.
+fn with_runtime(name: String, runtime: &str) -> String {
+    match runtime {
+        "kd" => name,
+        runtime => format!("{name} ({runtime})"),
+    }
 }
 
 /// The metric against latency and against size, one labelled point per model.
@@ -254,7 +377,8 @@ fn draw_charts(rows: &[Row], out: &Path) -> Result<()> {
     let metric = rows.first().map_or("metric", |row| row.metric.as_str());
     let label = |row: &Row| {
         let name = Path::new(&row.model).file_name();
-        name.map_or(row.model.clone(), |n| n.to_string_lossy().into_owned())
+        let name = name.map_or(row.model.clone(), |n| n.to_string_lossy().into_owned());
+        with_runtime(name, &row.runtime)
     };
     let points = |x: fn(&Row) -> f64| -> Vec<(String, f64, f64)> {
         rows.iter()
@@ -266,7 +390,7 @@ fn draw_charts(rows: &[Row], out: &Path) -> Result<()> {
         &out.join("metric-latency"),
         &format!("{metric} against batch-1 latency"),
         ("p50 latency (ms)", &y),
-        &points(|row| row.p50_ms),
+        &points(|row| row.costs.p50_ms),
     )?;
     charts::scatter(
         &out.join("metric-size"),

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Instant;
 
 /// Sentences answered before timing starts (thread pools, caches and allocator warm up).
-const WARMUP: usize = 16;
+pub(crate) const WARMUP: usize = 16;
 
 /// One runtime's latencies for one model, as kd and the Python script print them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,7 +161,7 @@ fn path_string(path: PathBuf) -> String {
 }
 
 /// Writes the sentences as JSON Lines of `[text, pair]` for the Python script.
-fn write_sentences(path: &Path, examples: &[Example]) -> Result<()> {
+pub(crate) fn write_sentences(path: &Path, examples: &[Example]) -> Result<()> {
     let lines: Vec<String> = examples
         .iter()
         .map(|e| serde_json::to_string(&(&e.text, &e.pair)))

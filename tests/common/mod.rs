@@ -57,15 +57,20 @@ pub fn kd(args: &[&str]) -> Output {
 
 /// Runs `kd` with `input` on its standard input.
 pub fn kd_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    run_with_stdin(kd_command(args), input)
+}
+
+/// Runs `command` with `input` on its standard input.
+pub fn run_with_stdin(mut command: Command, input: &[u8]) -> Output {
     use std::io::Write;
-    let mut child = kd_command(args)
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run kd");
+        .expect("run the command");
     child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().expect("run kd")
+    child.wait_with_output().expect("run the command")
 }
 
 pub fn stdout(output: &Output) -> String {

@@ -117,6 +117,18 @@ impl BertConfig {
         Some(labels.into_iter().map(|(_, label)| label).collect())
     }
 
+    /// The task head's labels and problem type (regression for one output when the config
+    /// names no type), when the config has a head.
+    pub fn task_head(&self) -> Option<(Vec<String>, ProblemType)> {
+        let labels = self.labels().filter(|labels| !labels.is_empty())?;
+        let problem_type = self.problem_type.unwrap_or(if labels.len() == 1 {
+            ProblemType::Regression
+        } else {
+            ProblemType::SingleLabelClassification
+        });
+        Some((labels, problem_type))
+    }
+
     /// Records a sequence-classification head the way HF transformers expects to find it.
     pub fn set_classification_head(&mut self, labels: &[String], problem_type: ProblemType) {
         self.architectures = Some(vec!["BertForSequenceClassification".to_string()]);

@@ -1,9 +1,11 @@
 //! Compact exports of kd's models (task models and backbones alike), written as HF directories:
 //! weights in f16 or bf16, the dense layers' weights quantized to int8 (weight-only, one scale
 //! per output channel), and the vocabulary pruned to the tokens a corpus uses, with the
-//! embedding matrix and the tokenizer rewritten together. kd loads every export it writes;
-//! transformers loads the f32, f16 and bf16 ones.
+//! embedding matrix and the tokenizer rewritten together; or a task model as an ONNX graph.
+//! kd loads every safetensors export it writes; transformers loads the f32, f16 and bf16 ones;
+//! ONNX Runtime and tract run the ONNX ones.
 
+pub mod onnx;
 mod vocab;
 mod weights;
 
@@ -18,9 +20,21 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The file format of an export.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// An HF directory with `model.safetensors`.
+    #[default]
+    Safetensors,
+    /// `model.onnx` (a task model's graph, f32) beside the config and tokenizer.
+    Onnx,
+}
+
 /// What to make of a model.
 #[derive(Debug, Clone, Default)]
 pub struct ExportOptions {
+    pub format: Format,
     pub precision: Precision,
     /// Quantize the dense layers' weights to int8 (weight-only, per output channel).
     pub int8: bool,
@@ -37,10 +51,14 @@ pub struct ExportReport {
     pub vocab_after: usize,
     pub quantized_tensors: usize,
     pub precision: Precision,
+    pub format: Format,
 }
 
 /// Writes `model` into `out` (which must not hold a model already) as `options` say.
 pub fn export(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Result<ExportReport> {
+    if options.format == Format::Onnx {
+        return export_onnx(model, out, options);
+    }
     let mut config = BertConfig::from_file(&model.config)?;
     let mut tensors: BTreeMap<String, Tensor> =
         candle_core::safetensors::load(&model.weights, &Device::Cpu)
@@ -89,6 +107,30 @@ pub fn export(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Result
         vocab_after: config.vocab_size,
         quantized_tensors,
         precision: options.precision,
+        format: Format::Safetensors,
+    })
+}
+
+/// The ONNX graph with the model's weights in f32, beside its config and tokenizer.
+fn export_onnx(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Result<ExportReport> {
+    onnx::check_options(options)?;
+    let mut config = BertConfig::from_file(&model.config)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    kd_teacher::copy_tokenizer_files(&model.dir, out)?;
+    let weights_bytes_after = onnx::write(model, out)?;
+    config.extra.remove("kd_quantization");
+    config
+        .extra
+        .insert("torch_dtype".into(), Precision::F32.torch_name().into());
+    kd_bert::write_json_atomically(&out.join("config.json"), &config)?;
+    Ok(ExportReport {
+        weights_bytes_before: std::fs::metadata(&model.weights)?.len(),
+        weights_bytes_after,
+        vocab_before: config.vocab_size,
+        vocab_after: config.vocab_size,
+        quantized_tensors: 0,
+        precision: Precision::F32,
+        format: Format::Onnx,
     })
 }
 

@@ -14,4 +14,4 @@ pub use backbone::{Backbone, Pooling};
 pub use cache::{CacheOutcome, TeacherCache};
 pub use finetune::{FinetuneReport, finetune, task_loss};
 pub use resolve::ModelFiles;
-pub use task_model::{TaskModel, copy_tokenizer_files};
+pub use task_model::{TaskModel, copy_tokenizer_files, dataset_labels, predictions};

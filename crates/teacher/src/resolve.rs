@@ -42,6 +42,13 @@ impl ModelFiles {
             config: dir.join(CONFIG),
             weights: dir.join(WEIGHTS),
         };
+        if !files.weights.is_file() && dir.join("model.onnx").is_file() {
+            bail!(
+                "{} is an ONNX export (model.onnx): run it with ONNX Runtime or tract, or measure \
+                 it with `kd compare --onnx-python PYTHON`; kd itself loads model.safetensors",
+                dir.display()
+            );
+        }
         for file in [&files.config, &files.weights] {
             if !file.is_file() {
                 bail!(

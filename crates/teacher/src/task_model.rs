@@ -88,16 +88,11 @@ impl TaskModel {
 
     /// The model's structure, its parameters still unset (zero).
     fn build(config: BertConfig, tokenizer_dir: &Path, max_len: usize) -> Result<Self> {
-        let Some(labels) = config.labels().filter(|labels| !labels.is_empty()) else {
+        let Some((labels, problem_type)) = config.task_head() else {
             bail!(
                 "the model config describes no task head (no id2label): fine-tune it first with `kd finetune`"
             );
         };
-        let problem_type = config.problem_type.unwrap_or(if labels.len() == 1 {
-            ProblemType::Regression
-        } else {
-            ProblemType::SingleLabelClassification
-        });
         let max_len = max_len.min(config.max_position_embeddings);
         let tokenizer = TextTokenizer::from_dir(tokenizer_dir, max_len)?;
         let params = Params::new(&Device::Cpu);
@@ -115,18 +110,12 @@ impl TaskModel {
     }
 
     pub fn task_kind(&self) -> TaskKind {
-        match self.problem_type {
-            ProblemType::Regression => TaskKind::Regression,
-            ProblemType::SingleLabelClassification => TaskKind::Classification,
-        }
+        task_kind(self.problem_type)
     }
 
     /// The labels a dataset read for this model must use (none to discover for regression).
     pub fn dataset_labels(&self) -> Vec<String> {
-        match self.task_kind() {
-            TaskKind::Classification => self.labels.clone(),
-            TaskKind::Regression => Vec::new(),
-        }
+        dataset_labels(self.problem_type, &self.labels)
     }
 
     /// Writes `config.json`, `model.safetensors` and the tokenizer files into `dir`, each
@@ -161,17 +150,7 @@ impl TaskModel {
 
     /// Class or score predictions from logits.
     pub fn predictions(&self, logits: &Tensor) -> Result<Predictions> {
-        Ok(match self.task_kind() {
-            TaskKind::Classification => Predictions::Classes(
-                logits
-                    .argmax(D::Minus1)?
-                    .to_vec1::<u32>()?
-                    .into_iter()
-                    .map(|c| c as usize)
-                    .collect(),
-            ),
-            TaskKind::Regression => Predictions::Scores(logits.squeeze(1)?.to_vec1::<f32>()?),
-        })
+        predictions(self.problem_type, logits)
     }
 
     /// The task's metrics on encoded examples.
@@ -189,6 +168,37 @@ impl TaskModel {
     pub fn encode(&self, examples: &[Example]) -> Result<Vec<EncodedExample>> {
         encode_examples(&self.tokenizer, examples)
     }
+}
+
+fn task_kind(problem_type: ProblemType) -> TaskKind {
+    match problem_type {
+        ProblemType::Regression => TaskKind::Regression,
+        ProblemType::SingleLabelClassification => TaskKind::Classification,
+    }
+}
+
+/// The labels a dataset read for a head of `labels` must use (none to discover for
+/// regression).
+pub fn dataset_labels(problem_type: ProblemType, labels: &[String]) -> Vec<String> {
+    match task_kind(problem_type) {
+        TaskKind::Classification => labels.to_vec(),
+        TaskKind::Regression => Vec::new(),
+    }
+}
+
+/// Class or score predictions from a head's logits, `[n, outputs]`.
+pub fn predictions(problem_type: ProblemType, logits: &Tensor) -> Result<Predictions> {
+    Ok(match task_kind(problem_type) {
+        TaskKind::Classification => Predictions::Classes(
+            logits
+                .argmax(D::Minus1)?
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|c| c as usize)
+                .collect(),
+        ),
+        TaskKind::Regression => Predictions::Scores(logits.squeeze(1)?.to_vec1::<f32>()?),
+    })
 }
 
 /// Writes a model directory: `config.json`, `model.safetensors` and the tokenizer files of

@@ -1,0 +1,381 @@
+//! ONNX export of a task model: BERT's embeddings, encoder, pooler and classifier as one graph
+//! (opset 17; batch and sequence length given at run time) with its f32 weights inline.
+//! Inputs `input_ids`, `attention_mask` and `token_type_ids` (int64, `[batch, sequence]`),
+//! output `logits` (`[batch, labels]`), the names HF's ONNX exports use.
+
+mod proto;
+
+use anyhow::{Context, Result, bail, ensure};
+use candle_core::{DType, Tensor};
+use kd_bert::{BertConfig, write_atomically};
+use kd_teacher::{ModelFiles, TaskModel};
+use prost::Message;
+use proto::{
+    AttributeProto, Dimension, DimensionValue, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto,
+};
+use std::path::Path;
+
+/// LayerNormalization and Shape's `start`/`end` need opset 17 and 15.
+const OPSET: i64 = 17;
+/// The IR version that opset 17 came with.
+const IR_VERSION: i64 = 8;
+/// The file an ONNX export's graph is in.
+pub const ONNX_FILE: &str = "model.onnx";
+
+/// Writes `model` (a task model in any format kd loads: f32, f16, bf16 or int8 weights are
+/// all written as f32) as `out/model.onnx`, atomically. Returns the file's size in bytes.
+pub fn write(model: &ModelFiles, out: &Path) -> Result<u64> {
+    let task_model = TaskModel::load(model, usize::MAX)
+        .with_context(|| format!("cannot load {} to export it", model.dir.display()))?;
+    let graph = bert_classifier(&task_model)?;
+    let proto = ModelProto {
+        ir_version: IR_VERSION,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        producer_name: "kd".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: format!("exported from {}", model.dir.display()),
+        graph: Some(graph),
+    };
+    let path = out.join(ONNX_FILE);
+    write_atomically(&path, |tmp| {
+        std::fs::write(tmp, proto.encode_to_vec())
+            .with_context(|| format!("cannot write {}", tmp.display()))
+    })?;
+    Ok(std::fs::metadata(&path)?.len())
+}
+
+/// The whole model as a graph.
+fn bert_classifier(model: &TaskModel) -> Result<GraphProto> {
+    let config = &model.config;
+    let mut graph = Graph::new(model);
+    let ids = "input_ids";
+
+    // Embeddings: words, the first `sequence` positions, token types, then the layer norm.
+    let word_table = graph.weight("bert.embeddings.word_embeddings.weight")?;
+    let words = graph.op("Gather", &[&word_table, ids], &[]);
+    let sequence = graph.op(
+        "Shape",
+        &[ids],
+        &[("start", Attr::Int(1)), ("end", Attr::Int(2))],
+    );
+    let zero = graph.int64s(&[0]);
+    let position_table = graph.weight("bert.embeddings.position_embeddings.weight")?;
+    let positions = graph.op("Slice", &[&position_table, &zero, &sequence, &zero], &[]);
+    let type_table = graph.weight("bert.embeddings.token_type_embeddings.weight")?;
+    let types = graph.op("Gather", &[&type_table, "token_type_ids"], &[]);
+    let summed = graph.op("Add", &[&words, &positions], &[]);
+    let summed = graph.op("Add", &[&summed, &types], &[]);
+    let mut hidden = graph.layer_norm(&summed, "bert.embeddings.LayerNorm")?;
+
+    // The attention mask as kd's model adds it to the scores: 0 for real keys, f32::MIN for
+    // padding, `[batch, 1, 1, keys]`.
+    let mask = graph.op(
+        "Cast",
+        &["attention_mask"],
+        &[("to", Attr::Int(proto::FLOAT as i64))],
+    );
+    let one = graph.float(1.0);
+    let padding = graph.op("Sub", &[&one, &mask], &[]);
+    let lowest = graph.float(f32::MIN);
+    let bias = graph.op("Mul", &[&padding, &lowest], &[]);
+    let axes = graph.int64s(&[1, 2]);
+    let bias = graph.op("Unsqueeze", &[&bias, &axes], &[]);
+
+    for layer in 0..config.num_hidden_layers {
+        hidden = graph.encoder_layer(&hidden, &bias, &format!("bert.encoder.layer.{layer}"))?;
+    }
+
+    // The pooler reads the [CLS] position; the classifier the pooled vector.
+    let first = graph.int64_scalar(0);
+    let cls = graph.op("Gather", &[&hidden, &first], &[("axis", Attr::Int(1))]);
+    let pooled = graph.linear(&cls, "bert.pooler.dense")?;
+    let pooled = graph.op("Tanh", &[&pooled], &[]);
+    let logits = graph.linear(&pooled, "classifier")?;
+    graph.rename_output(&logits, "logits");
+
+    let dynamic = |name: &str| Dimension {
+        value: Some(DimensionValue::DimParam(name.into())),
+    };
+    let value = |name: &str, elem_type, dims: Vec<Dimension>| ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TensorTypeProto {
+                elem_type,
+                shape: Some(TensorShapeProto { dim: dims }),
+            }),
+        }),
+    };
+    let input = |name: &str| {
+        value(
+            name,
+            proto::INT64,
+            vec![dynamic("batch"), dynamic("sequence")],
+        )
+    };
+    let labels = Dimension {
+        value: Some(DimensionValue::DimValue(model.labels.len() as i64)),
+    };
+    Ok(GraphProto {
+        name: "bert_for_sequence_classification".into(),
+        node: graph.nodes,
+        initializer: graph.initializers,
+        input: vec![
+            input("input_ids"),
+            input("attention_mask"),
+            input("token_type_ids"),
+        ],
+        output: vec![value(
+            "logits",
+            proto::FLOAT,
+            vec![dynamic("batch"), labels],
+        )],
+    })
+}
+
+/// A node attribute's value.
+enum Attr {
+    Int(i64),
+    Ints(Vec<i64>),
+    Float(f32),
+}
+
+/// A graph under construction: nodes in order, weights and constants as initializers, and a
+/// unique name for every value.
+struct Graph<'a> {
+    model: &'a TaskModel,
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    values: usize,
+}
+
+impl<'a> Graph<'a> {
+    fn new(model: &'a TaskModel) -> Self {
+        Self {
+            model,
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            values: 0,
+        }
+    }
+
+    fn config(&self) -> &BertConfig {
+        &self.model.config
+    }
+
+    /// Appends a node with one output and returns the output's name.
+    fn op(&mut self, op_type: &str, inputs: &[&str], attributes: &[(&str, Attr)]) -> String {
+        self.values += 1;
+        let output = format!("{}_{}", op_type.to_lowercase(), self.values);
+        let attribute = attributes
+            .iter()
+            .map(|(name, value)| {
+                let mut attribute = AttributeProto {
+                    name: name.to_string(),
+                    ..Default::default()
+                };
+                match value {
+                    Attr::Int(i) => {
+                        (attribute.r#type, attribute.i) = (proto::ATTRIBUTE_INT, Some(*i))
+                    }
+                    Attr::Float(f) => {
+                        (attribute.r#type, attribute.f) = (proto::ATTRIBUTE_FLOAT, Some(*f))
+                    }
+                    Attr::Ints(ints) => {
+                        (attribute.r#type, attribute.ints) = (proto::ATTRIBUTE_INTS, ints.clone())
+                    }
+                }
+                attribute
+            })
+            .collect();
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|name| name.to_string()).collect(),
+            output: vec![output.clone()],
+            name: format!("{op_type}_{}", self.values),
+            op_type: op_type.into(),
+            attribute,
+        });
+        output
+    }
+
+    /// The model's parameter `name` as an initializer of that name.
+    fn weight(&mut self, name: &str) -> Result<String> {
+        let tensor = self.parameter(name)?;
+        self.f32_initializer(name, &tensor)
+    }
+
+    fn parameter(&self, name: &str) -> Result<Tensor> {
+        match self.model.params.get(name) {
+            Some(var) => Ok(var.as_tensor().clone()),
+            None => bail!("the model has no parameter {name} to export"),
+        }
+    }
+
+    fn f32_initializer(&mut self, name: &str, tensor: &Tensor) -> Result<String> {
+        let values = tensor
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        self.initializers.push(TensorProto {
+            dims: tensor.dims().iter().map(|&d| d as i64).collect(),
+            data_type: proto::FLOAT,
+            name: name.into(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        });
+        Ok(name.into())
+    }
+
+    fn constant_name(&mut self) -> String {
+        self.values += 1;
+        format!("constant_{}", self.values)
+    }
+
+    /// A scalar f32 constant.
+    fn float(&mut self, value: f32) -> String {
+        let name = self.constant_name();
+        self.initializers.push(TensorProto {
+            dims: Vec::new(),
+            data_type: proto::FLOAT,
+            name: name.clone(),
+            raw_data: value.to_le_bytes().to_vec(),
+        });
+        name
+    }
+
+    /// A 1-D int64 constant.
+    fn int64s(&mut self, values: &[i64]) -> String {
+        self.int64_constant(vec![values.len() as i64], values)
+    }
+
+    /// A scalar int64 constant (a Gather index that drops its axis).
+    fn int64_scalar(&mut self, value: i64) -> String {
+        self.int64_constant(Vec::new(), &[value])
+    }
+
+    fn int64_constant(&mut self, dims: Vec<i64>, values: &[i64]) -> String {
+        let name = self.constant_name();
+        self.initializers.push(TensorProto {
+            dims,
+            data_type: proto::INT64,
+            name: name.clone(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        });
+        name
+    }
+
+    /// `x W^T + b` for the linear layer `prefix`, with `W^T` stored so that MatMul reads it
+    /// as it is.
+    fn linear(&mut self, x: &str, prefix: &str) -> Result<String> {
+        let weight = self
+            .parameter(&format!("{prefix}.weight"))?
+            .t()?
+            .contiguous()?;
+        let weight = self.f32_initializer(&format!("{prefix}.weight_transposed"), &weight)?;
+        let bias = self.weight(&format!("{prefix}.bias"))?;
+        let product = self.op("MatMul", &[x, &weight], &[]);
+        Ok(self.op("Add", &[&product, &bias], &[]))
+    }
+
+    fn layer_norm(&mut self, x: &str, prefix: &str) -> Result<String> {
+        let scale = self.weight(&format!("{prefix}.weight"))?;
+        let bias = self.weight(&format!("{prefix}.bias"))?;
+        let epsilon = Attr::Float(self.config().layer_norm_eps as f32);
+        Ok(self.op(
+            "LayerNormalization",
+            &[x, &scale, &bias],
+            &[("axis", Attr::Int(-1)), ("epsilon", epsilon)],
+        ))
+    }
+
+    /// One encoder layer: self-attention with the residual and layer norm, then the
+    /// feed-forward block with its own.
+    fn encoder_layer(&mut self, x: &str, mask_bias: &str, prefix: &str) -> Result<String> {
+        let (heads, head_dim) = (self.config().num_attention_heads, self.config().head_dim());
+        let split = self.int64s(&[0, 0, heads as i64, head_dim as i64]);
+        let project = |graph: &mut Self, name: &str, perm: Vec<i64>| -> Result<String> {
+            let projected = graph.linear(x, &format!("{prefix}.attention.self.{name}"))?;
+            let by_head = graph.op("Reshape", &[&projected, &split], &[]);
+            Ok(graph.op("Transpose", &[&by_head], &[("perm", Attr::Ints(perm))]))
+        };
+        let query = project(self, "query", vec![0, 2, 1, 3])?;
+        // Keys come transposed, `[batch, heads, head_dim, keys]`, ready for the product.
+        let key = project(self, "key", vec![0, 2, 3, 1])?;
+        let value = project(self, "value", vec![0, 2, 1, 3])?;
+        let scores = self.op("MatMul", &[&query, &key], &[]);
+        let scale = self.float(1.0 / (head_dim as f32).sqrt());
+        let scores = self.op("Mul", &[&scores, &scale], &[]);
+        let scores = self.op("Add", &[&scores, mask_bias], &[]);
+        let probabilities = self.op("Softmax", &[&scores], &[("axis", Attr::Int(-1))]);
+        let context = self.op("MatMul", &[&probabilities, &value], &[]);
+        let context = self.op(
+            "Transpose",
+            &[&context],
+            &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        );
+        let merge = self.int64s(&[0, 0, (heads * head_dim) as i64]);
+        let context = self.op("Reshape", &[&context, &merge], &[]);
+        let attended = self.linear(&context, &format!("{prefix}.attention.output.dense"))?;
+        let residual = self.op("Add", &[&attended, x], &[]);
+        let x = self.layer_norm(&residual, &format!("{prefix}.attention.output.LayerNorm"))?;
+
+        let inner = self.linear(&x, &format!("{prefix}.intermediate.dense"))?;
+        let inner = self.activation(&inner)?;
+        let out = self.linear(&inner, &format!("{prefix}.output.dense"))?;
+        let residual = self.op("Add", &[&out, &x], &[]);
+        self.layer_norm(&residual, &format!("{prefix}.output.LayerNorm"))
+    }
+
+    /// The feed-forward activation of `hidden_act`, from opset-17 ops (Gelu came in 20).
+    fn activation(&mut self, x: &str) -> Result<String> {
+        let act = self.config().hidden_act.clone();
+        let half = self.float(0.5);
+        let one = self.float(1.0);
+        let inner = match act.as_str() {
+            "relu" => return Ok(self.op("Relu", &[x], &[])),
+            // 0.5 x (1 + erf(x / sqrt 2))
+            "gelu" => {
+                let root2 = self.float(std::f32::consts::SQRT_2);
+                let scaled = self.op("Div", &[x, &root2], &[]);
+                self.op("Erf", &[&scaled], &[])
+            }
+            // 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+            "gelu_new" => {
+                let three = self.float(3.0);
+                let cube = self.op("Pow", &[x, &three], &[]);
+                let coefficient = self.float(0.044715);
+                let cube = self.op("Mul", &[&cube, &coefficient], &[]);
+                let sum = self.op("Add", &[x, &cube], &[]);
+                let factor = self.float((2.0 / std::f32::consts::PI).sqrt());
+                let scaled = self.op("Mul", &[&sum, &factor], &[]);
+                self.op("Tanh", &[&scaled], &[])
+            }
+            other => bail!("cannot export hidden_act {other:?} to ONNX"),
+        };
+        let gate = self.op("Add", &[&inner, &one], &[]);
+        let gate = self.op("Mul", &[&gate, &half], &[]);
+        Ok(self.op("Mul", &[x, &gate], &[]))
+    }
+
+    /// Gives the value `from` (the last node's output) the graph output's name.
+    fn rename_output(&mut self, from: &str, to: &str) {
+        let last = self.nodes.last_mut().expect("the graph has nodes");
+        debug_assert_eq!(last.output[0], from);
+        last.output[0] = to.into();
+    }
+}
+
+/// Refuses what an ONNX export does not do, before anything is written.
+pub fn check_options(options: &crate::ExportOptions) -> Result<()> {
+    ensure!(
+        options.precision == crate::Precision::F32 && !options.int8,
+        "an ONNX export has f32 weights: --dtype and --quantize are for safetensors exports"
+    );
+    ensure!(
+        options.prune_vocab.is_empty(),
+        "export with --prune-vocab first, then --format onnx from that directory"
+    );
+    Ok(())
+}
