@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use kd_bert::{BertConfig, BertInput, Mode, ProblemType};
 use kd_data::{Example, Label, collate};
-use kd_export::{ExportOptions, Format, Precision, export};
+use kd_export::{ExportOptions, Format, Precision, Quantization, export};
 use kd_teacher::{ModelFiles, TaskModel};
 use std::path::Path;
 
@@ -70,6 +70,11 @@ fn outputs(dir: &Path) -> (Tensor, Tensor) {
     (logits, states)
 }
 
+fn largest_magnitude(tensor: &Tensor) -> f32 {
+    let magnitudes = tensor.abs().unwrap();
+    magnitudes.max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
 fn exported(root: &Path, name: &str, options: ExportOptions) -> std::path::PathBuf {
     let out = root.join(name);
     let model = ModelFiles::from_dir(&root.join("model")).unwrap();
@@ -82,23 +87,23 @@ fn exports_reload_in_kd_with_the_original_logits_within_their_precision() {
     let root = tempfile::tempdir().unwrap();
     tiny_classifier(&root.path().join("model"));
     let (logits, _) = outputs(&root.path().join("model"));
-    let scale = logits
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let scale = largest_magnitude(&logits);
     assert!(scale > 0.1, "logits too small to compare: {scale}");
     let cases = [
-        ("f16", Precision::F16, false, 2e-3),
-        ("bf16", Precision::Bf16, false, 2e-2),
-        ("int8", Precision::F32, true, 3e-2),
+        ("f16", Precision::F16, None, 2e-3),
+        ("bf16", Precision::Bf16, None, 2e-2),
+        ("int8", Precision::F32, Some(Quantization::Int8), 3e-2),
+        (
+            "int8-embeddings",
+            Precision::F32,
+            Some(Quantization::Int8Embeddings),
+            3e-2,
+        ),
     ];
-    for (name, precision, int8, tolerance) in cases {
+    for (name, precision, quantize, tolerance) in cases {
         let options = ExportOptions {
             precision,
-            int8,
+            quantize,
             ..ExportOptions::default()
         };
         let dir = exported(root.path(), name, options);
@@ -118,22 +123,27 @@ fn exports_reload_in_kd_with_the_original_logits_within_their_precision() {
             "{name} is no smaller"
         );
     }
-    // int8 stores the dense weights as I8 with a scale per output channel.
-    let file = std::fs::read(root.path().join("int8/model.safetensors")).unwrap();
-    let tensors = safetensors::SafeTensors::deserialize(&file).unwrap();
+    // int8 stores the dense weights as I8 with a scale per row (output channel); the word
+    // embeddings stay f32 unless int8-embeddings asks (then one scale per token).
     let query = "bert.encoder.layer.0.attention.self.query.weight";
-    assert_eq!(
-        tensors.tensor(query).unwrap().dtype(),
-        safetensors::Dtype::I8
-    );
-    assert_eq!(
-        tensors.tensor(&format!("{query}_scale")).unwrap().shape(),
-        [32]
-    );
-    let embeddings = tensors
-        .tensor("bert.embeddings.word_embeddings.weight")
-        .unwrap();
-    assert_eq!(embeddings.dtype(), safetensors::Dtype::F32);
+    let words = "bert.embeddings.word_embeddings.weight";
+    let expected = [
+        ("int8", query, Some(32)),
+        ("int8", words, None),
+        ("int8-embeddings", query, Some(32)),
+        ("int8-embeddings", words, Some(30522)),
+    ];
+    for (export, tensor, scales) in expected {
+        let file = std::fs::read(root.path().join(export).join("model.safetensors")).unwrap();
+        let tensors = safetensors::SafeTensors::deserialize(&file).unwrap();
+        let dtype = tensors.tensor(tensor).unwrap().dtype();
+        let scale = tensors.tensor(&format!("{tensor}_scale")).ok();
+        let scale_rows = scale.map(|scale| scale.shape()[0]);
+        match scales {
+            Some(rows) => assert_eq!((dtype, scale_rows), (safetensors::Dtype::I8, Some(rows))),
+            None => assert_eq!((dtype, scale_rows), (safetensors::Dtype::F32, None)),
+        }
+    }
 }
 
 #[test]
@@ -293,52 +303,90 @@ fn tract_logits(onnx: &Path, input: &BertInput) -> Tensor {
         .unwrap()
 }
 
+/// The logits ONNX Runtime computes for `input` with the export in `dir` (after ONNX's full
+/// checker), where the reference environment exists.
+fn onnx_runtime_logits(dir: &Path, input: &BertInput) -> Option<Tensor> {
+    let python = common::workspace_root().join(".venv-ref/bin/python");
+    if !python.is_file() {
+        return None;
+    }
+    let inputs = serde_json::json!({
+        "input_ids": rows_i64(&input.input_ids),
+        "attention_mask": rows_i64(&input.attention_mask),
+        "token_type_ids": rows_i64(&input.token_type_ids),
+    });
+    let script = common::workspace_root().join("tests/fixtures/check_onnx_ort.py");
+    let mut command = std::process::Command::new(python);
+    command.arg(script).arg(dir);
+    let output = common::run_with_stdin(command, inputs.to_string().as_bytes());
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let logits: Vec<Vec<f32>> = serde_json::from_str(&common::stdout(&output)).unwrap();
+    Some(Tensor::new(logits, &Device::Cpu).unwrap())
+}
+
 #[test]
 fn the_onnx_export_runs_in_tract_and_onnx_runtime_with_kds_logits() {
     let root = tempfile::tempdir().unwrap();
-    tiny_classifier(&root.path().join("model"));
-    let options = ExportOptions {
-        format: Format::Onnx,
-        ..ExportOptions::default()
+    let model = root.path().join("model");
+    tiny_classifier(&model);
+    let scale = largest_magnitude(&outputs(&model).0);
+    // f32 matches kd to 1e-4; int8 (activations quantized at run time, weights per channel,
+    // word embeddings per token) within a few percent of the logits' scale.
+    let cases = [
+        ("onnx", None, 1e-4),
+        (
+            "onnx-int8",
+            Some(Quantization::Int8Embeddings),
+            5e-2 * scale,
+        ),
+    ];
+    for (name, quantize, tolerance) in cases {
+        let options = ExportOptions {
+            format: Format::Onnx,
+            quantize,
+            ..ExportOptions::default()
+        };
+        let onnx = exported(root.path(), name, options);
+        common::assert_readable_by_all(&onnx, &["model.onnx", "config.json", "tokenizer.json"]);
+        // A padded batch of four, then one sentence alone: batch and length are dynamic.
+        for n in [SENTENCES.len(), 1] {
+            let (logits, _, input) = outputs_on(&model, n);
+            let theirs = tract_logits(&onnx.join("model.onnx"), &input);
+            assert_eq!(theirs.dims(), logits.dims());
+            let difference = common::max_abs_diff(&theirs, &logits);
+            assert!(
+                difference < tolerance,
+                "{name} in tract, {n} sentences: {difference}"
+            );
+            if quantize.is_some() {
+                assert!(difference > 1e-6, "{name}: nothing was quantized");
+            }
+            if let Some(theirs) = onnx_runtime_logits(&onnx, &input) {
+                let difference = common::max_abs_diff(&theirs, &logits);
+                assert!(
+                    difference < tolerance,
+                    "{name} in ONNX Runtime: {difference}"
+                );
+            }
+        }
+    }
+    let bytes = |name: &str| {
+        let path = root.path().join(name).join("model.onnx");
+        std::fs::metadata(path).unwrap().len()
     };
-    let onnx = exported(root.path(), "onnx", options);
-    common::assert_readable_by_all(&onnx, &["model.onnx", "config.json", "tokenizer.json"]);
-    // A padded batch of four, then one sentence alone: batch and length are dynamic.
-    for n in [SENTENCES.len(), 1] {
-        let (logits, _, input) = outputs_on(&root.path().join("model"), n);
-        let theirs = tract_logits(&onnx.join("model.onnx"), &input);
-        assert_eq!(theirs.dims(), logits.dims());
-        let difference = common::max_abs_diff(&theirs, &logits);
-        assert!(difference < 1e-4, "tract, {n} sentences: {difference}");
-    }
-
-    // ONNX's checker and ONNX Runtime, where the reference environment exists.
-    let python = common::workspace_root().join(".venv-ref/bin/python");
-    if python.is_file() {
-        let (logits, _, input) = outputs_on(&root.path().join("model"), SENTENCES.len());
-        let inputs = serde_json::json!({
-            "input_ids": rows_i64(&input.input_ids),
-            "attention_mask": rows_i64(&input.attention_mask),
-            "token_type_ids": rows_i64(&input.token_type_ids),
-        });
-        let script = common::workspace_root().join("tests/fixtures/check_onnx_ort.py");
-        let mut command = std::process::Command::new(python);
-        command.arg(script).arg(&onnx);
-        let output = common::run_with_stdin(command, inputs.to_string().as_bytes());
-        assert!(output.status.success(), "{}", common::stderr(&output));
-        let theirs: Vec<Vec<f32>> = serde_json::from_str(&common::stdout(&output)).unwrap();
-        let theirs = Tensor::new(theirs, &Device::Cpu).unwrap();
-        let difference = common::max_abs_diff(&theirs, &logits);
-        assert!(difference < 1e-4, "ONNX Runtime: {difference}");
-    }
+    assert!(
+        bytes("onnx-int8") * 3 < bytes("onnx"),
+        "int8 is not a third the size"
+    );
 
     // kd itself runs safetensors models, and says what to do with an ONNX export.
+    let onnx = root.path().join("onnx");
     let error = common::kd_err(&["eval", "--model", onnx.to_str().unwrap(), "--task", "sst2"]);
     assert!(error.contains("is an ONNX export"), "{error}");
     let error = common::kd_err(&[
         "export",
         "--model",
-        root.path().join("model").to_str().unwrap(),
+        model.to_str().unwrap(),
         "--out",
         root.path().join("onnx-f16").to_str().unwrap(),
         "--format",
@@ -346,7 +394,7 @@ fn the_onnx_export_runs_in_tract_and_onnx_runtime_with_kds_logits() {
         "--dtype",
         "f16",
     ]);
-    assert!(error.contains("f32 weights"), "{error}");
+    assert!(error.contains("--dtype is for safetensors"), "{error}");
     assert!(!root.path().join("onnx-f16").exists());
 }
 
@@ -392,7 +440,7 @@ fn kd_compare_puts_an_export_beside_its_original() {
     tiny_classifier(&model);
     let options = ExportOptions {
         precision: Precision::F16,
-        int8: true,
+        quantize: Some(Quantization::Int8),
         ..ExportOptions::default()
     };
     let small = exported(root.path(), "small", options);

@@ -59,10 +59,10 @@ struct ExportArgs {
     /// The precision of the floating-point weights.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: kd_export::Precision,
-    /// Store the dense layers' weights as int8 (weight-only, one scale per output channel);
-    /// kd dequantizes them when it loads the model.
-    #[arg(long, value_parser = ["int8"])]
-    quantize: Option<String>,
+    /// Store weights as int8 (weight-only, one scale per row): `int8` the dense layers',
+    /// `int8-embeddings` the embedding tables' too; kd dequantizes them when it loads the model.
+    #[arg(long, value_enum)]
+    quantize: Option<kd_export::Quantization>,
     /// Keep only the tokens these texts use (files, a text a line), plus the special and
     /// single-character tokens; the embedding matrix and the tokenizer are rewritten together.
     #[arg(long, num_args = 1.., value_name = "FILES")]
@@ -326,7 +326,7 @@ fn run_export(args: ExportArgs) -> Result<()> {
     let options = kd_export::ExportOptions {
         format: args.format,
         precision: args.dtype,
-        int8: args.quantize.is_some(),
+        quantize: args.quantize,
         prune_vocab: args.prune_vocab,
     };
     if options.format == kd_export::Format::Onnx {

@@ -10,7 +10,7 @@ mod vocab;
 mod weights;
 
 pub use vocab::kept_token_ids;
-pub use weights::Precision;
+pub use weights::{Precision, Quantization};
 
 use anyhow::{Context, Result, ensure};
 use candle_core::{DType, Device, Tensor};
@@ -36,8 +36,8 @@ pub enum Format {
 pub struct ExportOptions {
     pub format: Format,
     pub precision: Precision,
-    /// Quantize the dense layers' weights to int8 (weight-only, per output channel).
-    pub int8: bool,
+    /// Store these weights as int8 (weight-only, one scale per row).
+    pub quantize: Option<Quantization>,
     /// Keep only the tokens these texts use (plus the special and single-character tokens).
     pub prune_vocab: Vec<PathBuf>,
 }
@@ -87,16 +87,16 @@ pub fn export(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Result
     let quantized_tensors = weights::write(
         &tensors,
         options.precision,
-        options.int8,
+        options.quantize,
         &out.join("model.safetensors"),
     )?;
     config
         .extra
         .insert("torch_dtype".into(), options.precision.torch_name().into());
-    if options.int8 {
+    if let Some(quantization) = options.quantize {
         config.extra.insert(
             "kd_quantization".into(),
-            serde_json::json!({"weights": "int8", "scales": "per output channel", "scale_suffix": "_scale"}),
+            serde_json::json!({"weights": quantization, "scales": "per row", "scale_suffix": "_scale"}),
         );
     }
     kd_bert::write_json_atomically(&out.join("config.json"), &config)?;
@@ -117,7 +117,7 @@ fn export_onnx(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Resul
     let mut config = BertConfig::from_file(&model.config)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     kd_teacher::copy_tokenizer_files(&model.dir, out)?;
-    let weights_bytes_after = onnx::write(model, out)?;
+    let weights_bytes_after = onnx::write(model, out, options.quantize)?;
     config.extra.remove("kd_quantization");
     config
         .extra

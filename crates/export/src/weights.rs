@@ -1,5 +1,6 @@
-//! Writing weights in a chosen precision, the dense layers' optionally as int8: `W ≈ q · s`
-//! with `q` in [-127, 127] and one scale `s` per output channel (row), stored as
+//! Writing weights in a chosen precision, the dense layers' (and optionally the embedding
+//! tables') as int8: `W ≈ q · s` with `q` in [-127, 127] and one scale `s` per row (an output
+//! channel of a dense layer, a token of an embedding table), stored as
 //! `<name>` (I8) beside `<name>_scale` (f32), which `kd_bert::Params::load` dequantizes.
 
 use anyhow::Result;
@@ -72,26 +73,44 @@ impl View for &Stored {
     }
 }
 
-/// Whether a tensor is a dense layer's weight, which int8 quantization covers: every 2-D
-/// `.weight` but the embedding matrices.
-fn is_dense_weight(name: &str, tensor: &Tensor) -> bool {
-    tensor.rank() == 2 && name.ends_with(".weight") && !name.contains("embeddings")
+/// Which weights become int8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Quantization {
+    /// The dense layers' weights, one scale per output channel.
+    Int8,
+    /// The dense layers' weights and the word embeddings, one scale per token.
+    Int8Embeddings,
 }
 
-/// Writes `tensors` into `path` atomically, floats in `precision` and, with `int8`, the dense
-/// weights quantized; returns how many tensors were quantized.
+impl Quantization {
+    /// Whether it covers `name`: 2-D `.weight`s, of the embedding tables only the word
+    /// embeddings (by far the largest) and only when asked.
+    pub(crate) fn covers(self, name: &str, tensor: &Tensor) -> bool {
+        let covered_embedding =
+            self == Self::Int8Embeddings && name.ends_with("word_embeddings.weight");
+        tensor.rank() == 2
+            && name.ends_with(".weight")
+            && (!name.contains("embeddings") || covered_embedding)
+    }
+}
+
+/// Writes `tensors` into `path` atomically, floats in `precision` and the weights that
+/// `quantization` covers as int8; returns how many tensors were quantized.
 pub(crate) fn write(
     tensors: &BTreeMap<String, Tensor>,
     precision: Precision,
-    int8: bool,
+    quantization: Option<Quantization>,
     path: &Path,
 ) -> Result<usize> {
     let mut stored = BTreeMap::new();
     let mut quantized = 0;
     for (name, tensor) in tensors {
-        if int8 && is_dense_weight(name, tensor) {
-            let (values, scales) = quantize(tensor)?;
-            stored.insert(name.clone(), values);
+        if quantization.is_some_and(|q| q.covers(name, tensor)) {
+            let (data, scales) = quantize_rows(tensor)?;
+            let shape = tensor.dims().to_vec();
+            let data = data.into_iter().map(|q| q as u8).collect();
+            stored.insert(name.clone(), Stored::Int8 { shape, data });
             stored.insert(format!("{name}_scale"), Stored::Tensor(scales));
             quantized += 1;
         } else if tensor.dtype().is_float() {
@@ -110,8 +129,9 @@ pub(crate) fn write(
     Ok(quantized)
 }
 
-/// Symmetric per-row int8: the row's largest magnitude maps to 127.
-fn quantize(weight: &Tensor) -> Result<(Stored, Tensor)> {
+/// Symmetric per-row int8 of a 2-D tensor: the row's largest magnitude maps to 127. Returns
+/// the levels, row-major, and the scales `[rows]`.
+pub(crate) fn quantize_rows(weight: &Tensor) -> Result<(Vec<i8>, Tensor)> {
     let weight = weight.to_dtype(DType::F32)?;
     let scales = (weight.abs()?.max_keepdim(D::Minus1)? / 127.0)?;
     // A row of zeros keeps a scale of 1 rather than dividing by zero.
@@ -122,7 +142,6 @@ fn quantize(weight: &Tensor) -> Result<(Stored, Tensor)> {
         .clamp(-127.0, 127.0)?
         .flatten_all()?
         .to_vec1::<f32>()?;
-    let data = levels.iter().map(|&q| q as i8 as u8).collect();
-    let shape = weight.dims().to_vec();
-    Ok((Stored::Int8 { shape, data }, safe.squeeze(1)?))
+    let data = levels.iter().map(|&q| q as i8).collect();
+    Ok((data, safe.squeeze(1)?))
 }

@@ -1,10 +1,15 @@
 //! ONNX export of a task model: BERT's embeddings, encoder, pooler and classifier as one graph
-//! (opset 17; batch and sequence length given at run time) with its f32 weights inline.
-//! Inputs `input_ids`, `attention_mask` and `token_type_ids` (int64, `[batch, sequence]`),
-//! output `logits` (`[batch, labels]`), the names HF's ONNX exports use.
+//! (opset 17; batch and sequence length given at run time) with its weights inline: f32, or
+//! with int8 linear layers as ONNX Runtime's dynamic quantization writes them (activations
+//! quantized per tensor at run time, DynamicQuantizeLinear + MatMulInteger, weights per output
+//! channel) and optionally an int8 word-embedding table with a scale per token. Inputs
+//! `input_ids`, `attention_mask` and `token_type_ids` (int64, `[batch, sequence]`), output
+//! `logits` (`[batch, labels]`), the names HF's ONNX exports use.
 
 mod proto;
 
+use crate::weights::quantize_rows;
+use crate::{ExportOptions, Precision, Quantization};
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Tensor};
 use kd_bert::{BertConfig, write_atomically};
@@ -23,12 +28,13 @@ const IR_VERSION: i64 = 8;
 /// The file an ONNX export's graph is in.
 pub const ONNX_FILE: &str = "model.onnx";
 
-/// Writes `model` (a task model in any format kd loads: f32, f16, bf16 or int8 weights are
-/// all written as f32) as `out/model.onnx`, atomically. Returns the file's size in bytes.
-pub fn write(model: &ModelFiles, out: &Path) -> Result<u64> {
+/// Writes `model` (a task model in any format kd loads, its weights read as f32) as
+/// `out/model.onnx`, atomically, the weights `quantization` covers as int8. Returns the file's
+/// size in bytes.
+pub fn write(model: &ModelFiles, out: &Path, quantization: Option<Quantization>) -> Result<u64> {
     let task_model = TaskModel::load(model, usize::MAX)
         .with_context(|| format!("cannot load {} to export it", model.dir.display()))?;
-    let graph = bert_classifier(&task_model)?;
+    let graph = bert_classifier(&task_model, quantization)?;
     let proto = ModelProto {
         ir_version: IR_VERSION,
         opset_import: vec![OperatorSetIdProto {
@@ -49,14 +55,13 @@ pub fn write(model: &ModelFiles, out: &Path) -> Result<u64> {
 }
 
 /// The whole model as a graph.
-fn bert_classifier(model: &TaskModel) -> Result<GraphProto> {
+fn bert_classifier(model: &TaskModel, quantization: Option<Quantization>) -> Result<GraphProto> {
     let config = &model.config;
-    let mut graph = Graph::new(model);
+    let mut graph = Graph::new(model, quantization);
     let ids = "input_ids";
 
     // Embeddings: words, the first `sequence` positions, token types, then the layer norm.
-    let word_table = graph.weight("bert.embeddings.word_embeddings.weight")?;
-    let words = graph.op("Gather", &[&word_table, ids], &[]);
+    let words = graph.word_embeddings(ids)?;
     let sequence = graph.op(
         "Shape",
         &[ids],
@@ -147,15 +152,17 @@ enum Attr {
 /// unique name for every value.
 struct Graph<'a> {
     model: &'a TaskModel,
+    quantization: Option<Quantization>,
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     values: usize,
 }
 
 impl<'a> Graph<'a> {
-    fn new(model: &'a TaskModel) -> Self {
+    fn new(model: &'a TaskModel, quantization: Option<Quantization>) -> Self {
         Self {
             model,
+            quantization,
             nodes: Vec::new(),
             initializers: Vec::new(),
             values: 0,
@@ -168,8 +175,21 @@ impl<'a> Graph<'a> {
 
     /// Appends a node with one output and returns the output's name.
     fn op(&mut self, op_type: &str, inputs: &[&str], attributes: &[(&str, Attr)]) -> String {
+        self.op_outputs(op_type, inputs, attributes, 1).remove(0)
+    }
+
+    /// Appends a node with `outputs` outputs and returns their names.
+    fn op_outputs(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        attributes: &[(&str, Attr)],
+        outputs: usize,
+    ) -> Vec<String> {
         self.values += 1;
-        let output = format!("{}_{}", op_type.to_lowercase(), self.values);
+        let output: Vec<String> = (0..outputs)
+            .map(|i| format!("{}_{}_{i}", op_type.to_lowercase(), self.values))
+            .collect();
         let attribute = attributes
             .iter()
             .map(|(name, value)| {
@@ -193,7 +213,7 @@ impl<'a> Graph<'a> {
             .collect();
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|name| name.to_string()).collect(),
-            output: vec![output.clone()],
+            output: output.clone(),
             name: format!("{op_type}_{}", self.values),
             op_type: op_type.into(),
             attribute,
@@ -226,6 +246,43 @@ impl<'a> Graph<'a> {
             raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         });
         Ok(name.into())
+    }
+
+    /// Whether the parameter `name` is exported as int8.
+    fn quantized(&self, name: &str, tensor: &Tensor) -> bool {
+        self.quantization.is_some_and(|q| q.covers(name, tensor))
+    }
+
+    /// Int8 levels of shape `dims` (row-major bytes) as an initializer named `name`.
+    fn int8_initializer(&mut self, name: &str, dims: &[usize], levels: Vec<u8>) -> String {
+        self.initializers.push(TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: proto::INT8,
+            name: name.into(),
+            raw_data: levels,
+        });
+        name.into()
+    }
+
+    /// The rows of the word-embedding table for `ids`, `[batch, sequence, hidden]`; from int8
+    /// levels times each token's scale when quantized.
+    fn word_embeddings(&mut self, ids: &str) -> Result<String> {
+        let name = "bert.embeddings.word_embeddings.weight";
+        let table = self.parameter(name)?;
+        if !self.quantized(name, &table) {
+            let table = self.f32_initializer(name, &table)?;
+            return Ok(self.op("Gather", &[&table, ids], &[]));
+        }
+        let (levels, scales) = quantize_rows(&table)?;
+        let levels = levels.into_iter().map(|q| q as u8).collect();
+        let levels = self.int8_initializer(name, table.dims(), levels);
+        let scales = self.f32_initializer(&format!("{name}_scale"), &scales)?;
+        let rows = self.op("Gather", &[&levels, ids], &[]);
+        let rows = self.op("Cast", &[&rows], &[("to", Attr::Int(proto::FLOAT as i64))]);
+        let row_scales = self.op("Gather", &[&scales, ids], &[]);
+        let last = self.int64s(&[-1]);
+        let row_scales = self.op("Unsqueeze", &[&row_scales, &last], &[]);
+        Ok(self.op("Mul", &[&rows, &row_scales], &[]))
     }
 
     fn constant_name(&mut self) -> String {
@@ -267,15 +324,37 @@ impl<'a> Graph<'a> {
     }
 
     /// `x W^T + b` for the linear layer `prefix`, with `W^T` stored so that MatMul reads it
-    /// as it is.
+    /// as it is. Quantized, `W^T` is int8 with a scale per output column and `x` is quantized
+    /// at run time (uint8, one scale and zero point per tensor): the int32 product, times
+    /// both scales.
     fn linear(&mut self, x: &str, prefix: &str) -> Result<String> {
-        let weight = self
-            .parameter(&format!("{prefix}.weight"))?
-            .t()?
-            .contiguous()?;
-        let weight = self.f32_initializer(&format!("{prefix}.weight_transposed"), &weight)?;
+        let name = format!("{prefix}.weight");
+        let weight = self.parameter(&name)?;
         let bias = self.weight(&format!("{prefix}.bias"))?;
-        let product = self.op("MatMul", &[x, &weight], &[]);
+        let transposed = format!("{prefix}.weight_transposed");
+        let product = if self.quantized(&name, &weight) {
+            // W's rows are W^T's columns: quantize by row, then transpose the levels.
+            let (levels, scales) = quantize_rows(&weight)?;
+            let (rows, columns) = weight.dims2()?;
+            let mut transposed_levels = vec![0u8; levels.len()];
+            for (i, &q) in levels.iter().enumerate() {
+                transposed_levels[(i % columns) * rows + i / columns] = q as u8;
+            }
+            let levels = self.int8_initializer(&transposed, &[columns, rows], transposed_levels);
+            let scales = self.f32_initializer(&format!("{transposed}_scale"), &scales)?;
+            let quantized_x = self.op_outputs("DynamicQuantizeLinear", &[x], &[], 3);
+            let [levels_x, scale_x, zero_x] = quantized_x.as_slice() else {
+                unreachable!("three outputs asked for")
+            };
+            let product = self.op("MatMulInteger", &[levels_x, &levels, zero_x], &[]);
+            let to_float = Attr::Int(proto::FLOAT as i64);
+            let product = self.op("Cast", &[&product], &[("to", to_float)]);
+            let scale = self.op("Mul", &[scale_x, &scales], &[]);
+            self.op("Mul", &[&product, &scale], &[])
+        } else {
+            let weight = self.f32_initializer(&transposed, &weight.t()?.contiguous()?)?;
+            self.op("MatMul", &[x, &weight], &[])
+        };
         Ok(self.op("Add", &[&product, &bias], &[]))
     }
 
@@ -368,10 +447,11 @@ impl<'a> Graph<'a> {
 }
 
 /// Refuses what an ONNX export does not do, before anything is written.
-pub fn check_options(options: &crate::ExportOptions) -> Result<()> {
+pub fn check_options(options: &ExportOptions) -> Result<()> {
     ensure!(
-        options.precision == crate::Precision::F32 && !options.int8,
-        "an ONNX export has f32 weights: --dtype and --quantize are for safetensors exports"
+        options.precision == Precision::F32,
+        "an ONNX export has f32 (or, with --quantize, int8) weights: --dtype is for safetensors \
+         exports"
     );
     ensure!(
         options.prune_vocab.is_empty(),
