@@ -5,7 +5,9 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use kd_bert::{BertConfig, BertForSequenceClassification, BertInput, BertModel, Mode, Params};
+use kd_bert::{
+    BertConfig, BertForSequenceClassification, BertInput, BertModel, FrozenWeights, Mode, Params,
+};
 use kd_data::TextTokenizer;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -47,7 +49,7 @@ fn input(fixture: &HashMap<String, Tensor>, case: &str) -> BertInput {
 fn every_intermediate_matches_pytorch_on_both_paths() {
     let model = minilm();
     let mut frozen = minilm();
-    frozen.freeze().unwrap();
+    frozen.freeze(FrozenWeights::F32).unwrap();
     let fixture = fixture();
     for case in ["single", "pair", "batch"] {
         let input = input(&fixture, case);
@@ -245,7 +247,7 @@ fn the_inference_path_has_no_gradient_and_agrees_with_training() {
 fn a_frozen_model_agrees_at_every_batch_size_and_refuses_to_train() {
     let (_, model) = tiny_classifier();
     let (_, mut frozen) = tiny_classifier();
-    frozen.freeze().unwrap();
+    frozen.freeze(FrozenWeights::F32).unwrap();
     let (small, _) = tiny_batch();
     // 300 rows: beyond the packed weights' range, so both ways of multiplying are checked.
     let repeat = |t: &Tensor| Tensor::cat(&vec![t.clone(); 30], 0).unwrap();

@@ -2,7 +2,7 @@
 //! `BertForSequenceClassification`: pooled [CLS] output, dropout, then a linear layer.
 
 use crate::config::BertConfig;
-use crate::layers::{Dropout, Linear, Mode};
+use crate::layers::{Dropout, FrozenWeights, Linear, Mode};
 use crate::model::{BertInput, BertModel, BertOutput};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -28,9 +28,9 @@ impl BertForSequenceClassification {
     }
 
     /// Prepares the model for inference only (see [`BertModel::freeze`]).
-    pub fn freeze(&mut self) -> Result<()> {
-        self.bert.freeze()?;
-        self.classifier.freeze()
+    pub fn freeze(&mut self, weights: FrozenWeights) -> Result<()> {
+        self.bert.freeze(weights)?;
+        self.classifier.freeze(weights)
     }
 
     /// Returns the logits, `[batch, num_labels]`, and every encoder intermediate.

@@ -1,7 +1,7 @@
 //! The encoder's building blocks: layer norm and dense layers on kd's fused kernels, dropout,
 //! and the [`Mode`] a forward pass runs in.
 
-use crate::ops;
+use crate::{int8, ops};
 use anyhow::Result;
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
@@ -55,6 +55,17 @@ impl LayerNorm {
 /// own packing is amortised over the rows.
 const PACKED_MAX_ROWS: usize = 256;
 
+/// How a frozen (inference-only) dense layer holds its weight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FrozenWeights {
+    /// f32, packed for products with few rows.
+    #[default]
+    F32,
+    /// int8 with a scale per output channel, times the input quantized per call (see
+    /// [`crate::int8`]), where the CPU has AVX-512 VNNI; f32 elsewhere.
+    Int8,
+}
+
 /// A dense layer, `xs W^T + b` over the last dimension, as one matrix product over every row
 /// of every example: candle_nn's `Linear` broadcasts `W` over the batch instead, so that its
 /// backward pass materialises and sums a weight gradient per example.
@@ -65,6 +76,8 @@ pub struct Linear {
     /// After [`Linear::freeze`]: the weight packed for products with few rows, where gemm
     /// would otherwise spend most of its time repacking or fetching the weight.
     packed: Option<ops::PackedWeight>,
+    /// After [`Linear::freeze`] with [`FrozenWeights::Int8`] on a CPU that runs it.
+    int8: Option<Arc<int8::Int8Weight>>,
 }
 
 impl Linear {
@@ -77,17 +90,26 @@ impl Linear {
             weight,
             bias,
             packed: None,
+            int8: None,
         })
     }
 
     /// Packs a copy of the weight for inference: a snapshot that later changes to the
     /// parameter do not reach, and through which no gradient flows.
-    pub fn freeze(&mut self) -> Result<()> {
-        self.packed = Some(ops::PackedWeight::new(&self.weight)?);
+    pub fn freeze(&mut self, weights: FrozenWeights) -> Result<()> {
+        if weights == FrozenWeights::Int8 {
+            self.int8 = int8::Int8Weight::new(&self.weight)?;
+        }
+        if self.int8.is_none() {
+            self.packed = Some(ops::PackedWeight::new(&self.weight)?);
+        }
         Ok(())
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if let Some(weight) = &self.int8 {
+            return Ok(int8::dense_int8(xs, weight, &self.bias)?);
+        }
         let rows = xs.elem_count() / xs.dims().last().copied().unwrap_or(1).max(1);
         Ok(match &self.packed {
             Some(packed) if rows <= PACKED_MAX_ROWS => ops::dense_packed(xs, packed, &self.bias)?,

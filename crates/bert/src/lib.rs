@@ -10,6 +10,7 @@
 mod attention;
 mod classifier;
 mod config;
+pub mod int8;
 mod layers;
 mod masked_lm;
 mod math;
@@ -19,7 +20,7 @@ mod params;
 
 pub use classifier::BertForSequenceClassification;
 pub use config::{BertConfig, ProblemType};
-pub use layers::{DropoutRng, Linear, Mode};
+pub use layers::{DropoutRng, FrozenWeights, Linear, Mode};
 pub use masked_lm::MaskedLmHead;
 pub use model::{BertInput, BertModel, BertOutput};
 pub use params::{LoadReport, Params, write_atomically, write_json_atomically};

@@ -2,7 +2,7 @@
 //! checkpoints (`embeddings.*`, `encoder.layer.N.*`, `pooler.*`).
 
 use crate::config::BertConfig;
-use crate::layers::{Dropout, DropoutRng, LayerNorm, Linear, Mode};
+use crate::layers::{Dropout, DropoutRng, FrozenWeights, LayerNorm, Linear, Mode};
 use crate::{attention, ops};
 use anyhow::{Result, bail};
 use candle_core::{DType, Module, Tensor};
@@ -121,9 +121,9 @@ impl SelfAttention {
         })
     }
 
-    fn freeze(&mut self) -> Result<()> {
+    fn freeze(&mut self, weights: FrozenWeights) -> Result<()> {
         for dense in [&mut self.query, &mut self.key, &mut self.value] {
-            dense.freeze()?;
+            dense.freeze(weights)?;
         }
         Ok(())
     }
@@ -160,8 +160,8 @@ impl ResidualNorm {
         })
     }
 
-    fn freeze(&mut self) -> Result<()> {
-        self.dense.freeze()
+    fn freeze(&mut self, weights: FrozenWeights) -> Result<()> {
+        self.dense.freeze(weights)
     }
 
     fn forward(&self, xs: &Tensor, residual: &Tensor, mode: Mode) -> Result<Tensor> {
@@ -221,11 +221,11 @@ impl Layer {
         })
     }
 
-    fn freeze(&mut self) -> Result<()> {
-        self.attention.freeze()?;
-        self.attention_output.freeze()?;
-        self.intermediate.freeze()?;
-        self.output.freeze()
+    fn freeze(&mut self, weights: FrozenWeights) -> Result<()> {
+        self.attention.freeze(weights)?;
+        self.attention_output.freeze(weights)?;
+        self.intermediate.freeze(weights)?;
+        self.output.freeze(weights)
     }
 
     fn forward(
@@ -287,12 +287,12 @@ impl BertModel {
     /// Prepares the model for inference only: each dense layer keeps a copy of its weight laid
     /// out for the matrix product (see [`Linear::freeze`]). A snapshot: later changes to the
     /// parameters are not seen, and a frozen model refuses to train.
-    pub fn freeze(&mut self) -> Result<()> {
+    pub fn freeze(&mut self, weights: FrozenWeights) -> Result<()> {
         for layer in &mut self.layers {
-            layer.freeze()?;
+            layer.freeze(weights)?;
         }
         if let Some(pooler) = &mut self.pooler {
-            pooler.freeze()?;
+            pooler.freeze(weights)?;
         }
         self.frozen = true;
         Ok(())

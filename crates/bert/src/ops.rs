@@ -132,7 +132,7 @@ pub(crate) fn filled_rows<'a>(
     out
 }
 
-fn last_dim(layout: &Layout) -> usize {
+pub(crate) fn last_dim(layout: &Layout) -> usize {
     layout.dims().last().copied().unwrap_or(1)
 }
 
@@ -345,7 +345,7 @@ impl CustomOp3 for Dense {
 }
 
 /// A layout's shape with its last dimension replaced.
-fn with_last_dim(layout: &Layout, dim: usize) -> Shape {
+pub(crate) fn with_last_dim(layout: &Layout, dim: usize) -> Shape {
     let mut dims = layout.dims().to_vec();
     if let Some(last) = dims.last_mut() {
         *last = dim;

@@ -6,7 +6,7 @@ use crate::task_model::save_model_dir;
 use anyhow::{Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
-use kd_bert::{BertConfig, BertModel, BertOutput, MaskedLmHead, Mode, Params};
+use kd_bert::{BertConfig, BertModel, BertOutput, FrozenWeights, MaskedLmHead, Mode, Params};
 use kd_data::{Example, TextTokenizer, collate, encode_examples};
 use std::path::{Path, PathBuf};
 
@@ -49,7 +49,7 @@ impl Backbone {
     /// Loads a backbone to answer with, never to train (see [`BertModel::freeze`]).
     pub fn load_for_inference(files: &ModelFiles, max_len: usize) -> Result<Self> {
         let mut backbone = Self::load(files, max_len)?;
-        backbone.model.freeze()?;
+        backbone.model.freeze(FrozenWeights::F32)?;
         Ok(backbone)
     }
 

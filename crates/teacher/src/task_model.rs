@@ -4,7 +4,9 @@
 use crate::resolve::{ModelFiles, tokenizer_files};
 use anyhow::{Context, Result, bail};
 use candle_core::{D, Device, Tensor};
-use kd_bert::{BertConfig, BertForSequenceClassification, Mode, Params, ProblemType};
+use kd_bert::{
+    BertConfig, BertForSequenceClassification, FrozenWeights, Mode, Params, ProblemType,
+};
 use kd_data::{
     EncodedExample, Example, Predictions, TaskKind, TaskSpec, TextTokenizer, batch_plan, collate,
     encode_examples, evaluate,
@@ -38,10 +40,16 @@ impl TaskModel {
     }
 
     /// Loads a task model to answer with, never to train: frozen (see
-    /// [`BertForSequenceClassification::freeze`]), which speeds up small batches most.
+    /// [`BertForSequenceClassification::freeze`]), which speeds up small batches most. An int8
+    /// export (`kd_quantization` in its config) computes in int8 where the CPU can.
     pub fn load_for_inference(files: &ModelFiles, max_len: usize) -> Result<Self> {
         let mut model = Self::load(files, max_len)?;
-        model.model.freeze()?;
+        let weights = if model.config.extra.contains_key("kd_quantization") {
+            FrozenWeights::Int8
+        } else {
+            FrozenWeights::F32
+        };
+        model.model.freeze(weights)?;
         Ok(model)
     }
 
