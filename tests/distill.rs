@@ -84,8 +84,14 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
             distill("sst2-distilbert-l3.toml", &out, &cache, &settings)
         })
         .collect();
-    assert_eq!(runs[0]["stages"][0]["teacher_cache"], "computed");
-    assert_eq!(runs[1]["stages"][0]["teacher_cache"], "loaded");
+    assert_eq!(
+        runs[0]["stages"][0]["teacher_cache"],
+        serde_json::json!(["computed"])
+    );
+    assert_eq!(
+        runs[1]["stages"][0]["teacher_cache"],
+        serde_json::json!(["loaded"])
+    );
 
     // A hard-label baseline never runs the teacher on the training set.
     let hard_only = distill(
@@ -94,8 +100,69 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
         &root.path().join("nokd-cache"),
         &[&teacher_set, "training.max_steps=5"],
     );
-    assert!(hard_only["stages"][0]["teacher_cache"].is_null());
+    assert_eq!(
+        hard_only["stages"][0]["teacher_cache"],
+        serde_json::json!([])
+    );
     assert!(!root.path().join("nokd-cache").exists());
+
+    // An ensemble of the teacher and its copy, equal weights: its average is the teacher's
+    // own distribution, so the student is the single-teacher one to the bit. Each teacher's
+    // logits come from the cache (the copy's bytes key the same entry).
+    let copy = root.path().join("teacher-copy");
+    copy_dir(&teacher, &copy);
+    let shipped = common::workspace_root().join("experiments/recipes/sst2-distilbert-l3.toml");
+    let text = std::fs::read_to_string(shipped).unwrap();
+    let single = "[teacher]\nmodel = \"runs/teachers/SST-2\"\n";
+    assert!(text.contains(single));
+    let ensemble_recipe = |members: &[&Path], extra: &str| {
+        let teachers: String = members
+            .iter()
+            .map(|dir| format!("[[teachers]]\nmodel = \"{}\"\n", dir.display()))
+            .collect();
+        let path = root.path().join("ensemble.toml");
+        std::fs::write(&path, format!("{extra}{}", text.replace(single, &teachers))).unwrap();
+        path
+    };
+    let recipe = ensemble_recipe(&[&teacher, &copy], "");
+    let out = root.path().join("ensemble");
+    let settings = [logits_only, "training.max_steps=5"];
+    let summary = distill(recipe.to_str().unwrap(), &out, &cache, &settings);
+    assert_eq!(summary["ensemble"].as_array().unwrap().len(), 2);
+    assert_eq!(summary["ensemble"][1]["weight"], 1.0);
+    assert_eq!(
+        summary["stages"][0]["teacher_cache"],
+        serde_json::json!(["loaded", "loaded"])
+    );
+    let weights = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
+    assert!(weights(&out) == weights(&root.path().join("cached-0")));
+
+    // Teachers that answer in other terms, or a layers_from past the ensemble, stop the run
+    // before it starts.
+    let relabelled = root.path().join("teacher-relabelled");
+    copy_dir(&teacher, &relabelled);
+    let config_path = relabelled.join("config.json");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let config = config.replace("\"0\": \"0\"", "\"0\": \"neg\"");
+    std::fs::write(&config_path, config).unwrap();
+    let mismatched = ensemble_recipe(&[&teacher, &relabelled], "");
+    let args = ["distill", "--recipe", mismatched.to_str().unwrap(), "--out"];
+    let refused = root.path().join("refused");
+    let error = common::kd_err(&[&args[..], &[refused.to_str().unwrap()]].concat());
+    assert!(error.contains("answer differently"), "{error}");
+    assert!(!refused.exists());
+    let out_of_range = ensemble_recipe(&[&teacher, &copy], "layers_from = 2\n");
+    let args = [
+        "distill",
+        "--recipe",
+        out_of_range.to_str().unwrap(),
+        "--out",
+    ];
+    let error = common::kd_err(&[&args[..], &[refused.to_str().unwrap()]].concat());
+    assert!(
+        error.contains("layers_from = 2 but there are 2 teachers"),
+        "{error}"
+    );
 
     // The shipped general recipes, a few steps on a few corpus lines, make backbones that the
     // task recipes start from: TinyBERT-style by `student.init`, DistilBERT-style by
@@ -146,4 +213,15 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
         ],
     );
     assert_eq!(task["student"]["layers"], 3);
+}
+
+/// Copies a model directory's files.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
 }

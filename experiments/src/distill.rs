@@ -1,5 +1,5 @@
 //! `kd distill`: runs a recipe's stages, each an objective trained through the shared loop,
-//! the teacher's logits cached across epochs and recipes.
+//! the teachers' logits cached across epochs and recipes (each teacher's on its own).
 
 use crate::recipe::{Recipe, Stage, StudentSpec};
 use anyhow::{Context, Result, bail};
@@ -17,24 +17,26 @@ use std::time::Instant;
 
 const EVAL_BATCH_SIZE: usize = 128;
 
-/// One stage's training: the student, its teacher and the objective between them.
+/// One stage's training: the student, its teachers and the objective between them.
 struct Distillation<'a> {
     student: &'a TaskModel,
-    teacher: &'a TaskModel,
+    /// The one whose layers are read first, then the rest of an ensemble.
+    teachers: &'a [TaskModel],
     objective: &'a Objective,
     spec: &'a TaskSpec,
     train: &'a [EncodedExample],
     dev: &'a [EncodedExample],
-    teacher_outputs: TeacherOutputs,
+    /// One per teacher, or none when the objective reads only the labels.
+    teacher_outputs: Vec<TeacherOutputs>,
 }
 
-/// Where a stage's teacher outputs come from.
+/// Where a teacher's outputs come from in a stage.
 enum TeacherOutputs {
-    /// None: the objective reads only the labels.
+    /// Nothing: the objective reads only another teacher's layers.
     Unused,
-    /// The teacher's logits for every training example, when the objective needs no more.
+    /// Its logits for every training example, when the objective needs no more of it.
     CachedLogits(Tensor),
-    /// The teacher runs beside the student on each batch, when layers are compared.
+    /// It runs beside the student on each batch, when its layers are compared.
     Live,
 }
 
@@ -53,22 +55,25 @@ impl Trainable for Distillation<'_> {
             .student
             .model
             .forward(&batch.input, Mode::Train { dropout: true })?;
-        let teacher = match &self.teacher_outputs {
-            TeacherOutputs::Unused => None,
-            TeacherOutputs::CachedLogits(cached) => {
-                let rows: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
-                let rows = Tensor::new(rows, &Device::Cpu)?;
-                Some((cached.index_select(&rows, 0)?, None))
-            }
-            TeacherOutputs::Live => {
-                let (logits, states) = self.teacher.model.forward(&batch.input, Mode::Inference)?;
-                Some((logits, Some(states)))
-            }
-        };
-        let teachers: Vec<DistillOutputs> = teacher
+        let rows: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+        let rows = Tensor::new(rows, &Device::Cpu)?;
+        let mut outputs = Vec::with_capacity(self.teacher_outputs.len());
+        for (teacher, source) in self.teachers.iter().zip(&self.teacher_outputs) {
+            outputs.push(match source {
+                TeacherOutputs::Unused => (None, None),
+                TeacherOutputs::CachedLogits(cached) => {
+                    (Some(cached.index_select(&rows, 0)?), None)
+                }
+                TeacherOutputs::Live => {
+                    let (logits, states) = teacher.model.forward(&batch.input, Mode::Inference)?;
+                    (Some(logits), Some(states))
+                }
+            });
+        }
+        let teachers: Vec<DistillOutputs> = outputs
             .iter()
             .map(|(logits, states)| DistillOutputs {
-                logits: Some(logits),
+                logits: logits.as_ref(),
                 encoder: states.as_ref(),
             })
             .collect();
@@ -111,7 +116,11 @@ pub struct Summary {
     /// Labelled training examples (augmented ones included) and transfer-set sentences.
     pub train_examples: usize,
     pub unlabeled_examples: usize,
+    /// The teacher (of an ensemble, the one whose layers are read).
     pub teacher: ModelSummary,
+    /// An ensemble's teachers, that one first, with their weights; empty for one teacher.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ensemble: Vec<EnsembleMember>,
     pub student: ModelSummary,
     pub stages: Vec<StageSummary>,
     pub wall_time_s: f64,
@@ -128,14 +137,21 @@ pub struct ModelSummary {
 }
 
 #[derive(Debug, Serialize)]
+pub struct EnsembleMember {
+    pub model: String,
+    pub weight: f64,
+    pub dev: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Serialize)]
 pub struct StageSummary {
     pub name: String,
     pub steps: usize,
     pub best: Option<f64>,
     pub examples_per_s: f64,
-    /// Seconds spent on the teacher's logits, and whether they came from the cache.
+    /// Seconds spent on the teachers' logits, and whether each came from the cache.
     pub teacher_seconds: f64,
-    pub teacher_cache: Option<String>,
+    pub teacher_cache: Vec<String>,
 }
 
 pub struct DistillOptions<'a> {
@@ -151,14 +167,27 @@ pub struct DistillOptions<'a> {
 /// checkpoints, the final student at the top with `summary.json`.
 pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Result<Summary> {
     let started = Instant::now();
-    let teacher_files = ModelFiles::resolve(&recipe.teacher.model)?;
-    let teacher = TaskModel::load_for_inference(&teacher_files, recipe.data.max_seq_len)
-        .with_context(|| format!("cannot load teacher {}", recipe.teacher.model))?;
-    let data = load_data(&recipe.data, options.shared_dir, &teacher)?;
+    let specs = recipe.teacher_specs();
+    let mut teachers = Vec::with_capacity(specs.len());
+    let mut teacher_files = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let files = ModelFiles::resolve(&spec.model)?;
+        let teacher = TaskModel::load_for_inference(&files, recipe.data.max_seq_len)
+            .with_context(|| format!("cannot load teacher {}", spec.model))?;
+        teachers.push(teacher);
+        teacher_files.push(files);
+    }
+    check_ensemble(&specs, &teachers)?;
+    let weights: Vec<f64> = specs
+        .iter()
+        .map(|spec| spec.weight.unwrap_or(1.0))
+        .collect();
+    let teacher = &teachers[0];
+    let data = load_data(&recipe.data, options.shared_dir, teacher)?;
     let unlabeled = recipe
         .data
         .load_unlabeled(&teacher.tokenizer, recipe.training.seed)?;
-    let student = build_student(recipe, &teacher)?;
+    let student = build_student(recipe, teacher)?;
     // Labelled examples first: a stage that reads labels only trains on that prefix.
     let mut train_set = student.encode(&data.train)?;
     let labelled = train_set.len();
@@ -170,7 +199,7 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
     eprintln!(
         "{}: teacher {} ({} parameters), student {} layers x {} ({} parameters), {} labelled + {} unlabeled train / {} dev",
         recipe.name,
-        recipe.teacher.model,
+        describe_teachers(&specs),
         teacher.params.num_parameters(),
         student.config.num_hidden_layers,
         student.config.hidden_size,
@@ -188,8 +217,9 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
                 index,
                 stage_dir,
                 &student,
-                &teacher,
+                &teachers,
                 &teacher_files,
+                &weights,
                 &data.spec,
                 &train_set,
                 labelled,
@@ -208,7 +238,23 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
         metric,
         train_examples: labelled,
         unlabeled_examples: unlabeled.len(),
-        teacher: model_summary(&teacher, &data.spec, &dev_set)?,
+        teacher: model_summary(teacher, &data.spec, &dev_set)?,
+        ensemble: if teachers.len() > 1 {
+            specs
+                .iter()
+                .zip(&teachers)
+                .zip(&weights)
+                .map(|((spec, teacher), &weight)| {
+                    Ok(EnsembleMember {
+                        model: spec.model.clone(),
+                        weight,
+                        dev: teacher.evaluate(&data.spec, &dev_set, EVAL_BATCH_SIZE)?,
+                    })
+                })
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        },
         student: model_summary(&student, &data.spec, &dev_set)?,
         stages,
         wall_time_s: started.elapsed().as_secs_f64(),
@@ -226,8 +272,9 @@ fn run_stage(
     index: usize,
     dir: &Path,
     student: &TaskModel,
-    teacher: &TaskModel,
-    teacher_files: &ModelFiles,
+    teachers: &[TaskModel],
+    teacher_files: &[ModelFiles],
+    weights: &[f64],
     spec: &TaskSpec,
     train_set: &[EncodedExample],
     labelled: usize,
@@ -236,48 +283,69 @@ fn run_stage(
     resume: bool,
     stop: &AtomicBool,
 ) -> Result<(TrainState, StageSummary)> {
+    // An ensemble's weights are the recipe's unless the stage gives its own.
+    let mut config = stage.objective.clone();
+    config
+        .teacher_weights
+        .get_or_insert_with(|| weights.to_vec());
+    let shapes: Vec<EncoderShape> = teachers
+        .iter()
+        .map(|teacher| EncoderShape::from(&teacher.config))
+        .collect();
     let objective = Objective::new(
-        &stage.objective,
-        &[EncoderShape::from(&teacher.config)],
+        &config,
+        &shapes,
         EncoderShape::from(&student.config),
         &Device::Cpu,
         recipe.training.seed.wrapping_add(index as u64),
     )
     .with_context(|| format!("stage {}", stage.name))?;
     let teacher_started = Instant::now();
-    let (teacher_outputs, cache_outcome) = if !objective.needs_teacher() {
+    let mut teacher_outputs = Vec::new();
+    let mut cache_outcomes = Vec::new();
+    if !objective.needs_teacher() {
         if labelled < train_set.len() {
             eprintln!(
                 "stage {}: labels only, so it trains on the {labelled} labelled examples",
                 stage.name
             );
         }
-        (TeacherOutputs::Unused, None)
-    } else if objective.needs_teacher_states() {
-        (TeacherOutputs::Live, None)
     } else {
-        let (logits, outcome) =
-            cache.logits(teacher, &teacher_files.weights, train_set, EVAL_BATCH_SIZE)?;
-        (TeacherOutputs::CachedLogits(logits), Some(outcome))
-    };
-    let teacher_seconds = teacher_started.elapsed().as_secs_f64();
-    if let Some(outcome) = cache_outcome {
-        eprintln!(
-            "stage {}: teacher logits {} in {teacher_seconds:.1} s",
-            stage.name,
-            match outcome {
-                CacheOutcome::Computed => "computed and cached",
-                CacheOutcome::Loaded => "loaded from the cache",
-            }
-        );
+        for (index, (teacher, files)) in teachers.iter().zip(teacher_files).enumerate() {
+            // The first teacher's layers are read; the others give predictions at most.
+            let outputs = if index == 0 && objective.needs_teacher_states() {
+                TeacherOutputs::Live
+            } else if objective.needs_teacher_logits() {
+                let started = Instant::now();
+                let (logits, outcome) =
+                    cache.logits(teacher, &files.weights, train_set, EVAL_BATCH_SIZE)?;
+                eprintln!(
+                    "stage {}: logits of teacher {} {} in {:.1} s",
+                    stage.name,
+                    files.dir.display(),
+                    match outcome {
+                        CacheOutcome::Computed => "computed and cached",
+                        CacheOutcome::Loaded => "loaded from the cache",
+                    },
+                    started.elapsed().as_secs_f64()
+                );
+                cache_outcomes.push(format!("{outcome:?}").to_lowercase());
+                TeacherOutputs::CachedLogits(logits)
+            } else {
+                TeacherOutputs::Unused
+            };
+            teacher_outputs.push(outputs);
+        }
     }
-    let train_set = match teacher_outputs {
-        TeacherOutputs::Unused => &train_set[..labelled],
-        _ => train_set,
+    let teacher_seconds = teacher_started.elapsed().as_secs_f64();
+    let train_set = if teacher_outputs.is_empty() {
+        &train_set[..labelled]
+    } else {
+        train_set
     };
     let task = Distillation {
         student,
-        teacher,
+        teachers,
         objective: &objective,
         spec,
         train: train_set,
@@ -300,7 +368,7 @@ fn run_stage(
         best: state.best_value,
         examples_per_s: state.examples_per_s(),
         teacher_seconds,
-        teacher_cache: cache_outcome.map(|outcome| format!("{outcome:?}").to_lowercase()),
+        teacher_cache: cache_outcomes,
     };
     Ok((state, summary))
 }
@@ -405,6 +473,55 @@ pub(crate) fn trained_parameters(student: &Params, objective: &Objective) -> Vec
         .into_iter()
         .chain(projections.map(|(name, var)| (format!("objective.{name}"), var)))
         .collect()
+}
+
+/// The teachers, and for an ensemble which one's layers are read.
+fn describe_teachers(specs: &[&crate::recipe::TeacherSpec]) -> String {
+    match specs {
+        [only] => only.model.clone(),
+        [first, ..] => format!(
+            "ensemble of {} ({}; layers from {})",
+            specs.len(),
+            specs
+                .iter()
+                .map(|spec| spec.model.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            first.model
+        ),
+        [] => String::new(),
+    }
+}
+
+/// An ensemble's teachers must answer the same task in the same terms: the same kind of head,
+/// the same labels in the same order, and the same vocabulary (they read the same token ids).
+fn check_ensemble(specs: &[&crate::recipe::TeacherSpec], teachers: &[TaskModel]) -> Result<()> {
+    let (first, first_spec) = (&teachers[0], specs[0]);
+    for (teacher, spec) in teachers.iter().zip(specs).skip(1) {
+        if teacher.task_kind() != first.task_kind() || teacher.labels != first.labels {
+            bail!(
+                "teachers {} and {} answer differently: labels {:?} and {:?}",
+                first_spec.model,
+                spec.model,
+                first.labels,
+                teacher.labels
+            );
+        }
+        if teacher.tokenizer.vocab() != first.tokenizer.vocab() {
+            bail!(
+                "teachers {} and {} have different vocabularies: an ensemble reads one set of \
+                 token ids",
+                first_spec.model,
+                spec.model
+            );
+        }
+    }
+    for spec in specs {
+        if let Some(weight) = spec.weight.filter(|w| !(*w > 0.0 && w.is_finite())) {
+            bail!("teacher {}: weight {weight} must be positive", spec.model);
+        }
+    }
+    Ok(())
 }
 
 /// The recipe's labelled data, with the teacher's class names in the teacher's order.

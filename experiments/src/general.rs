@@ -116,7 +116,7 @@ impl GeneralDistillation<'_> {
         let teacher = if self.objective.needs_teacher() {
             let states = self.teacher.model.forward(&batch.input, Mode::Inference)?;
             let logits = match self.teacher.mlm_head {
-                Some(_) if reads_teacher_predictions(self.objective) => {
+                Some(_) if self.objective.needs_teacher_logits() => {
                     Some(self.teacher.mlm_logits(&states, &positions)?)
                 }
                 _ => None,
@@ -213,27 +213,18 @@ impl Trainable for GeneralDistillation<'_> {
     }
 }
 
-/// Whether a component compares the teacher's predictions (over the vocabulary).
-fn reads_teacher_predictions(objective: &Objective) -> bool {
-    objective
-        .kinds()
-        .into_iter()
-        .any(compares_teacher_predictions)
-}
-
-fn compares_teacher_predictions(kind: LossKind) -> bool {
-    matches!(kind, LossKind::SoftCe | LossKind::Kl | LossKind::LogitsMse)
-}
-
 /// Runs a general-distillation recipe into `options.out`: stage folders with their logs and
 /// checkpoints, the student backbone at the top with `summary.json`.
 pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Result<GeneralSummary> {
     let started = Instant::now();
     let data = &recipe.data;
     data.ensure_corpus_only()?;
-    let teacher_files = ModelFiles::resolve(&recipe.teacher.model)?;
+    if recipe.teacher.is_none() {
+        bail!("general distillation learns from one teacher backbone: use [teacher]");
+    }
+    let teacher_files = ModelFiles::resolve(&recipe.main_teacher().model)?;
     let teacher = Backbone::load_for_inference(&teacher_files, data.max_seq_len)
-        .with_context(|| format!("cannot load teacher {}", recipe.teacher.model))?;
+        .with_context(|| format!("cannot load teacher {}", recipe.main_teacher().model))?;
     let needs_mlm_head = check_stages(recipe, &teacher)?;
     let student = build_student(recipe, &teacher, needs_mlm_head)?;
     let objectives = recipe
@@ -274,7 +265,7 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
         "{}: teacher {} ({} layers x {}), student {} layers x {} ({} parameters{}), {} sequences \
          ({} tokens) from {} files, {} held out",
         recipe.name,
-        recipe.teacher.model,
+        recipe.main_teacher().model,
         teacher.config.num_hidden_layers,
         teacher.config.hidden_size,
         student.config.num_hidden_layers,
@@ -338,7 +329,7 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
     }
     let summary = GeneralSummary {
         recipe: recipe.name.clone(),
-        teacher: recipe.teacher.model.clone(),
+        teacher: recipe.main_teacher().model.clone(),
         corpus_files: files.len(),
         sequences: corpus.len(),
         tokens: corpus.tokens(),
@@ -372,16 +363,16 @@ fn check_stages(recipe: &Recipe, teacher: &Backbone) -> Result<bool> {
                     stage.name
                 );
             }
-            if compares_teacher_predictions(kind) && teacher.mlm_head.is_none() {
+            if kind.compares_teacher_predictions() && teacher.mlm_head.is_none() {
                 bail!(
                     "stage {}: {kind:?} compares the teacher's masked-LM predictions, but teacher \
                      {} has no masked-LM head (no cls.predictions.* weights); use `mlm` with \
                      `cosine` and layer losses, or a teacher with an MLM head",
                     stage.name,
-                    recipe.teacher.model
+                    recipe.main_teacher().model
                 );
             }
-            needs_head |= kind == LossKind::Mlm || compares_teacher_predictions(kind);
+            needs_head |= kind == LossKind::Mlm || kind.compares_teacher_predictions();
         }
     }
     Ok(needs_head)

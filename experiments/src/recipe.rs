@@ -1,5 +1,5 @@
-//! Distillation recipes: TOML files naming the teacher, how the student is built, the data,
-//! the training settings and the stages with their objectives. `--set key=value` overrides
+//! Distillation recipes: TOML files naming the teacher (or an ensemble of teachers), how the
+//! student is built, the data, the training settings and the stages with their objectives. `--set key=value` overrides
 //! any field before the recipe is read (`training.lr=5e-5`, `stages.0.epochs=1`).
 
 use anyhow::{Context, Result, bail};
@@ -16,7 +16,17 @@ pub struct Recipe {
     pub name: String,
     #[serde(default)]
     pub description: String,
-    pub teacher: TeacherSpec,
+    /// The teacher; or, for an ensemble, `[[teachers]]` instead.
+    #[serde(default)]
+    pub teacher: Option<TeacherSpec>,
+    /// An ensemble (MT-DNN's): prediction components learn the weighted average of the
+    /// teachers' probabilities.
+    #[serde(default)]
+    pub teachers: Vec<TeacherSpec>,
+    /// The index in `teachers` of the one whose layers layer-comparing components read (and
+    /// whose layers a DistilBERT-style student copies); the first by default.
+    #[serde(default)]
+    pub layers_from: usize,
     pub student: StudentSpec,
     pub data: DataSpec,
     pub training: TrainingSpec,
@@ -28,6 +38,9 @@ pub struct Recipe {
 pub struct TeacherSpec {
     /// A fine-tuned task model: hub id or directory.
     pub model: String,
+    /// Its weight in an ensemble's average (1 by default; normalised over the ensemble).
+    #[serde(default)]
+    pub weight: Option<f64>,
 }
 
 /// How the student is built.
@@ -125,7 +138,41 @@ impl Recipe {
         if recipe.stages.is_empty() {
             bail!("recipe {} has no stages", path.display());
         }
+        match (&recipe.teacher, recipe.teachers.len()) {
+            (Some(_), 0) | (None, 2..) => {}
+            (None, 0) => bail!("recipe {} names no teacher", path.display()),
+            (None, 1) => bail!(
+                "recipe {}: [[teachers]] is for an ensemble of two or more; use [teacher]",
+                path.display()
+            ),
+            (Some(_), _) => bail!(
+                "recipe {} names both [teacher] and [[teachers]]: keep one",
+                path.display()
+            ),
+        }
+        let count = recipe.teacher_specs().len();
+        if recipe.layers_from >= count {
+            bail!(
+                "recipe {}: layers_from = {} but there are {count} teachers",
+                path.display(),
+                recipe.layers_from
+            );
+        }
         Ok(recipe)
+    }
+
+    /// The teachers, the one whose layers are read (`layers_from`) first.
+    pub fn teacher_specs(&self) -> Vec<&TeacherSpec> {
+        let mut specs: Vec<&TeacherSpec> = self.teacher.iter().chain(&self.teachers).collect();
+        if self.layers_from < specs.len() {
+            specs.swap(0, self.layers_from);
+        }
+        specs
+    }
+
+    /// The teacher whose layers are read: the only one, or `layers_from` of an ensemble.
+    pub fn main_teacher(&self) -> &TeacherSpec {
+        self.teacher_specs()[0]
     }
 }
 

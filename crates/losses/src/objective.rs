@@ -103,6 +103,11 @@ impl LossKind {
         }
     }
 
+    /// Whether it compares the student's predictions with the teachers'.
+    pub fn compares_teacher_predictions(self) -> bool {
+        matches!(self, Self::SoftCe | Self::Kl | Self::LogitsMse)
+    }
+
     fn compares_logits(self) -> bool {
         matches!(
             self,
@@ -274,12 +279,12 @@ impl Objective {
             .any(|component| component.kind.compares_logits())
     }
 
-    /// The components' kinds, in the recipe's order.
-    pub fn kinds(&self) -> Vec<LossKind> {
+    /// Whether a component compares predictions with the teachers' (soft targets or
+    /// logits), so that the teachers' logits are needed.
+    pub fn needs_teacher_logits(&self) -> bool {
         self.components
             .iter()
-            .map(|component| component.kind)
-            .collect()
+            .any(|component| component.kind.compares_teacher_predictions())
     }
 
     /// Whether a component compares layers, so that the teacher's intermediate states are
