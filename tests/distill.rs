@@ -136,6 +136,19 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
     );
     let weights = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
     assert!(weights(&out) == weights(&root.path().join("cached-0")));
+    // With the recipe's cosine loss too: the first teacher runs beside the student for its
+    // layers, the copy gives cached logits, and again the student is the single-teacher one.
+    let few = ["training.max_steps=3"];
+    let full_single = root.path().join("single-full");
+    distill(
+        "sst2-distilbert-l3.toml",
+        &full_single,
+        &cache,
+        &[&teacher_set, few[0]],
+    );
+    let full_ensemble = root.path().join("ensemble-full");
+    distill(recipe.to_str().unwrap(), &full_ensemble, &cache, &few);
+    assert!(weights(&full_ensemble) == weights(&full_single));
 
     // Teachers that answer in other terms, or a layers_from past the ensemble, stop the run
     // before it starts.

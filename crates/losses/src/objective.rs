@@ -210,7 +210,7 @@ const PROJECTION_INIT_STD: f64 = 0.02;
 
 impl Objective {
     /// Builds the objective for a student distilled from `teachers` (several for an ensemble,
-    /// which only the prediction-layer components can use). Checks every layer mapping against
+    /// whose average the prediction components learn; layer components read the first). Checks every layer mapping against
     /// the models' depths, and creates the projections in [`Objective::params`], initialised
     /// as BERT does from `seed`.
     pub fn new(
@@ -470,13 +470,8 @@ impl Component {
             ensure!(config.layers.is_none(), "{} takes no `layers`", kind.name());
             return Ok(component);
         }
-        let [teacher] = teachers else {
-            bail!(
-                "{} compares layers with one teacher, not {}",
-                kind.name(),
-                teachers.len()
-            );
-        };
+        // Layers are compared with the first teacher (an ensemble's `layers_from`).
+        let teacher = teachers.first().context("an objective needs a teacher")?;
         component.pairs = match (kind.default_layers(), &config.layers) {
             (Some(default), layers) => layers
                 .as_ref()
