@@ -450,13 +450,24 @@ fn invalid_objectives_fail_at_construction() {
         .err()
         .unwrap();
     assert!(format!("{error:#}").contains("as many heads"), "{error:#}");
+    // An ensemble's layer components pair layers with the first teacher's depth (the
+    // second's does not matter; tests/distill.rs checks the values end to end).
     let hidden: ObjectiveConfig =
         toml::from_str(r#"components = [{ kind = "hidden_mse" }]"#).unwrap();
-    let error = Objective::new(&hidden, &[teacher, teacher], student, &DEVICE, 0)
+    let other = shape(12, 32, 2);
+    let ensemble = Objective::new(&hidden, &[teacher, other], student, &DEVICE, 0).unwrap();
+    // The projection maps the student's width (8) to the first teacher's (12).
+    let projection = ensemble.params().get("hidden_mse.weight").unwrap();
+    assert_eq!(projection.dims(), [12, 8]);
+    let explicit: ObjectiveConfig = toml::from_str(
+        r#"components = [{ kind = "hidden_mse", layers = { explicit = [[1, 6]] } }]"#,
+    )
+    .unwrap();
+    let error = Objective::new(&explicit, &[teacher, other], student, &DEVICE, 0)
         .err()
         .unwrap();
     assert!(
-        format!("{error:#}").contains("one teacher, not 2"),
+        format!("{error:#}").contains("teacher layer 6"),
         "{error:#}"
     );
 
