@@ -1,7 +1,7 @@
 //! A real recipe end to end in the quick setting: the SST-2 DistilBERT recipe on a quickly
 //! fine-tuned all-MiniLM-L6-v2 teacher; the student beats chance, the distillation loss falls,
-//! the teacher's logits are cached across runs (and never computed for a hard-label baseline),
-//! and the student reloads with `kd eval`.
+//! the teacher's logits and compared states are cached across runs (and never computed for a
+//! hard-label baseline), the student reloads with `kd eval`, and teacher ensembles average.
 
 mod common;
 
@@ -75,7 +75,14 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
     .unwrap();
     assert_eq!(eval["metrics"]["accuracy"].as_f64().unwrap(), accuracy);
 
-    // A logits-only objective computes the teacher's logits once, then reads the cache.
+    // The recipe's cosine loss reads only the teacher's last layer: its states are computed
+    // once with its logits, and the student then trains without running the teacher.
+    assert_eq!(
+        summary["stages"][0]["teacher_cache"],
+        serde_json::json!(["computed", "computed states"])
+    );
+
+    // A logits-only objective reads the same cached logits.
     let logits_only = "stages.0.objective.components=[{ kind = \"soft_ce\" }]";
     let runs: Vec<Value> = (0..2)
         .map(|run| {
@@ -84,14 +91,12 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
             distill("sst2-distilbert-l3.toml", &out, &cache, &settings)
         })
         .collect();
-    assert_eq!(
-        runs[0]["stages"][0]["teacher_cache"],
-        serde_json::json!(["computed"])
-    );
-    assert_eq!(
-        runs[1]["stages"][0]["teacher_cache"],
-        serde_json::json!(["loaded"])
-    );
+    for run in &runs {
+        assert_eq!(
+            run["stages"][0]["teacher_cache"],
+            serde_json::json!(["loaded"])
+        );
+    }
 
     // A hard-label baseline never runs the teacher on the training set.
     let hard_only = distill(

@@ -4,10 +4,10 @@
 use crate::recipe::{Recipe, Stage, StudentSpec};
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor, Var};
-use kd_bert::{Mode, Params};
+use kd_bert::{BertOutput, Mode, Params};
 use kd_data::{DataSpec, EncodedExample, TaskData, TaskSpec, collate};
 use kd_losses::{DistillOutputs, EncoderShape, LossBatch, LossBreakdown, Objective};
-use kd_teacher::{CacheOutcome, ModelFiles, TaskModel, TeacherCache};
+use kd_teacher::{CacheOutcome, CachedStates, ModelFiles, TaskModel, TeacherCache};
 use kd_train::{RunDir, StepLoss, TrainState, Trainable, TrainerConfig, train};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -36,9 +36,19 @@ enum TeacherOutputs {
     Unused,
     /// Its logits for every training example, when the objective needs no more of it.
     CachedLogits(Tensor),
-    /// It runs beside the student on each batch, when its layers are compared.
+    /// It runs beside the student on each batch, when its attention is compared (or its
+    /// states would not fit [`STATES_CACHE_BYTES`]).
     Live,
+    /// The hidden states it gives at the compared layers, computed once, and its logits when
+    /// predictions are compared too.
+    CachedStates {
+        states: CachedStates,
+        logits: Option<Tensor>,
+    },
 }
+
+/// The most memory a teacher's cached hidden states may take (f16); beyond, it runs live.
+const STATES_CACHE_BYTES: usize = 4 << 30;
 
 impl Trainable for Distillation<'_> {
     fn parameters(&self) -> Vec<(String, Var)> {
@@ -67,6 +77,15 @@ impl Trainable for Distillation<'_> {
                 TeacherOutputs::Live => {
                     let (logits, states) = teacher.model.forward(&batch.input, Mode::Inference)?;
                     (Some(logits), Some(states))
+                }
+                TeacherOutputs::CachedStates { states, logits } => {
+                    let layers = states.batch(indices, batch.input.input_ids.dim(1)?)?;
+                    let depth = teacher.config.num_hidden_layers;
+                    let logits = logits
+                        .as_ref()
+                        .map(|l| l.index_select(&rows, 0))
+                        .transpose()?;
+                    (logits, Some(partial_output(&states.layers, layers, depth)?))
                 }
             });
         }
@@ -149,7 +168,8 @@ pub struct StageSummary {
     pub steps: usize,
     pub best: Option<f64>,
     pub examples_per_s: f64,
-    /// Seconds spent on the teachers' logits, and whether each came from the cache.
+    /// Seconds spent on the teachers' logits and cached states, and whether each came from
+    /// the cache (`computed`, `loaded`; `... states` for hidden states).
     pub teacher_seconds: f64,
     pub teacher_cache: Vec<String>,
 }
@@ -311,26 +331,39 @@ fn run_stage(
             );
         }
     } else {
+        let cached_logits = |teacher: &TaskModel, files: &ModelFiles, outcomes: &mut Vec<_>| {
+            let started = Instant::now();
+            let (logits, outcome) =
+                cache.logits(teacher, &files.weights, train_set, EVAL_BATCH_SIZE)?;
+            report_cache(stage, "logits", files, outcome, started);
+            outcomes.push(format!("{outcome:?}").to_lowercase());
+            anyhow::Ok(logits)
+        };
         for (index, (teacher, files)) in teachers.iter().zip(teacher_files).enumerate() {
             // The first teacher's layers are read; the others give predictions at most.
             let outputs = if index == 0 && objective.needs_teacher_states() {
-                TeacherOutputs::Live
+                match cacheable_layers(&objective, teacher, train_set) {
+                    Some(layers) => {
+                        let logits = match objective.needs_teacher_logits() {
+                            true => Some(cached_logits(teacher, files, &mut cache_outcomes)?),
+                            false => None,
+                        };
+                        let started = Instant::now();
+                        let (states, outcome) = cache.states(
+                            teacher,
+                            &files.weights,
+                            train_set,
+                            &layers,
+                            EVAL_BATCH_SIZE,
+                        )?;
+                        report_cache(stage, "hidden states", files, outcome, started);
+                        cache_outcomes.push(format!("{outcome:?} states").to_lowercase());
+                        TeacherOutputs::CachedStates { states, logits }
+                    }
+                    None => TeacherOutputs::Live,
+                }
             } else if objective.needs_teacher_logits() {
-                let started = Instant::now();
-                let (logits, outcome) =
-                    cache.logits(teacher, &files.weights, train_set, EVAL_BATCH_SIZE)?;
-                eprintln!(
-                    "stage {}: logits of teacher {} {} in {:.1} s",
-                    stage.name,
-                    files.dir.display(),
-                    match outcome {
-                        CacheOutcome::Computed => "computed and cached",
-                        CacheOutcome::Loaded => "loaded from the cache",
-                    },
-                    started.elapsed().as_secs_f64()
-                );
-                cache_outcomes.push(format!("{outcome:?}").to_lowercase());
-                TeacherOutputs::CachedLogits(logits)
+                TeacherOutputs::CachedLogits(cached_logits(teacher, files, &mut cache_outcomes)?)
             } else {
                 TeacherOutputs::Unused
             };
@@ -371,6 +404,63 @@ fn run_stage(
         teacher_cache: cache_outcomes,
     };
     Ok((state, summary))
+}
+
+/// The teacher layers to cache for `objective`, when it compares hidden states only and
+/// they fit [`STATES_CACHE_BYTES`] in f16.
+fn cacheable_layers(
+    objective: &Objective,
+    teacher: &TaskModel,
+    train_set: &[EncodedExample],
+) -> Option<Vec<usize>> {
+    let layers = objective.teacher_hidden_layers()?;
+    let tokens: usize = train_set.iter().map(|e| e.ids.len()).sum();
+    let bytes = tokens * teacher.config.hidden_size * 2 * layers.len();
+    if bytes > STATES_CACHE_BYTES {
+        eprintln!(
+            "the teacher's compared states would take {:.1} GB: running it beside the student",
+            bytes as f64 / 1e9
+        );
+        return None;
+    }
+    Some(layers)
+}
+
+fn report_cache(
+    stage: &Stage,
+    what: &str,
+    files: &ModelFiles,
+    outcome: CacheOutcome,
+    started: Instant,
+) {
+    eprintln!(
+        "stage {}: {what} of teacher {} {} in {:.1} s",
+        stage.name,
+        files.dir.display(),
+        match outcome {
+            CacheOutcome::Computed => "computed and cached",
+            CacheOutcome::Loaded => "loaded from the cache",
+        },
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A teacher output holding only the cached layers: the others are empty placeholders, which
+/// the objective never reads (it compares the cached layers only).
+fn partial_output(layers: &[usize], states: Vec<Tensor>, depth: usize) -> Result<BertOutput> {
+    let empty = Tensor::zeros(0, candle_core::DType::F32, &Device::Cpu)?;
+    let mut all = vec![empty.clone(); depth + 1];
+    for (&layer, state) in layers.iter().zip(states) {
+        all[layer] = state;
+    }
+    let embeddings = all.remove(0);
+    Ok(BertOutput {
+        embeddings,
+        hidden_states: all,
+        attention_scores: vec![empty; depth],
+        attention_probs: Vec::new(),
+        pooled: None,
+    })
 }
 
 /// The run's output directory: created (refusing a non-empty one without `force`), or opened

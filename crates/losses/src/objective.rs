@@ -295,6 +295,20 @@ impl Objective {
             .any(|component| !component.kind.compares_logits())
     }
 
+    /// The first teacher's layers (0 = embedding output) that the layer components read, when
+    /// they read hidden states only, so that those could come from a cache instead of a live
+    /// teacher; `None` when a component reads attention.
+    pub fn teacher_hidden_layers(&self) -> Option<Vec<usize>> {
+        let mut layers = BTreeSet::new();
+        for component in &self.components {
+            if component.kind.compares_attention() {
+                return None;
+            }
+            layers.extend(component.pairs.iter().map(|&(_, teacher)| teacher));
+        }
+        Some(layers.into_iter().collect())
+    }
+
     /// The projections' parameters, named `<component>.weight` and `<component>.bias`, for the
     /// optimizer and checkpoints; empty when the widths match.
     pub fn params(&self) -> &Params {

@@ -1,11 +1,13 @@
-//! Teacher outputs computed once and reused: logits for a dataset are stored under a key
-//! derived from the teacher's weights and the dataset's token ids, so a changed teacher,
-//! tokenizer, maximum length or dataset never reads a stale cache.
+//! Teacher outputs computed once and reused: logits, and the hidden states of the layers an
+//! objective compares, for a dataset are stored under a key derived from the teacher's weights
+//! and the dataset's token ids, so a changed teacher, tokenizer, maximum length or dataset
+//! never reads a stale cache.
 
 use crate::task_model::TaskModel;
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
-use kd_data::EncodedExample;
+use candle_core::{DType, Device, Tensor};
+use kd_bert::Mode;
+use kd_data::{EncodedExample, batch_plan, collate};
 use kd_train::Progress;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -65,6 +67,127 @@ impl TeacherCache {
             Ok(candle_core::safetensors::save(&tensors, tmp)?)
         })?;
         Ok((logits, CacheOutcome::Computed))
+    }
+}
+
+/// A teacher's hidden states at some layers for every example of a dataset, padding removed:
+/// per layer `[tokens, hidden]` in f16, examples one after another.
+pub struct CachedStates {
+    /// The layers (0 = embedding output), in the order of `states`.
+    pub layers: Vec<usize>,
+    states: Vec<Tensor>,
+    /// Example `i`'s rows are `offsets[i]..offsets[i + 1]`.
+    offsets: Vec<usize>,
+}
+
+impl CachedStates {
+    /// The states of the examples at `indices` as a padded batch: per layer
+    /// `[indices.len(), seq_len, hidden]` in f32, zero past each example's end.
+    pub fn batch(&self, indices: &[usize], seq_len: usize) -> Result<Vec<Tensor>> {
+        self.states
+            .iter()
+            .map(|states| {
+                let rows = indices
+                    .iter()
+                    .map(|&i| {
+                        let (start, end) = (self.offsets[i], self.offsets[i + 1]);
+                        let rows = states.narrow(0, start, end - start)?;
+                        rows.pad_with_zeros(0, 0, seq_len - (end - start))
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Ok(Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?)
+            })
+            .collect()
+    }
+}
+
+impl TeacherCache {
+    /// The teacher's hidden states at `layers` (0 = embedding output) for `examples`, from the
+    /// cache when the same teacher weights, token ids and layers were seen before.
+    pub fn states(
+        &self,
+        teacher: &TaskModel,
+        teacher_weights: &Path,
+        examples: &[EncodedExample],
+        layers: &[usize],
+        batch_size: usize,
+    ) -> Result<(CachedStates, CacheOutcome)> {
+        let mut hasher = DefaultHasher::new();
+        cache_key(teacher_weights, examples)?.hash(&mut hasher);
+        layers.hash(&mut hasher);
+        let path = self.dir.join(format!(
+            "teacher-states-{:016x}.safetensors",
+            hasher.finish()
+        ));
+        let mut offsets = vec![0];
+        for example in examples {
+            offsets.push(offsets.last().unwrap() + example.ids.len());
+        }
+        let names: Vec<String> = layers.iter().map(|l| format!("layer.{l}")).collect();
+        if path.is_file() {
+            let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+                .with_context(|| format!("cannot read teacher cache {}", path.display()))?;
+            let states: Option<Vec<Tensor>> =
+                names.iter().map(|name| tensors.remove(name)).collect();
+            if let Some(states) =
+                states.filter(|s| s.iter().all(|t| t.dim(0).ok() == offsets.last().copied()))
+            {
+                let layers = layers.to_vec();
+                return Ok((
+                    CachedStates {
+                        layers,
+                        states,
+                        offsets,
+                    },
+                    CacheOutcome::Loaded,
+                ));
+            }
+        }
+        let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+        let plan = batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>);
+        let progress = Progress::new(plan.len() as u64, "teacher states");
+        // Each example's rows per layer, then put in example order.
+        let mut pieces: Vec<Vec<Option<Tensor>>> = vec![vec![None; examples.len()]; layers.len()];
+        for indices in plan {
+            let batch = collate(examples, &indices, &Device::Cpu)?;
+            let (_, output) = teacher.model.forward(&batch.input, Mode::Inference)?;
+            for (pieces, &layer) in pieces.iter_mut().zip(layers) {
+                let states = match layer {
+                    0 => &output.embeddings,
+                    _ => &output.hidden_states[layer - 1],
+                }
+                .to_dtype(DType::F16)?;
+                for (row, &index) in indices.iter().enumerate() {
+                    pieces[index] = Some(states.get(row)?.narrow(0, 0, lengths[index])?);
+                }
+            }
+            progress.step(String::new());
+        }
+        progress.finish();
+        let states = pieces
+            .into_iter()
+            .map(|pieces| {
+                Ok(Tensor::cat(
+                    &pieces.into_iter().flatten().collect::<Vec<_>>(),
+                    0,
+                )?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create cache directory {}", self.dir.display()))?;
+        let tensors: HashMap<String, Tensor> = names.into_iter().zip(states.clone()).collect();
+        kd_bert::write_atomically(&path, |tmp| {
+            Ok(candle_core::safetensors::save(&tensors, tmp)?)
+        })?;
+        let layers = layers.to_vec();
+        Ok((
+            CachedStates {
+                layers,
+                states,
+                offsets,
+            },
+            CacheOutcome::Computed,
+        ))
     }
 }
 
@@ -144,5 +267,58 @@ mod tests {
             changed.to_vec2::<f32>().unwrap(),
             first.to_vec2::<f32>().unwrap()
         );
+    }
+
+    #[test]
+    fn cached_states_are_the_live_ones_in_f16_padded_with_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = TeacherCache::new(&dir.path().join("cache"));
+        let teacher = tiny_teacher(dir.path(), 1);
+        teacher.params.init_bert(0.5, 3).unwrap();
+        let weights = dir.path().join("model.safetensors");
+        teacher.params.save(&weights).unwrap();
+        let examples = vec![
+            example(&[2, 4, 3]),
+            example(&[2, 5, 4, 4, 3]),
+            example(&[2, 3]),
+        ];
+        let layers = [0, 1];
+        let (cached, outcome) = cache
+            .states(&teacher, &weights, &examples, &layers, 2)
+            .unwrap();
+        assert_eq!(outcome, CacheOutcome::Computed);
+        let (again, outcome) = cache
+            .states(&teacher, &weights, &examples, &layers, 2)
+            .unwrap();
+        assert_eq!(outcome, CacheOutcome::Loaded);
+
+        // Examples 2 and 0 as one batch, padded to 3 tokens, against the live teacher.
+        let batch = collate(&examples, &[2, 0], &Device::Cpu).unwrap();
+        let (_, live) = teacher
+            .model
+            .forward(&batch.input, Mode::Inference)
+            .unwrap();
+        for states in [&cached, &again] {
+            let rows = states.batch(&[2, 0], 3).unwrap();
+            for (row, expected) in rows.iter().zip([&live.embeddings, &live.hidden_states[0]]) {
+                assert_eq!(row.dims(), &[2, 3, 8]);
+                let row = row.to_vec3::<f32>().unwrap();
+                let expected = expected.to_vec3::<f32>().unwrap();
+                for (example, length) in [(0, 2), (1, 3)] {
+                    for position in 0..3 {
+                        for (a, b) in row[example][position]
+                            .iter()
+                            .zip(&expected[example][position])
+                        {
+                            if position < length {
+                                assert!((a - b).abs() <= 2e-3 * b.abs().max(1.0), "{a} vs {b}");
+                            } else {
+                                assert_eq!(*a, 0.0);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

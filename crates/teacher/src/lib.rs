@@ -11,7 +11,7 @@ mod resolve;
 mod task_model;
 
 pub use backbone::{Backbone, Pooling};
-pub use cache::{CacheOutcome, TeacherCache};
+pub use cache::{CacheOutcome, CachedStates, TeacherCache};
 pub use finetune::{FinetuneReport, finetune, task_loss};
 pub use resolve::ModelFiles;
 pub use task_model::{TaskModel, copy_tokenizer_files, dataset_labels, predictions};
