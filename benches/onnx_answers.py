@@ -10,7 +10,7 @@ benches/setup.sh.
 
 import argparse
 import json
-import resource
+from peak_memory import peak_rss_mb
 import time
 from pathlib import Path
 
@@ -38,9 +38,13 @@ def feed(encodings):
 
 
 def parameters(path):
-    """Counts of the graph's float weights, all and without the embedding tables."""
+    """Counts of the graph's weights (f32 or int8; an int8 tensor's scales are not counted),
+    all and without the embedding tables."""
     graph = onnx.load(str(path), load_external_data=False).graph
-    weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) > 0]
+    kinds = (onnx.TensorProto.FLOAT, onnx.TensorProto.INT8)
+    weights = [
+        t for t in graph.initializer if t.data_type in kinds and len(t.dims) > 0 and not t.name.endswith("_scale")
+    ]
     count = lambda ts: int(sum(np.prod(t.dims) for t in ts))
     return count(weights), count([t for t in weights if "embeddings" not in t.name])
 
@@ -101,7 +105,7 @@ def main():
                 "throughput_per_s": throughput,
                 "p50_ms": percentile(times_ms, 0.5),
                 "p95_ms": percentile(times_ms, 0.95),
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mb": peak_rss_mb(),
                 "params": params,
                 "params_without_embeddings": without_embeddings,
             }

@@ -7,7 +7,7 @@ Set up the interpreter with benches/setup.sh.
 
 import argparse
 import json
-import resource
+from peak_memory import peak_rss_mb
 import time
 
 import torch
@@ -141,7 +141,7 @@ def main():
                 "times_ms": times,
                 "min_ms": min(times),
                 "median_ms": sorted(times)[len(times) // 2],
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mb": peak_rss_mb(),
             }
         )
     )

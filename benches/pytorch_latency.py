@@ -10,7 +10,7 @@ Set up the interpreter with benches/setup.sh.
 
 import argparse
 import json
-import resource
+from peak_memory import peak_rss_mb
 import tempfile
 import time
 from pathlib import Path
@@ -106,7 +106,7 @@ def main():
                 "mean_ms": sum(times_ms) / len(times_ms),
                 "p50_ms": percentile(times_ms, 0.5),
                 "p95_ms": percentile(times_ms, 0.95),
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mb": peak_rss_mb(),
             }
         )
     )

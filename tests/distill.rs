@@ -76,10 +76,10 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
     assert_eq!(eval["metrics"]["accuracy"].as_f64().unwrap(), accuracy);
 
     // The recipe's cosine loss reads only the teacher's last layer: its states are computed
-    // once with its logits, and the student then trains without running the teacher.
+    // once, its logits in the same pass, and the student trains without running the teacher.
     assert_eq!(
         summary["stages"][0]["teacher_cache"],
-        serde_json::json!(["computed", "computed states"])
+        serde_json::json!(["computed states", "loaded"])
     );
 
     // A logits-only objective reads the same cached logits.

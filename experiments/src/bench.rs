@@ -463,6 +463,23 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs) -> Result<Measurement> {
 
 /// The process's peak resident memory.
 pub(crate) fn peak_rss_mb() -> f64 {
+    // The kernel's high-water mark of this process image: getrusage's `ru_maxrss` would carry
+    // the parent's over from before `exec` (a child of `kd compare` reported its parent's).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak_kb = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        });
+    if let Some(kb) = peak_kb {
+        return kb / 1024.0;
+    }
     // SAFETY: getrusage fills the struct it is given.
     let usage = unsafe {
         let mut usage = std::mem::zeroed::<libc::rusage>();

@@ -120,11 +120,25 @@ where
         .x_desc(x_label)
         .y_desc(y_label)
         .draw()?;
-    chart.draw_series(points.iter().map(|(label, x, y)| {
-        EmptyElement::at((*x, *y))
-            + Circle::new((0, 0), 5, BLUE.filled())
-            + Text::new(label.clone(), (8, -18), (FAMILY, 14).into_font())
-    }))?;
+    // Points carry numbers; the key names them (names beside crowded points overlap).
+    for (number, (label, x, y)) in points.iter().enumerate() {
+        let number = (number + 1).to_string();
+        chart
+            .draw_series(std::iter::once(
+                EmptyElement::at((*x, *y))
+                    + Circle::new((0, 0), 5, BLUE.filled())
+                    + Text::new(number.clone(), (6, -16), (FAMILY, 13).into_font()),
+            ))?
+            .label(format!("{number}  {label}"))
+            .legend(|(x, y)| Circle::new((x, y), 4, BLUE.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font((FAMILY, 12))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }

@@ -344,10 +344,7 @@ fn run_stage(
             let outputs = if index == 0 && objective.needs_teacher_states() {
                 match cacheable_layers(&objective, teacher, train_set) {
                     Some(layers) => {
-                        let logits = match objective.needs_teacher_logits() {
-                            true => Some(cached_logits(teacher, files, &mut cache_outcomes)?),
-                            false => None,
-                        };
+                        // The pass that computes the states caches the logits as well.
                         let started = Instant::now();
                         let (states, outcome) = cache.states(
                             teacher,
@@ -358,6 +355,10 @@ fn run_stage(
                         )?;
                         report_cache(stage, "hidden states", files, outcome, started);
                         cache_outcomes.push(format!("{outcome:?} states").to_lowercase());
+                        let logits = match objective.needs_teacher_logits() {
+                            true => Some(cached_logits(teacher, files, &mut cache_outcomes)?),
+                            false => None,
+                        };
                         TeacherOutputs::CachedStates { states, logits }
                     }
                     None => TeacherOutputs::Live,

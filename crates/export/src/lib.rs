@@ -122,6 +122,11 @@ fn export_onnx(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Resul
     config
         .extra
         .insert("torch_dtype".into(), Precision::F32.torch_name().into());
+    // What the graph holds, for whoever reads the directory (kd itself runs safetensors).
+    config.extra.insert(
+        "kd_onnx".into(),
+        serde_json::json!({"file": onnx::ONNX_FILE, "opset": onnx::OPSET, "int8": options.quantize}),
+    );
     kd_bert::write_json_atomically(&out.join("config.json"), &config)?;
     Ok(ExportReport {
         weights_bytes_before: std::fs::metadata(&model.weights)?.len(),

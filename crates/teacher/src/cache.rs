@@ -6,6 +6,7 @@
 use crate::task_model::TaskModel;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use half::f16;
 use kd_bert::Mode;
 use kd_data::{EncodedExample, batch_plan, collate};
 use kd_train::Progress;
@@ -41,18 +42,12 @@ impl TeacherCache {
         examples: &[EncodedExample],
         batch_size: usize,
     ) -> Result<(Tensor, CacheOutcome)> {
-        let key = cache_key(teacher_weights, examples)?;
-        let path = self
-            .dir
-            .join(format!("teacher-logits-{key:016x}.safetensors"));
-        if path.is_file() {
-            let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu)
-                .with_context(|| format!("cannot read teacher cache {}", path.display()))?;
-            if let Some(logits) = tensors.remove("logits")
-                && logits.dim(0)? == examples.len()
-            {
-                return Ok((logits, CacheOutcome::Loaded));
-            }
+        let path = self.logits_path(teacher_weights, examples)?;
+        if let Some(mut tensors) = self.read(&path)?
+            && let Some(logits) = tensors.remove("logits")
+            && logits.dim(0)? == examples.len()
+        {
+            return Ok((logits, CacheOutcome::Loaded));
         }
         let progress = Progress::new(
             examples.len().div_ceil(batch_size.max(1)) as u64,
@@ -60,13 +55,36 @@ impl TeacherCache {
         );
         let logits = teacher.logits(examples, batch_size, Some(&progress))?;
         progress.finish();
+        self.write(
+            &path,
+            HashMap::from([("logits".to_string(), logits.clone())]),
+        )?;
+        Ok((logits, CacheOutcome::Computed))
+    }
+
+    fn logits_path(&self, teacher_weights: &Path, examples: &[EncodedExample]) -> Result<PathBuf> {
+        let key = cache_key(teacher_weights, examples)?;
+        Ok(self
+            .dir
+            .join(format!("teacher-logits-{key:016x}.safetensors")))
+    }
+
+    /// A cache file's tensors, or `None` when there is none.
+    fn read(&self, path: &Path) -> Result<Option<HashMap<String, Tensor>>> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+            .with_context(|| format!("cannot read teacher cache {}", path.display()))?;
+        Ok(Some(tensors))
+    }
+
+    fn write(&self, path: &Path, tensors: HashMap<String, Tensor>) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create cache directory {}", self.dir.display()))?;
-        let tensors = HashMap::from([("logits".to_string(), logits.clone())]);
-        kd_bert::write_atomically(&path, |tmp| {
+        kd_bert::write_atomically(path, |tmp| {
             Ok(candle_core::safetensors::save(&tensors, tmp)?)
-        })?;
-        Ok((logits, CacheOutcome::Computed))
+        })
     }
 }
 
@@ -103,7 +121,8 @@ impl CachedStates {
 
 impl TeacherCache {
     /// The teacher's hidden states at `layers` (0 = embedding output) for `examples`, from the
-    /// cache when the same teacher weights, token ids and layers were seen before.
+    /// cache when the same teacher weights, token ids and layers were seen before. The pass
+    /// that computes them caches the logits too (read them with [`TeacherCache::logits`]).
     pub fn states(
         &self,
         teacher: &TaskModel,
@@ -119,75 +138,70 @@ impl TeacherCache {
             "teacher-states-{:016x}.safetensors",
             hasher.finish()
         ));
+        let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
         let mut offsets = vec![0];
-        for example in examples {
-            offsets.push(offsets.last().unwrap() + example.ids.len());
+        for length in &lengths {
+            offsets.push(offsets.last().unwrap() + length);
         }
+        let total = *offsets.last().unwrap();
         let names: Vec<String> = layers.iter().map(|l| format!("layer.{l}")).collect();
-        if path.is_file() {
-            let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu)
-                .with_context(|| format!("cannot read teacher cache {}", path.display()))?;
+        let cached = |states: Vec<Tensor>| CachedStates {
+            layers: layers.to_vec(),
+            states,
+            offsets: offsets.clone(),
+        };
+        if let Some(mut tensors) = self.read(&path)? {
             let states: Option<Vec<Tensor>> =
                 names.iter().map(|name| tensors.remove(name)).collect();
-            if let Some(states) =
-                states.filter(|s| s.iter().all(|t| t.dim(0).ok() == offsets.last().copied()))
+            if let Some(states) = states.filter(|s| s.iter().all(|t| t.dim(0).ok() == Some(total)))
             {
-                let layers = layers.to_vec();
-                return Ok((
-                    CachedStates {
-                        layers,
-                        states,
-                        offsets,
-                    },
-                    CacheOutcome::Loaded,
-                ));
+                return Ok((cached(states), CacheOutcome::Loaded));
             }
         }
-        let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+        let hidden = teacher.config.hidden_size;
+        let mut buffers = vec![vec![f16::ZERO; total * hidden]; layers.len()];
+        let mut logits: Vec<Option<Tensor>> = vec![None; examples.len()];
         let plan = batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>);
         let progress = Progress::new(plan.len() as u64, "teacher states");
-        // Each example's rows per layer, then put in example order.
-        let mut pieces: Vec<Vec<Option<Tensor>>> = vec![vec![None; examples.len()]; layers.len()];
         for indices in plan {
             let batch = collate(examples, &indices, &Device::Cpu)?;
-            let (_, output) = teacher.model.forward(&batch.input, Mode::Inference)?;
-            for (pieces, &layer) in pieces.iter_mut().zip(layers) {
+            let (batch_logits, output) = teacher.model.forward(&batch.input, Mode::Inference)?;
+            for (buffer, &layer) in buffers.iter_mut().zip(layers) {
                 let states = match layer {
                     0 => &output.embeddings,
                     _ => &output.hidden_states[layer - 1],
-                }
-                .to_dtype(DType::F16)?;
+                };
+                let width = states.dim(1)? * hidden;
+                let values = states.flatten_all()?.to_vec1::<f32>()?;
+                // Each example's real positions, into its place in example order.
                 for (row, &index) in indices.iter().enumerate() {
-                    pieces[index] = Some(states.get(row)?.narrow(0, 0, lengths[index])?);
+                    let source = &values[row * width..][..lengths[index] * hidden];
+                    let target = &mut buffer[offsets[index] * hidden..offsets[index + 1] * hidden];
+                    for (target, &value) in target.iter_mut().zip(source) {
+                        *target = f16::from_f32(value);
+                    }
                 }
+            }
+            for (row, &index) in indices.iter().enumerate() {
+                logits[index] = Some(batch_logits.get(row)?);
             }
             progress.step(String::new());
         }
         progress.finish();
-        let states = pieces
+        let states = buffers
             .into_iter()
-            .map(|pieces| {
-                Ok(Tensor::cat(
-                    &pieces.into_iter().flatten().collect::<Vec<_>>(),
-                    0,
-                )?)
-            })
+            .map(|buffer| Ok(Tensor::from_vec(buffer, (total, hidden), &Device::Cpu)?))
             .collect::<Result<Vec<_>>>()?;
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create cache directory {}", self.dir.display()))?;
-        let tensors: HashMap<String, Tensor> = names.into_iter().zip(states.clone()).collect();
-        kd_bert::write_atomically(&path, |tmp| {
-            Ok(candle_core::safetensors::save(&tensors, tmp)?)
-        })?;
-        let layers = layers.to_vec();
-        Ok((
-            CachedStates {
-                layers,
-                states,
-                offsets,
-            },
-            CacheOutcome::Computed,
-        ))
+        self.write(&path, names.into_iter().zip(states.clone()).collect())?;
+        let logits = Tensor::stack(&logits.into_iter().flatten().collect::<Vec<_>>(), 0)?;
+        let logits_path = self.logits_path(teacher_weights, examples)?;
+        if !logits_path.is_file() {
+            self.write(
+                &logits_path,
+                HashMap::from([("logits".to_string(), logits)]),
+            )?;
+        }
+        Ok((cached(states), CacheOutcome::Computed))
     }
 }
 
@@ -291,6 +305,14 @@ mod tests {
             .states(&teacher, &weights, &examples, &layers, 2)
             .unwrap();
         assert_eq!(outcome, CacheOutcome::Loaded);
+        // The same pass cached the logits, exactly as computing them alone gives them.
+        let (logits, outcome) = cache.logits(&teacher, &weights, &examples, 2).unwrap();
+        assert_eq!(outcome, CacheOutcome::Loaded);
+        let alone = teacher.logits(&examples, 2, None).unwrap();
+        assert_eq!(
+            logits.to_vec2::<f32>().unwrap(),
+            alone.to_vec2::<f32>().unwrap()
+        );
 
         // Examples 2 and 0 as one batch, padded to 3 tokens, against the live teacher.
         let batch = collate(&examples, &[2, 0], &Device::Cpu).unwrap();

@@ -22,7 +22,7 @@ use proto::{
 use std::path::Path;
 
 /// LayerNormalization and Shape's `start`/`end` need opset 17 and 15.
-const OPSET: i64 = 17;
+pub const OPSET: i64 = 17;
 /// The IR version that opset 17 came with.
 const IR_VERSION: i64 = 8;
 /// The file an ONNX export's graph is in.
