@@ -46,34 +46,45 @@ pub fn supported() -> bool {
     }
 }
 
+/// Symmetric int8 per row of a 2-D weight: the row's largest magnitude maps to 127 (a row of
+/// zeros keeps a scale of 1). Returns the levels, row-major, and one scale per row; kd's int8
+/// exports store weights so, and [`Int8Weight::new`] re-quantizes those to their own levels.
+pub fn quantize_rows(weight: &Tensor) -> Result<(Vec<i8>, Vec<f32>)> {
+    let rows = weight.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+    let mut levels = Vec::with_capacity(weight.elem_count());
+    let mut scales = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let largest = row.iter().fold(0f32, |m, w| m.max(w.abs()));
+        let scale = if largest > 0.0 { largest / 127.0 } else { 1.0 };
+        levels.extend(
+            row.iter()
+                .map(|&w| (w / scale).round().clamp(-127.0, 127.0) as i8),
+        );
+        scales.push(scale);
+    }
+    Ok((levels, scales))
+}
+
 impl Int8Weight {
-    /// Quantizes an HF weight `[out, in]` symmetrically per output channel (the row's largest
-    /// magnitude maps to 127, as kd's int8 exports store it, so that those re-quantize to
-    /// their own levels); `None` where the CPU lacks AVX-512 VNNI.
+    /// Quantizes an HF weight `[out, in]` by [`quantize_rows`] and packs it; `None` where the
+    /// CPU lacks AVX-512 VNNI.
     pub fn new(weight: &Tensor) -> Result<Option<Arc<Self>>> {
         if !supported() {
             return Ok(None);
         }
         let (out_dim, in_dim) = weight.dims2()?;
-        let rows = weight.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+        let (levels, scales) = quantize_rows(weight)?;
         let groups = in_dim.div_ceil(GROUP);
         let blocks = out_dim.div_ceil(BLOCK);
         let mut packed = vec![0i8; blocks * groups * BLOCK * GROUP];
-        let mut scales = Vec::with_capacity(out_dim);
         let mut level_sums = Vec::with_capacity(out_dim);
-        for (out, row) in rows.iter().enumerate() {
-            let largest = row.iter().fold(0f32, |m, w| m.max(w.abs()));
-            let scale = if largest > 0.0 { largest / 127.0 } else { 1.0 };
+        for (out, row) in levels.chunks(in_dim.max(1)).enumerate() {
             let (block, lane) = (out / BLOCK, out % BLOCK);
-            let mut sum = 0i32;
-            for (input, &w) in row.iter().enumerate() {
-                let level = (w / scale).round().clamp(-127.0, 127.0) as i8;
-                sum += level as i32;
+            for (input, &level) in row.iter().enumerate() {
                 let (group, within) = (input / GROUP, input % GROUP);
                 packed[((block * groups + group) * BLOCK + lane) * GROUP + within] = level;
             }
-            scales.push(scale);
-            level_sums.push(sum);
+            level_sums.push(row.iter().map(|&level| level as i32).sum());
         }
         Ok(Some(Arc::new(Self {
             packed,

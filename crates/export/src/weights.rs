@@ -4,7 +4,7 @@
 //! `<name>` (I8) beside `<name>_scale` (f32), which `kd_bert::Params::load` dequantizes.
 
 use anyhow::Result;
-use candle_core::{D, DType, Tensor};
+use candle_core::{DType, Tensor};
 use safetensors::{Dtype, View};
 use serde::Serialize;
 use std::borrow::Cow;
@@ -107,9 +107,10 @@ pub(crate) fn write(
     let mut quantized = 0;
     for (name, tensor) in tensors {
         if quantization.is_some_and(|q| q.covers(name, tensor)) {
-            let (data, scales) = quantize_rows(tensor)?;
+            let (data, scales) = kd_bert::int8::quantize_rows(tensor)?;
             let shape = tensor.dims().to_vec();
             let data = data.into_iter().map(|q| q as u8).collect();
+            let scales = Tensor::new(scales, tensor.device())?;
             stored.insert(name.clone(), Stored::Int8 { shape, data });
             stored.insert(format!("{name}_scale"), Stored::Tensor(scales));
             quantized += 1;
@@ -127,21 +128,4 @@ pub(crate) fn write(
         Ok(())
     })?;
     Ok(quantized)
-}
-
-/// Symmetric per-row int8 of a 2-D tensor: the row's largest magnitude maps to 127. Returns
-/// the levels, row-major, and the scales `[rows]`.
-pub(crate) fn quantize_rows(weight: &Tensor) -> Result<(Vec<i8>, Tensor)> {
-    let weight = weight.to_dtype(DType::F32)?;
-    let scales = (weight.abs()?.max_keepdim(D::Minus1)? / 127.0)?;
-    // A row of zeros keeps a scale of 1 rather than dividing by zero.
-    let safe = scales.eq(0.0)?.where_cond(&scales.ones_like()?, &scales)?;
-    let levels = weight
-        .broadcast_div(&safe)?
-        .round()?
-        .clamp(-127.0, 127.0)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let data = levels.iter().map(|&q| q as i8).collect();
-    Ok((data, safe.squeeze(1)?))
 }

@@ -8,10 +8,10 @@
 
 mod proto;
 
-use crate::weights::quantize_rows;
 use crate::{ExportOptions, Precision, Quantization};
 use anyhow::{Context, Result, bail, ensure};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
+use kd_bert::int8::quantize_rows;
 use kd_bert::{BertConfig, write_atomically};
 use kd_teacher::{ModelFiles, TaskModel};
 use prost::Message;
@@ -274,6 +274,7 @@ impl<'a> Graph<'a> {
             return Ok(self.op("Gather", &[&table, ids], &[]));
         }
         let (levels, scales) = quantize_rows(&table)?;
+        let scales = Tensor::new(scales, &Device::Cpu)?;
         let levels = levels.into_iter().map(|q| q as u8).collect();
         let levels = self.int8_initializer(name, table.dims(), levels);
         let scales = self.f32_initializer(&format!("{name}_scale"), &scales)?;
@@ -335,6 +336,7 @@ impl<'a> Graph<'a> {
         let product = if self.quantized(&name, &weight) {
             // W's rows are W^T's columns: quantize by row, then transpose the levels.
             let (levels, scales) = quantize_rows(&weight)?;
+            let scales = Tensor::new(scales, &Device::Cpu)?;
             let (rows, columns) = weight.dims2()?;
             let mut transposed_levels = vec![0u8; levels.len()];
             for (i, &q) in levels.iter().enumerate() {
