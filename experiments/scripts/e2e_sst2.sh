@@ -16,8 +16,10 @@ for run in cold warm; do
   $kd distill --recipe experiments/recipes/sst2-distilbert-l3.toml --out $out --force \
     --cache-dir $cache > runs/e2e/kd-$run.log 2>&1 &
   pid=$!
-  until grep -q '"step":500,' $out/1-distill/log.jsonl 2>/dev/null \
-    && grep '"evaluation"' $out/1-distill/log.jsonl | grep -q '"step":500,'; do sleep 0.5; done
+  # (One grep: `grep | grep -q` under pipefail fails when -q closes the pipe early.)
+  until grep -q '{"evaluation":{"step":500,' $out/1-distill/log.jsonl 2>/dev/null; do
+    sleep 0.5
+  done
   kill -INT $pid; wait $pid || true
   end=$(date +%s.%N)
   python3 - "$out" "$start" "$end" "$run" <<'PY'
