@@ -20,7 +20,8 @@ for run in cold warm; do
   until grep -q '{"evaluation":{"step":500,' $out/1-distill/log.jsonl 2>/dev/null; do
     sleep 0.5
   done
-  kill -INT $pid; wait $pid || true
+  # SIGTERM, which kd handles as Ctrl-C: a non-interactive shell's background job ignores SIGINT.
+  kill -TERM $pid; wait $pid || true
   end=$(date +%s.%N)
   python3 - "$out" "$start" "$end" "$run" <<'PY'
 import json, sys
