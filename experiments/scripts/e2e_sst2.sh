@@ -12,15 +12,15 @@ cache=runs/e2e/cache
 rm -rf $cache
 for run in cold warm; do
   out=runs/e2e/kd-$run
+  rm -rf $out  # so that the wait below reads this run's log, not an earlier one's
   start=$(date +%s.%N)
   $kd distill --recipe experiments/recipes/sst2-distilbert-l3.toml --out $out --force \
     --cache-dir $cache > runs/e2e/kd-$run.log 2>&1 &
   pid=$!
-  # (One grep: `grep | grep -q` under pipefail fails when -q closes the pipe early.)
   until grep -q '{"evaluation":{"step":500,' $out/1-distill/log.jsonl 2>/dev/null; do
     sleep 0.5
   done
-  # SIGTERM, which kd handles as Ctrl-C: a non-interactive shell's background job ignores SIGINT.
+  # SIGTERM, which kd handles as Ctrl-C.
   kill -TERM $pid; wait $pid || true
   end=$(date +%s.%N)
   python3 - "$out" "$start" "$end" "$run" <<'PY'
