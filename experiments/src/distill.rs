@@ -252,29 +252,33 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
     if !interrupted {
         student.save(out.path())?;
     }
+    let teacher_summary = model_summary(teacher, &data.spec, &dev_set)?;
     let summary = Summary {
         recipe: recipe.name.clone(),
         task: data.spec.name.clone(),
         metric,
         train_examples: labelled,
         unlabeled_examples: unlabeled.len(),
-        teacher: model_summary(teacher, &data.spec, &dev_set)?,
         ensemble: if teachers.len() > 1 {
+            // The first member is the teacher summarised above: evaluated once.
+            let mut members = vec![teacher_summary.dev.clone()];
+            for teacher in &teachers[1..] {
+                members.push(teacher.evaluate(&data.spec, &dev_set, EVAL_BATCH_SIZE)?);
+            }
             specs
                 .iter()
-                .zip(&teachers)
                 .zip(&weights)
-                .map(|((spec, teacher), &weight)| {
-                    Ok(EnsembleMember {
-                        model: spec.model.clone(),
-                        weight,
-                        dev: teacher.evaluate(&data.spec, &dev_set, EVAL_BATCH_SIZE)?,
-                    })
+                .zip(members)
+                .map(|((spec, &weight), dev)| EnsembleMember {
+                    model: spec.model.clone(),
+                    weight,
+                    dev,
                 })
-                .collect::<Result<_>>()?
+                .collect()
         } else {
             Vec::new()
         },
+        teacher: teacher_summary,
         student: model_summary(&student, &data.spec, &dev_set)?,
         stages,
         wall_time_s: started.elapsed().as_secs_f64(),

@@ -295,24 +295,27 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// Awkward sizes: rows not a multiple of the tile, inputs not of the group, outputs not
-    /// of the block.
-    fn case() -> (Tensor, Tensor, Tensor) {
+    /// A product of awkward sizes (rows not a multiple of the tile, inputs not of the group,
+    /// outputs not of the block): the input, weight, bias, the packed weight and the int8
+    /// product; `None` on a CPU without AVX-512 VNNI.
+    fn case() -> Option<(Tensor, Tensor, Tensor, Arc<Int8Weight>, Tensor)> {
         let device = Device::Cpu;
         let xs = Tensor::randn(0f32, 1.0, (2, 13, 37), &device).unwrap();
         let weight = Tensor::randn(0f32, 0.2, (70, 37), &device).unwrap();
         let bias = Tensor::randn(0f32, 1.0, 70, &device).unwrap();
-        (xs, weight, bias)
+        let Some(packed) = Int8Weight::new(&weight).unwrap() else {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return None;
+        };
+        let ours = dense_int8(&xs, &packed, &bias).unwrap();
+        Some((xs, weight, bias, packed, ours))
     }
 
     #[test]
     fn the_kernel_computes_the_quantized_product_exactly() {
-        let (xs, weight, bias) = case();
-        let Some(packed) = Int8Weight::new(&weight).unwrap() else {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+        let Some((xs, weight, bias, packed, ours)) = case() else {
             return;
         };
-        let ours = dense_int8(&xs, &packed, &bias).unwrap();
         // The same quantized operands multiplied in f64 by hand.
         let rows = xs.flatten_to(1).unwrap().to_vec2::<f32>().unwrap();
         let input = quantize_input(&rows.concat(), 37);
@@ -340,12 +343,9 @@ mod tests {
 
     #[test]
     fn the_int8_product_is_close_to_the_f32_one() {
-        let (xs, weight, bias) = case();
-        let Some(packed) = Int8Weight::new(&weight).unwrap() else {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+        let Some((xs, weight, bias, _, ours)) = case() else {
             return;
         };
-        let ours = dense_int8(&xs, &packed, &bias).unwrap();
         let exact = crate::ops::dense(&xs, &weight, &bias).unwrap();
         let error = (ours - &exact).unwrap().abs().unwrap().max_all().unwrap();
         let scale = exact.abs().unwrap().max_all().unwrap();

@@ -34,6 +34,15 @@ pub struct BertOutput {
 }
 
 impl BertOutput {
+    /// Layer `layer`'s output, counting the embedding output as layer 0 (as layer mappings
+    /// do).
+    pub fn layer(&self, layer: usize) -> &Tensor {
+        match layer {
+            0 => &self.embeddings,
+            _ => &self.hidden_states[layer - 1],
+        }
+    }
+
     pub fn last_hidden_state(&self) -> &Tensor {
         self.hidden_states.last().unwrap_or(&self.embeddings)
     }

@@ -429,19 +429,19 @@ impl Objective {
             LossKind::Cosine => {
                 let (s, t) = states()?;
                 component.sum_over_pairs(|i, j| {
-                    cosine_loss(&component.project(state(s, i))?, state(t, j), mask)
+                    cosine_loss(&component.project(s.layer(i))?, t.layer(j), mask)
                 })
             }
             LossKind::EmbeddingMse | LossKind::HiddenMse => {
                 let (s, t) = states()?;
                 component.sum_over_pairs(|i, j| {
-                    mse(&component.project(state(s, i))?, state(t, j), Some(mask))
+                    mse(&component.project(s.layer(i))?, t.layer(j), Some(mask))
                 })
             }
             LossKind::Pkd => {
                 let (s, t) = states()?;
                 component.sum_over_pairs(|i, j| {
-                    pkd_loss(&component.project(&cls(state(s, i))?)?, &cls(state(t, j))?)
+                    pkd_loss(&component.project(&cls(s.layer(i))?)?, &cls(t.layer(j))?)
                 })
             }
             LossKind::AttentionMse => {
@@ -527,14 +527,6 @@ impl Component {
             .map(|&(s, t)| loss(s, t))
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::stack(&losses, 0)?.sum_all()?)
-    }
-}
-
-/// A layer's output; layer 0 is the embedding output.
-fn state(output: &BertOutput, layer: usize) -> &Tensor {
-    match layer {
-        0 => &output.embeddings,
-        _ => &output.hidden_states[layer - 1],
     }
 }
 

@@ -42,7 +42,7 @@ impl TeacherCache {
         examples: &[EncodedExample],
         batch_size: usize,
     ) -> Result<(Tensor, CacheOutcome)> {
-        let path = self.logits_path(teacher_weights, examples)?;
+        let path = self.logits_path(cache_key(teacher_weights, examples)?);
         if let Some(mut tensors) = self.read(&path)?
             && let Some(logits) = tensors.remove("logits")
             && logits.dim(0)? == examples.len()
@@ -62,11 +62,10 @@ impl TeacherCache {
         Ok((logits, CacheOutcome::Computed))
     }
 
-    fn logits_path(&self, teacher_weights: &Path, examples: &[EncodedExample]) -> Result<PathBuf> {
-        let key = cache_key(teacher_weights, examples)?;
-        Ok(self
-            .dir
-            .join(format!("teacher-logits-{key:016x}.safetensors")))
+    /// Where the logits for the teacher and dataset of `key` ([`cache_key`]) are kept.
+    fn logits_path(&self, key: u64) -> PathBuf {
+        self.dir
+            .join(format!("teacher-logits-{key:016x}.safetensors"))
     }
 
     /// A cache file's tensors, or `None` when there is none.
@@ -131,8 +130,9 @@ impl TeacherCache {
         layers: &[usize],
         batch_size: usize,
     ) -> Result<(CachedStates, CacheOutcome)> {
+        let key = cache_key(teacher_weights, examples)?;
         let mut hasher = DefaultHasher::new();
-        cache_key(teacher_weights, examples)?.hash(&mut hasher);
+        key.hash(&mut hasher);
         layers.hash(&mut hasher);
         let path = self.dir.join(format!(
             "teacher-states-{:016x}.safetensors",
@@ -167,10 +167,7 @@ impl TeacherCache {
             let batch = collate(examples, &indices, &Device::Cpu)?;
             let (batch_logits, output) = teacher.model.forward(&batch.input, Mode::Inference)?;
             for (buffer, &layer) in buffers.iter_mut().zip(layers) {
-                let states = match layer {
-                    0 => &output.embeddings,
-                    _ => &output.hidden_states[layer - 1],
-                };
+                let states = output.layer(layer);
                 let width = states.dim(1)? * hidden;
                 let values = states.flatten_all()?.to_vec1::<f32>()?;
                 // Each example's real positions, into its place in example order.
@@ -194,7 +191,7 @@ impl TeacherCache {
             .collect::<Result<Vec<_>>>()?;
         self.write(&path, names.into_iter().zip(states.clone()).collect())?;
         let logits = Tensor::stack(&logits.into_iter().flatten().collect::<Vec<_>>(), 0)?;
-        let logits_path = self.logits_path(teacher_weights, examples)?;
+        let logits_path = self.logits_path(key);
         if !logits_path.is_file() {
             self.write(
                 &logits_path,

@@ -10,7 +10,7 @@ mod proto;
 
 use crate::{ExportOptions, Precision, Quantization};
 use anyhow::{Context, Result, bail, ensure};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use kd_bert::int8::quantize_rows;
 use kd_bert::{BertConfig, write_atomically};
 use kd_teacher::{ModelFiles, TaskModel};
@@ -234,34 +234,39 @@ impl<'a> Graph<'a> {
         }
     }
 
+    /// An initializer of `data_type` with its little-endian bytes; returns its name.
+    fn initializer(
+        &mut self,
+        name: String,
+        dims: &[usize],
+        data_type: i32,
+        raw_data: Vec<u8>,
+    ) -> String {
+        self.initializers.push(TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type,
+            name: name.clone(),
+            raw_data,
+        });
+        name
+    }
+
+    fn f32_values(&mut self, name: String, dims: &[usize], values: &[f32]) -> String {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializer(name, dims, proto::FLOAT, bytes)
+    }
+
     fn f32_initializer(&mut self, name: &str, tensor: &Tensor) -> Result<String> {
         let values = tensor
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        self.initializers.push(TensorProto {
-            dims: tensor.dims().iter().map(|&d| d as i64).collect(),
-            data_type: proto::FLOAT,
-            name: name.into(),
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        });
-        Ok(name.into())
+        Ok(self.f32_values(name.into(), tensor.dims(), &values))
     }
 
     /// Whether the parameter `name` is exported as int8.
     fn quantized(&self, name: &str, tensor: &Tensor) -> bool {
         self.quantization.is_some_and(|q| q.covers(name, tensor))
-    }
-
-    /// Int8 levels of shape `dims` (row-major bytes) as an initializer named `name`.
-    fn int8_initializer(&mut self, name: &str, dims: &[usize], levels: Vec<u8>) -> String {
-        self.initializers.push(TensorProto {
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: proto::INT8,
-            name: name.into(),
-            raw_data: levels,
-        });
-        name.into()
     }
 
     /// The rows of the word-embedding table for `ids`, `[batch, sequence, hidden]`; from int8
@@ -274,10 +279,9 @@ impl<'a> Graph<'a> {
             return Ok(self.op("Gather", &[&table, ids], &[]));
         }
         let (levels, scales) = quantize_rows(&table)?;
-        let scales = Tensor::new(scales, &Device::Cpu)?;
         let levels = levels.into_iter().map(|q| q as u8).collect();
-        let levels = self.int8_initializer(name, table.dims(), levels);
-        let scales = self.f32_initializer(&format!("{name}_scale"), &scales)?;
+        let levels = self.initializer(name.into(), table.dims(), proto::INT8, levels);
+        let scales = self.f32_values(format!("{name}_scale"), &[scales.len()], &scales);
         let rows = self.op("Gather", &[&levels, ids], &[]);
         let rows = self.op("Cast", &[&rows], &[("to", Attr::Int(proto::FLOAT as i64))]);
         let row_scales = self.op("Gather", &[&scales, ids], &[]);
@@ -294,34 +298,23 @@ impl<'a> Graph<'a> {
     /// A scalar f32 constant.
     fn float(&mut self, value: f32) -> String {
         let name = self.constant_name();
-        self.initializers.push(TensorProto {
-            dims: Vec::new(),
-            data_type: proto::FLOAT,
-            name: name.clone(),
-            raw_data: value.to_le_bytes().to_vec(),
-        });
-        name
+        self.f32_values(name, &[], &[value])
     }
 
     /// A 1-D int64 constant.
     fn int64s(&mut self, values: &[i64]) -> String {
-        self.int64_constant(vec![values.len() as i64], values)
+        self.int64_constant(&[values.len()], values)
     }
 
     /// A scalar int64 constant (a Gather index that drops its axis).
     fn int64_scalar(&mut self, value: i64) -> String {
-        self.int64_constant(Vec::new(), &[value])
+        self.int64_constant(&[], &[value])
     }
 
-    fn int64_constant(&mut self, dims: Vec<i64>, values: &[i64]) -> String {
+    fn int64_constant(&mut self, dims: &[usize], values: &[i64]) -> String {
         let name = self.constant_name();
-        self.initializers.push(TensorProto {
-            dims,
-            data_type: proto::INT64,
-            name: name.clone(),
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        });
-        name
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializer(name, dims, proto::INT64, bytes)
     }
 
     /// `x W^T + b` for the linear layer `prefix`, with `W^T` stored so that MatMul reads it
@@ -336,14 +329,14 @@ impl<'a> Graph<'a> {
         let product = if self.quantized(&name, &weight) {
             // W's rows are W^T's columns: quantize by row, then transpose the levels.
             let (levels, scales) = quantize_rows(&weight)?;
-            let scales = Tensor::new(scales, &Device::Cpu)?;
             let (rows, columns) = weight.dims2()?;
             let mut transposed_levels = vec![0u8; levels.len()];
             for (i, &q) in levels.iter().enumerate() {
                 transposed_levels[(i % columns) * rows + i / columns] = q as u8;
             }
-            let levels = self.int8_initializer(&transposed, &[columns, rows], transposed_levels);
-            let scales = self.f32_initializer(&format!("{transposed}_scale"), &scales)?;
+            let scales = self.f32_values(format!("{transposed}_scale"), &[rows], &scales);
+            let levels =
+                self.initializer(transposed, &[columns, rows], proto::INT8, transposed_levels);
             let quantized_x = self.op_outputs("DynamicQuantizeLinear", &[x], &[], 3);
             let [levels_x, scale_x, zero_x] = quantized_x.as_slice() else {
                 unreachable!("three outputs asked for")
