@@ -8,48 +8,11 @@ mod common;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-const TOPICS: [(&str, [&str; 6]); 3] = [
-    (
-        "weather",
-        ["rain", "snow", "storm", "wind", "forecast", "thunder"],
-    ),
-    (
-        "sport",
-        ["football", "goal", "tennis", "coach", "referee", "stadium"],
-    ),
-    (
-        "food",
-        ["pizza", "soup", "bread", "cheese", "salad", "cake"],
-    ),
-];
-const TEMPLATES: [&str; 4] = [
-    "the {} and the {} were all anyone talked about",
-    "i read about {} and {} this morning",
-    "{} again , then more {}",
-    "nothing but {} and {} all week",
-];
-
-/// `count` examples `text<TAB>id<TAB>topic`, the topic named by the words used.
-fn examples(count: usize, offset: usize) -> String {
-    let mut tsv = "id\ttext\ttopic\n".to_string();
-    for i in offset..offset + count {
-        let (topic, words) = TOPICS[i % 3];
-        let template = TEMPLATES[(i / 3) % 4];
-        let text = template.replacen("{}", words[(i * 5) % 6], 1).replacen(
-            "{}",
-            words[(i * 7 + 1) % 6],
-            1,
-        );
-        tsv += &format!("{i}\t{text}\t{topic}\n");
-    }
-    tsv
-}
-
 /// Plain text, several sentences a line, one line far longer than the maximum length.
 fn unlabeled_text() -> String {
     let mut text = String::new();
     for i in 0..40 {
-        let (_, words) = TOPICS[i % 3];
+        let (_, words) = common::TOPICS[i % 3];
         text += &format!(
             "The {} came early. Everyone spoke of {} and {}.\n",
             words[i % 6],
@@ -84,26 +47,13 @@ fn recipe_with_batch(
     path
 }
 
-fn distill(recipe: &Path, out: &Path, cache: &Path) -> Value {
-    let stdout = common::kd_ok(&[
-        "distill",
-        "--recipe",
-        recipe.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--cache-dir",
-        cache.to_str().unwrap(),
-    ]);
-    serde_json::from_str(stdout.trim()).unwrap()
-}
-
 #[test]
 fn a_string_labelled_tsv_task_distils_with_unlabeled_text_and_round_trips() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("topics");
     std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("train.tsv"), examples(240, 0)).unwrap();
-    std::fs::write(data.join("dev.tsv"), examples(60, 1000)).unwrap();
+    std::fs::write(data.join("train.tsv"), common::topic_tsv(240, 0)).unwrap();
+    std::fs::write(data.join("dev.tsv"), common::topic_tsv(60, 1000)).unwrap();
     let corpus = root.path().join("corpus.txt");
     std::fs::write(&corpus, unlabeled_text()).unwrap();
     let flags = [
@@ -138,7 +88,7 @@ fn a_string_labelled_tsv_task_distils_with_unlabeled_text_and_round_trips() {
                  [{ kind = \"soft_ce\", weight = 5.0 }, { kind = \"hard\", weight = 2.0 }]";
     let student = root.path().join("student");
     let cache = root.path().join("cache");
-    let summary = distill(
+    let summary = common::distill_recipe(
         &recipe(root.path(), "topics", &teacher, &data_block, stage),
         &student,
         &cache,
@@ -202,10 +152,10 @@ fn a_string_labelled_tsv_task_distils_with_unlabeled_text_and_round_trips() {
     // A label the teacher does not know is an error naming the file, line and label.
     let bad = root.path().join("bad");
     std::fs::create_dir_all(&bad).unwrap();
-    std::fs::write(bad.join("train.tsv"), examples(30, 0)).unwrap();
+    std::fs::write(bad.join("train.tsv"), common::topic_tsv(30, 0)).unwrap();
     std::fs::write(
         bad.join("dev.tsv"),
-        examples(3, 0) + "9\tthe news at nine\tnews\n",
+        common::topic_tsv(3, 0) + "9\tthe news at nine\tnews\n",
     )
     .unwrap();
     let bad_block = data_block.replace(data.to_str().unwrap(), bad.to_str().unwrap());
@@ -230,7 +180,7 @@ fn a_string_labelled_tsv_task_distils_with_unlabeled_text_and_round_trips() {
     let masked = root.path().join("masked");
     let stage_one_epoch = stage.replace("epochs = 2", "epochs = 1");
     let few_recipe = recipe_with_batch(root.path(), "few", &teacher, &few, &stage_one_epoch, 4);
-    distill(&few_recipe, &masked, &cache);
+    common::distill_recipe(&few_recipe, &masked, &cache);
     let hard = common::logged(&masked.join("1-distill/log.jsonl"), "hard");
     let zero = hard.iter().filter(|&&h| h == 0.0).count();
     assert_eq!(hard.len(), 24);
@@ -239,7 +189,7 @@ fn a_string_labelled_tsv_task_distils_with_unlabeled_text_and_round_trips() {
     // A labels-only stage trains on the labelled examples alone: 240 / 16 = 15 steps.
     let hard_only = "[[stages]]\nname = \"labels\"\nepochs = 1\n[stages.objective]\ncomponents = \
                      [{ kind = \"hard\" }]";
-    let summary = distill(
+    let summary = common::distill_recipe(
         &recipe(root.path(), "labels", &teacher, &data_block, hard_only),
         &root.path().join("labels-only"),
         &cache,

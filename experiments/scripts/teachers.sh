@@ -4,7 +4,8 @@
 # Usage: experiments/scripts/teachers.sh [TASK...]   (from the repository root)
 set -euo pipefail
 export HF_HOME=${HF_HOME:-../shared/hf-cache}
-cargo build --release -p kd-experiments
+kd=${KD:-./target/release/kd}
+[ -n "${KD:-}" ] || cargo build --release -p kd-experiments
 model=sentence-transformers/all-MiniLM-L6-v2
 epochs_for() { case $1 in SST-2) echo 2 ;; *) echo 3 ;; esac; }
 tasks=("$@")
@@ -16,7 +17,7 @@ for task in "${tasks[@]}"; do
     echo "teacher $task: already in $out"; continue
   fi
   mkdir -p "$out" && touch "$out/.running"
-  ./target/release/kd finetune --model "$model" --task "$task" --out "$out" --force \
+  $kd finetune --model "$model" --task "$task" --out "$out" --force \
     --epochs "$(epochs_for "$task")" --lr 1e-4 --batch-size 32 --seed 42 "${eval_every[@]}"
   rm -f "$out/.running"
 done

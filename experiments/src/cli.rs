@@ -9,6 +9,7 @@ use kd_train::{RunDir, TrainerConfig};
 use crate::bench::{self, BenchArgs};
 use crate::distill::{self, DistillOptions};
 use crate::general;
+use crate::multitask;
 use crate::predict::{self, PredictArgs};
 use crate::recipe::Recipe;
 use std::path::{Path, PathBuf};
@@ -390,13 +391,19 @@ fn run_augment(args: AugmentArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_general(recipe: &Recipe, options: &DistillOptions, out: &Path) -> Result<()> {
-    let summary = general::run(recipe, options, kd_train::interrupt_flag()?)?;
-    println!("{}", serde_json::to_string(&summary)?);
-    if summary.interrupted {
+/// Prints a run's summary as JSON; an interrupted run then exits 130 with how to go on.
+fn print_summary(summary: &impl serde::Serialize, interrupted: bool) -> Result<()> {
+    println!("{}", serde_json::to_string(summary)?);
+    if interrupted {
         eprintln!("interrupted: checkpoint saved; continue with the same command and --resume");
         std::process::exit(130);
     }
+    Ok(())
+}
+
+fn run_general(recipe: &Recipe, options: &DistillOptions, out: &Path) -> Result<()> {
+    let summary = general::run(recipe, options, kd_train::interrupt_flag()?)?;
+    print_summary(&summary, summary.interrupted)?;
     eprintln!(
         "general student ({} layers x {}, {} parameters) saved to {} ({:.0} s)",
         summary.student.layers,
@@ -408,15 +415,55 @@ fn run_general(recipe: &Recipe, options: &DistillOptions, out: &Path) -> Result<
     Ok(())
 }
 
+fn run_multitask(recipe: &Recipe, options: &DistillOptions, out: &Path) -> Result<()> {
+    let summary = multitask::run(recipe, options, kd_train::interrupt_flag()?)?;
+    print_summary(&summary, summary.interrupted)?;
+    eprintln!(
+        "\n{:<10} {:<16} {:>9} {:>9}",
+        "task", "metric", "teacher", "student"
+    );
+    for task in &summary.tasks {
+        eprintln!(
+            "{:<10} {:<16} {:>8.2}% {:>8.2}%",
+            task.name,
+            task.metric,
+            task.teacher.dev[&task.metric] * 100.0,
+            task.student_dev[&task.metric] * 100.0
+        );
+    }
+    eprintln!(
+        "{:<10} {:<16} {:>8.2}% {:>8.2}%",
+        "mean",
+        "",
+        summary.teacher_mean * 100.0,
+        summary.student_mean * 100.0
+    );
+    eprintln!(
+        "student ({} layers x {}, {} parameters for {} tasks) saved to {}, each task's model \
+         in {}/tasks/NAME ({:.0} s)",
+        summary.student.layers,
+        summary.student.hidden,
+        summary.student.params,
+        summary.tasks.len(),
+        out.display(),
+        out.display(),
+        summary.wall_time_s
+    );
+    Ok(())
+}
+
 fn run_distill(args: DistillArgs) -> Result<()> {
     let mut overrides = args.overrides.clone();
     if let Some(steps) = args.max_steps {
         overrides.push(format!("training.max_steps={steps}"));
     }
+    let mut recipe = Recipe::load(&args.recipe, &overrides)?;
     if let Some(examples) = args.max_train_examples {
-        overrides.push(format!("data.max_train_examples={examples}"));
+        recipe.data.max_train_examples = Some(examples);
+        for task in &mut recipe.tasks {
+            task.data.max_train_examples = Some(examples);
+        }
     }
-    let recipe = Recipe::load(&args.recipe, &overrides)?;
     let out = args
         .out
         .clone()
@@ -432,12 +479,11 @@ fn run_distill(args: DistillArgs) -> Result<()> {
     if !recipe.data.corpus.is_empty() {
         return run_general(&recipe, &options, &out);
     }
-    let summary = distill::run(&recipe, &options, kd_train::interrupt_flag()?)?;
-    println!("{}", serde_json::to_string(&summary)?);
-    if summary.interrupted {
-        eprintln!("interrupted: checkpoint saved; continue with the same command and --resume");
-        std::process::exit(130);
+    if !recipe.tasks.is_empty() {
+        return run_multitask(&recipe, &options, &out);
     }
+    let summary = distill::run(&recipe, &options, kd_train::interrupt_flag()?)?;
+    print_summary(&summary, summary.interrupted)?;
     let metric = &summary.metric;
     let row = |role: &str, model: &distill::ModelSummary| {
         format!(

@@ -1,7 +1,7 @@
 //! `kd distill`: runs a recipe's stages, each an objective trained through the shared loop,
 //! the teachers' logits cached across epochs and recipes (each teacher's on its own).
 
-use crate::recipe::{Recipe, Stage, StudentSpec};
+use crate::recipe::{Recipe, Stage, StudentSpec, TeacherSpec};
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor, Var};
 use kd_bert::{BertOutput, Mode, Params};
@@ -18,7 +18,7 @@ use std::time::Instant;
 const EVAL_BATCH_SIZE: usize = 128;
 
 /// One stage's training: the student, its teachers and the objective between them.
-struct Distillation<'a> {
+pub(crate) struct Distillation<'a> {
     student: &'a TaskModel,
     /// The one whose layers are read first, then the rest of an ensemble.
     teachers: &'a [TaskModel],
@@ -27,7 +27,7 @@ struct Distillation<'a> {
     train: &'a [EncodedExample],
     dev: &'a [EncodedExample],
     /// One per teacher, or none when the objective reads only the labels.
-    teacher_outputs: Vec<TeacherOutputs>,
+    teacher_outputs: &'a [TeacherOutputs],
 }
 
 /// Where a teacher's outputs come from in a stage.
@@ -50,6 +50,18 @@ enum TeacherOutputs {
 /// The most memory a teacher's cached hidden states may take (f16); beyond, it runs live.
 const STATES_CACHE_BYTES: usize = 4 << 30;
 
+impl Distillation<'_> {
+    /// The objective's own trained parameters (projections), by their names there.
+    pub(crate) fn projections(&self) -> Vec<(String, Var)> {
+        self.objective.params().vars()
+    }
+
+    /// The task's first metric, which chooses the model kept.
+    pub(crate) fn metric_name(&self) -> &str {
+        self.spec.metrics[0].name()
+    }
+}
+
 impl Trainable for Distillation<'_> {
     fn parameters(&self) -> Vec<(String, Var)> {
         trained_parameters(&self.student.params, self.objective)
@@ -68,7 +80,7 @@ impl Trainable for Distillation<'_> {
         let rows: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
         let rows = Tensor::new(rows, &Device::Cpu)?;
         let mut outputs = Vec::with_capacity(self.teacher_outputs.len());
-        for (teacher, source) in self.teachers.iter().zip(&self.teacher_outputs) {
+        for (teacher, source) in self.teachers.iter().zip(self.teacher_outputs) {
             outputs.push(match source {
                 TeacherOutputs::Unused => (None, None),
                 TeacherOutputs::CachedLogits(cached) => {
@@ -187,99 +199,56 @@ pub struct DistillOptions<'a> {
 /// checkpoints, the final student at the top with `summary.json`.
 pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Result<Summary> {
     let started = Instant::now();
-    let specs = recipe.teacher_specs();
-    let mut teachers = Vec::with_capacity(specs.len());
-    let mut teacher_files = Vec::with_capacity(specs.len());
-    for spec in &specs {
-        let files = ModelFiles::resolve(&spec.model)?;
-        let teacher = TaskModel::load_for_inference(&files, recipe.data.max_seq_len)
-            .with_context(|| format!("cannot load teacher {}", spec.model))?;
-        teachers.push(teacher);
-        teacher_files.push(files);
-    }
-    check_ensemble(&specs, &teachers)?;
-    let weights: Vec<f64> = specs
-        .iter()
-        .map(|spec| spec.weight.unwrap_or(1.0))
-        .collect();
-    let teacher = &teachers[0];
+    let teachers = Teachers::load(recipe)?;
+    let teacher = teachers.main();
     let data = load_data(&recipe.data, options.shared_dir, teacher)?;
-    let unlabeled = recipe
-        .data
-        .load_unlabeled(&teacher.tokenizer, recipe.training.seed)?;
     let student = build_student(recipe, teacher)?;
-    // Labelled examples first: a stage that reads labels only trains on that prefix.
-    let mut train_set = student.encode(&data.train)?;
-    let labelled = train_set.len();
-    train_set.extend(student.encode(&unlabeled)?);
-    let dev_set = student.encode(&data.dev)?;
+    let examples = Examples::encode(recipe, &data, teacher, &student)?;
     let metric = data.spec.metrics[0].name().to_string();
     // Everything is loaded and checked before the output directory is touched.
     let out = output_dir(options)?;
     eprintln!(
-        "{}: teacher {} ({} parameters), student {} layers x {} ({} parameters), {} labelled + {} unlabeled train / {} dev",
+        "{}: teacher {} ({} parameters), student {} layers x {} ({} parameters), {}",
         recipe.name,
-        describe_teachers(&specs),
+        teachers.describe(),
         teacher.params.num_parameters(),
         student.config.num_hidden_layers,
         student.config.hidden_size,
         student.params.num_parameters(),
-        labelled,
-        unlabeled.len(),
-        dev_set.len()
+        examples.describe()
     );
     let cache = TeacherCache::new(options.cache_dir);
     let (stages, interrupted) =
         run_stages(recipe, &out, &student.params, |index, stage, stage_dir| {
-            run_stage(
+            let inputs =
+                StageInputs::prepare(recipe, stage, index, &student, &teachers, &examples, &cache)?;
+            let task = inputs.distillation(&student, &teachers, &data.spec, &examples);
+            let state = train_stage(
                 recipe,
                 stage,
-                index,
                 stage_dir,
-                &student,
-                &teachers,
-                &teacher_files,
-                &weights,
-                &data.spec,
-                &train_set,
-                labelled,
-                &dev_set,
-                &cache,
+                &task,
+                &metric,
+                false,
                 options.resume,
                 stop,
-            )
+            )?;
+            let summary = inputs.summary(stage, &state);
+            Ok((state, summary))
         })?;
     if !interrupted {
         student.save(out.path())?;
     }
-    let teacher_summary = model_summary(teacher, &data.spec, &dev_set)?;
+    let (teacher_summary, ensemble) = teachers.summaries(&data.spec, &examples.dev)?;
     let summary = Summary {
         recipe: recipe.name.clone(),
         task: data.spec.name.clone(),
         metric,
-        train_examples: labelled,
-        unlabeled_examples: unlabeled.len(),
-        ensemble: if teachers.len() > 1 {
-            // The first member is the teacher summarised above: evaluated once.
-            let mut members = vec![teacher_summary.dev.clone()];
-            for teacher in &teachers[1..] {
-                members.push(teacher.evaluate(&data.spec, &dev_set, EVAL_BATCH_SIZE)?);
-            }
-            specs
-                .iter()
-                .zip(&weights)
-                .zip(members)
-                .map(|((spec, &weight), dev)| EnsembleMember {
-                    model: spec.model.clone(),
-                    weight,
-                    dev,
-                })
-                .collect()
-        } else {
-            Vec::new()
-        },
+        train_examples: examples.labelled,
+        unlabeled_examples: examples.unlabeled,
+        ensemble,
         teacher: teacher_summary,
-        student: model_summary(&student, &data.spec, &dev_set)?,
+        student: model_summary(&student, &data.spec, &examples.dev)?,
         stages,
         wall_time_s: started.elapsed().as_secs_f64(),
         interrupted,
@@ -289,126 +258,270 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
     Ok(summary)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_stage(
-    recipe: &Recipe,
-    stage: &Stage,
-    index: usize,
-    dir: &Path,
-    student: &TaskModel,
-    teachers: &[TaskModel],
-    teacher_files: &[ModelFiles],
-    weights: &[f64],
-    spec: &TaskSpec,
-    train_set: &[EncodedExample],
-    labelled: usize,
-    dev_set: &[EncodedExample],
-    cache: &TeacherCache,
-    resume: bool,
-    stop: &AtomicBool,
-) -> Result<(TrainState, StageSummary)> {
-    // An ensemble's weights are the recipe's unless the stage gives its own.
-    let mut config = stage.objective.clone();
-    config
-        .teacher_weights
-        .get_or_insert_with(|| weights.to_vec());
-    let shapes: Vec<EncoderShape> = teachers
-        .iter()
-        .map(|teacher| EncoderShape::from(&teacher.config))
-        .collect();
-    let objective = Objective::new(
-        &config,
-        &shapes,
-        EncoderShape::from(&student.config),
-        &Device::Cpu,
-        recipe.training.seed.wrapping_add(index as u64),
-    )
-    .with_context(|| format!("stage {}", stage.name))?;
-    let teacher_started = Instant::now();
-    let mut teacher_outputs = Vec::new();
-    let mut cache_outcomes = Vec::new();
-    if !objective.needs_teacher() {
-        if labelled < train_set.len() {
-            eprintln!(
-                "stage {}: labels only, so it trains on the {labelled} labelled examples",
-                stage.name
-            );
+/// A recipe's teachers, loaded to answer and checked as an ensemble; the one whose layers
+/// are read first.
+pub(crate) struct Teachers {
+    specs: Vec<TeacherSpec>,
+    models: Vec<TaskModel>,
+    files: Vec<ModelFiles>,
+    weights: Vec<f64>,
+}
+
+impl Teachers {
+    pub(crate) fn load(recipe: &Recipe) -> Result<Self> {
+        let specs: Vec<TeacherSpec> = recipe.teacher_specs().into_iter().cloned().collect();
+        let mut models = Vec::with_capacity(specs.len());
+        let mut files = Vec::with_capacity(specs.len());
+        for spec in &specs {
+            let resolved = ModelFiles::resolve(&spec.model)?;
+            let model = TaskModel::load_for_inference(&resolved, recipe.data.max_seq_len)
+                .with_context(|| format!("cannot load teacher {}", spec.model))?;
+            models.push(model);
+            files.push(resolved);
         }
-    } else {
-        let cached_logits = |teacher: &TaskModel, files: &ModelFiles, outcomes: &mut Vec<_>| {
-            let started = Instant::now();
-            let (logits, outcome) =
-                cache.logits(teacher, &files.weights, train_set, EVAL_BATCH_SIZE)?;
-            report_cache(stage, "logits", files, outcome, started);
-            outcomes.push(format!("{outcome:?}").to_lowercase());
-            anyhow::Ok(logits)
-        };
-        for (index, (teacher, files)) in teachers.iter().zip(teacher_files).enumerate() {
-            // The first teacher's layers are read; the others give predictions at most.
-            let outputs = if index == 0 && objective.needs_teacher_states() {
-                match cacheable_layers(&objective, teacher, train_set) {
-                    Some(layers) => {
-                        // The pass that computes the states caches the logits as well.
-                        let started = Instant::now();
-                        let (states, outcome) = cache.states(
-                            teacher,
-                            &files.weights,
-                            train_set,
-                            &layers,
-                            EVAL_BATCH_SIZE,
-                        )?;
-                        report_cache(stage, "hidden states", files, outcome, started);
-                        cache_outcomes.push(format!("{outcome:?} states").to_lowercase());
-                        let logits = match objective.needs_teacher_logits() {
-                            true => Some(cached_logits(teacher, files, &mut cache_outcomes)?),
-                            false => None,
-                        };
-                        TeacherOutputs::CachedStates { states, logits }
-                    }
-                    None => TeacherOutputs::Live,
-                }
-            } else if objective.needs_teacher_logits() {
-                TeacherOutputs::CachedLogits(cached_logits(teacher, files, &mut cache_outcomes)?)
-            } else {
-                TeacherOutputs::Unused
-            };
-            teacher_outputs.push(outputs);
+        check_ensemble(&specs, &models)?;
+        let weights = specs
+            .iter()
+            .map(|spec| spec.weight.unwrap_or(1.0))
+            .collect();
+        Ok(Self {
+            specs,
+            models,
+            files,
+            weights,
+        })
+    }
+
+    /// The teacher whose layers are read (and which a DistilBERT-style student copies).
+    pub(crate) fn main(&self) -> &TaskModel {
+        &self.models[0]
+    }
+
+    /// The teachers, and for an ensemble which one's layers are read.
+    pub(crate) fn describe(&self) -> String {
+        let models: Vec<&str> = self.specs.iter().map(|spec| spec.model.as_str()).collect();
+        match models[..] {
+            [only] => only.to_string(),
+            _ => format!(
+                "ensemble of {} ({}; layers from {})",
+                models.len(),
+                models.join(", "),
+                models[0]
+            ),
         }
     }
-    let teacher_seconds = teacher_started.elapsed().as_secs_f64();
-    let train_set = if teacher_outputs.is_empty() {
-        &train_set[..labelled]
-    } else {
-        train_set
-    };
-    let task = Distillation {
-        student,
-        teachers,
-        objective: &objective,
-        spec,
-        train: train_set,
-        dev: dev_set,
-        teacher_outputs,
-    };
-    let state = train_stage(
-        recipe,
-        stage,
-        dir,
-        &task,
-        spec.metrics[0].name(),
-        false,
-        resume,
-        stop,
-    )?;
-    let summary = StageSummary {
-        name: stage.name.clone(),
-        steps: state.step,
-        best: state.best_value,
-        examples_per_s: state.examples_per_s(),
-        teacher_seconds,
-        teacher_cache: cache_outcomes,
-    };
-    Ok((state, summary))
+
+    /// The main teacher's summary on `dev`, and an ensemble's members (none for one teacher).
+    pub(crate) fn summaries(
+        &self,
+        spec: &TaskSpec,
+        dev: &[EncodedExample],
+    ) -> Result<(ModelSummary, Vec<EnsembleMember>)> {
+        let main = model_summary(self.main(), spec, dev)?;
+        if self.models.len() == 1 {
+            return Ok((main, Vec::new()));
+        }
+        // The first member is the main teacher: evaluated once.
+        let mut members = vec![main.dev.clone()];
+        for teacher in &self.models[1..] {
+            members.push(teacher.evaluate(spec, dev, EVAL_BATCH_SIZE)?);
+        }
+        let ensemble = self
+            .specs
+            .iter()
+            .zip(&self.weights)
+            .zip(members)
+            .map(|((spec, &weight), dev)| EnsembleMember {
+                model: spec.model.clone(),
+                weight,
+                dev,
+            })
+            .collect();
+        Ok((main, ensemble))
+    }
+}
+
+/// A task's examples encoded for the student: labelled ones first, then the transfer set's
+/// (a stage that reads labels only trains on that prefix); and the dev set.
+pub(crate) struct Examples {
+    pub(crate) train: Vec<EncodedExample>,
+    pub(crate) labelled: usize,
+    pub(crate) unlabeled: usize,
+    pub(crate) dev: Vec<EncodedExample>,
+}
+
+impl Examples {
+    pub(crate) fn encode(
+        recipe: &Recipe,
+        data: &TaskData,
+        teacher: &TaskModel,
+        student: &TaskModel,
+    ) -> Result<Self> {
+        let unlabeled = recipe
+            .data
+            .load_unlabeled(&teacher.tokenizer, recipe.training.seed)?;
+        let mut train = student.encode(&data.train)?;
+        let labelled = train.len();
+        train.extend(student.encode(&unlabeled)?);
+        Ok(Self {
+            train,
+            labelled,
+            unlabeled: unlabeled.len(),
+            dev: student.encode(&data.dev)?,
+        })
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{} labelled + {} unlabeled train / {} dev",
+            self.labelled,
+            self.unlabeled,
+            self.dev.len()
+        )
+    }
+}
+
+/// A stage's objective for one task, where each teacher's outputs come from, and how many
+/// training examples it reads.
+pub(crate) struct StageInputs {
+    objective: Objective,
+    teacher_outputs: Vec<TeacherOutputs>,
+    /// Whether each teacher output came from the cache, for the summary.
+    cache_outcomes: Vec<String>,
+    teacher_seconds: f64,
+    train_len: usize,
+}
+
+impl StageInputs {
+    /// Builds `stage`'s objective between `student` and `teachers` and gets the teachers'
+    /// outputs it needs: cached logits, cached states, or the teacher run live.
+    pub(crate) fn prepare(
+        recipe: &Recipe,
+        stage: &Stage,
+        index: usize,
+        student: &TaskModel,
+        teachers: &Teachers,
+        examples: &Examples,
+        cache: &TeacherCache,
+    ) -> Result<Self> {
+        // An ensemble's weights are the recipe's unless the stage gives its own.
+        let mut config = stage.objective.clone();
+        config
+            .teacher_weights
+            .get_or_insert_with(|| teachers.weights.clone());
+        let shapes: Vec<EncoderShape> = teachers
+            .models
+            .iter()
+            .map(|teacher| EncoderShape::from(&teacher.config))
+            .collect();
+        let objective = Objective::new(
+            &config,
+            &shapes,
+            EncoderShape::from(&student.config),
+            &Device::Cpu,
+            recipe.training.seed.wrapping_add(index as u64),
+        )
+        .with_context(|| format!("stage {}", stage.name))?;
+        let started = Instant::now();
+        let train_set = &examples.train;
+        let mut teacher_outputs = Vec::new();
+        let mut cache_outcomes = Vec::new();
+        if !objective.needs_teacher() {
+            if examples.labelled < train_set.len() {
+                eprintln!(
+                    "stage {}: labels only, so it trains on the {} labelled examples",
+                    stage.name, examples.labelled
+                );
+            }
+        } else {
+            let cached_logits = |teacher: &TaskModel, files: &ModelFiles, outcomes: &mut Vec<_>| {
+                let started = Instant::now();
+                let (logits, outcome) =
+                    cache.logits(teacher, &files.weights, train_set, EVAL_BATCH_SIZE)?;
+                report_cache(stage, "logits", files, outcome, started);
+                outcomes.push(format!("{outcome:?}").to_lowercase());
+                anyhow::Ok(logits)
+            };
+            for (index, (teacher, files)) in teachers.models.iter().zip(&teachers.files).enumerate()
+            {
+                // The first teacher's layers are read; the others give predictions at most.
+                let outputs = if index == 0 && objective.needs_teacher_states() {
+                    match cacheable_layers(&objective, teacher, train_set) {
+                        Some(layers) => {
+                            // The pass that computes the states caches the logits as well.
+                            let started = Instant::now();
+                            let (states, outcome) = cache.states(
+                                teacher,
+                                &files.weights,
+                                train_set,
+                                &layers,
+                                EVAL_BATCH_SIZE,
+                            )?;
+                            report_cache(stage, "hidden states", files, outcome, started);
+                            cache_outcomes.push(format!("{outcome:?} states").to_lowercase());
+                            let logits = match objective.needs_teacher_logits() {
+                                true => Some(cached_logits(teacher, files, &mut cache_outcomes)?),
+                                false => None,
+                            };
+                            TeacherOutputs::CachedStates { states, logits }
+                        }
+                        None => TeacherOutputs::Live,
+                    }
+                } else if objective.needs_teacher_logits() {
+                    TeacherOutputs::CachedLogits(cached_logits(
+                        teacher,
+                        files,
+                        &mut cache_outcomes,
+                    )?)
+                } else {
+                    TeacherOutputs::Unused
+                };
+                teacher_outputs.push(outputs);
+            }
+        }
+        let train_len = match teacher_outputs.is_empty() {
+            true => examples.labelled,
+            false => train_set.len(),
+        };
+        Ok(Self {
+            objective,
+            teacher_outputs,
+            cache_outcomes,
+            teacher_seconds: started.elapsed().as_secs_f64(),
+            train_len,
+        })
+    }
+
+    /// The stage's training between `student` and `teachers` on `examples`.
+    pub(crate) fn distillation<'a>(
+        &'a self,
+        student: &'a TaskModel,
+        teachers: &'a Teachers,
+        spec: &'a TaskSpec,
+        examples: &'a Examples,
+    ) -> Distillation<'a> {
+        Distillation {
+            student,
+            teachers: &teachers.models,
+            objective: &self.objective,
+            spec,
+            train: &examples.train[..self.train_len],
+            dev: &examples.dev,
+            teacher_outputs: &self.teacher_outputs,
+        }
+    }
+
+    /// What the stage reports, from the state it ended in.
+    pub(crate) fn summary(&self, stage: &Stage, state: &TrainState) -> StageSummary {
+        StageSummary {
+            name: stage.name.clone(),
+            steps: state.step,
+            best: state.best_value,
+            examples_per_s: state.examples_per_s(),
+            teacher_seconds: self.teacher_seconds,
+            teacher_cache: self.cache_outcomes.clone(),
+        }
+    }
 }
 
 /// The teacher layers to cache for `objective`, when it compares hidden states only and
@@ -570,28 +683,10 @@ pub(crate) fn trained_parameters(student: &Params, objective: &Objective) -> Vec
         .collect()
 }
 
-/// The teachers, and for an ensemble which one's layers are read.
-fn describe_teachers(specs: &[&crate::recipe::TeacherSpec]) -> String {
-    match specs {
-        [only] => only.model.clone(),
-        [first, ..] => format!(
-            "ensemble of {} ({}; layers from {})",
-            specs.len(),
-            specs
-                .iter()
-                .map(|spec| spec.model.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            first.model
-        ),
-        [] => String::new(),
-    }
-}
-
 /// An ensemble's teachers must answer the same task in the same terms: the same kind of head,
 /// the same labels in the same order, and the same vocabulary (they read the same token ids).
-fn check_ensemble(specs: &[&crate::recipe::TeacherSpec], teachers: &[TaskModel]) -> Result<()> {
-    let (first, first_spec) = (&teachers[0], specs[0]);
+fn check_ensemble(specs: &[TeacherSpec], teachers: &[TaskModel]) -> Result<()> {
+    let (first, first_spec) = (&teachers[0], &specs[0]);
     for (teacher, spec) in teachers.iter().zip(specs).skip(1) {
         if teacher.task_kind() != first.task_kind() || teacher.labels != first.labels {
             bail!(
@@ -620,7 +715,11 @@ fn check_ensemble(specs: &[&crate::recipe::TeacherSpec], teachers: &[TaskModel])
 }
 
 /// The recipe's labelled data, with the teacher's class names in the teacher's order.
-fn load_data(spec: &DataSpec, shared_dir: &Path, teacher: &TaskModel) -> Result<TaskData> {
+pub(crate) fn load_data(
+    spec: &DataSpec,
+    shared_dir: &Path,
+    teacher: &TaskModel,
+) -> Result<TaskData> {
     let task = spec.task_spec()?;
     if task.kind != teacher.task_kind() {
         bail!(
@@ -633,7 +732,7 @@ fn load_data(spec: &DataSpec, shared_dir: &Path, teacher: &TaskModel) -> Result<
     spec.load(shared_dir, teacher.dataset_labels())
 }
 
-fn build_student(recipe: &Recipe, teacher: &TaskModel) -> Result<TaskModel> {
+pub(crate) fn build_student(recipe: &Recipe, teacher: &TaskModel) -> Result<TaskModel> {
     let seed = recipe.training.seed;
     match &recipe.student {
         StudentSpec::Distilbert {
@@ -688,7 +787,7 @@ fn build_student(recipe: &Recipe, teacher: &TaskModel) -> Result<TaskModel> {
     }
 }
 
-fn model_summary(
+pub(crate) fn model_summary(
     model: &TaskModel,
     spec: &TaskSpec,
     dev: &[EncodedExample],

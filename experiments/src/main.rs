@@ -7,6 +7,7 @@ mod compare;
 mod distill;
 mod general;
 mod latency;
+mod multitask;
 mod predict;
 mod recipe;
 mod report;

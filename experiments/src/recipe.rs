@@ -1,6 +1,7 @@
 //! Distillation recipes: TOML files naming the teacher (or an ensemble of teachers), how the
-//! student is built, the data, the training settings and the stages with their objectives. `--set key=value` overrides
-//! any field before the recipe is read (`training.lr=5e-5`, `stages.0.epochs=1`).
+//! student is built, the data (or, for a multi-task student, each task's data and teachers),
+//! the training settings and the stages with their objectives. `--set key=value` overrides any
+//! field before the recipe is read (`training.lr=5e-5`, `stages.0.epochs=1`).
 
 use anyhow::{Context, Result, bail};
 use kd_data::DataSpec;
@@ -28,9 +29,36 @@ pub struct Recipe {
     #[serde(default)]
     pub layers_from: usize,
     pub student: StudentSpec,
+    /// The task's data (for general distillation, a corpus); absent in a multi-task recipe.
+    #[serde(default)]
     pub data: DataSpec,
+    /// A multi-task recipe (MT-DNN's): one student encoder with a head per task, each task
+    /// with its own data and teachers, which then replace the top-level ones.
+    #[serde(default)]
+    pub tasks: Vec<TaskEntry>,
     pub training: TrainingSpec,
     pub stages: Vec<Stage>,
+}
+
+/// One task of a multi-task recipe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskEntry {
+    /// The head's name (its export folder): the data's task name by default.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// How much more often than others its batches are drawn (1 by default); with any
+    /// weight or a `training.task_temperature`, batches are sampled instead of each epoch
+    /// taking every task's batches once.
+    #[serde(default)]
+    pub weight: Option<f64>,
+    #[serde(default)]
+    pub teacher: Option<TeacherSpec>,
+    #[serde(default)]
+    pub teachers: Vec<TeacherSpec>,
+    #[serde(default)]
+    pub layers_from: usize,
+    pub data: DataSpec,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +117,12 @@ pub struct TrainingSpec {
     /// Stop each stage after N updates (a quick setting).
     #[serde(default)]
     pub max_steps: Option<usize>,
+    /// Multi-task recipes: draw each batch's task with probability proportional to its
+    /// weight times its number of batches to the power 1/T (1 is proportional, larger
+    /// flattens towards uniform). Unset: each epoch takes every task's batches once, shuffled
+    /// together (MT-DNN's scheme).
+    #[serde(default)]
+    pub task_temperature: Option<f64>,
 }
 
 fn default_batch_size() -> usize {
@@ -135,30 +169,55 @@ impl Recipe {
         let recipe: Self = value
             .try_into()
             .with_context(|| format!("invalid recipe {}", path.display()))?;
+        let invalid = || format!("invalid recipe {}", path.display());
         if recipe.stages.is_empty() {
             bail!("recipe {} has no stages", path.display());
         }
-        match (&recipe.teacher, recipe.teachers.len()) {
-            (Some(_), 0) | (None, 2..) => {}
-            (None, 0) => bail!("recipe {} names no teacher", path.display()),
-            (None, 1) => bail!(
-                "recipe {}: [[teachers]] is for an ensemble of two or more; use [teacher]",
-                path.display()
-            ),
-            (Some(_), _) => bail!(
-                "recipe {} names both [teacher] and [[teachers]]: keep one",
-                path.display()
-            ),
-        }
-        let count = recipe.teacher_specs().len();
-        if recipe.layers_from >= count {
-            bail!(
-                "recipe {}: layers_from = {} but there are {count} teachers",
-                path.display(),
-                recipe.layers_from
-            );
+        if recipe.tasks.is_empty() {
+            check_teachers(&recipe.teacher, &recipe.teachers, recipe.layers_from)
+                .with_context(invalid)?;
+        } else {
+            let top_level = recipe.teacher.is_some()
+                || !recipe.teachers.is_empty()
+                || recipe.layers_from != 0
+                || recipe.data != DataSpec::default();
+            if top_level {
+                bail!(
+                    "recipe {}: with [[tasks]], each task names its teachers and data; \
+                     remove the top-level [teacher], [[teachers]], layers_from and [data]",
+                    path.display()
+                );
+            }
+            for (index, task) in recipe.tasks.iter().enumerate() {
+                check_teachers(&task.teacher, &task.teachers, task.layers_from)
+                    .with_context(|| format!("task {}", index + 1))
+                    .with_context(invalid)?;
+            }
         }
         Ok(recipe)
+    }
+
+    /// A multi-task recipe's tasks, each as a single-task recipe (its data and teachers,
+    /// the shared student, training and stages), with its name and sampling weight.
+    pub fn task_recipes(&self) -> Result<Vec<(String, f64, Recipe)>> {
+        self.tasks
+            .iter()
+            .map(|task| {
+                let name = match &task.name {
+                    Some(name) => name.clone(),
+                    None => task.data.task_spec()?.name,
+                };
+                let recipe = Recipe {
+                    teacher: task.teacher.clone(),
+                    teachers: task.teachers.clone(),
+                    layers_from: task.layers_from,
+                    data: task.data.clone(),
+                    tasks: Vec::new(),
+                    ..self.clone()
+                };
+                Ok((name, task.weight.unwrap_or(1.0), recipe))
+            })
+            .collect()
     }
 
     /// The teachers, the one whose layers are read (`layers_from`) first.
@@ -174,6 +233,25 @@ impl Recipe {
     pub fn main_teacher(&self) -> &TeacherSpec {
         self.teacher_specs()[0]
     }
+}
+
+/// One teacher, or an ensemble of two or more with `layers_from` among them.
+fn check_teachers(
+    teacher: &Option<TeacherSpec>,
+    teachers: &[TeacherSpec],
+    layers_from: usize,
+) -> Result<()> {
+    match (teacher, teachers.len()) {
+        (Some(_), 0) | (None, 2..) => {}
+        (None, 0) => bail!("no teacher named"),
+        (None, 1) => bail!("[[teachers]] is for an ensemble of two or more; use [teacher]"),
+        (Some(_), _) => bail!("both [teacher] and [[teachers]] are named: keep one"),
+    }
+    let count = teacher.iter().count() + teachers.len();
+    if layers_from >= count {
+        bail!("layers_from = {layers_from} but there are {count} teachers");
+    }
+    Ok(())
 }
 
 /// Applies `a.b.0.c=value`; the value is read as TOML, or else taken as a string.

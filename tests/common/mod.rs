@@ -146,6 +146,21 @@ pub fn quick_sst2_teacher(out: &Path) -> serde_json::Value {
     serde_json::from_str(stdout.trim()).unwrap()
 }
 
+/// Runs `kd distill` on `recipe` into `out` with its teacher cache in `cache`, and returns
+/// the summary it prints.
+pub fn distill_recipe(recipe: &Path, out: &Path, cache: &Path) -> serde_json::Value {
+    let stdout = kd_ok(&[
+        "distill",
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
 /// A logged value of every training step: `loss`, or a component such as `cosine`.
 pub fn logged(log: &Path, name: &str) -> Vec<f64> {
     std::fs::read_to_string(log)
@@ -218,4 +233,41 @@ pub fn assert_readable_by_all(dir: &Path, files: &[&str]) {
             & 0o777;
         assert_eq!(mode, 0o644, "{name}: {mode:o}");
     }
+}
+
+pub const TOPICS: [(&str, [&str; 6]); 3] = [
+    (
+        "weather",
+        ["rain", "snow", "storm", "wind", "forecast", "thunder"],
+    ),
+    (
+        "sport",
+        ["football", "goal", "tennis", "coach", "referee", "stadium"],
+    ),
+    (
+        "food",
+        ["pizza", "soup", "bread", "cheese", "salad", "cake"],
+    ),
+];
+const TEMPLATES: [&str; 4] = [
+    "the {} and the {} were all anyone talked about",
+    "i read about {} and {} this morning",
+    "{} again , then more {}",
+    "nothing but {} and {} all week",
+];
+
+/// `count` examples `text<TAB>id<TAB>topic`, the topic named by the words used.
+pub fn topic_tsv(count: usize, offset: usize) -> String {
+    let mut tsv = "id\ttext\ttopic\n".to_string();
+    for i in offset..offset + count {
+        let (topic, words) = TOPICS[i % 3];
+        let template = TEMPLATES[(i / 3) % 4];
+        let text = template.replacen("{}", words[(i * 5) % 6], 1).replacen(
+            "{}",
+            words[(i * 7 + 1) % 6],
+            1,
+        );
+        tsv += &format!("{i}\t{text}\t{topic}\n");
+    }
+    tsv
 }

@@ -61,12 +61,40 @@ impl Params {
         self.vars().iter().map(|(_, var)| var.elem_count()).sum()
     }
 
+    /// Parameters holding `other`'s variables whose names start with `prefix`: the same
+    /// variables, not copies, so that a model built on these (a task head on a shared
+    /// encoder) trains them for both.
+    pub fn sharing(other: &Params, prefix: &str) -> Self {
+        let shared = Self::new(&other.device);
+        for (name, var) in other.vars() {
+            if name.starts_with(prefix) {
+                shared.insert(name, var);
+            }
+        }
+        shared
+    }
+
+    /// Adds `var` under `name` (a model built afterwards uses it for that name).
+    pub fn insert(&self, name: String, var: Var) {
+        self.varmap.data().lock().unwrap().insert(name, var);
+    }
+
     /// BERT's initialisation: layer-norm weights 1, biases 0, every other weight drawn from
     /// N(0, std), in name order from a generator seeded with `seed`.
     pub fn init_bert(&self, std: f64, seed: u64) -> Result<()> {
+        self.init_bert_where(std, seed, |_| true)
+    }
+
+    /// [`Params::init_bert`] for the parameters whose names `select` accepts only.
+    pub fn init_bert_where(
+        &self,
+        std: f64,
+        seed: u64,
+        select: impl Fn(&str) -> bool,
+    ) -> Result<()> {
         let mut rng = StdRng::seed_from_u64(seed);
         let normal = Normal::new(0.0f32, std as f32)?;
-        for (name, var) in self.vars() {
+        for (name, var) in self.vars().into_iter().filter(|(name, _)| select(name)) {
             let value = if name.ends_with(".bias") {
                 var.zeros_like()?
             } else if name.contains("LayerNorm") {

@@ -77,6 +77,27 @@ pub struct DataSpec {
     pub corpus: Vec<String>,
 }
 
+impl Default for DataSpec {
+    fn default() -> Self {
+        Self {
+            task: None,
+            data_dir: None,
+            train: None,
+            dev: None,
+            text_column: None,
+            pair_column: None,
+            label_column: None,
+            regression: false,
+            max_seq_len: default_max_seq_len(),
+            max_train_examples: None,
+            augment: None,
+            unlabeled: Vec::new(),
+            max_unlabeled: None,
+            corpus: Vec::new(),
+        }
+    }
+}
+
 /// The names whose flag is set.
 fn names_given<const N: usize>(fields: [(&'static str, bool); N]) -> Vec<&'static str> {
     fields
@@ -274,19 +295,7 @@ mod tests {
     fn glue(task: &str) -> DataSpec {
         DataSpec {
             task: Some(task.to_string()),
-            data_dir: None,
-            train: None,
-            dev: None,
-            text_column: None,
-            pair_column: None,
-            label_column: None,
-            regression: false,
-            max_seq_len: default_max_seq_len(),
-            max_train_examples: None,
-            augment: None,
-            unlabeled: Vec::new(),
-            max_unlabeled: None,
-            corpus: Vec::new(),
+            ..DataSpec::default()
         }
     }
 

@@ -38,6 +38,21 @@ pub struct ObjectiveConfig {
     pub components: Vec<ComponentConfig>,
 }
 
+impl ObjectiveConfig {
+    /// The objective for a regression task, whose one output has no distribution: `soft_ce`
+    /// and `kl` compare the teachers' scores by MSE instead (MT-DNN's choice for STS-B),
+    /// with their weights.
+    pub fn for_regression(&self) -> Self {
+        let mut config = self.clone();
+        for component in &mut config.components {
+            if matches!(component.kind, LossKind::SoftCe | LossKind::Kl) {
+                component.kind = LossKind::LogitsMse;
+            }
+        }
+        config
+    }
+}
+
 /// One weighted term of an objective.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

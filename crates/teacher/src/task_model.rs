@@ -96,14 +96,27 @@ impl TaskModel {
 
     /// The model's structure, its parameters still unset (zero).
     fn build(config: BertConfig, tokenizer_dir: &Path, max_len: usize) -> Result<Self> {
+        Self::build_on(config, Params::new(&Device::Cpu), tokenizer_dir, max_len)
+    }
+
+    /// The model's structure on `params`: the parameters these already hold (a shared
+    /// encoder's) are used as they are, the others created unset (zero).
+    pub(crate) fn build_on(
+        config: BertConfig,
+        params: Params,
+        tokenizer_dir: &Path,
+        max_len: usize,
+    ) -> Result<Self> {
         let Some((labels, problem_type)) = config.task_head() else {
+            if config.extra.contains_key(crate::multitask::TASKS_KEY) {
+                bail!("this is a multi-task model: each task's model is in its tasks/NAME folder");
+            }
             bail!(
                 "the model config describes no task head (no id2label): fine-tune it first with `kd finetune`"
             );
         };
         let max_len = max_len.min(config.max_position_embeddings);
         let tokenizer = TextTokenizer::from_dir(tokenizer_dir, max_len)?;
-        let params = Params::new(&Device::Cpu);
         let model =
             BertForSequenceClassification::new(&config, labels.len(), params.var_builder())?;
         Ok(Self {

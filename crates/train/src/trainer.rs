@@ -78,6 +78,16 @@ pub trait Trainable {
     fn parameters(&self) -> Vec<(String, Var)>;
     /// Training examples' lengths, for bucketing; batches are lists of their indices.
     fn example_lengths(&self) -> Vec<usize>;
+    /// One epoch's batches, lists of example indices, drawn with `rng`; by default batches
+    /// of similar lengths (see [`kd_data::batch_plan`]). Every epoch has as many batches.
+    fn batch_plan(
+        &self,
+        lengths: &[usize],
+        batch_size: usize,
+        rng: &mut StdRng,
+    ) -> Vec<Vec<usize>> {
+        kd_data::batch_plan(lengths, batch_size, Some(rng))
+    }
     /// The loss on the examples at `indices` at update `step` of `total_steps` (for scheduled
     /// loss weights and temperatures).
     fn loss(&self, indices: &[usize], step: usize, total_steps: usize) -> Result<StepLoss>;
@@ -151,7 +161,10 @@ pub fn train(
     stop: &AtomicBool,
 ) -> Result<TrainState> {
     let lengths = model.example_lengths();
-    let steps_per_epoch = lengths.len().div_ceil(config.batch_size);
+    let epoch_rng = |epoch: usize| StdRng::seed_from_u64(config.seed.wrapping_add(epoch as u64));
+    let steps_per_epoch = model
+        .batch_plan(&lengths, config.batch_size, &mut epoch_rng(1))
+        .len();
     let total_steps = config
         .max_steps
         .unwrap_or(usize::MAX)
@@ -201,8 +214,7 @@ pub fn train(
     let progress = Progress::new(total_steps as u64, "train");
     progress.set_position(state.step as u64);
     while state.step < total_steps && state.epoch <= config.epochs {
-        let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(state.epoch as u64));
-        let plan = kd_data::batch_plan(&lengths, config.batch_size, Some(&mut rng));
+        let plan = model.batch_plan(&lengths, config.batch_size, &mut epoch_rng(state.epoch));
         for indices in plan.iter().skip(state.batches_done) {
             if state.step >= total_steps {
                 break;
