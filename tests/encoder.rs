@@ -222,6 +222,55 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
 }
 
 #[test]
+fn a_head_mask_gets_the_gradient_finite_differences_give() {
+    let (_, model) = tiny_classifier();
+    let (input, labels) = tiny_batch();
+    let loss = |mask: &[Tensor]| {
+        let (logits, _) = model
+            .forward_with_head_mask(&input, Some(mask), Mode::Train { dropout: false })
+            .unwrap();
+        candle_nn::loss::cross_entropy(&logits, &labels).unwrap()
+    };
+    let values = [[1f32, 0.5, 1.0, 0.0], [1.0, 1.0, 0.25, 1.0]];
+    let mask = |values: [[f32; 4]; 2]| -> Vec<Tensor> {
+        values
+            .iter()
+            .map(|row| {
+                candle_core::Var::new(&row[..], &Device::Cpu)
+                    .unwrap()
+                    .as_tensor()
+                    .clone()
+            })
+            .collect()
+    };
+    let variables = mask(values);
+    let grads = loss(&variables).backward().unwrap();
+    let step = 1e-2;
+    for layer in 0..2 {
+        let grad = grads
+            .get(&variables[layer])
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for head in 0..4 {
+            let shifted = |delta: f32| {
+                let mut moved = values;
+                moved[layer][head] += delta;
+                loss(&mask(moved)).to_scalar::<f32>().unwrap()
+            };
+            let numeric = (shifted(step) - shifted(-step)) / (2.0 * step);
+            let difference = (numeric - grad[head]).abs();
+            assert!(
+                difference < 1e-3 + 1e-2 * numeric.abs(),
+                "layer {layer} head {head}: {} against {numeric}",
+                grad[head]
+            );
+            assert!(grad[head] != 0.0);
+        }
+    }
+}
+
+#[test]
 fn the_inference_path_has_no_gradient_and_agrees_with_training() {
     let (params, model) = tiny_classifier();
     let (input, _) = tiny_batch();

@@ -196,8 +196,7 @@ fn a_pruned_vocabulary_keeps_the_logits_of_its_texts_and_tokenises_any_text() {
 
     // transformers loads the pruned vocabulary, in f32 and in f16, with the same answers
     // (where the reference environment exists).
-    let python = common::workspace_root().join(".venv-ref/bin/python");
-    if python.is_file() {
+    if common::reference_python().is_some() {
         let options = ExportOptions {
             precision: Precision::F16,
             prune_vocab: vec![texts],
@@ -205,19 +204,14 @@ fn a_pruned_vocabulary_keeps_the_logits_of_its_texts_and_tokenises_any_text() {
         };
         let half = exported(root.path(), "pruned-f16", options);
         for (dir, tolerance) in [(&pruned, 1e-4), (&half, 1e-2)] {
-            let output = std::process::Command::new(&python)
-                .arg(common::workspace_root().join("tests/fixtures/check_hf_load.py"))
-                .arg(dir)
-                .args(SENTENCES)
-                .output()
-                .unwrap();
-            assert!(output.status.success(), "{}", common::stderr(&output));
+            let theirs = common::transformers_logits(dir, &SENTENCES).unwrap();
             let ours = outputs(dir).0.to_vec2::<f32>().unwrap();
-            for (line, ours) in common::stdout(&output).lines().zip(ours) {
-                let theirs: serde_json::Value = serde_json::from_str(line).unwrap();
-                for (theirs, ours) in theirs["logits"].as_array().unwrap().iter().zip(ours) {
-                    let difference = (theirs.as_f64().unwrap() - ours as f64).abs();
-                    assert!(difference < tolerance, "{theirs} against {ours}");
+            for (theirs, ours) in theirs.iter().zip(ours) {
+                for (theirs, ours) in theirs.iter().zip(ours) {
+                    assert!(
+                        (theirs - ours as f64).abs() < tolerance,
+                        "{theirs} against {ours}"
+                    );
                 }
             }
         }

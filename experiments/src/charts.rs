@@ -197,3 +197,109 @@ where
     root.present()?;
     Ok(())
 }
+
+/// A matrix as coloured cells with their values printed, rows top to bottom (`None`: a grey
+/// cell, e.g. a pruned head).
+pub fn heatmap(
+    stem: &Path,
+    title: &str,
+    (columns, rows): (&str, &str),
+    matrix: &[Vec<Option<f64>>],
+) -> Result<Vec<PathBuf>> {
+    let draw =
+        |root: DrawingArea<SVGBackend, Shift>| draw_heatmap(root, title, (columns, rows), matrix);
+    let draw_png = |root: DrawingArea<BitMapBackend, Shift>| {
+        draw_heatmap(root, title, (columns, rows), matrix)
+    };
+    both_formats(stem, draw, draw_png)
+}
+
+fn draw_heatmap<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    matrix: &[Vec<Option<f64>>],
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let (height, width) = (matrix.len(), matrix.iter().map(Vec::len).max().unwrap_or(0));
+    let values = || matrix.iter().flatten().flatten().copied();
+    let (low, high) = values().fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(v), h.max(v)));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FAMILY, 20))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0..width, 0..height)?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .x_labels(width)
+        .y_labels(height)
+        .x_label_formatter(&|x| {
+            if *x < width {
+                x.to_string()
+            } else {
+                String::new()
+            }
+        })
+        // Row 0 at the top.
+        .y_label_formatter(&|y| match height.checked_sub(y + 1) {
+            Some(row) if *y < height => row.to_string(),
+            _ => String::new(),
+        })
+        .draw()?;
+    let cells = matrix.iter().enumerate().flat_map(|(row, values)| {
+        values
+            .iter()
+            .enumerate()
+            .map(move |(column, value)| (row, column, *value))
+    });
+    for (row, column, value) in cells {
+        let y = height - 1 - row;
+        let color = match value {
+            // White for the lowest value, deep blue for the highest.
+            Some(value) => {
+                let share = if high > low {
+                    (value - low) / (high - low)
+                } else {
+                    0.5
+                };
+                let fade = |full: u8| (255.0 - share * (255.0 - full as f64)) as u8;
+                RGBColor(fade(24), fade(72), fade(160))
+            }
+            None => RGBColor(200, 200, 200),
+        };
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(column, y), (column + 1, y + 1)],
+            color.filled(),
+        )))?;
+        if let Some(value) = value {
+            let share = if high > low {
+                (value - low) / (high - low)
+            } else {
+                0.5
+            };
+            let ink = if share > 0.6 { WHITE } else { BLACK };
+            let style = TextStyle::from((FAMILY, 11).into_font()).color(&ink).pos(
+                plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Center,
+                ),
+            );
+            let (x0, y0) = chart.backend_coord(&(column, y + 1));
+            let (x1, y1) = chart.backend_coord(&(column + 1, y));
+            root.draw(&Text::new(
+                format!("{value:.2}"),
+                ((x0 + x1) / 2, (y0 + y1) / 2),
+                style,
+            ))?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}

@@ -47,6 +47,13 @@ enum Command {
     /// Write a compact copy of a model: f16 or bf16 weights, int8 dense layers, a vocabulary
     /// pruned to the tokens some texts use; or the model as an ONNX graph.
     Export(ExportArgs),
+    /// Score every attention head on a task's dev set (the metric with the head masked out,
+    /// with it alone in its layer, and Michel et al.'s gradient importance) as JSON and
+    /// heatmaps.
+    Heads(crate::heads::HeadsArgs),
+    /// Remove attention heads for good (HF's `pruned_heads`): named ones, or the least
+    /// important down to a share kept.
+    Prune(crate::heads::PruneArgs),
 }
 
 #[derive(Args)]
@@ -72,6 +79,10 @@ struct ExportArgs {
     /// ONNX Runtime, tract and the like.
     #[arg(long, value_enum, default_value = "safetensors")]
     format: kd_export::Format,
+    /// Write a model whose attention heads were pruned (`kd prune`) at full shape, those
+    /// heads zero, for tools that do not prune heads (transformers 5, ONNX).
+    #[arg(long)]
+    restore_heads: bool,
     #[arg(long)]
     force: bool,
 }
@@ -216,6 +227,8 @@ pub fn run() -> Result<()> {
         Command::Compare(args) => crate::compare::run(args),
         Command::Report(args) => crate::report::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Heads(args) => crate::heads::run_heads(args),
+        Command::Prune(args) => crate::heads::run_prune(args),
     }
 }
 
@@ -280,22 +293,10 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
 
 fn run_eval(args: EvalArgs) -> Result<()> {
     args.data.ensure_no_training_options("kd eval")?;
-    let spec = args.data.task_spec()?;
     let model =
         TaskModel::load_for_inference(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
-    if model.task_kind() != spec.kind {
-        bail!(
-            "model {} is a {:?} model but task {} is {:?}",
-            args.model,
-            model.task_kind(),
-            spec.name,
-            spec.kind
-        );
-    }
-    let path = args.data.dev_path(&shared_dir())?;
-    let mut labels = model.dataset_labels();
-    let examples = spec.read(&path, &mut labels)?;
-    let metrics = model.evaluate(&spec, &model.encode(&examples)?, args.batch_size)?;
+    let (spec, path, examples) = dev_examples(&model, &args.model, &args.data)?;
+    let metrics = model.evaluate(&spec, &examples, args.batch_size)?;
     let output = serde_json::json!({
         "task": spec.name,
         "data": path,
@@ -304,6 +305,29 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     });
     println!("{output}");
     Ok(())
+}
+
+/// The task `data` names, its dev file (the task's, or `--dev`) and the file's examples
+/// encoded for `model` (named `name`), which must answer that kind of task.
+pub(crate) fn dev_examples(
+    model: &TaskModel,
+    name: &str,
+    data: &DataSpec,
+) -> Result<(kd_data::TaskSpec, PathBuf, Vec<kd_data::EncodedExample>)> {
+    let spec = data.task_spec()?;
+    if model.task_kind() != spec.kind {
+        bail!(
+            "model {name} is a {:?} model but task {} is {:?}",
+            model.task_kind(),
+            spec.name,
+            spec.kind
+        );
+    }
+    let path = data.dev_path(&shared_dir())?;
+    let mut labels = model.dataset_labels();
+    let examples = spec.read(&path, &mut labels)?;
+    let encoded = model.encode(&examples)?;
+    Ok((spec, path, encoded))
 }
 
 fn run_embed(args: EmbedArgs) -> Result<()> {
@@ -329,6 +353,7 @@ fn run_export(args: ExportArgs) -> Result<()> {
         precision: args.dtype,
         quantize: args.quantize,
         prune_vocab: args.prune_vocab,
+        restore_heads: args.restore_heads,
     };
     if options.format == kd_export::Format::Onnx {
         kd_export::onnx::check_options(&options)?;

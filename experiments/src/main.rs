@@ -6,6 +6,7 @@ mod cli;
 mod compare;
 mod distill;
 mod general;
+mod heads;
 mod latency;
 mod multitask;
 mod predict;

@@ -161,6 +161,34 @@ pub fn distill_recipe(recipe: &Path, out: &Path, cache: &Path) -> serde_json::Va
     serde_json::from_str(stdout.trim()).unwrap()
 }
 
+/// The reference Python environment's interpreter (`.venv-ref`), where it exists.
+pub fn reference_python() -> Option<PathBuf> {
+    let python = workspace_root().join(".venv-ref/bin/python");
+    python.is_file().then_some(python)
+}
+
+/// The logits HF transformers gives for `texts` with the model in `dir`
+/// (`tests/fixtures/check_hf_load.py`, which fails on any missing or unexpected weight); `None`
+/// without the reference environment.
+pub fn transformers_logits(dir: &Path, texts: &[&str]) -> Option<Vec<Vec<f64>>> {
+    let output = Command::new(reference_python()?)
+        .arg(workspace_root().join("tests/fixtures/check_hf_load.py"))
+        .arg(dir)
+        .args(texts)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let rows = stdout(&output)
+        .lines()
+        .map(|line| {
+            let answer: serde_json::Value = serde_json::from_str(line).unwrap();
+            let logits = answer["logits"].as_array().unwrap();
+            logits.iter().map(|v| v.as_f64().unwrap()).collect()
+        })
+        .collect();
+    Some(rows)
+}
+
 /// A logged value of every training step: `loss`, or a component such as `cosine`.
 pub fn logged(log: &Path, name: &str) -> Vec<f64> {
     std::fs::read_to_string(log)

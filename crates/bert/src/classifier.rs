@@ -35,7 +35,18 @@ impl BertForSequenceClassification {
 
     /// Returns the logits, `[batch, num_labels]`, and every encoder intermediate.
     pub fn forward(&self, input: &BertInput, mode: Mode) -> Result<(Tensor, BertOutput)> {
-        let output = self.bert.forward(input, mode)?;
+        self.forward_with_head_mask(input, None, mode)
+    }
+
+    /// [`BertForSequenceClassification::forward`] with attention heads scaled by `head_mask`
+    /// (see [`BertModel::forward_with_head_mask`]).
+    pub fn forward_with_head_mask(
+        &self,
+        input: &BertInput,
+        head_mask: Option<&[Tensor]>,
+        mode: Mode,
+    ) -> Result<(Tensor, BertOutput)> {
+        let output = self.bert.forward_with_head_mask(input, head_mask, mode)?;
         let pooled = output.pooled.as_ref().expect("built with a pooler");
         let logits = self
             .classifier

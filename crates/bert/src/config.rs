@@ -62,6 +62,11 @@ pub struct BertConfig {
     pub label2id: Option<BTreeMap<String, usize>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem_type: Option<ProblemType>,
+    /// Attention heads removed from each layer (HF's `pruned_heads`): layer index to the
+    /// original indices of its removed heads. Such a layer's query, key and value have fewer
+    /// rows and its attention output fewer columns.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pruned_heads: BTreeMap<String, Vec<usize>>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -91,6 +96,19 @@ impl BertConfig {
                 self.num_attention_heads
             );
         }
+        for (layer, heads) in &self.pruned_heads {
+            let index: usize = layer
+                .parse()
+                .map_err(|_| anyhow::anyhow!("pruned_heads has a layer named {layer:?}"))?;
+            if index >= self.num_hidden_layers
+                || heads.iter().any(|&h| h >= self.num_attention_heads)
+            {
+                bail!("pruned_heads names layer {layer} heads {heads:?}, outside the model");
+            }
+            if self.heads_in_layer(index) == 0 {
+                bail!("pruned_heads removes every head of layer {layer}");
+            }
+        }
         if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_new" | "relu") {
             bail!("unsupported hidden_act {:?}", self.hidden_act);
         }
@@ -104,6 +122,19 @@ impl BertConfig {
 
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
+    }
+
+    /// The original indices of the heads layer `layer` still has, in order.
+    pub fn remaining_heads(&self, layer: usize) -> Vec<usize> {
+        let removed = self.pruned_heads.get(&layer.to_string());
+        (0..self.num_attention_heads)
+            .filter(|head| !removed.is_some_and(|removed| removed.contains(head)))
+            .collect()
+    }
+
+    /// How many attention heads layer `layer` has.
+    pub fn heads_in_layer(&self, layer: usize) -> usize {
+        self.remaining_heads(layer).len()
     }
 
     /// Label names in class-index order, when the config has a classification head.

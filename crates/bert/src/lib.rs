@@ -1,7 +1,8 @@
 //! The BERT encoder of kd: HF `config.json` and safetensors loading (with or without the
 //! `bert.` prefix), a forward pass that exposes every intermediate distillation losses need
 //! (embedding output, each layer's hidden states, attention scores and probabilities, pooled
-//! output), and a sequence-classification head.
+//! output), a sequence-classification head, and attention heads masked (HF's `head_mask`) or
+//! pruned away (`pruned_heads`).
 //!
 //! There is one model definition on kd's fused CPU kernels ([`ops`]: softmax, layer norm and
 //! GELU, each with a hand-written backward pass). [`Mode`] switches dropout on for training and
@@ -17,6 +18,7 @@ mod math;
 mod model;
 pub mod ops;
 mod params;
+mod prune;
 
 pub use classifier::BertForSequenceClassification;
 pub use config::{BertConfig, ProblemType};
@@ -24,3 +26,4 @@ pub use layers::{DropoutRng, FrozenWeights, Linear, Mode};
 pub use masked_lm::MaskedLmHead;
 pub use model::{BertInput, BertModel, BertOutput};
 pub use params::{LoadReport, Params, write_atomically, write_json_atomically};
+pub use prune::{prune_heads, restore_heads};

@@ -118,14 +118,17 @@ struct AttentionOutput {
 }
 
 impl SelfAttention {
-    fn new(cfg: &BertConfig, vb: VarBuilder, rng: &DropoutRng) -> Result<Self> {
+    /// Layer `layer`'s attention: fewer heads where `pruned_heads` removed some.
+    fn new(cfg: &BertConfig, layer: usize, vb: VarBuilder, rng: &DropoutRng) -> Result<Self> {
         let hidden = cfg.hidden_size;
+        let (num_heads, head_dim) = (cfg.heads_in_layer(layer), cfg.head_dim());
+        let width = num_heads * head_dim;
         Ok(Self {
-            query: Linear::new(hidden, hidden, vb.pp("query"))?,
-            key: Linear::new(hidden, hidden, vb.pp("key"))?,
-            value: Linear::new(hidden, hidden, vb.pp("value"))?,
-            num_heads: cfg.num_attention_heads,
-            head_dim: cfg.head_dim(),
+            query: Linear::new(hidden, width, vb.pp("query"))?,
+            key: Linear::new(hidden, width, vb.pp("key"))?,
+            value: Linear::new(hidden, width, vb.pp("value"))?,
+            num_heads,
+            head_dim,
             dropout: Dropout::new(cfg.attention_probs_dropout_prob, rng),
         })
     }
@@ -137,14 +140,29 @@ impl SelfAttention {
         Ok(())
     }
 
-    fn forward(&self, xs: &Tensor, mask_bias: &Tensor, mode: Mode) -> Result<AttentionOutput> {
+    /// `head_mask`, `[heads]`, scales each head's output (HF's `head_mask`: 0 removes it).
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask_bias: &Tensor,
+        head_mask: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<AttentionOutput> {
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         let q = self.query.forward(xs)?;
         let k = self.key.forward(xs)?;
         let v = self.value.forward(xs)?;
         let scores = attention::scores(&q, &k, mask_bias, self.num_heads, scale)?;
         let probs = ops::softmax_last_dim(&scores)?;
-        let context = attention::context(&self.dropout.forward(&probs, mode)?, &v)?;
+        let mut context = attention::context(&self.dropout.forward(&probs, mode)?, &v)?;
+        if let Some(mask) = head_mask {
+            let (batch, seq, width) = context.dims3()?;
+            let per_head = mask.reshape((1, 1, self.num_heads, 1))?;
+            context = context
+                .reshape((batch, seq, self.num_heads, self.head_dim))?
+                .broadcast_mul(&per_head)?
+                .reshape((batch, seq, width))?;
+        }
         Ok(AttentionOutput {
             context,
             scores,
@@ -215,11 +233,12 @@ impl Activation {
 }
 
 impl Layer {
-    fn new(cfg: &BertConfig, vb: VarBuilder, rng: &DropoutRng) -> Result<Self> {
+    fn new(cfg: &BertConfig, layer: usize, vb: VarBuilder, rng: &DropoutRng) -> Result<Self> {
         let attention = vb.pp("attention");
+        let width = cfg.heads_in_layer(layer) * cfg.head_dim();
         Ok(Self {
-            attention: SelfAttention::new(cfg, attention.pp("self"), rng)?,
-            attention_output: ResidualNorm::new(cfg, cfg.hidden_size, attention.pp("output"), rng)?,
+            attention: SelfAttention::new(cfg, layer, attention.pp("self"), rng)?,
+            attention_output: ResidualNorm::new(cfg, width, attention.pp("output"), rng)?,
             intermediate: Linear::new(
                 cfg.hidden_size,
                 cfg.intermediate_size,
@@ -241,9 +260,10 @@ impl Layer {
         &self,
         xs: &Tensor,
         mask_bias: &Tensor,
+        head_mask: Option<&Tensor>,
         mode: Mode,
     ) -> Result<(Tensor, AttentionOutput)> {
-        let attention = self.attention.forward(xs, mask_bias, mode)?;
+        let attention = self.attention.forward(xs, mask_bias, head_mask, mode)?;
         let attended = self
             .attention_output
             .forward(&attention.context, xs, mode)?;
@@ -272,7 +292,7 @@ impl BertModel {
         config.validate()?;
         let dropout_rng = DropoutRng::new(0);
         let layers = (0..config.num_hidden_layers)
-            .map(|i| Layer::new(config, vb.pp(format!("encoder.layer.{i}")), &dropout_rng))
+            .map(|i| Layer::new(config, i, vb.pp(format!("encoder.layer.{i}")), &dropout_rng))
             .collect::<Result<_>>()?;
         let pooler = if with_pooler {
             Some(Linear::new(
@@ -318,6 +338,26 @@ impl BertModel {
     }
 
     pub fn forward(&self, input: &BertInput, mode: Mode) -> Result<BertOutput> {
+        self.forward_with_head_mask(input, None, mode)
+    }
+
+    /// [`BertModel::forward`] with each layer's heads scaled by `head_mask` (one `[heads]`
+    /// tensor a layer; 0 masks a head out, and a variable gives each head's gradient).
+    pub fn forward_with_head_mask(
+        &self,
+        input: &BertInput,
+        head_mask: Option<&[Tensor]>,
+        mode: Mode,
+    ) -> Result<BertOutput> {
+        if let Some(mask) = head_mask
+            && mask.len() != self.layers.len()
+        {
+            bail!(
+                "a head mask of {} layers for {} layers",
+                mask.len(),
+                self.layers.len()
+            );
+        }
         if self.frozen && mode.differentiable() {
             bail!("a model frozen for inference cannot train");
         }
@@ -345,8 +385,9 @@ impl BertModel {
         let mut attention_scores = Vec::with_capacity(self.layers.len());
         let mut attention_probs = Vec::with_capacity(self.layers.len());
         let mut xs = embeddings.clone();
-        for layer in &self.layers {
-            let (out, attention) = layer.forward(&xs, &mask_bias, mode)?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let layer_mask = head_mask.map(|mask| &mask[index]);
+            let (out, attention) = layer.forward(&xs, &mask_bias, layer_mask, mode)?;
             let out = keep(out);
             hidden_states.push(out.clone());
             attention_scores.push(keep(attention.scores));

@@ -40,6 +40,9 @@ pub struct ExportOptions {
     pub quantize: Option<Quantization>,
     /// Keep only the tokens these texts use (plus the special and single-character tokens).
     pub prune_vocab: Vec<PathBuf>,
+    /// Write a model with pruned attention heads at full shape, those heads zero (see
+    /// [`kd_bert::restore_heads`]), for tools that do not prune heads.
+    pub restore_heads: bool,
 }
 
 /// What an export wrote, for the command's report.
@@ -70,6 +73,11 @@ pub fn export(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Result
             })?
             .into_iter()
             .collect();
+    if options.restore_heads {
+        let parameters: Vec<(String, Tensor)> = tensors.into_iter().collect();
+        let (restored, parameters) = kd_bert::restore_heads(&config, &parameters)?;
+        (config, tensors) = (restored, parameters.into_iter().collect());
+    }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let vocab_before = config.vocab_size;
     if options.prune_vocab.is_empty() {

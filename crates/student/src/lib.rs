@@ -75,8 +75,18 @@ fn layer_subset_config(teacher: &BertConfig, layers: &[usize]) -> Result<BertCon
             teacher_layers - 1
         );
     }
+    // A pruned teacher's layers keep their heads: student layer i has layer layers[i]'s.
+    let pruned_heads = layers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, layer)| {
+            let removed = teacher.pruned_heads.get(&layer.to_string())?;
+            Some((i.to_string(), removed.clone()))
+        })
+        .collect();
     Ok(BertConfig {
         num_hidden_layers: layers.len(),
+        pruned_heads,
         ..teacher.clone()
     })
 }
@@ -172,6 +182,7 @@ impl StudentShape {
             hidden_size: self.hidden,
             num_attention_heads: self.heads,
             intermediate_size: self.intermediate,
+            pruned_heads: Default::default(),
             ..teacher.clone()
         };
         config.validate()?;

@@ -12,7 +12,7 @@ use kd_data::{
     encode_examples, evaluate,
 };
 use kd_train::Progress;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// A BERT model with a sequence-classification or regression head, and its tokenizer.
@@ -153,11 +153,25 @@ impl TaskModel {
         batch_size: usize,
         progress: Option<&Progress>,
     ) -> Result<Tensor> {
+        self.masked_logits(examples, batch_size, None, progress)
+    }
+
+    /// [`TaskModel::logits`] with attention heads scaled by `head_mask` (one `[heads]` tensor
+    /// a layer; 0 masks a head out).
+    pub fn masked_logits(
+        &self,
+        examples: &[EncodedExample],
+        batch_size: usize,
+        head_mask: Option<&[Tensor]>,
+        progress: Option<&Progress>,
+    ) -> Result<Tensor> {
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
         let mut rows: Vec<Option<Tensor>> = vec![None; examples.len()];
         for indices in batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>) {
             let batch = collate(examples, &indices, &Device::Cpu)?;
-            let (logits, _) = self.model.forward(&batch.input, Mode::Inference)?;
+            let (logits, _) =
+                self.model
+                    .forward_with_head_mask(&batch.input, head_mask, Mode::Inference)?;
             for (row, &index) in indices.iter().enumerate() {
                 rows[index] = Some(logits.get(row)?);
             }
@@ -181,9 +195,42 @@ impl TaskModel {
         examples: &[EncodedExample],
         batch_size: usize,
     ) -> Result<BTreeMap<String, f64>> {
-        let predictions = self.predictions(&self.logits(examples, batch_size, None)?)?;
+        self.evaluate_masked(spec, examples, batch_size, None)
+    }
+
+    /// [`TaskModel::evaluate`] with attention heads scaled by `head_mask`.
+    pub fn evaluate_masked(
+        &self,
+        spec: &TaskSpec,
+        examples: &[EncodedExample],
+        batch_size: usize,
+        head_mask: Option<&[Tensor]>,
+    ) -> Result<BTreeMap<String, f64>> {
+        let logits = self.masked_logits(examples, batch_size, head_mask, None)?;
+        let predictions = self.predictions(&logits)?;
         let gold: Vec<_> = examples.iter().map(|e| e.label).collect();
         evaluate(&spec.metrics, &predictions, &gold)
+    }
+
+    /// The model less the attention heads `remove` names (layer to original head indices),
+    /// recorded as `pruned_heads` (see [`kd_bert::prune_heads`]).
+    pub fn prune_heads(&self, remove: &BTreeMap<usize, BTreeSet<usize>>) -> Result<Self> {
+        let parameters: Vec<(String, Tensor)> = self
+            .params
+            .vars()
+            .into_iter()
+            .map(|(name, var)| (name, var.as_tensor().clone()))
+            .collect();
+        let (config, parameters) = kd_bert::prune_heads(&self.config, &parameters, remove)?;
+        let model = Self::build(config, &self.tokenizer_dir, self.tokenizer.max_len())?;
+        for (name, tensor) in parameters {
+            let var = model
+                .params
+                .get(&name)
+                .context("pruning changed the parameters")?;
+            var.set(&tensor)?;
+        }
+        Ok(model)
     }
 
     pub fn encode(&self, examples: &[Example]) -> Result<Vec<EncodedExample>> {

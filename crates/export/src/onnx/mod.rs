@@ -34,6 +34,11 @@ pub const ONNX_FILE: &str = "model.onnx";
 pub fn write(model: &ModelFiles, out: &Path, quantization: Option<Quantization>) -> Result<u64> {
     let task_model = TaskModel::load(model, usize::MAX)
         .with_context(|| format!("cannot load {} to export it", model.dir.display()))?;
+    ensure!(
+        task_model.config.pruned_heads.is_empty(),
+        "the model has pruned attention heads: export it with --restore-heads first, then \
+         --format onnx from that directory"
+    );
     let graph = bert_classifier(&task_model, quantization)?;
     let proto = ModelProto {
         ir_version: IR_VERSION,
@@ -449,8 +454,9 @@ pub fn check_options(options: &ExportOptions) -> Result<()> {
          exports"
     );
     ensure!(
-        options.prune_vocab.is_empty(),
-        "export with --prune-vocab first, then --format onnx from that directory"
+        options.prune_vocab.is_empty() && !options.restore_heads,
+        "export with --prune-vocab or --restore-heads first, then --format onnx from that \
+         directory"
     );
     Ok(())
 }

@@ -1,0 +1,384 @@
+//! `kd heads` and `kd prune`: which attention heads matter, and removing those that do not.
+//! A head's importance is the dev metric with it masked out (and with it alone in its layer),
+//! and Michel et al.'s score (2019): the mean absolute gradient of the loss with respect to a
+//! mask variable on the head, normalised per layer. Pruning removes heads physically and
+//! records them as HF's `pruned_heads`.
+
+use crate::charts;
+use crate::cli::dev_examples;
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor, Var};
+use clap::{Args, ValueEnum};
+use kd_bert::Mode;
+use kd_data::{DataSpec, EncodedExample, TaskSpec, batch_plan, collate};
+use kd_teacher::{ModelFiles, TaskModel, task_loss};
+use kd_train::{Progress, RunDir};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct HeadsArgs {
+    /// A task model (with a task head): hub id or directory.
+    #[arg(long)]
+    model: String,
+    /// Where to write heads.json and the heatmaps (refused when not empty, unless --force).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long)]
+    force: bool,
+    /// The task, scored on its dev file (--dev names another TSV).
+    #[command(flatten, next_help_heading = "Data")]
+    data: DataSpec,
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// A task model (with a task head): hub id or directory.
+    #[arg(long)]
+    model: String,
+    /// The directory to write the pruned model to (refused when not empty, unless --force).
+    #[arg(long)]
+    out: PathBuf,
+    /// Heads to remove, `LAYER:HEAD` with the original head indices from 0, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "keep_ratio",
+        required_unless_present = "keep_ratio"
+    )]
+    heads: Vec<String>,
+    /// Keep this share of the heads, removing the least important first (scored on the dev
+    /// set of the task given by the data flags); every layer keeps one head at least.
+    #[arg(long)]
+    keep_ratio: Option<f64>,
+    /// The importance that orders the heads for --keep-ratio.
+    #[arg(long, value_enum, default_value = "gradient")]
+    by: Importance,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long)]
+    force: bool,
+    /// The task the heads are scored on, and the pruned model evaluated on.
+    #[command(flatten, next_help_heading = "Data")]
+    data: DataSpec,
+}
+
+/// How heads are ranked for pruning.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Importance {
+    /// The dev metric lost when the head alone is masked out.
+    Mask,
+    /// Michel et al.'s gradient score.
+    Gradient,
+}
+
+/// A layers x heads matrix indexed by the original head numbers; `None` for a pruned head.
+type Matrix = Vec<Vec<Option<f64>>>;
+
+/// What `kd heads` writes to `heads.json`.
+#[derive(Serialize)]
+struct HeadScores {
+    model: String,
+    task: String,
+    metric: String,
+    examples: usize,
+    /// The dev metric with every head.
+    baseline: f64,
+    /// The dev metric with each head masked out.
+    masked: Matrix,
+    /// The dev metric with each head the only one left in its layer.
+    alone: Matrix,
+    /// Michel et al.'s importance: mean |d loss / d mask| over the examples, divided by its
+    /// layer's L2 norm.
+    gradient: Matrix,
+    seconds: f64,
+}
+
+pub fn run_heads(args: HeadsArgs) -> Result<()> {
+    let started = Instant::now();
+    args.data.ensure_no_training_options("kd heads")?;
+    let model = TaskModel::load(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
+    let (spec, _, dev) = dev_examples(&model, &args.model, &args.data)?;
+    let out = RunDir::create(&args.out, args.force)?;
+    let (baseline, masked, alone) = mask_scores(&model, &spec, &dev, args.batch_size)?;
+    let gradient = gradient_scores(&model, &spec, &dev, args.batch_size)?;
+    let scores = HeadScores {
+        model: args.model.clone(),
+        task: spec.name.clone(),
+        metric: spec.metrics[0].name().to_string(),
+        examples: dev.len(),
+        baseline,
+        masked,
+        alone,
+        gradient,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    kd_bert::write_json_atomically(&out.join("heads.json"), &scores)?;
+    let drop: Matrix = scores
+        .masked
+        .iter()
+        .map(|row| row.iter().map(|v| v.map(|v| baseline - v)).collect())
+        .collect();
+    let axes = ("head", "layer");
+    let metric = &scores.metric;
+    let mut charts = charts::heatmap(
+        &out.join("heads-masked"),
+        &format!("{metric} lost with the head masked out (all heads: {baseline:.4})"),
+        axes,
+        &drop,
+    )?;
+    charts.extend(charts::heatmap(
+        &out.join("heads-alone"),
+        &format!("{metric} with the head alone in its layer"),
+        axes,
+        &scores.alone,
+    )?);
+    charts.extend(charts::heatmap(
+        &out.join("heads-gradient"),
+        "gradient importance (Michel et al.), normalised per layer",
+        axes,
+        &scores.gradient,
+    )?);
+    println!("{}", serde_json::to_string(&scores)?);
+    eprintln!(
+        "head scores in {} ({}), {:.0} s",
+        out.join("heads.json").display(),
+        charts
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        scores.seconds
+    );
+    Ok(())
+}
+
+pub fn run_prune(args: PruneArgs) -> Result<()> {
+    let model = TaskModel::load(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
+    let data_given = args.data.task.is_some() || args.data.dev.is_some();
+    let dev = match data_given {
+        true => Some(dev_examples(&model, &args.model, &args.data)?),
+        false => None,
+    };
+    let remove = match args.keep_ratio {
+        None => parse_heads(&args.heads)?,
+        Some(ratio) => {
+            let Some((spec, _, dev)) = &dev else {
+                bail!("--keep-ratio ranks heads on a task's dev set: give --task (or --dev)");
+            };
+            if !(0.0..=1.0).contains(&ratio) {
+                bail!("--keep-ratio {ratio} must lie between 0 and 1");
+            }
+            let scores = match args.by {
+                Importance::Gradient => gradient_scores(&model, spec, dev, args.batch_size)?,
+                Importance::Mask => {
+                    let (baseline, masked, _) = mask_scores(&model, spec, dev, args.batch_size)?;
+                    masked
+                        .iter()
+                        .map(|row| row.iter().map(|v| v.map(|v| baseline - v)).collect())
+                        .collect()
+                }
+            };
+            least_important(&model.config, &scores, ratio)
+        }
+    };
+    let pruned = model.prune_heads(&remove)?;
+    let out = RunDir::create(&args.out, args.force)?;
+    pruned.save(out.path())?;
+    let evaluate = |model: &TaskModel| {
+        dev.as_ref()
+            .map(|(spec, _, dev)| model.evaluate(spec, dev, args.batch_size))
+            .transpose()
+    };
+    let heads = |model: &TaskModel| {
+        (0..model.config.num_hidden_layers)
+            .map(|layer| model.config.heads_in_layer(layer))
+            .sum::<usize>()
+    };
+    let report = serde_json::json!({
+        "model": args.model,
+        "out": args.out,
+        "removed": remove,
+        "pruned_heads": pruned.config.pruned_heads,
+        "heads": { "before": heads(&model), "after": heads(&pruned) },
+        "params": {
+            "before": model.params.num_parameters(),
+            "after": pruned.params.num_parameters(),
+        },
+        "dev": { "before": evaluate(&model)?, "after": evaluate(&pruned)? },
+    });
+    println!("{report}");
+    eprintln!(
+        "{} of {} heads removed; pruned model saved to {}",
+        heads(&model) - heads(&pruned),
+        heads(&model),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// `LAYER:HEAD` pairs, grouped by layer.
+fn parse_heads(heads: &[String]) -> Result<BTreeMap<usize, BTreeSet<usize>>> {
+    let mut remove: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    for pair in heads {
+        let parsed = pair.split_once(':').and_then(|(layer, head)| {
+            Some((layer.trim().parse().ok()?, head.trim().parse().ok()?))
+        });
+        let Some((layer, head)) = parsed else {
+            bail!("--heads takes LAYER:HEAD pairs such as 0:3,2:11; got {pair:?}");
+        };
+        remove.entry(layer).or_default().insert(head);
+    }
+    Ok(remove)
+}
+
+/// The heads to remove so that `ratio` of the model's heads stay: the lowest `scores` first,
+/// skipping a head that is the last of its layer.
+fn least_important(
+    config: &kd_bert::BertConfig,
+    scores: &Matrix,
+    ratio: f64,
+) -> BTreeMap<usize, BTreeSet<usize>> {
+    let mut ranked: Vec<(f64, usize, usize)> = scores
+        .iter()
+        .enumerate()
+        .flat_map(|(layer, row)| {
+            row.iter()
+                .enumerate()
+                .filter_map(move |(head, score)| Some((score.as_ref().copied()?, layer, head)))
+        })
+        .collect();
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut left: Vec<usize> = (0..config.num_hidden_layers)
+        .map(|layer| config.heads_in_layer(layer))
+        .collect();
+    let target = ((1.0 - ratio) * ranked.len() as f64).round() as usize;
+    let mut remove: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    for (_, layer, head) in ranked {
+        if remove.values().map(BTreeSet::len).sum::<usize>() == target {
+            break;
+        }
+        if left[layer] > 1 {
+            left[layer] -= 1;
+            remove.entry(layer).or_default().insert(head);
+        }
+    }
+    remove
+}
+
+/// One mask tensor a layer, each head scaled by `value(layer, position)`.
+fn head_mask(model: &TaskModel, value: impl Fn(usize, usize) -> f32) -> Result<Vec<Tensor>> {
+    (0..model.config.num_hidden_layers)
+        .map(|layer| {
+            let values: Vec<f32> = (0..model.config.heads_in_layer(layer))
+                .map(|position| value(layer, position))
+                .collect();
+            Ok(Tensor::new(values, &Device::Cpu)?)
+        })
+        .collect()
+}
+
+/// An empty matrix for the model's layers and original heads.
+fn empty_matrix(model: &TaskModel) -> Matrix {
+    let config = &model.config;
+    vec![vec![None; config.num_attention_heads]; config.num_hidden_layers]
+}
+
+/// The dev metric with every head, and the matrices with each head masked out and with each
+/// head alone in its layer.
+fn mask_scores(
+    model: &TaskModel,
+    spec: &TaskSpec,
+    dev: &[EncodedExample],
+    batch_size: usize,
+) -> Result<(f64, Matrix, Matrix)> {
+    let metric = spec.metrics[0].name();
+    let score = |mask: &[Tensor]| -> Result<f64> {
+        let metrics = model.evaluate_masked(spec, dev, batch_size, Some(mask))?;
+        metrics.get(metric).copied().context("no metric")
+    };
+    let baseline = model.evaluate(spec, dev, batch_size)?[metric];
+    let (mut masked, mut alone) = (empty_matrix(model), empty_matrix(model));
+    let layers = model.config.num_hidden_layers;
+    let total: usize = (0..layers).map(|l| model.config.heads_in_layer(l)).sum();
+    let progress = Progress::new(2 * total as u64, "heads");
+    for layer in 0..layers {
+        let remaining = model.config.remaining_heads(layer);
+        for (position, &head) in remaining.iter().enumerate() {
+            let without = head_mask(model, |l, p| f32::from(l != layer || p != position))?;
+            masked[layer][head] = Some(score(&without)?);
+            progress.step(String::new());
+            alone[layer][head] = Some(match remaining.len() {
+                1 => baseline,
+                _ => score(&head_mask(model, |l, p| {
+                    f32::from(l != layer || p == position)
+                })?)?,
+            });
+            progress.step(String::new());
+        }
+    }
+    progress.finish();
+    Ok((baseline, masked, alone))
+}
+
+/// Michel et al.'s importance: the mean over `dev` of |d loss / d mask| for each head's mask
+/// variable (all ones), each layer's scores divided by their L2 norm.
+fn gradient_scores(
+    model: &TaskModel,
+    spec: &TaskSpec,
+    dev: &[EncodedExample],
+    batch_size: usize,
+) -> Result<Matrix> {
+    let variables: Vec<Var> = (0..model.config.num_hidden_layers)
+        .map(|layer| {
+            Var::ones(
+                model.config.heads_in_layer(layer),
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let mask: Vec<Tensor> = variables.iter().map(|v| v.as_tensor().clone()).collect();
+    let mut sums: Vec<Vec<f64>> = mask.iter().map(|m| vec![0.0; m.elem_count()]).collect();
+    let lengths: Vec<usize> = dev.iter().map(|e| e.ids.len()).collect();
+    let plan = batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>);
+    let progress = Progress::new(plan.len() as u64, "gradients");
+    for indices in plan {
+        let batch = collate(dev, &indices, &Device::Cpu)?;
+        let (logits, _) = model.model.forward_with_head_mask(
+            &batch.input,
+            Some(&mask),
+            Mode::Train { dropout: false },
+        )?;
+        // The batch's mean loss, times its size: per-example gradients summed.
+        let loss = (task_loss(spec.kind, &logits, &batch.labels)? * indices.len() as f64)?;
+        let grads = loss.backward()?;
+        for (sum, variable) in sums.iter_mut().zip(&variables) {
+            let grad = grads
+                .get(variable)
+                .context("no gradient reached a head mask")?;
+            for (total, g) in sum.iter_mut().zip(grad.to_vec1::<f32>()?) {
+                *total += g.abs() as f64;
+            }
+        }
+        progress.step(String::new());
+    }
+    progress.finish();
+    let mut scores = empty_matrix(model);
+    for (layer, sum) in sums.iter().enumerate() {
+        let norm = sum
+            .iter()
+            .map(|s| s * s)
+            .sum::<f64>()
+            .sqrt()
+            .max(f64::MIN_POSITIVE);
+        for (&head, total) in model.config.remaining_heads(layer).iter().zip(sum) {
+            scores[layer][head] = Some(total / norm);
+        }
+    }
+    Ok(scores)
+}
