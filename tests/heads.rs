@@ -73,7 +73,13 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
     // Every head of the 2 x 2 is scored three ways; each layer's gradient scores have unit
     // norm; the heatmaps are drawn.
     let scored = root.path().join("heads");
-    let args = ["heads", "--model", teacher.to_str().unwrap(), "--out"];
+    let args = [
+        "heads",
+        "--curve",
+        "--model",
+        teacher.to_str().unwrap(),
+        "--out",
+    ];
     let report: Value = serde_json::from_str(
         common::kd_ok(&[&args[..], &[scored.to_str().unwrap()], &flags].concat()).trim(),
     )
@@ -85,6 +91,7 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
         serde_json::from_value(report[name].clone()).unwrap_or_else(|e| panic!("{name}: {e}"))
     };
     let (masked, gradient) = (matrix("masked"), matrix("gradient"));
+    let report_baseline = report["baseline"].as_f64().unwrap();
     assert_eq!((masked.len(), masked[0].len()), (2, 2));
     assert_eq!(matrix("alone").len(), 2);
     for row in &gradient {
@@ -94,9 +101,22 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
             "{row:?}"
         );
     }
-    for chart in ["masked", "alone", "gradient"] {
+    // The curve prunes a head a step (10% of 4, rounded up) until each layer has one.
+    let curve: Value =
+        serde_json::from_str(&std::fs::read_to_string(scored.join("curve.json")).unwrap()).unwrap();
+    let heads: Vec<u64> = curve
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|point| point["heads"].as_u64().unwrap())
+        .collect();
+    assert_eq!(heads, [4, 3, 2]);
+    assert_eq!(curve[0]["metric"], report["baseline"]);
+    assert_eq!(curve[2]["pruned_share"], 0.5);
+    assert!(curve[2]["latency_ms"].as_f64().unwrap() > 0.0);
+    for chart in ["heads-masked", "heads-alone", "heads-gradient", "curve"] {
         for ext in ["png", "svg"] {
-            let path = scored.join(format!("heads-{chart}.{ext}"));
+            let path = scored.join(format!("{chart}.{ext}"));
             assert!(
                 std::fs::metadata(&path).unwrap().len() > 1000,
                 "{}",
@@ -214,4 +234,26 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
         ("1".to_string(), lower(&gradient[1])),
     ];
     assert_eq!(load(&half).config.pruned_heads, expected.into());
+    // By the masking scores kd heads wrote: the head whose masking loses less goes.
+    let by_mask = root.path().join("by-mask");
+    let scores = scored.join("heads.json");
+    let args = [
+        "prune",
+        "--model",
+        teacher.to_str().unwrap(),
+        "--keep-ratio",
+        "0.5",
+    ];
+    let more = [
+        "--by",
+        "mask",
+        "--scores",
+        scores.to_str().unwrap(),
+        "--out",
+    ];
+    common::kd_ok(&[&args[..], &more, &[by_mask.to_str().unwrap()]].concat());
+    let drop = |layer: usize, head: usize| report_baseline - masked[layer][head];
+    let lower = |layer: usize| vec![usize::from(drop(layer, 1) < drop(layer, 0))];
+    let expected = [("0".to_string(), lower(0)), ("1".to_string(), lower(1))];
+    assert_eq!(load(&by_mask).config.pruned_heads, expected.into());
 }

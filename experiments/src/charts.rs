@@ -143,12 +143,18 @@ where
     Ok(())
 }
 
-/// Curves against steps, one panel per group (`(panel title, [(series, points)])`).
-pub fn panels(stem: &Path, title: &str, groups: &[(String, Vec<Series>)]) -> Result<Vec<PathBuf>> {
+/// Curves against `x_label` (steps, a share pruned), one panel per group (`(panel title,
+/// [(series, points)])`).
+pub fn panels(
+    stem: &Path,
+    title: &str,
+    x_label: &str,
+    groups: &[(String, Vec<Series>)],
+) -> Result<Vec<PathBuf>> {
     both_formats(
         stem,
-        |root| draw_panels(root, title, groups),
-        |root| draw_panels(root, title, groups),
+        |root| draw_panels(root, title, x_label, groups),
+        |root| draw_panels(root, title, x_label, groups),
     )
 }
 
@@ -158,6 +164,7 @@ pub type Series = (String, Vec<(f64, f64)>);
 fn draw_panels<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     title: &str,
+    x_label: &str,
     groups: &[(String, Vec<Series>)],
 ) -> Result<()>
 where
@@ -177,7 +184,7 @@ where
             .x_label_area_size(36)
             .y_label_area_size(60)
             .build_cartesian_2d(span(points().map(|p| p.0)), span(points().map(|p| p.1)))?;
-        chart.configure_mesh().x_desc("step").draw()?;
+        chart.configure_mesh().x_desc(x_label).draw()?;
         for (index, (name, points)) in series.iter().enumerate() {
             let color = Palette99::pick(index).to_rgba();
             chart

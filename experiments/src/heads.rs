@@ -13,7 +13,7 @@ use kd_bert::Mode;
 use kd_data::{DataSpec, EncodedExample, TaskSpec, batch_plan, collate};
 use kd_teacher::{ModelFiles, TaskModel, task_loss};
 use kd_train::{Progress, RunDir};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -28,6 +28,11 @@ pub struct HeadsArgs {
     out: PathBuf,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    /// Also prune step by step, 10% of the heads a step by the lowest gradient scores,
+    /// re-scored after each step (Michel et al.), and write the dev metric and the batch-1
+    /// latency against the share of heads pruned (curve.json, curve.png/svg).
+    #[arg(long)]
+    curve: bool,
     #[arg(long)]
     force: bool,
     /// The task, scored on its dev file (--dev names another TSV).
@@ -58,6 +63,10 @@ pub struct PruneArgs {
     /// The importance that orders the heads for --keep-ratio.
     #[arg(long, value_enum, default_value = "gradient")]
     by: Importance,
+    /// Take the importance from this `heads.json` (`kd heads` of the same model) instead of
+    /// scoring the heads again.
+    #[arg(long, requires = "keep_ratio")]
+    scores: Option<PathBuf>,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     #[arg(long)]
@@ -118,11 +127,7 @@ pub fn run_heads(args: HeadsArgs) -> Result<()> {
         seconds: started.elapsed().as_secs_f64(),
     };
     kd_bert::write_json_atomically(&out.join("heads.json"), &scores)?;
-    let drop: Matrix = scores
-        .masked
-        .iter()
-        .map(|row| row.iter().map(|v| v.map(|v| baseline - v)).collect())
-        .collect();
+    let drop = drops(baseline, &scores.masked);
     let axes = ("head", "layer");
     let metric = &scores.metric;
     let mut charts = charts::heatmap(
@@ -143,6 +148,28 @@ pub fn run_heads(args: HeadsArgs) -> Result<()> {
         axes,
         &scores.gradient,
     )?);
+    if args.curve {
+        let points = pruning_curve(&model, &spec, &dev, args.batch_size)?;
+        kd_bert::write_json_atomically(&out.join("curve.json"), &points)?;
+        let series = |value: fn(&CurvePoint) -> f64| {
+            points.iter().map(|p| (p.pruned_share, value(p))).collect()
+        };
+        charts.extend(charts::panels(
+            &out.join("curve"),
+            "pruning heads by gradient importance, re-scored each step",
+            "share of heads pruned",
+            &[
+                (
+                    format!("dev {}", scores.metric),
+                    vec![(scores.metric.clone(), series(|p| p.metric))],
+                ),
+                (
+                    "batch-1 latency (ms), median".into(),
+                    vec![("p50".into(), series(|p| p.latency_ms))],
+                ),
+            ],
+        )?);
+    }
     println!("{}", serde_json::to_string(&scores)?);
     eprintln!(
         "head scores in {} ({}), {:.0} s",
@@ -167,21 +194,38 @@ pub fn run_prune(args: PruneArgs) -> Result<()> {
     let remove = match args.keep_ratio {
         None => parse_heads(&args.heads)?,
         Some(ratio) => {
-            let Some((spec, _, dev)) = &dev else {
-                bail!("--keep-ratio ranks heads on a task's dev set: give --task (or --dev)");
-            };
             if !(0.0..=1.0).contains(&ratio) {
                 bail!("--keep-ratio {ratio} must lie between 0 and 1");
             }
-            let scores = match args.by {
-                Importance::Gradient => gradient_scores(&model, spec, dev, args.batch_size)?,
-                Importance::Mask => {
-                    let (baseline, masked, _) = mask_scores(&model, spec, dev, args.batch_size)?;
-                    masked
-                        .iter()
-                        .map(|row| row.iter().map(|v| v.map(|v| baseline - v)).collect())
-                        .collect()
+            let (baseline, masked, gradient) = match (&args.scores, &dev) {
+                (Some(path), _) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let scores: SavedScores = serde_json::from_str(&text).with_context(|| {
+                        format!("{} is not kd heads' heads.json", path.display())
+                    })?;
+                    (scores.baseline, scores.masked, scores.gradient)
                 }
+                (None, Some((spec, _, dev))) => match args.by {
+                    Importance::Gradient => (
+                        0.0,
+                        Vec::new(),
+                        gradient_scores(&model, spec, dev, args.batch_size)?,
+                    ),
+                    Importance::Mask => {
+                        let (baseline, masked, _) =
+                            mask_scores(&model, spec, dev, args.batch_size)?;
+                        (baseline, masked, Vec::new())
+                    }
+                },
+                (None, None) => bail!(
+                    "--keep-ratio ranks heads on a task's dev set: give --task (or --dev), or \
+                     --scores from kd heads"
+                ),
+            };
+            let scores = match args.by {
+                Importance::Gradient => gradient,
+                Importance::Mask => drops(baseline, &masked),
             };
             least_important(&model.config, &scores, ratio)
         }
@@ -219,6 +263,96 @@ pub fn run_prune(args: PruneArgs) -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// What `kd prune --scores` reads of a `heads.json`.
+#[derive(Deserialize)]
+struct SavedScores {
+    baseline: f64,
+    masked: Matrix,
+    gradient: Matrix,
+}
+
+/// The metric each head's masking loses, from the metric with every head.
+fn drops(baseline: f64, masked: &Matrix) -> Matrix {
+    masked
+        .iter()
+        .map(|row| row.iter().map(|v| v.map(|v| baseline - v)).collect())
+        .collect()
+}
+
+/// One point of the pruning curve.
+#[derive(Serialize)]
+struct CurvePoint {
+    pruned_share: f64,
+    heads: usize,
+    metric: f64,
+    /// The median time of one dev sentence at batch 1 (the first [`LATENCY_EXAMPLES`]),
+    /// model frozen for inference as `kd eval` runs it.
+    latency_ms: f64,
+    pruned_heads: BTreeMap<String, Vec<usize>>,
+}
+
+const LATENCY_EXAMPLES: usize = 200;
+
+/// Michel et al.'s iterative pruning: each step removes the 10% of the original heads (or
+/// what is left of them) with the lowest gradient scores, then scores the rest again, until
+/// each layer has one head.
+fn pruning_curve(
+    model: &TaskModel,
+    spec: &TaskSpec,
+    dev: &[EncodedExample],
+    batch_size: usize,
+) -> Result<Vec<CurvePoint>> {
+    let config = &model.config;
+    let total = config.num_hidden_layers * config.num_attention_heads;
+    let step = total.div_ceil(10);
+    let metric = spec.metrics[0].name();
+    let mut current = model.prune_heads(&BTreeMap::new())?;
+    let mut points = Vec::new();
+    loop {
+        let heads: usize = (0..config.num_hidden_layers)
+            .map(|layer| current.config.heads_in_layer(layer))
+            .sum();
+        let mut frozen = current.prune_heads(&BTreeMap::new())?;
+        frozen.model.freeze(kd_bert::FrozenWeights::F32)?;
+        let point = CurvePoint {
+            pruned_share: 1.0 - heads as f64 / total as f64,
+            heads,
+            metric: frozen.evaluate(spec, dev, batch_size)?[metric],
+            latency_ms: median_latency_ms(&frozen, &dev[..dev.len().min(LATENCY_EXAMPLES)])?,
+            pruned_heads: current.config.pruned_heads.clone(),
+        };
+        eprintln!(
+            "{} heads: {metric} {:.4}, {:.2} ms a sentence",
+            point.heads, point.metric, point.latency_ms
+        );
+        points.push(point);
+        let scores = gradient_scores(&current, spec, dev, batch_size)?;
+        let left = heads as f64 - step as f64;
+        let remove = least_important(&current.config, &scores, left.max(0.0) / heads as f64);
+        if remove.is_empty() {
+            return Ok(points);
+        }
+        current = current.prune_heads(&remove)?;
+    }
+}
+
+/// The median time `model` takes to answer one example at a time.
+fn median_latency_ms(model: &TaskModel, examples: &[EncodedExample]) -> Result<f64> {
+    let mut times = Vec::with_capacity(examples.len());
+    for index in 0..examples.len() {
+        let batch = collate(examples, &[index], &Device::Cpu)?;
+        let started = Instant::now();
+        model
+            .model
+            .forward(&batch.input, Mode::Inference)?
+            .0
+            .to_vec2::<f32>()?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times.get(times.len() / 2).copied().unwrap_or(f64::NAN))
 }
 
 /// `LAYER:HEAD` pairs, grouped by layer.

@@ -33,7 +33,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
             ("held-out / dev".to_string(), dev),
         ];
         let title = format!("{}: {name}", args.run.display());
-        for path in charts::panels(&out.join(&name), &title, &groups)? {
+        for path in charts::panels(&out.join(&name), &title, "step", &groups)? {
             println!("{}", path.display());
         }
     }
