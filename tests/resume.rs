@@ -108,6 +108,20 @@ fn an_interrupted_or_killed_run_resumes_to_the_uninterrupted_result() {
 
         let mut resume = args.clone();
         resume.push("--resume");
+        if signal == libc::SIGTERM {
+            // A damaged checkpoint is refused, named, with what to do; the intact one resumes.
+            let params = out.join("checkpoint/params.safetensors");
+            let intact = std::fs::read(&params).unwrap();
+            let mut flipped = intact.clone();
+            *flipped.last_mut().unwrap() ^= 4;
+            std::fs::write(&params, flipped).unwrap();
+            let error = common::kd_err(&resume);
+            assert!(
+                error.contains("params.safetensors is corrupt") && error.contains("--force"),
+                "{error}"
+            );
+            std::fs::write(&params, intact).unwrap();
+        }
         assert!(
             kd_command(&resume)
                 .stderr(Stdio::null())

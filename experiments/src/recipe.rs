@@ -307,6 +307,33 @@ mod tests {
         assert!(apply_override(&mut recipe, "stages.3.epochs=1").is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2500))]
+
+        /// A shipped recipe with bytes replaced, inserted or cut, or any text, and any
+        /// override: an error or a recipe, never a panic.
+        #[test]
+        fn mutated_recipes_and_overrides_never_panic(
+            edits in proptest::collection::vec((0..4000usize, proptest::prelude::any::<u8>(), proptest::prelude::any::<bool>()), 0..8),
+            set in "[a-z_.0-9]{0,20}=[a-z0-9.\\[\\]\"]{0,10}",
+        ) {
+            let shipped = include_bytes!("../recipes/sst2-tinybert-l4-aug.toml");
+            let mut bytes = shipped.to_vec();
+            for (at, byte, insert) in edits {
+                let at = at % (bytes.len() + 1);
+                match (insert, at < bytes.len()) {
+                    (true, _) => bytes.insert(at, byte),
+                    (false, true) => bytes[at] = byte,
+                    (false, false) => {}
+                }
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("recipe.toml");
+            std::fs::write(&path, &bytes).unwrap();
+            let _ = Recipe::load(&path, &[set]);
+        }
+    }
+
     #[test]
     fn shipped_recipes_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");

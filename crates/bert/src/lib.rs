@@ -9,6 +9,7 @@
 //! cuts the graph after each layer for inference.
 
 mod attention;
+mod checked;
 mod classifier;
 mod config;
 pub mod int8;
@@ -20,6 +21,7 @@ pub mod ops;
 mod params;
 mod prune;
 
+pub use checked::{CheckedFile, read_checked, write_checked};
 pub use classifier::BertForSequenceClassification;
 pub use config::{BertConfig, ProblemType};
 pub use layers::{DropoutRng, FrozenWeights, Linear, Mode};

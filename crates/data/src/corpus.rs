@@ -72,7 +72,7 @@ impl PackedCorpus {
     }
 
     fn save(&self, path: &Path) -> Result<()> {
-        let tensors = HashMap::from([
+        let tensors = [
             (
                 "ids".to_string(),
                 Tensor::new(self.ids.as_slice(), &Device::Cpu)?,
@@ -81,18 +81,22 @@ impl PackedCorpus {
                 "offsets".to_string(),
                 Tensor::new(self.offsets.as_slice(), &Device::Cpu)?,
             ),
-        ]);
+        ];
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create cache directory {}", dir.display()))?;
         }
-        kd_bert::write_atomically(path, |tmp| {
-            Ok(candle_core::safetensors::save(&tensors, tmp)?)
-        })
+        kd_bert::write_checked(path, &tensors, HashMap::new())
     }
 
-    fn load(path: &Path) -> Result<Self> {
-        let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
+    /// The corpus a cache file holds; `None` for a file an earlier kd wrote without a
+    /// checksum (tokenised again). A damaged file is an error.
+    fn load(path: &Path) -> Result<Option<Self>> {
+        let file = kd_bert::read_checked(path, "delete it to tokenise the corpus again")?;
+        if !file.verified {
+            return Ok(None);
+        }
+        let mut tensors = file.tensors;
         let mut take = |name: &str| -> Result<Vec<u32>> {
             let tensor = tensors.remove(name).with_context(|| format!("no {name}"))?;
             Ok(tensor.to_vec1::<u32>()?)
@@ -104,8 +108,12 @@ impl PackedCorpus {
         let consistent = corpus.offsets.first() == Some(&0)
             && corpus.offsets.last() == Some(&(corpus.ids.len() as u32))
             && corpus.offsets.windows(2).all(|w| w[0] < w[1]);
-        ensure!(consistent, "its offsets do not match its ids");
-        Ok(corpus)
+        ensure!(
+            consistent,
+            "corpus cache {}: its offsets do not match its ids; delete it to tokenise again",
+            path.display()
+        );
+        Ok(Some(corpus))
     }
 }
 
@@ -139,13 +147,9 @@ pub fn pack_corpus(
     ensure!(max_len >= 3, "sequences of {max_len} tokens hold no text");
     let key = cache_key(files, tokenizer, max_len)?;
     let path = cache_dir.join(format!("corpus-{key:016x}.safetensors"));
-    if path.is_file() {
-        let corpus = PackedCorpus::load(&path).with_context(|| {
-            format!(
-                "corpus cache {} is damaged: delete it to tokenise again",
-                path.display()
-            )
-        })?;
+    if path.is_file()
+        && let Some(corpus) = PackedCorpus::load(&path)?
+    {
         return Ok((corpus, CorpusSource::Cached));
     }
     let total: u64 = files

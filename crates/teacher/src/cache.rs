@@ -68,22 +68,24 @@ impl TeacherCache {
             .join(format!("teacher-logits-{key:016x}.safetensors"))
     }
 
-    /// A cache file's tensors, or `None` when there is none.
+    /// A cache file's tensors, or `None` when there is none (or one an earlier kd wrote
+    /// without a checksum, computed again). A damaged file is an error.
     fn read(&self, path: &Path) -> Result<Option<HashMap<String, Tensor>>> {
         if !path.is_file() {
             return Ok(None);
         }
-        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-            .with_context(|| format!("cannot read teacher cache {}", path.display()))?;
-        Ok(Some(tensors))
+        let file = kd_bert::read_checked(
+            path,
+            "delete it and run again (the teacher's outputs are computed again)",
+        )?;
+        Ok(file.verified.then_some(file.tensors))
     }
 
     fn write(&self, path: &Path, tensors: HashMap<String, Tensor>) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create cache directory {}", self.dir.display()))?;
-        kd_bert::write_atomically(path, |tmp| {
-            Ok(candle_core::safetensors::save(&tensors, tmp)?)
-        })
+        let tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();
+        kd_bert::write_checked(path, &tensors, HashMap::new())
     }
 }
 
@@ -263,6 +265,26 @@ mod tests {
             again.to_vec2::<f32>().unwrap(),
             first.to_vec2::<f32>().unwrap()
         );
+
+        // A damaged entry is refused with its name and the remedy, never used.
+        let entry = std::fs::read_dir(dir.path().join("cache"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let intact = std::fs::read(&entry).unwrap();
+        std::fs::write(&entry, &intact[..intact.len() - 2]).unwrap();
+        let error = cache
+            .logits(&teacher, &weights, &examples, 4)
+            .err()
+            .unwrap();
+        let error = format!("{error:#}");
+        assert!(
+            error.contains("is corrupt") && error.contains("delete it"),
+            "{error}"
+        );
+        std::fs::write(&entry, intact).unwrap();
 
         let other_data = vec![example(&[2, 4, 3])];
         assert_eq!(

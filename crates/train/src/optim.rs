@@ -165,25 +165,18 @@ impl AdamW {
             }
         }
         let metadata = HashMap::from([("steps".to_string(), self.steps.to_string())]);
-        kd_bert::write_atomically(path, |tmp| {
-            let views = tensors.iter().map(|(name, tensor)| (name.as_str(), tensor));
-            safetensors::tensor::serialize_to_file(views, Some(metadata), tmp)?;
-            Ok(())
-        })
+        kd_bert::write_checked(path, &tensors, metadata)
     }
 
     /// Restores what [`AdamW::save`] wrote for the same parameters.
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read optimizer state {}", path.display()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
-        let steps = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("steps"))
+        let file = kd_bert::read_checked(path, CHECKPOINT_REMEDY)?;
+        let steps: usize = file
+            .metadata
+            .get("steps")
             .and_then(|s| s.parse().ok())
             .with_context(|| format!("{} has no step count", path.display()))?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+        let tensors = file.tensors;
         for slot in &mut self.slots {
             for (kind, moment) in [
                 ("m", &mut slot.first_moment),
@@ -203,6 +196,10 @@ impl AdamW {
         Ok(())
     }
 }
+
+/// What to do about a damaged checkpoint file.
+pub(crate) const CHECKPOINT_REMEDY: &str =
+    "the run cannot resume from it; start it again with --force (or restore the file)";
 
 /// Linear warmup from 0 to the peak rate, then linear decay to 0 at the last step.
 #[derive(Debug, Clone, Copy)]

@@ -351,14 +351,15 @@ fn save_checkpoint(
     state: &TrainState,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tensors: Vec<(&str, &Tensor)> = parameters
+    let tensors: Vec<(String, Tensor)> = parameters
         .iter()
-        .map(|(name, var)| (name.as_str(), var.as_tensor()))
+        .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
         .collect();
-    kd_bert::write_atomically(&dir.join("params.safetensors"), |tmp| {
-        safetensors::tensor::serialize_to_file(tensors, None, tmp)?;
-        Ok(())
-    })?;
+    kd_bert::write_checked(
+        &dir.join("params.safetensors"),
+        &tensors,
+        Default::default(),
+    )?;
     optimizer.save(&dir.join("optimizer.safetensors"))?;
     kd_bert::write_json_atomically(&dir.join("state.json"), state)
 }
@@ -374,8 +375,7 @@ fn load_checkpoint(
     let state: TrainState = serde_json::from_str(&text)
         .with_context(|| format!("malformed checkpoint state {}", state_path.display()))?;
     let params_path = dir.join("params.safetensors");
-    let tensors = candle_core::safetensors::load(&params_path, &candle_core::Device::Cpu)
-        .with_context(|| format!("cannot read {}", params_path.display()))?;
+    let tensors = kd_bert::read_checked(&params_path, crate::optim::CHECKPOINT_REMEDY)?.tensors;
     for (name, var) in parameters {
         let tensor = tensors
             .get(name)
