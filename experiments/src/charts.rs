@@ -5,6 +5,7 @@
 use anyhow::{Context, Result, bail};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -239,7 +240,17 @@ where
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(50)
-        .build_cartesian_2d(0..width, 0..height)?;
+        // Integer ranges are inclusive in plotters: one segment a cell.
+        .build_cartesian_2d(
+            (0..width.max(1) - 1).into_segmented(),
+            (0..height.max(1) - 1).into_segmented(),
+        )?;
+    // Labels at the cells' centres; row 0 at the top.
+    let label = |value: &SegmentValue<usize>, flip: bool| match value {
+        SegmentValue::CenterOf(v) if flip && *v < height => (height - 1 - v).to_string(),
+        SegmentValue::CenterOf(v) if !flip && *v < width => v.to_string(),
+        _ => String::new(),
+    };
     chart
         .configure_mesh()
         .disable_mesh()
@@ -247,19 +258,22 @@ where
         .y_desc(y_label)
         .x_labels(width)
         .y_labels(height)
-        .x_label_formatter(&|x| {
-            if *x < width {
-                x.to_string()
-            } else {
-                String::new()
-            }
-        })
-        // Row 0 at the top.
-        .y_label_formatter(&|y| match height.checked_sub(y + 1) {
-            Some(row) if *y < height => row.to_string(),
-            _ => String::new(),
-        })
+        .x_label_formatter(&|x| label(x, false))
+        .y_label_formatter(&|y| label(y, true))
         .draw()?;
+    // Enough decimals to tell the values apart.
+    let decimals = match high.abs().max(low.abs()) {
+        m if m >= 10.0 => 1,
+        m if m >= 0.1 => 2,
+        _ => 3,
+    };
+    let share = |value: f64| {
+        if high > low {
+            (value - low) / (high - low)
+        } else {
+            0.5
+        }
+    };
     let cells = matrix.iter().enumerate().flat_map(|(row, values)| {
         values
             .iter()
@@ -271,40 +285,24 @@ where
         let color = match value {
             // White for the lowest value, deep blue for the highest.
             Some(value) => {
-                let share = if high > low {
-                    (value - low) / (high - low)
-                } else {
-                    0.5
-                };
-                let fade = |full: u8| (255.0 - share * (255.0 - full as f64)) as u8;
+                let fade = |full: u8| (255.0 - share(value) * (255.0 - full as f64)) as u8;
                 RGBColor(fade(24), fade(72), fade(160))
             }
             None => RGBColor(200, 200, 200),
         };
-        chart.draw_series(std::iter::once(Rectangle::new(
-            [(column, y), (column + 1, y + 1)],
-            color.filled(),
-        )))?;
+        let corners = [
+            (SegmentValue::Exact(column), SegmentValue::Exact(y)),
+            (SegmentValue::Exact(column + 1), SegmentValue::Exact(y + 1)),
+        ];
+        chart.draw_series(std::iter::once(Rectangle::new(corners, color.filled())))?;
         if let Some(value) = value {
-            let share = if high > low {
-                (value - low) / (high - low)
-            } else {
-                0.5
-            };
-            let ink = if share > 0.6 { WHITE } else { BLACK };
-            let style = TextStyle::from((FAMILY, 11).into_font()).color(&ink).pos(
-                plotters::style::text_anchor::Pos::new(
-                    plotters::style::text_anchor::HPos::Center,
-                    plotters::style::text_anchor::VPos::Center,
-                ),
-            );
-            let (x0, y0) = chart.backend_coord(&(column, y + 1));
-            let (x1, y1) = chart.backend_coord(&(column + 1, y));
-            root.draw(&Text::new(
-                format!("{value:.2}"),
-                ((x0 + x1) / 2, (y0 + y1) / 2),
-                style,
-            ))?;
+            let ink = if share(value) > 0.6 { WHITE } else { BLACK };
+            let style = TextStyle::from((FAMILY, 11).into_font())
+                .color(&ink)
+                .pos(Pos::new(HPos::Center, VPos::Center));
+            let centre =
+                chart.backend_coord(&(SegmentValue::CenterOf(column), SegmentValue::CenterOf(y)));
+            root.draw(&Text::new(format!("{value:.decimals$}"), centre, style))?;
         }
     }
     root.present()?;

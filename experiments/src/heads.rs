@@ -15,14 +15,14 @@ use kd_teacher::{ModelFiles, TaskModel, task_loss};
 use kd_train::{Progress, RunDir};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Args)]
 pub struct HeadsArgs {
     /// A task model (with a task head): hub id or directory.
-    #[arg(long)]
-    model: String,
+    #[arg(long, required_unless_present = "redraw")]
+    model: Option<String>,
     /// Where to write heads.json and the heatmaps (refused when not empty, unless --force).
     #[arg(long)]
     out: PathBuf,
@@ -33,6 +33,9 @@ pub struct HeadsArgs {
     /// latency against the share of heads pruned (curve.json, curve.png/svg).
     #[arg(long)]
     curve: bool,
+    /// Draw the charts again from the heads.json (and curve.json) in --out, scoring nothing.
+    #[arg(long)]
+    redraw: bool,
     #[arg(long)]
     force: bool,
     /// The task, scored on its dev file (--dev names another TSV).
@@ -89,7 +92,7 @@ pub enum Importance {
 type Matrix = Vec<Vec<Option<f64>>>;
 
 /// What `kd heads` writes to `heads.json`.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct HeadScores {
     model: String,
     task: String,
@@ -108,15 +111,33 @@ struct HeadScores {
 }
 
 pub fn run_heads(args: HeadsArgs) -> Result<()> {
+    if args.redraw {
+        let read = |name: &str| std::fs::read_to_string(args.out.join(name));
+        let scores: HeadScores = serde_json::from_str(
+            &read("heads.json")
+                .with_context(|| format!("no heads.json in {}", args.out.display()))?,
+        )?;
+        let curve: Option<Vec<CurvePoint>> = read("curve.json")
+            .ok()
+            .map(|text| serde_json::from_str(&text))
+            .transpose()?;
+        let charts = draw(&args.out, &scores, curve.as_deref())?;
+        eprintln!("redrawn: {}", describe(&charts));
+        return Ok(());
+    }
     let started = Instant::now();
     args.data.ensure_no_training_options("kd heads")?;
-    let model = TaskModel::load(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
-    let (spec, _, dev) = dev_examples(&model, &args.model, &args.data)?;
+    let name = args
+        .model
+        .as_deref()
+        .context("--model names the model to score")?;
+    let model = TaskModel::load(&ModelFiles::resolve(name)?, args.data.max_seq_len)?;
+    let (spec, _, dev) = dev_examples(&model, name, &args.data)?;
     let out = RunDir::create(&args.out, args.force)?;
     let (baseline, masked, alone) = mask_scores(&model, &spec, &dev, args.batch_size)?;
     let gradient = gradient_scores(&model, &spec, &dev, args.batch_size)?;
-    let scores = HeadScores {
-        model: args.model.clone(),
+    let mut scores = HeadScores {
+        model: name.to_string(),
         task: spec.name.clone(),
         metric: spec.metrics[0].name().to_string(),
         examples: dev.len(),
@@ -124,23 +145,56 @@ pub fn run_heads(args: HeadsArgs) -> Result<()> {
         masked,
         alone,
         gradient,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: 0.0,
     };
+    let curve = match args.curve {
+        true => Some(pruning_curve(&model, &spec, &dev, args.batch_size)?),
+        false => None,
+    };
+    scores.seconds = started.elapsed().as_secs_f64();
     kd_bert::write_json_atomically(&out.join("heads.json"), &scores)?;
-    let drop = drops(baseline, &scores.masked);
+    if let Some(curve) = &curve {
+        kd_bert::write_json_atomically(&out.join("curve.json"), curve)?;
+    }
+    let charts = draw(out.path(), &scores, curve.as_deref())?;
+    println!("{}", serde_json::to_string(&scores)?);
+    eprintln!(
+        "head scores in {} ({}), {:.0} s",
+        out.join("heads.json").display(),
+        describe(&charts),
+        scores.seconds
+    );
+    Ok(())
+}
+
+fn describe(paths: &[PathBuf]) -> String {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    names.join(", ")
+}
+
+/// The heatmaps of `scores` and the chart of `curve` in `out`.
+fn draw(out: &Path, scores: &HeadScores, curve: Option<&[CurvePoint]>) -> Result<Vec<PathBuf>> {
+    // Metrics drawn in points (x 100).
+    let points = |matrix: &Matrix| -> Matrix {
+        let row = |row: &Vec<Option<f64>>| row.iter().map(|v| v.map(|v| v * 100.0)).collect();
+        matrix.iter().map(row).collect()
+    };
     let axes = ("head", "layer");
-    let metric = &scores.metric;
+    let (metric, baseline) = (&scores.metric, scores.baseline);
     let mut charts = charts::heatmap(
         &out.join("heads-masked"),
-        &format!("{metric} lost with the head masked out (all heads: {baseline:.4})"),
+        &format!(
+            "{metric} points lost with the head masked out (all heads: {:.2})",
+            baseline * 100.0
+        ),
         axes,
-        &drop,
+        &points(&drops(baseline, &scores.masked)),
     )?;
     charts.extend(charts::heatmap(
         &out.join("heads-alone"),
-        &format!("{metric} with the head alone in its layer"),
+        &format!("{metric} (x 100) with the head alone in its layer"),
         axes,
-        &scores.alone,
+        &points(&scores.alone),
     )?);
     charts.extend(charts::heatmap(
         &out.join("heads-gradient"),
@@ -148,9 +202,7 @@ pub fn run_heads(args: HeadsArgs) -> Result<()> {
         axes,
         &scores.gradient,
     )?);
-    if args.curve {
-        let points = pruning_curve(&model, &spec, &dev, args.batch_size)?;
-        kd_bert::write_json_atomically(&out.join("curve.json"), &points)?;
+    if let Some(points) = curve {
         let series = |value: fn(&CurvePoint) -> f64| {
             points.iter().map(|p| (p.pruned_share, value(p))).collect()
         };
@@ -160,8 +212,8 @@ pub fn run_heads(args: HeadsArgs) -> Result<()> {
             "share of heads pruned",
             &[
                 (
-                    format!("dev {}", scores.metric),
-                    vec![(scores.metric.clone(), series(|p| p.metric))],
+                    format!("dev {metric}"),
+                    vec![(metric.clone(), series(|p| p.metric))],
                 ),
                 (
                     "batch-1 latency (ms), median".into(),
@@ -170,18 +222,7 @@ pub fn run_heads(args: HeadsArgs) -> Result<()> {
             ],
         )?);
     }
-    println!("{}", serde_json::to_string(&scores)?);
-    eprintln!(
-        "head scores in {} ({}), {:.0} s",
-        out.join("heads.json").display(),
-        charts
-            .iter()
-            .map(|path| path.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        scores.seconds
-    );
-    Ok(())
+    Ok(charts)
 }
 
 pub fn run_prune(args: PruneArgs) -> Result<()> {
@@ -282,7 +323,7 @@ fn drops(baseline: f64, masked: &Matrix) -> Matrix {
 }
 
 /// One point of the pruning curve.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct CurvePoint {
     pruned_share: f64,
     heads: usize,
