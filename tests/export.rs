@@ -10,7 +10,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use kd_bert::{BertConfig, BertInput, Mode, ProblemType};
-use kd_data::{Example, Label, collate};
+use kd_data::{Example, Label};
 use kd_export::{ExportOptions, Format, Precision, Quantization, export};
 use kd_teacher::{ModelFiles, TaskModel};
 use std::path::Path;
@@ -53,17 +53,7 @@ fn outputs_on(dir: &Path, n: usize) -> (Tensor, Tensor, BertInput) {
 }
 
 fn outputs_of(model: &TaskModel, n: usize) -> (Tensor, Tensor, BertInput) {
-    let examples: Vec<Example> = SENTENCES[..n]
-        .iter()
-        .map(|text| Example {
-            text: text.to_string(),
-            pair: None,
-            label: Label::Unlabeled,
-        })
-        .collect();
-    let encoded = model.encode(&examples).unwrap();
-    let indices: Vec<usize> = (0..n).collect();
-    let batch = collate(&encoded, &indices, &Device::Cpu).unwrap();
+    let batch = common::text_batch(model, &SENTENCES[..n], None);
     let (logits, states) = model.model.forward(&batch.input, Mode::Inference).unwrap();
     (logits, states.last_hidden_state().clone(), batch.input)
 }

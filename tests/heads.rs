@@ -5,7 +5,6 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use kd_data::{Example, Label, collate};
 use kd_teacher::{ModelFiles, TaskModel};
 use serde_json::Value;
 use std::path::Path;
@@ -27,16 +26,7 @@ fn logits(model: &TaskModel, mask: Option<&[Tensor]>) -> Tensor {
 
 /// The logits and the last hidden states of `model` on [`TEXTS`], heads scaled by `mask`.
 fn outputs(model: &TaskModel, mask: Option<&[Tensor]>) -> (Tensor, Tensor) {
-    let examples: Vec<Example> = TEXTS
-        .iter()
-        .map(|text| Example {
-            text: text.to_string(),
-            pair: None,
-            label: Label::Unlabeled,
-        })
-        .collect();
-    let encoded = model.encode(&examples).unwrap();
-    let batch = collate(&encoded, &[0, 1, 2], &Device::Cpu).unwrap();
+    let batch = common::text_batch(model, &TEXTS, None);
     let (logits, states) = model
         .model
         .forward_with_head_mask(&batch.input, mask, kd_bert::Mode::Inference)
@@ -49,22 +39,8 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
     let root = tempfile::tempdir().unwrap();
     let tiny = root.path().join("tiny");
     common::write_tiny_model(&tiny);
-    let data = root.path().join("topics");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("train.tsv"), common::topic_tsv(240, 0)).unwrap();
-    std::fs::write(data.join("dev.tsv"), common::topic_tsv(60, 1000)).unwrap();
-    let flags = [
-        "--task",
-        "topics",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--text-column",
-        "text",
-        "--label-column",
-        "topic",
-        "--max-seq-len",
-        "32",
-    ];
+    let (_, flags) = common::topic_task(root.path());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let teacher = root.path().join("teacher");
     let mut args = vec!["finetune", "--model", tiny.to_str().unwrap(), "--out"];
     args.extend([teacher.to_str().unwrap(), "--epochs", "2", "--lr", "1e-3"]);

@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::Device;
-use kd_data::{Example, Label, collate};
+
 use kd_teacher::{ModelFiles, MultiTaskModel, TaskModel};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -160,17 +160,8 @@ fn a_two_task_student_trains_on_both_tasks_and_each_export_answers_as_the_whole(
         "the coach and the referee",
         "pizza again",
     ];
-    let examples: Vec<Example> = texts
-        .iter()
-        .map(|text| Example {
-            text: text.to_string(),
-            pair: Some("more cheese".into()),
-            label: Label::Unlabeled,
-        })
-        .collect();
     for ((name, part), export) in whole.tasks.iter().zip([&topic_model, &stsb_model]) {
-        let encoded = part.encode(&examples).unwrap();
-        let batch = collate(&encoded, &[0, 1, 2], &Device::Cpu).unwrap();
+        let batch = common::text_batch(part, &texts, Some("more cheese"));
         let logits = |model: &TaskModel| {
             let (logits, _) = model
                 .model

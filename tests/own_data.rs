@@ -50,30 +50,16 @@ fn recipe_with_batch(
 #[test]
 fn a_string_labelled_tsv_task_distils_with_unlabeled_text_and_round_trips() {
     let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("topics");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("train.tsv"), common::topic_tsv(240, 0)).unwrap();
-    std::fs::write(data.join("dev.tsv"), common::topic_tsv(60, 1000)).unwrap();
+    let (data, flags) = common::topic_task(root.path());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let corpus = root.path().join("corpus.txt");
     std::fs::write(&corpus, unlabeled_text()).unwrap();
-    let flags = [
-        "--task",
-        "topics",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--text-column",
-        "text",
-        "--label-column",
-        "topic",
-        "--max-seq-len",
-        "32",
-    ];
 
     let teacher = root.path().join("teacher");
     let mut args = vec!["finetune", "--model", common::MINILM, "--out"];
     args.push(teacher.to_str().unwrap());
     args.extend(["--epochs", "3", "--lr", "1e-4", "--batch-size", "16"]);
-    args.extend(flags);
+    args.extend(&flags);
     let report: Value = serde_json::from_str(common::kd_ok(&args).trim()).unwrap();
     assert!(report["value"].as_f64().unwrap() > 0.9, "{report}");
 
@@ -117,7 +103,7 @@ fn a_string_labelled_tsv_task_distils_with_unlabeled_text_and_round_trips() {
 
     // `kd eval` with the same flags reproduces the accuracy; `kd predict` reads the TSV.
     let mut args = vec!["eval", "--model", student.to_str().unwrap()];
-    args.extend(flags);
+    args.extend(&flags);
     let eval: Value = serde_json::from_str(common::kd_ok(&args).trim()).unwrap();
     assert_eq!(eval["examples"], 60);
     assert_eq!(eval["metrics"]["accuracy"].as_f64().unwrap(), accuracy);

@@ -299,3 +299,45 @@ pub fn topic_tsv(count: usize, offset: usize) -> String {
     }
     tsv
 }
+
+/// Writes the topics task (240 training and 60 dev examples of [`topic_tsv`]) under `root`
+/// and returns its folder and the data flags that describe it (at most 32 tokens).
+pub fn topic_task(root: &Path) -> (PathBuf, Vec<String>) {
+    let data = root.join("topics");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("train.tsv"), topic_tsv(240, 0)).unwrap();
+    std::fs::write(data.join("dev.tsv"), topic_tsv(60, 1000)).unwrap();
+    let flags = [
+        "--task",
+        "topics",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--text-column",
+        "text",
+        "--label-column",
+        "topic",
+        "--max-seq-len",
+        "32",
+    ];
+    (data.clone(), flags.map(String::from).to_vec())
+}
+
+/// `texts` (each with `pair` as its second text, when given) encoded for `model` and padded
+/// into one batch.
+pub fn text_batch(
+    model: &kd_teacher::TaskModel,
+    texts: &[&str],
+    pair: Option<&str>,
+) -> kd_data::Batch {
+    let examples: Vec<kd_data::Example> = texts
+        .iter()
+        .map(|text| kd_data::Example {
+            text: text.to_string(),
+            pair: pair.map(str::to_string),
+            label: kd_data::Label::Unlabeled,
+        })
+        .collect();
+    let encoded = model.encode(&examples).unwrap();
+    let indices: Vec<usize> = (0..texts.len()).collect();
+    kd_data::collate(&encoded, &indices, &Device::Cpu).unwrap()
+}
