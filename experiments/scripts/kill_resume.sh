@@ -85,6 +85,6 @@ for command in ("finetune", "distill"):
     signals = collections.Counter(s for r in mine for s in r["signals"].split())
     summary[command] = {"trials": len(mine), "kills": sum(signals.values()), "by_signal": signals,
                         "identical": sum(r["result"] == "identical" for r in mine)}
-json.dump(summary, open("experiments/results/reliability-kills.json", "w"), indent=2)
+json.dump(summary, open("experiments/results/reliability-kills.json (KILLS=3: the validation run is reliability-kills-validation.json)", "w"), indent=2)
 print(json.dumps(summary))
 PY
