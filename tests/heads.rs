@@ -194,6 +194,54 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
         }
     }
 
+    // Attention maps: a grid of a layer's heads, or one head; a pruned head is named as such.
+    let maps = root.path().join("maps");
+    let args = [
+        "attention",
+        "--model",
+        twice.to_str().unwrap(),
+        "rain and snow",
+        "--out",
+    ];
+    common::kd_ok(&[&args[..], &[maps.to_str().unwrap(), "--layer", "0"]].concat());
+    common::kd_ok(
+        &[
+            &args[..],
+            &[
+                maps.to_str().unwrap(),
+                "--force",
+                "--layer",
+                "1",
+                "--head",
+                "1",
+            ],
+        ]
+        .concat(),
+    );
+    for map in [
+        "layer-0.png",
+        "layer-0.svg",
+        "layer-1-head-1.png",
+        "layer-1-head-1.svg",
+    ] {
+        assert!(maps.join(map).is_file(), "{map}");
+    }
+    let error = common::kd_err(
+        &[
+            &args[..],
+            &[
+                maps.to_str().unwrap(),
+                "--force",
+                "--layer",
+                "1",
+                "--head",
+                "0",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(error.contains("layer 1 has no head 0"), "{error}");
+
     // --keep-ratio 0.5 keeps one head a layer, the one with the higher gradient score.
     let half = root.path().join("half");
     let args = [

@@ -73,12 +73,22 @@ fn both_formats(
     draw: impl Fn(DrawingArea<SVGBackend, Shift>) -> Result<()>,
     draw_png: impl Fn(DrawingArea<BitMapBackend, Shift>) -> Result<()>,
 ) -> Result<Vec<PathBuf>> {
+    both_formats_sized(stem, SIZE, draw, draw_png)
+}
+
+/// [`both_formats`] at `size` pixels.
+fn both_formats_sized(
+    stem: &Path,
+    size: (u32, u32),
+    draw: impl Fn(DrawingArea<SVGBackend, Shift>) -> Result<()>,
+    draw_png: impl Fn(DrawingArea<BitMapBackend, Shift>) -> Result<()>,
+) -> Result<Vec<PathBuf>> {
     ensure_font()?;
     let svg = stem.with_extension("svg");
     let png = stem.with_extension("png");
-    draw(SVGBackend::new(&svg, SIZE).into_drawing_area())
+    draw(SVGBackend::new(&svg, size).into_drawing_area())
         .with_context(|| format!("cannot draw {}", svg.display()))?;
-    draw_png(BitMapBackend::new(&png, SIZE).into_drawing_area())
+    draw_png(BitMapBackend::new(&png, size).into_drawing_area())
         .with_context(|| format!("cannot draw {}", png.display()))?;
     Ok(vec![png, svg])
 }
@@ -206,60 +216,105 @@ where
     Ok(())
 }
 
-/// A matrix as coloured cells with their values printed, rows top to bottom (`None`: a grey
-/// cell, e.g. a pruned head).
-pub fn heatmap(
-    stem: &Path,
-    title: &str,
-    (columns, rows): (&str, &str),
-    matrix: &[Vec<Option<f64>>],
-) -> Result<Vec<PathBuf>> {
-    let draw =
-        |root: DrawingArea<SVGBackend, Shift>| draw_heatmap(root, title, (columns, rows), matrix);
-    let draw_png = |root: DrawingArea<BitMapBackend, Shift>| {
-        draw_heatmap(root, title, (columns, rows), matrix)
-    };
-    both_formats(stem, draw, draw_png)
+/// How heatmaps are drawn: the axes' titles, each row's label (its index when empty; columns
+/// are numbered), and whether each cell prints its value.
+pub struct HeatmapAxes<'a> {
+    pub columns: &'a str,
+    pub rows: &'a str,
+    pub row_labels: &'a [String],
+    pub values: bool,
 }
 
-fn draw_heatmap<DB: DrawingBackend>(
+/// Matrices as coloured cells (`None`: a grey cell, e.g. a pruned head), rows top to bottom,
+/// one panel each (`(caption, matrix)`) in a grid under `title`.
+pub fn heatmaps(
+    stem: &Path,
+    title: &str,
+    axes: &HeatmapAxes,
+    panels: &[(String, Vec<Vec<Option<f64>>>)],
+) -> Result<Vec<PathBuf>> {
+    let columns = (panels.len() as f64).sqrt().ceil().max(1.0) as usize;
+    let rows = panels.len().div_ceil(columns).max(1);
+    let size = match panels.len() {
+        0 | 1 => SIZE,
+        _ => (480 * columns as u32, 440 * rows as u32 + 40),
+    };
+    both_formats_sized(
+        stem,
+        size,
+        |root| draw_heatmap_grid(root, title, axes, panels, (rows, columns)),
+        |root| draw_heatmap_grid(root, title, axes, panels, (rows, columns)),
+    )
+}
+
+fn draw_heatmap_grid<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     title: &str,
-    (x_label, y_label): (&str, &str),
-    matrix: &[Vec<Option<f64>>],
+    axes: &HeatmapAxes,
+    panels: &[(String, Vec<Vec<Option<f64>>>)],
+    grid: (usize, usize),
 ) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE)?;
+    let root = root.titled(title, (FAMILY, 22))?;
+    for (area, (caption, matrix)) in root.split_evenly(grid).into_iter().zip(panels) {
+        draw_heatmap(&area, caption, axes, matrix)?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn draw_heatmap<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    caption: &str,
+    axes: &HeatmapAxes,
+    matrix: &[Vec<Option<f64>>],
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
     let (height, width) = (matrix.len(), matrix.iter().map(Vec::len).max().unwrap_or(0));
     let values = || matrix.iter().flatten().flatten().copied();
     let (low, high) = values().fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(v), h.max(v)));
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, (FAMILY, 20))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(50)
+    // Token labels need room; indices little.
+    let longest = axes
+        .row_labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(2);
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, (FAMILY, 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(24 + 7 * longest as u32)
         // Integer ranges are inclusive in plotters: one segment a cell.
         .build_cartesian_2d(
             (0..width.max(1) - 1).into_segmented(),
             (0..height.max(1) - 1).into_segmented(),
         )?;
-    // Labels at the cells' centres; row 0 at the top.
+    // Labels at the cells' centres (their index, or the given name); row 0 at the top.
+    let row_name = |index: usize| {
+        let name = axes.row_labels.get(index).cloned();
+        name.unwrap_or_else(|| index.to_string())
+    };
     let label = |value: &SegmentValue<usize>, flip: bool| match value {
-        SegmentValue::CenterOf(v) if flip && *v < height => (height - 1 - v).to_string(),
+        SegmentValue::CenterOf(v) if flip && *v < height => row_name(height - 1 - v),
         SegmentValue::CenterOf(v) if !flip && *v < width => v.to_string(),
         _ => String::new(),
     };
+    let (x_label, y_label) = (|x: &_| label(x, false), |y: &_| label(y, true));
     chart
         .configure_mesh()
         .disable_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
+        .x_desc(axes.columns)
+        .y_desc(axes.rows)
         .x_labels(width)
         .y_labels(height)
-        .x_label_formatter(&|x| label(x, false))
-        .y_label_formatter(&|y| label(y, true))
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
         .draw()?;
     // Enough decimals to tell the values apart.
     let decimals = match high.abs().max(low.abs()) {
@@ -295,16 +350,15 @@ where
             (SegmentValue::Exact(column + 1), SegmentValue::Exact(y + 1)),
         ];
         chart.draw_series(std::iter::once(Rectangle::new(corners, color.filled())))?;
-        if let Some(value) = value {
+        if let Some(value) = value.filter(|_| axes.values) {
             let ink = if share(value) > 0.6 { WHITE } else { BLACK };
             let style = TextStyle::from((FAMILY, 11).into_font())
                 .color(&ink)
                 .pos(Pos::new(HPos::Center, VPos::Center));
-            let centre =
-                chart.backend_coord(&(SegmentValue::CenterOf(column), SegmentValue::CenterOf(y)));
-            root.draw(&Text::new(format!("{value:.decimals$}"), centre, style))?;
+            let centre = (SegmentValue::CenterOf(column), SegmentValue::CenterOf(y));
+            let text = Text::new(format!("{value:.decimals$}"), centre, style);
+            chart.draw_series(std::iter::once(text))?;
         }
     }
-    root.present()?;
     Ok(())
 }

@@ -54,6 +54,9 @@ enum Command {
     /// Remove attention heads for good (HF's `pruned_heads`): named ones, or the least
     /// important down to a share kept.
     Prune(crate::heads::PruneArgs),
+    /// Draw attention maps of a text (tokens on both axes): a grid of each layer's heads, or
+    /// one head.
+    Attention(crate::heads::AttentionArgs),
 }
 
 #[derive(Args)]
@@ -229,6 +232,7 @@ pub fn run() -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Heads(args) => crate::heads::run_heads(args),
         Command::Prune(args) => crate::heads::run_prune(args),
+        Command::Attention(args) => crate::heads::run_attention(args),
     }
 }
 

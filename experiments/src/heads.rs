@@ -1,4 +1,5 @@
-//! `kd heads` and `kd prune`: which attention heads matter, and removing those that do not.
+//! `kd heads`, `kd prune` and `kd attention`: which attention heads matter, removing those
+//! that do not, and what a head attends to.
 //! A head's importance is the dev metric with it masked out (and with it alone in its layer),
 //! and Michel et al.'s score (2019): the mean absolute gradient of the loss with respect to a
 //! mask variable on the head, normalised per layer. Pruning removes heads physically and
@@ -11,7 +12,7 @@ use candle_core::{Device, Tensor, Var};
 use clap::{Args, ValueEnum};
 use kd_bert::Mode;
 use kd_data::{DataSpec, EncodedExample, TaskSpec, batch_plan, collate};
-use kd_teacher::{ModelFiles, TaskModel, task_loss};
+use kd_teacher::{Backbone, ModelFiles, TaskModel, task_loss};
 use kd_train::{Progress, RunDir};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -77,6 +78,29 @@ pub struct PruneArgs {
     /// The task the heads are scored on, and the pruned model evaluated on.
     #[command(flatten, next_help_heading = "Data")]
     data: DataSpec,
+}
+
+#[derive(Args)]
+pub struct AttentionArgs {
+    /// Any model kd loads (task model or encoder): hub id or directory.
+    #[arg(long)]
+    model: String,
+    /// The text, and optionally a second one (a sentence pair).
+    #[arg(required = true, num_args = 1..=2)]
+    text: Vec<String>,
+    /// One layer (from 0); every layer by default.
+    #[arg(long)]
+    layer: Option<usize>,
+    /// One head of --layer (from 0); a grid of the layer's heads by default.
+    #[arg(long, requires = "layer")]
+    head: Option<usize>,
+    /// Where to write the maps (refused when not empty, unless --force).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    force: bool,
+    #[arg(long, default_value_t = 128)]
+    max_seq_len: usize,
 }
 
 /// How heads are ranked for pruning.
@@ -179,28 +203,33 @@ fn draw(out: &Path, scores: &HeadScores, curve: Option<&[CurvePoint]>) -> Result
         let row = |row: &Vec<Option<f64>>| row.iter().map(|v| v.map(|v| v * 100.0)).collect();
         matrix.iter().map(row).collect()
     };
-    let axes = ("head", "layer");
+    let axes = charts::HeatmapAxes {
+        columns: "head",
+        rows: "layer",
+        row_labels: &[],
+        values: true,
+    };
+    let heatmap = |name: &str, title: &str, matrix: Matrix| {
+        charts::heatmaps(&out.join(name), title, &axes, &[(String::new(), matrix)])
+    };
     let (metric, baseline) = (&scores.metric, scores.baseline);
-    let mut charts = charts::heatmap(
-        &out.join("heads-masked"),
+    let mut charts = heatmap(
+        "heads-masked",
         &format!(
             "{metric} points lost with the head masked out (all heads: {:.2})",
             baseline * 100.0
         ),
-        axes,
-        &points(&drops(baseline, &scores.masked)),
+        points(&drops(baseline, &scores.masked)),
     )?;
-    charts.extend(charts::heatmap(
-        &out.join("heads-alone"),
+    charts.extend(heatmap(
+        "heads-alone",
         &format!("{metric} (x 100) with the head alone in its layer"),
-        axes,
-        &points(&scores.alone),
+        points(&scores.alone),
     )?);
-    charts.extend(charts::heatmap(
-        &out.join("heads-gradient"),
+    charts.extend(heatmap(
+        "heads-gradient",
         "gradient importance (Michel et al.), normalised per layer",
-        axes,
-        &scores.gradient,
+        scores.gradient.clone(),
     )?);
     if let Some(points) = curve {
         let series = |value: fn(&CurvePoint) -> f64| {
@@ -394,6 +423,94 @@ fn median_latency_ms(model: &TaskModel, examples: &[EncodedExample]) -> Result<f
     }
     times.sort_by(f64::total_cmp);
     Ok(times.get(times.len() / 2).copied().unwrap_or(f64::NAN))
+}
+
+/// `kd attention`: attention probabilities with the tokens on both axes (rows attend to
+/// columns), a grid of each layer's heads (`layer-L`) or one head (`layer-L-head-H`).
+pub fn run_attention(args: AttentionArgs) -> Result<()> {
+    let model = Backbone::load_for_inference(&ModelFiles::resolve(&args.model)?, args.max_seq_len)?;
+    let encoded = model
+        .tokenizer
+        .encode(&args.text[0], args.text.get(1).map(String::as_str))?;
+    let vocab = model.tokenizer.vocab();
+    let tokens: Vec<String> = encoded
+        .ids
+        .iter()
+        .map(|&id| {
+            vocab
+                .get(id as usize)
+                .cloned()
+                .unwrap_or_else(|| id.to_string())
+        })
+        .collect();
+    let example = EncodedExample {
+        ids: encoded.ids,
+        type_ids: encoded.type_ids,
+        label: kd_data::Label::Unlabeled,
+    };
+    let batch = collate(&[example], &[0], &Device::Cpu)?;
+    let output = model.model.forward(&batch.input, Mode::Inference)?;
+    let layers = output.attention_probs.len();
+    let chosen: Vec<usize> = match args.layer {
+        Some(layer) if layer >= layers => bail!("the model has {layers} layers: no layer {layer}"),
+        Some(layer) => vec![layer],
+        None => (0..layers).collect(),
+    };
+    let out = RunDir::create(&args.out, args.force)?;
+    // Rows name their token; columns, too narrow for words, its number.
+    let rows: Vec<String> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, token)| format!("{token} {i}"))
+        .collect();
+    let axes = charts::HeatmapAxes {
+        columns: "attended token (its number)",
+        rows: "token",
+        row_labels: &rows,
+        values: tokens.len() <= 12,
+    };
+    let mut written = Vec::new();
+    for layer in chosen {
+        // [heads, tokens, tokens]
+        let probs = output.attention_probs[layer].squeeze(0)?.to_vec3::<f32>()?;
+        let heads = model.config.remaining_heads(layer);
+        let panel = |position: usize| -> Matrix {
+            let rows = &probs[position];
+            rows.iter()
+                .map(|row| row.iter().map(|&p| Some(p as f64)).collect())
+                .collect()
+        };
+        let (stem, panels) = match args.head {
+            Some(head) => {
+                let Some(position) = heads.iter().position(|&h| h == head) else {
+                    bail!("layer {layer} has no head {head} (it has {heads:?})");
+                };
+                (
+                    format!("layer-{layer}-head-{head}"),
+                    vec![(String::new(), panel(position))],
+                )
+            }
+            None => {
+                let panels = heads
+                    .iter()
+                    .enumerate()
+                    .map(|(position, head)| (format!("head {head}"), panel(position)))
+                    .collect();
+                (format!("layer-{layer}"), panels)
+            }
+        };
+        let title = match args.head {
+            Some(head) => format!("attention of layer {layer}, head {head}"),
+            None => format!("attention of layer {layer}"),
+        };
+        written.extend(charts::heatmaps(&out.join(&stem), &title, &axes, &panels)?);
+    }
+    eprintln!(
+        "{} tokens; attention maps: {}",
+        tokens.len(),
+        describe(&written)
+    );
+    Ok(())
 }
 
 /// `LAYER:HEAD` pairs, grouped by layer.
