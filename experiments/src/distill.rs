@@ -513,13 +513,34 @@ impl StageInputs {
 
     /// What the stage reports, from the state it ended in.
     pub(crate) fn summary(&self, stage: &Stage, state: &TrainState) -> StageSummary {
-        StageSummary {
+        StageSummary::new(
+            stage,
+            state,
+            self.teacher_seconds,
+            self.cache_outcomes.clone(),
+        )
+    }
+
+    /// Seconds spent on the teachers' outputs, and where each came from.
+    pub(crate) fn teacher_costs(&self) -> (f64, &[String]) {
+        (self.teacher_seconds, &self.cache_outcomes)
+    }
+}
+
+impl StageSummary {
+    pub(crate) fn new(
+        stage: &Stage,
+        state: &TrainState,
+        teacher_seconds: f64,
+        teacher_cache: Vec<String>,
+    ) -> Self {
+        Self {
             name: stage.name.clone(),
             steps: state.step,
             best: state.best_value,
             examples_per_s: state.examples_per_s(),
-            teacher_seconds: self.teacher_seconds,
-            teacher_cache: self.cache_outcomes.clone(),
+            teacher_seconds,
+            teacher_cache,
         }
     }
 }

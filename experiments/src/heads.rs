@@ -550,13 +550,16 @@ fn least_important(
         .collect();
     let target = ((1.0 - ratio) * ranked.len() as f64).round() as usize;
     let mut remove: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    let mut removed = 0;
     for (_, layer, head) in ranked {
-        if remove.values().map(BTreeSet::len).sum::<usize>() == target {
+        if removed == target {
             break;
         }
+        // A layer's last head stays.
         if left[layer] > 1 {
             left[layer] -= 1;
             remove.entry(layer).or_default().insert(head);
+            removed += 1;
         }
     }
     remove

@@ -179,17 +179,13 @@ pub fn run(
                 stop,
             )?;
             // One summary for the stage: each task's cache outcomes under its name.
-            let mut summary = inputs[0].summary(stage, &state);
-            summary.teacher_cache.clear();
-            summary.teacher_seconds = 0.0;
+            let (mut seconds, mut outcomes) = (0.0, Vec::new());
             for (task, inputs) in tasks.iter().zip(&inputs) {
-                let own = inputs.summary(stage, &state);
-                summary.teacher_seconds += own.teacher_seconds;
-                let outcomes = own.teacher_cache.into_iter();
-                summary
-                    .teacher_cache
-                    .extend(outcomes.map(|outcome| format!("{}: {outcome}", task.name)));
+                let (own_seconds, own_outcomes) = inputs.teacher_costs();
+                seconds += own_seconds;
+                outcomes.extend(own_outcomes.iter().map(|o| format!("{}: {o}", task.name)));
             }
+            let summary = StageSummary::new(stage, &state, seconds, outcomes);
             Ok((state, summary))
         })?;
     if !interrupted {
