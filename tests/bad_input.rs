@@ -195,3 +195,37 @@ fn missing_model_directory_and_uncached_hub_id_are_named() {
         "{error}"
     );
 }
+
+#[test]
+fn an_output_directory_that_cannot_be_written_is_named_before_any_work() {
+    let case = Case::new();
+    let finetune = |out: &str, force: bool| {
+        let (model, data) = (case.model(), case.data());
+        let mut args = vec![
+            "finetune",
+            "--model",
+            model.to_str().unwrap(),
+            "--task",
+            "sst2",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out,
+        ];
+        if force {
+            args.push("--force");
+        }
+        common::kd_err(&args)
+    };
+    // /proc refuses new entries even to root, for whom permission bits mean nothing.
+    let error = finetune("/proc/kd-run", false);
+    assert!(
+        error.contains("cannot create output directory /proc/kd-run"),
+        "{error}"
+    );
+    let error = finetune("/proc", true);
+    assert!(
+        error.contains("cannot write in output directory /proc"),
+        "{error}"
+    );
+}

@@ -9,6 +9,13 @@ use serde_json::Value;
 use std::path::Path;
 
 fn distill(recipe: &str, out: &Path, cache: &Path, overrides: &[&str]) -> Value {
+    let args = distill_args(recipe, out, cache, overrides);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    serde_json::from_str(common::kd_ok(&args).trim()).unwrap()
+}
+
+/// `kd distill`'s arguments for a shipped recipe in the quick setting.
+fn distill_args(recipe: &str, out: &Path, cache: &Path, overrides: &[&str]) -> Vec<String> {
     let recipe = common::workspace_root()
         .join("experiments/recipes")
         .join(recipe);
@@ -27,8 +34,7 @@ fn distill(recipe: &str, out: &Path, cache: &Path, overrides: &[&str]) -> Value 
         args.push("--set".into());
         args.push(value.to_string());
     }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    serde_json::from_str(common::kd_ok(&args).trim()).unwrap()
+    args
 }
 
 #[test]
@@ -199,6 +205,20 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
     );
     assert_eq!(general["stages"][0]["steps"], 4);
     assert_eq!(general["student"]["mlm_head"], false);
+    // Resuming it with another learning rate is refused, naming the setting.
+    let mut resume = distill_args(
+        "general-tinybert-l4.toml",
+        &general_tiny,
+        &cache,
+        &[&corpus, shape, few_steps, "training.lr=1e-3"],
+    );
+    resume.push("--resume".into());
+    let resume: Vec<&str> = resume.iter().map(String::as_str).collect();
+    let error = common::kd_err(&resume);
+    assert!(
+        error.contains("training.lr: was 0.0001, is now 0.001"),
+        "{error}"
+    );
     let init = format!("student.init={}", general_tiny.display());
     let task = distill(
         "sst2-tinybert-l4.toml",
@@ -207,6 +227,42 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
         &[&teacher_set, &init, shape, "training.max_steps=3"],
     );
     assert_eq!(task["student"]["hidden"], 48);
+
+    // Mismatches are refused before any training, the output directory untouched: a student
+    // checkpoint with another vocabulary, and a later stage's layer mapping outside the teacher.
+    let other_vocabulary = root.path().join("other-vocabulary");
+    copy_dir(&general_tiny, &other_vocabulary);
+    for file in ["vocab.txt", "tokenizer.json"] {
+        let path = other_vocabulary.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("[unused0]", "[unusedX]")).unwrap();
+    }
+    let recipe = common::workspace_root().join("experiments/recipes/sst2-tinybert-l4.toml");
+    let refuse = |settings: &[&str]| {
+        let mut args = vec!["distill", "--recipe", recipe.to_str().unwrap(), "--out"];
+        args.push(refused.to_str().unwrap());
+        for setting in settings {
+            args.extend(["--set", setting]);
+        }
+        let error = common::kd_err(&args);
+        assert!(!refused.exists(), "{error}");
+        error
+    };
+    let init = format!("student.init={}", other_vocabulary.display());
+    let error = refuse(&[&teacher_set, &init, shape]);
+    assert!(
+        error.contains("different vocabulary") && error.contains("first difference at id 1"),
+        "{error}"
+    );
+    let error = refuse(&[
+        &teacher_set,
+        shape,
+        "stages.1.objective.components=[{ kind = \"hidden_mse\", layers = { explicit = [[1, 9]] } }]",
+    ]);
+    assert!(
+        error.contains("stage prediction") && error.contains("names teacher layer 9"),
+        "{error}"
+    );
 
     let general_distilbert = root.path().join("general-distilbert");
     let general = distill(

@@ -126,7 +126,7 @@ fn a_two_task_student_trains_on_both_tasks_and_each_export_answers_as_the_whole(
     assert_eq!(components, expected.map(String::from).into());
 
     // The optimizer trained the shared encoder and both heads.
-    let checkpoint = out.join("1-distill/checkpoint/params.safetensors");
+    let checkpoint = common::checkpoint_params(&out.join("1-distill/checkpoint"));
     let trained = candle_core::safetensors::load(&checkpoint, &Device::Cpu).unwrap();
     for name in [
         "bert.encoder.layer.0.attention.self.query.weight",

@@ -1,8 +1,10 @@
 //! A run interrupted with Ctrl-C or SIGTERM saves a checkpoint and exits; `--resume` continues it to the
-//! same result as an uninterrupted run.
+//! same result as an uninterrupted run, and refuses changed inputs or a full disk without
+//! touching the checkpoint.
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -39,6 +41,77 @@ fn kd_command(args: &[&str]) -> Command {
 
 fn logged_steps(out: &Path) -> usize {
     common::logged_steps(&out.join("log.jsonl"))
+}
+
+/// A checkpoint's state and the files it names, by name.
+fn checkpoint_files(checkpoint: &Path) -> Vec<(String, Vec<u8>)> {
+    let params = common::checkpoint_params(checkpoint);
+    let state = std::fs::read(checkpoint.join("state.json")).unwrap();
+    let optimizer =
+        serde_json::from_slice::<serde_json::Value>(&state).unwrap()["checkpoint"]["optimizer"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    [
+        params,
+        checkpoint.join("state.json"),
+        checkpoint.join(optimizer),
+    ]
+    .iter()
+    .map(|path| (path.display().to_string(), std::fs::read(path).unwrap()))
+    .collect()
+}
+
+/// Resumes that must fail before touching the checkpoint in `out`: changed options, changed
+/// training data (both named in the error), and a disk that fills up (a file-size limit
+/// smaller than the weights) while the next checkpoint is written.
+fn refused_resumes(resume: &[&str], out: &Path, data: &Path) {
+    let checkpoint = out.join("checkpoint");
+    let before = checkpoint_files(&checkpoint);
+
+    let mut changed = resume.to_vec();
+    changed.extend(["--lr", "1e-4"]);
+    let error = common::kd_err(&changed);
+    assert!(
+        error.contains("training.lr: was 0.00005, is now 0.0001") && error.contains("--force"),
+        "{error}"
+    );
+    let train = data.join("train.tsv");
+    let original = std::fs::read(&train).unwrap();
+    std::fs::write(&train, [&original[..], b"\na new sentence\t1"].concat()).unwrap();
+    let error = common::kd_err(resume);
+    assert!(
+        error.contains(&format!("{}: changed", train.display())),
+        "{error}"
+    );
+    std::fs::write(&train, original).unwrap();
+
+    let limit = before[0].1.len() as u64 / 2;
+    let mut command = kd_command(resume);
+    // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            match libc::setrlimit(libc::RLIMIT_FSIZE, &rlimit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+    };
+    let output = command.stderr(Stdio::piped()).output().unwrap();
+    let error = common::stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{error}");
+    assert!(
+        error.contains("cannot write") && error.contains("File too large"),
+        "{error}"
+    );
+    assert!(
+        checkpoint_files(&checkpoint) == before,
+        "a failed checkpoint write changed the checkpoint"
+    );
 }
 
 /// Starts a run, sends `signal` once it has logged 30 steps, and returns the run's output.
@@ -108,16 +181,19 @@ fn an_interrupted_or_killed_run_resumes_to_the_uninterrupted_result() {
 
         let mut resume = args.clone();
         resume.push("--resume");
+        if signal == libc::SIGINT {
+            refused_resumes(&resume, &out, Path::new(data));
+        }
         if signal == libc::SIGTERM {
             // A damaged checkpoint is refused, named, with what to do; the intact one resumes.
-            let params = out.join("checkpoint/params.safetensors");
+            let params = common::checkpoint_params(&out.join("checkpoint"));
             let intact = std::fs::read(&params).unwrap();
             let mut flipped = intact.clone();
             *flipped.last_mut().unwrap() ^= 4;
             std::fs::write(&params, flipped).unwrap();
             let error = common::kd_err(&resume);
             assert!(
-                error.contains("params.safetensors is corrupt") && error.contains("--force"),
+                error.contains(".safetensors is corrupt") && error.contains("--force"),
                 "{error}"
             );
             std::fs::write(&params, intact).unwrap();

@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kd_data::{AugmentConfig, DataSpec, WordNeighbours, augment};
 use kd_teacher::{Backbone, ModelFiles, Pooling, TaskModel, finetune};
-use kd_train::{RunDir, TrainerConfig};
+use kd_train::{RunDir, RunInputs, TrainerConfig};
 
 use crate::bench::{self, BenchArgs};
 use crate::distill::{self, DistillOptions};
@@ -250,12 +250,6 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
         args.seed,
         args.data.max_seq_len,
     )?;
-    // Everything is loaded and checked before the output directory is touched.
-    let out = if args.resume {
-        RunDir::open(&args.out)?
-    } else {
-        RunDir::create(&args.out, args.force)?
-    };
     let config = TrainerConfig {
         epochs: args.epochs,
         lr: args.lr,
@@ -267,6 +261,19 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
         eval_every: args.eval_every,
         ..TrainerConfig::default()
     };
+    let settings =
+        serde_json::json!({ "model": args.model, "data": args.data, "training": config });
+    let mut inputs = RunInputs::new(&settings)?;
+    for file in args
+        .data
+        .files(&shared_dir())?
+        .iter()
+        .chain([&files.config, &files.weights])
+    {
+        inputs.file(file)?;
+    }
+    // Everything is loaded and checked before the output directory is touched.
+    let out = RunDir::for_run(&args.out, args.force, args.resume, &inputs)?;
     eprintln!(
         "fine-tuning {} ({} parameters) on {}: {} train, {} dev examples",
         args.model,

@@ -204,9 +204,10 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
     let data = load_data(&recipe.data, options.shared_dir, teacher)?;
     let student = build_student(recipe, teacher)?;
     let examples = Examples::encode(recipe, &data, teacher, &student)?;
+    check_stages(recipe, &student, &teachers, Stage::clone)?;
     let metric = data.spec.metrics[0].name().to_string();
     // Everything is loaded and checked before the output directory is touched.
-    let out = output_dir(options)?;
+    let out = output_dir(recipe, options)?;
     eprintln!(
         "{}: teacher {} ({} parameters), student {} layers x {} ({} parameters), {}",
         recipe.name,
@@ -392,6 +393,49 @@ pub(crate) struct StageInputs {
     train_len: usize,
 }
 
+/// `stage`'s objective (the `index`th) between `student` and `teachers`.
+fn stage_objective(
+    recipe: &Recipe,
+    stage: &Stage,
+    index: usize,
+    student: &TaskModel,
+    teachers: &Teachers,
+) -> Result<Objective> {
+    // An ensemble's weights are the recipe's unless the stage gives its own.
+    let mut config = stage.objective.clone();
+    config
+        .teacher_weights
+        .get_or_insert_with(|| teachers.weights.clone());
+    let shapes: Vec<EncoderShape> = teachers
+        .models
+        .iter()
+        .map(|teacher| EncoderShape::from(&teacher.config))
+        .collect();
+    Objective::new(
+        &config,
+        &shapes,
+        EncoderShape::from(&student.config),
+        &Device::Cpu,
+        recipe.training.seed.wrapping_add(index as u64),
+    )
+    .with_context(|| format!("stage {}", stage.name))
+}
+
+/// Builds every stage's objective (each for `student` as `stage_of` gives it), so that a
+/// mistake in a later stage, such as a layer mapping outside either model, fails before the
+/// first stage trains.
+pub(crate) fn check_stages(
+    recipe: &Recipe,
+    student: &TaskModel,
+    teachers: &Teachers,
+    stage_of: impl Fn(&Stage) -> Stage,
+) -> Result<()> {
+    for (index, stage) in recipe.stages.iter().enumerate() {
+        stage_objective(recipe, &stage_of(stage), index, student, teachers)?;
+    }
+    Ok(())
+}
+
 impl StageInputs {
     /// Builds `stage`'s objective between `student` and `teachers` and gets the teachers'
     /// outputs it needs: cached logits, cached states, or the teacher run live.
@@ -404,24 +448,7 @@ impl StageInputs {
         examples: &Examples,
         cache: &TeacherCache,
     ) -> Result<Self> {
-        // An ensemble's weights are the recipe's unless the stage gives its own.
-        let mut config = stage.objective.clone();
-        config
-            .teacher_weights
-            .get_or_insert_with(|| teachers.weights.clone());
-        let shapes: Vec<EncoderShape> = teachers
-            .models
-            .iter()
-            .map(|teacher| EncoderShape::from(&teacher.config))
-            .collect();
-        let objective = Objective::new(
-            &config,
-            &shapes,
-            EncoderShape::from(&student.config),
-            &Device::Cpu,
-            recipe.training.seed.wrapping_add(index as u64),
-        )
-        .with_context(|| format!("stage {}", stage.name))?;
+        let objective = stage_objective(recipe, stage, index, student, teachers)?;
         let started = Instant::now();
         let train_set = &examples.train;
         let mut teacher_outputs = Vec::new();
@@ -603,13 +630,10 @@ fn partial_output(layers: &[usize], states: Vec<Tensor>, depth: usize) -> Result
 }
 
 /// The run's output directory: created (refusing a non-empty one without `force`), or opened
-/// to resume.
-pub(crate) fn output_dir(options: &DistillOptions) -> Result<RunDir> {
-    if options.resume {
-        RunDir::open(options.out)
-    } else {
-        RunDir::create(options.out, options.force)
-    }
+/// to resume, refusing a run whose recipe or files changed since it began.
+pub(crate) fn output_dir(recipe: &Recipe, options: &DistillOptions) -> Result<RunDir> {
+    let inputs = recipe.run_inputs(options.shared_dir)?;
+    RunDir::for_run(options.out, options.force, options.resume, &inputs)
 }
 
 /// Runs `recipe`'s stages in order, each by `run_stage(index, stage, dir)` into its folder
@@ -803,6 +827,8 @@ pub(crate) fn build_student(recipe: &Recipe, teacher: &TaskModel) -> Result<Task
                     shape.hidden
                 );
             }
+            kd_student::check_vocabulary(&teacher.tokenizer, &student.tokenizer)
+                .with_context(|| format!("cannot start the student from {init}"))?;
             Ok(student)
         }
     }

@@ -260,7 +260,7 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
         })
         .transpose()?;
     // Everything is loaded and checked before the output directory is touched.
-    let out = output_dir(options)?;
+    let out = output_dir(recipe, options)?;
     eprintln!(
         "{}: teacher {} ({} layers x {}), student {} layers x {} ({} parameters{}), {} sequences \
          ({} tokens) from {} files, {} held out",
@@ -388,10 +388,7 @@ fn build_student(recipe: &Recipe, teacher: &Backbone, mlm_head: bool) -> Result<
                 .map(|from| Backbone::load(&ModelFiles::resolve(from)?, max_len))
                 .transpose()?;
             let source = loaded.as_ref().unwrap_or(teacher);
-            ensure!(
-                source.tokenizer.vocab() == teacher.tokenizer.vocab(),
-                "the student's source model has a different vocabulary from the teacher's"
-            );
+            kd_student::check_vocabulary(&teacher.tokenizer, &source.tokenizer)?;
             let layers = layers
                 .clone()
                 .unwrap_or_else(|| kd_student::every_other_layer(source.config.num_hidden_layers));
@@ -418,6 +415,8 @@ fn build_student(recipe: &Recipe, teacher: &Backbone, mlm_head: bool) -> Result<
                 student.mlm_head.is_some() || !mlm_head,
                 "student checkpoint {init} has no masked-LM head, which the objective needs"
             );
+            kd_student::check_vocabulary(&teacher.tokenizer, &student.tokenizer)
+                .with_context(|| format!("cannot start the student from {init}"))?;
             student
         }
     };

@@ -15,6 +15,10 @@ mod report;
 
 fn main() {
     keep_freed_memory();
+    // A write past a file-size limit (`ulimit -f`, a quota) then fails with an error that
+    // names the file, as a full disk does, instead of the signal killing kd mid-checkpoint.
+    // SAFETY: setting a signal's disposition before any other thread starts.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     fix_thread_count();
     // Everything runs on a worker of candle's thread pool: the parallel sections of each
     // operation (ours, gemm's) then start from a pool thread instead of waking one from

@@ -5,11 +5,11 @@
 
 use crate::distill::{
     DistillOptions, Distillation, EnsembleMember, Examples, ModelSummary, StageInputs,
-    StageSummary, Teachers, build_student, load_data, model_summary, output_dir, run_stages,
-    train_stage,
+    StageSummary, Teachers, build_student, check_stages, load_data, model_summary, output_dir,
+    run_stages, train_stage,
 };
 use crate::recipe::{Recipe, Stage};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use candle_core::Var;
 use kd_data::{TaskData, TaskKind, TextTokenizer};
 use kd_teacher::{MultiTaskModel, TaskHead, TeacherCache};
@@ -33,6 +33,19 @@ struct Task {
     recipe: Recipe,
     teachers: Teachers,
     data: TaskData,
+}
+
+impl Task {
+    /// `stage` as this task trains it: a regression task's predictions compared by MSE.
+    fn stage(&self, stage: &Stage) -> Stage {
+        match self.data.spec.kind {
+            TaskKind::Classification => stage.clone(),
+            TaskKind::Regression => Stage {
+                objective: stage.objective.for_regression(),
+                ..stage.clone()
+            },
+        }
+    }
 }
 
 /// What a multi-task `kd distill` prints and writes to `summary.json`.
@@ -114,7 +127,11 @@ pub fn run(
             model,
         )?);
     }
-    let out = output_dir(options)?;
+    for (task, (_, model)) in tasks.iter().zip(&student.tasks) {
+        check_stages(recipe, model, &task.teachers, |stage| task.stage(stage))
+            .with_context(|| format!("task {}", task.name))?;
+    }
+    let out = output_dir(recipe, options)?;
     let config = &student.tasks[0].1.config;
     eprintln!(
         "{}: student {} layers x {} ({} parameters, {} heads)",
@@ -137,16 +154,9 @@ pub fn run(
         run_stages(recipe, &out, &student.params, |index, stage, stage_dir| {
             let mut inputs = Vec::with_capacity(tasks.len());
             for ((task, (_, model)), examples) in tasks.iter().zip(&student.tasks).zip(&examples) {
-                let stage = match task.data.spec.kind {
-                    TaskKind::Classification => stage.clone(),
-                    TaskKind::Regression => Stage {
-                        objective: stage.objective.for_regression(),
-                        ..stage.clone()
-                    },
-                };
                 inputs.push(StageInputs::prepare(
                     &task.recipe,
-                    &stage,
+                    &task.stage(stage),
                     index,
                     model,
                     &task.teachers,

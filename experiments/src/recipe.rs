@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail};
 use kd_data::DataSpec;
 use kd_losses::ObjectiveConfig;
 use kd_student::StudentShape;
-use kd_train::Keep;
+use kd_teacher::ModelFiles;
+use kd_train::{Keep, RunInputs};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -232,6 +233,53 @@ impl Recipe {
     /// The teacher whose layers are read: the only one, or `layers_from` of an ensemble.
     pub fn main_teacher(&self) -> &TeacherSpec {
         self.teacher_specs()[0]
+    }
+
+    /// What a run of the recipe is made from (for `--resume` to check): the recipe less its
+    /// description, and the files of its data, teachers and the student's starting model.
+    pub fn run_inputs(&self, shared_dir: &Path) -> Result<RunInputs> {
+        let mut settings = serde_json::to_value(self)?;
+        settings
+            .as_object_mut()
+            .map(|recipe| recipe.remove("description"));
+        let mut inputs = RunInputs::new(&settings)?;
+        let mut models: Vec<&str> = self
+            .teacher_specs()
+            .iter()
+            .map(|t| t.model.as_str())
+            .collect();
+        let mut data = vec![&self.data];
+        if !self.tasks.is_empty() {
+            data = self.tasks.iter().map(|task| &task.data).collect();
+            for task in &self.tasks {
+                models.extend(
+                    task.teacher
+                        .iter()
+                        .chain(&task.teachers)
+                        .map(|t| t.model.as_str()),
+                );
+            }
+        }
+        match &self.student {
+            StudentSpec::Distilbert {
+                from: Some(model), ..
+            }
+            | StudentSpec::Tinybert {
+                init: Some(model), ..
+            } => models.push(model),
+            _ => {}
+        }
+        for spec in data {
+            for file in spec.files(shared_dir)? {
+                inputs.file(&file)?;
+            }
+        }
+        for model in models {
+            let files = ModelFiles::resolve(model)?;
+            inputs.file(&files.config)?;
+            inputs.file(&files.weights)?;
+        }
+        Ok(inputs)
     }
 }
 

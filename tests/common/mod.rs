@@ -210,6 +210,13 @@ pub fn logged_steps(log: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// The weights file of the checkpoint in `checkpoint_dir`, as its `state.json` names it.
+pub fn checkpoint_params(checkpoint_dir: &Path) -> PathBuf {
+    let state = std::fs::read(checkpoint_dir.join("state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&state).unwrap();
+    checkpoint_dir.join(state["checkpoint"]["params"].as_str().unwrap())
+}
+
 /// Starts `command`, sends `signal` once its `log` holds `steps` training steps, and returns
 /// the run's output (standard error captured).
 pub fn interrupt_after(mut command: Command, log: &Path, steps: usize, signal: i32) -> Output {

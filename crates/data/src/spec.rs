@@ -237,6 +237,18 @@ impl DataSpec {
         Ok(dir.join(name))
     }
 
+    /// Every file the data is read from: a corpus's files, or the training and dev files with
+    /// any augmented and unlabeled ones.
+    pub fn files(&self, shared_dir: &Path) -> Result<Vec<PathBuf>> {
+        if !self.corpus.is_empty() {
+            return crate::expand_globs(&self.corpus);
+        }
+        let mut files = vec![self.train_path(shared_dir)?, self.dev_path(shared_dir)?];
+        files.extend(self.augment.iter().cloned());
+        files.extend(self.unlabeled.iter().cloned());
+        Ok(files)
+    }
+
     /// Reads the training and dev examples with the class names `labels` (a teacher's, in its
     /// order; an empty list discovers them from the training file, sorted); a label outside
     /// the list is an error naming the file and line.

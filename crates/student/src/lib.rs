@@ -9,6 +9,7 @@
 
 use anyhow::{Result, bail};
 use kd_bert::{BertConfig, Params};
+use kd_data::TextTokenizer;
 use kd_teacher::{Backbone, TaskModel};
 use serde::{Deserialize, Serialize};
 
@@ -116,12 +117,32 @@ fn copy_layers(
 /// be distilled from it: the same vocabulary (the student reads the teacher's token ids) and
 /// the same width (the cosine loss compares their hidden states directly).
 pub fn check_source(teacher: &TaskModel, source: &TaskModel) -> Result<()> {
-    if source.tokenizer.vocab() != teacher.tokenizer.vocab() {
-        bail!("the student's source model has a different vocabulary from the teacher's");
-    }
+    check_vocabulary(&teacher.tokenizer, &source.tokenizer)?;
     let (width, teacher_width) = (source.config.hidden_size, teacher.config.hidden_size);
     if width != teacher_width {
         bail!("the student's source model is {width} wide, the teacher {teacher_width}");
+    }
+    Ok(())
+}
+
+/// Refuses a student model whose vocabulary is not the teacher's: the teacher reads the
+/// student's token ids, which would then name other words.
+pub fn check_vocabulary(teacher: &TextTokenizer, student: &TextTokenizer) -> Result<()> {
+    let (teacher, student) = (teacher.vocab(), student.vocab());
+    if teacher != student {
+        let differing = teacher
+            .iter()
+            .zip(&student)
+            .position(|(a, b)| a != b)
+            .unwrap_or(teacher.len().min(student.len()));
+        bail!(
+            "the student's model has a different vocabulary from the teacher's ({} and {} \
+             tokens, the first difference at id {differing}): the teacher would read the \
+             student's token ids as other words; start the student from a model with the \
+             teacher's vocabulary",
+            student.len(),
+            teacher.len()
+        );
     }
     Ok(())
 }

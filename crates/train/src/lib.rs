@@ -7,7 +7,7 @@ mod run;
 mod trainer;
 
 pub use optim::{AdamW, AdamWConfig, LinearSchedule};
-pub use run::{Progress, RunDir};
+pub use run::{Progress, RunDir, RunInputs};
 pub use trainer::{
     Evaluation, Keep, StepLoss, TrainState, Trainable, TrainerConfig, format_metrics,
     interrupt_flag, train,

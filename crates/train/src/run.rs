@@ -1,7 +1,11 @@
-//! Output directories and progress reporting for long runs.
+//! Output directories (with what each run was made from) and progress reporting for long
+//! runs.
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// A run's output directory. Creating one refuses a non-empty directory unless `force` is set,
@@ -12,6 +16,38 @@ pub struct RunDir {
 }
 
 impl RunDir {
+    /// A run's directory, checked against what the run is made from: created (and
+    /// `inputs` recorded) for a new run, or, with `resume`, opened and refused when `inputs`
+    /// differ from those recorded when the run began.
+    pub fn for_run(path: &Path, force: bool, resume: bool, inputs: &RunInputs) -> Result<Self> {
+        let dir = match resume {
+            true => Self::open(path)?,
+            false => Self::create(path, force)?,
+        };
+        let recorded = dir.join(INPUTS);
+        match std::fs::read(&recorded) {
+            Ok(bytes) if resume => {
+                let then: RunInputs = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("malformed {}", recorded.display()))?;
+                let changes = then.changes(inputs);
+                if !changes.is_empty() {
+                    bail!(
+                        "cannot resume the run in {}: what it is made from changed since it \
+                         began:\n  {}\nrestore them, or start the run again with --force",
+                        path.display(),
+                        changes.join("\n  ")
+                    );
+                }
+                Ok(dir)
+            }
+            // A new run, or one begun before kd recorded its inputs.
+            _ => {
+                kd_bert::write_json_atomically(&recorded, inputs)?;
+                Ok(dir)
+            }
+        }
+    }
+
     pub fn create(path: &Path, force: bool) -> Result<Self> {
         let non_empty = path.is_dir()
             && std::fs::read_dir(path)
@@ -32,9 +68,7 @@ impl RunDir {
         }
         std::fs::create_dir_all(path)
             .with_context(|| format!("cannot create output directory {}", path.display()))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-        })
+        Self::writable(path)
     }
 
     /// An existing run directory, to resume the run in it.
@@ -42,6 +76,16 @@ impl RunDir {
         if !path.is_dir() {
             bail!("cannot resume: {} is not a directory", path.display());
         }
+        Self::writable(path)
+    }
+
+    /// `path`, once a file could be written in it: an unwritable directory is an error before
+    /// any work, not after the first epoch.
+    fn writable(path: &Path) -> Result<Self> {
+        let probe = path.join(".kd-write-test");
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .with_context(|| format!("cannot write in output directory {}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
         })
@@ -54,6 +98,102 @@ impl RunDir {
     pub fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
+}
+
+const INPUTS: &str = "inputs.json";
+
+/// What a run is made from: its settings (a recipe, or a command's options) and a checksum of
+/// every file it reads (data, teachers, the model it starts from). Kept as `inputs.json` in the
+/// run's directory, so that `--resume` says what changed instead of mixing two runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInputs {
+    settings: serde_json::Value,
+    files: BTreeMap<String, String>,
+}
+
+impl RunInputs {
+    pub fn new(settings: &impl Serialize) -> Result<Self> {
+        Ok(Self {
+            settings: serde_json::to_value(settings)?,
+            files: BTreeMap::new(),
+        })
+    }
+
+    /// Adds `path` with its size and CRC-32.
+    pub fn file(&mut self, path: &Path) -> Result<()> {
+        let cannot_read = || format!("cannot read {}", path.display());
+        let mut file = std::fs::File::open(path).with_context(cannot_read)?;
+        let (mut hasher, mut size) = (crc32fast::Hasher::new(), 0);
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let read = file.read(&mut buffer).with_context(cannot_read)?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+            size += read;
+        }
+        let fingerprint = format!("{size} bytes, CRC-32 {:08x}", hasher.finalize());
+        self.files.insert(path.display().to_string(), fingerprint);
+        Ok(())
+    }
+
+    /// What differs from `now`, one line each: settings by their dotted name, files by path.
+    fn changes(&self, now: &RunInputs) -> Vec<String> {
+        let (mut then_settings, mut now_settings) = (BTreeMap::new(), BTreeMap::new());
+        flatten("", &self.settings, &mut then_settings);
+        flatten("", &now.settings, &mut now_settings);
+        let mut changes = Vec::new();
+        for (key, then, now) in differences(&then_settings, &now_settings) {
+            changes.push(format!("{key}: was {then}, is now {now}"));
+        }
+        for (path, then, now) in differences(&self.files, &now.files) {
+            changes.push(match (then.as_str(), now.as_str()) {
+                ("none", _) => format!("{path}: read now, not when the run began"),
+                (_, "none") => format!("{path}: read when the run began, not now"),
+                _ => format!("{path}: changed ({then} then, {now} now)"),
+            });
+        }
+        changes
+    }
+}
+
+/// A JSON value's leaves by dotted name (`training.lr`, `stages.0.epochs`).
+fn flatten(prefix: &str, value: &serde_json::Value, leaves: &mut BTreeMap<String, String>) {
+    let name = |key: &str| match prefix {
+        "" => key.to_string(),
+        _ => format!("{prefix}.{key}"),
+    };
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                flatten(&name(key), value, leaves);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (index, value) in items.iter().enumerate() {
+                flatten(&name(&index.to_string()), value, leaves);
+            }
+        }
+        leaf => {
+            leaves.insert(prefix.to_string(), leaf.to_string());
+        }
+    }
+}
+
+/// The keys whose values differ between two maps, with each side's value (`none` if absent).
+fn differences(
+    then: &BTreeMap<String, String>,
+    now: &BTreeMap<String, String>,
+) -> Vec<(String, String, String)> {
+    let keys: std::collections::BTreeSet<&String> = then.keys().chain(now.keys()).collect();
+    let value = |map: &BTreeMap<String, String>, key: &String| {
+        map.get(key).cloned().unwrap_or_else(|| "none".into())
+    };
+    keys.into_iter()
+        .filter(|key| then.get(*key) != now.get(*key))
+        .map(|key| (key.clone(), value(then, key), value(now, key)))
+        .collect()
 }
 
 /// Progress of a long loop: a bar with a message (loss, speed) on a terminal; when standard
@@ -139,6 +279,48 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resume_names_each_changed_setting_and_file() {
+        let root = tempfile::tempdir().unwrap();
+        let [kept, edited, added] = ["kept", "edited", "added"].map(|name| root.path().join(name));
+        for path in [&kept, &edited, &added] {
+            std::fs::write(path, b"text").unwrap();
+        }
+        let settings = |lr: f64| serde_json::json!({ "training": { "lr": lr }, "stages": [1, 2] });
+        let mut then = RunInputs::new(&settings(1e-4)).unwrap();
+        then.file(&kept).unwrap();
+        then.file(&edited).unwrap();
+        let out = root.path().join("run");
+        RunDir::for_run(&out, false, false, &then).unwrap();
+        RunDir::for_run(&out, false, true, &then).unwrap();
+
+        std::fs::write(&edited, b"texts").unwrap();
+        let mut now = RunInputs::new(&settings(2e-4)).unwrap();
+        for path in [&kept, &edited, &added] {
+            now.file(path).unwrap();
+        }
+        let error = RunDir::for_run(&out, false, true, &now)
+            .unwrap_err()
+            .to_string();
+        let lines: Vec<&str> = error.lines().map(str::trim).collect();
+        assert_eq!(
+            lines[1..4],
+            [
+                "training.lr: was 0.0001, is now 0.0002".to_string(),
+                format!("{}: read now, not when the run began", added.display()),
+                format!(
+                    "{}: changed (4 bytes, CRC-32 3b8ba7c7 then, 5 bytes, CRC-32 {:08x} now)",
+                    edited.display(),
+                    crc32fast::hash(b"texts")
+                ),
+            ],
+            "{error}"
+        );
+        // A new run records the new inputs.
+        RunDir::for_run(&out, true, false, &now).unwrap();
+        RunDir::for_run(&out, false, true, &now).unwrap();
+    }
 
     #[test]
     fn refuses_a_non_empty_directory_without_force() {

@@ -132,6 +132,42 @@ pub struct TrainState {
     pub interval_loss: f64,
     pub interval_steps: usize,
     pub interrupted: bool,
+    /// The checkpoint's weight and optimizer files (named by the step they hold).
+    #[serde(default)]
+    pub checkpoint: CheckpointFiles,
+}
+
+/// The files of a checkpoint besides `state.json`. Each checkpoint writes them under names
+/// carrying its step, then `state.json` (atomically) naming them, and only then deletes the
+/// previous ones: a run killed or out of disk at any moment of a checkpoint leaves the previous
+/// checkpoint whole, never new weights beside an old optimizer state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointFiles {
+    pub params: String,
+    pub optimizer: String,
+}
+
+impl Default for CheckpointFiles {
+    /// The names checkpoints had before they carried the step.
+    fn default() -> Self {
+        Self {
+            params: "params.safetensors".into(),
+            optimizer: "optimizer.safetensors".into(),
+        }
+    }
+}
+
+impl CheckpointFiles {
+    fn at_step(step: usize) -> Self {
+        Self {
+            params: format!("params-{step}.safetensors"),
+            optimizer: format!("optimizer-{step}.safetensors"),
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        name == self.params || name == self.optimizer
+    }
 }
 
 impl TrainState {
@@ -200,6 +236,7 @@ pub fn train(
             interval_loss: 0.0,
             interval_steps: 0,
             interrupted: false,
+            checkpoint: CheckpointFiles::default(),
         }
     };
     state.interrupted = false;
@@ -221,7 +258,7 @@ pub fn train(
             }
             if stop.load(Ordering::SeqCst) {
                 state.interrupted = true;
-                save_checkpoint(&out.join(CHECKPOINT), &parameters, &optimizer, &state)?;
+                save_checkpoint(&out.join(CHECKPOINT), &parameters, &optimizer, &mut state)?;
                 progress.finish();
                 return Ok(state);
             }
@@ -312,7 +349,7 @@ pub fn train(
                     state.epoch += 1;
                     state.batches_done = 0;
                 }
-                save_checkpoint(&out.join(CHECKPOINT), &parameters, &optimizer, &state)?;
+                save_checkpoint(&out.join(CHECKPOINT), &parameters, &optimizer, &mut state)?;
             }
         }
         if state.batches_done != 0 {
@@ -348,20 +385,28 @@ fn save_checkpoint(
     dir: &Path,
     parameters: &[(String, Var)],
     optimizer: &AdamW,
-    state: &TrainState,
+    state: &mut TrainState,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let files = CheckpointFiles::at_step(state.step);
     let tensors: Vec<(String, Tensor)> = parameters
         .iter()
         .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
         .collect();
-    kd_bert::write_checked(
-        &dir.join("params.safetensors"),
-        &tensors,
-        Default::default(),
-    )?;
-    optimizer.save(&dir.join("optimizer.safetensors"))?;
-    kd_bert::write_json_atomically(&dir.join("state.json"), state)
+    kd_bert::write_checked(&dir.join(&files.params), &tensors, Default::default())?;
+    optimizer.save(&dir.join(&files.optimizer))?;
+    state.checkpoint = files;
+    kd_bert::write_json_atomically(&dir.join("state.json"), state)?;
+    // The previous checkpoint's files, now that state.json no longer names them, and what an
+    // interrupted write left.
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = name.ends_with(".safetensors") || name.ends_with(".tmp");
+        if stale && !state.checkpoint.contains(&name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
 }
 
 fn load_checkpoint(
@@ -374,7 +419,7 @@ fn load_checkpoint(
         .with_context(|| format!("cannot resume: no checkpoint at {}", state_path.display()))?;
     let state: TrainState = serde_json::from_str(&text)
         .with_context(|| format!("malformed checkpoint state {}", state_path.display()))?;
-    let params_path = dir.join("params.safetensors");
+    let params_path = dir.join(&state.checkpoint.params);
     let tensors = kd_bert::read_checked(&params_path, crate::optim::CHECKPOINT_REMEDY)?.tensors;
     for (name, var) in parameters {
         let tensor = tensors
@@ -383,7 +428,7 @@ fn load_checkpoint(
         var.set(tensor)
             .with_context(|| format!("checkpoint tensor {name} does not fit"))?;
     }
-    optimizer.load(&dir.join("optimizer.safetensors"))?;
+    optimizer.load(&dir.join(&state.checkpoint.optimizer))?;
     Ok(state)
 }
 
