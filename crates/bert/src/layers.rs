@@ -5,9 +5,8 @@ use crate::{int8, ops};
 use anyhow::Result;
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
-use rand::rngs::{SmallRng, StdRng};
-use rand::{Rng, RngCore, SeedableRng};
-use rayon::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::sync::{Arc, Mutex};
 
 /// How a forward pass runs. Both use the same kernels.
@@ -133,10 +132,6 @@ impl DropoutRng {
     }
 }
 
-const MASK_CHUNK: usize = 1 << 14;
-/// Spreads chunk indices over the seed's bits (the golden-ratio constant of splitmix64).
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
 /// Inverted dropout: zeroes each element with probability `p` in training, scales the rest.
 #[derive(Debug, Clone)]
 pub(crate) struct Dropout {
@@ -156,25 +151,8 @@ impl Dropout {
         if !mode.dropout() || self.p <= 0.0 {
             return Ok(xs.clone());
         }
-        // One draw from the model's generator seeds a fast generator per chunk, so that the
-        // mask is drawn in parallel and still depends on the seed alone.
+        // One draw from the model's generator seeds the mask.
         let seed: u64 = self.rng.0.lock().unwrap().random();
-        let keep_scale = 1.0 / (1.0 - self.p);
-        let threshold = (self.p as f64 * 2f64.powi(32)) as u64;
-        let mut mask = vec![0f32; xs.elem_count()];
-        mask.par_chunks_mut(MASK_CHUNK)
-            .enumerate()
-            .for_each(|(chunk, mask)| {
-                let mut rng = SmallRng::seed_from_u64(seed ^ (chunk as u64).wrapping_mul(GOLDEN));
-                for m in mask {
-                    *m = if (rng.next_u32() as u64) < threshold {
-                        0.0
-                    } else {
-                        keep_scale
-                    };
-                }
-            });
-        let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
-        Ok(xs.mul(&mask)?)
+        Ok(ops::dropout(xs, self.p, seed)?)
     }
 }

@@ -45,6 +45,59 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
     xs.contiguous()?.apply_op1(GeluErf)
 }
 
+/// Inverted dropout: each element zeroed with probability `p`, the rest scaled by `1/(1-p)`,
+/// the mask drawn from `seed` alone. The backward pass draws the mask again instead of keeping
+/// it, and no gradient is made for the mask (candle's product would make one).
+pub fn dropout(xs: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(Dropout { p, seed })
+}
+
+/// Elements per mask chunk; each chunk's generator is seeded from the seed and its index, so
+/// that the mask is drawn in parallel and depends on the seed alone.
+const MASK_CHUNK: usize = 1 << 14;
+/// Spreads chunk indices over the seed's bits (the golden-ratio constant of splitmix64).
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+#[derive(Clone, Copy)]
+struct Dropout {
+    p: f32,
+    seed: u64,
+}
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "kd-dropout"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rand::{RngCore, SeedableRng, rngs::SmallRng};
+        let xs = f32_slice(storage, layout, self.name())?;
+        let keep_scale = 1.0 / (1.0 - self.p);
+        let threshold = (self.p as f64 * 2f64.powi(32)) as u64;
+        let mut out = Vec::with_capacity(xs.len());
+        out.spare_capacity_mut()
+            .par_chunks_mut(MASK_CHUNK)
+            .zip(xs.par_chunks(MASK_CHUNK))
+            .enumerate()
+            .for_each(|(chunk, (out, xs))| {
+                let mut rng =
+                    SmallRng::seed_from_u64(self.seed ^ (chunk as u64).wrapping_mul(GOLDEN));
+                for (out, &x) in out.iter_mut().zip(xs) {
+                    let kept = (rng.next_u32() as u64) >= threshold;
+                    out.write(x * if kept { keep_scale } else { 0.0 });
+                }
+            });
+        // SAFETY: every element was just written.
+        unsafe { out.set_len(xs.len()) };
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _xs: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // The same mask over the gradient.
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
+    }
+}
+
 /// An op input's `f32` storage, whatever its layout.
 fn f32_storage<'a>(storage: &'a CpuStorage, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
@@ -333,14 +386,69 @@ impl CustomOp3 for Dense {
         let (out_dim, in_dim) = weight.dims2()?;
         let grad = grad.contiguous()?.reshape(((), out_dim))?;
         let xs_rows = xs.reshape(((), in_dim))?;
-        let grad_xs = grad.matmul(weight)?.reshape(xs.shape())?;
-        let grad_weight = grad.t()?.matmul(&xs_rows)?;
+        let grad_xs = grad
+            .apply_op2_no_bwd(weight, &Product)?
+            .reshape(xs.shape())?;
+        let grad_weight = grad.t()?.apply_op2_no_bwd(&xs_rows, &Product)?;
         let grad_bias = grad.apply_op1_no_bwd(&SumRows)?;
         Ok((
             Some(grad_xs),
             Some(grad_weight),
             Some(grad_bias.reshape(bias.shape())?),
         ))
+    }
+}
+
+/// The product of two matrices of any strides, into a buffer gemm writes without reading
+/// (candle's `matmul` zero-fills its output first).
+struct Product;
+
+impl CustomOp2 for Product {
+    fn name(&self) -> &'static str {
+        "kd-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        lhs: &CpuStorage,
+        lhs_layout: &Layout,
+        rhs: &CpuStorage,
+        rhs_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = lhs_layout.shape().dims2()?;
+        let (rhs_k, n) = rhs_layout.shape().dims2()?;
+        if rhs_k != k {
+            candle_core::bail!("kd-product: [{m}, {k}] by [{rhs_k}, {n}]");
+        }
+        let operand = |storage, layout: &Layout| -> Result<Strided<*const f32>> {
+            let data = f32_storage(storage, self.name())?;
+            let [rows, cols] = layout.stride()[..] else {
+                unreachable!("a 2-D layout has two strides")
+            };
+            Ok((data[layout.start_offset()..].as_ptr(), rows, cols))
+        };
+        let mut out = Vec::with_capacity(m * n);
+        let threads = rayon::current_num_threads();
+        // SAFETY: `out` has room for [m, n]; each operand's pointer and strides come from its
+        // layout inside its storage.
+        unsafe {
+            product(
+                (m, n, k),
+                (out.as_mut_ptr(), n, 1),
+                false,
+                operand(lhs, lhs_layout)?,
+                operand(rhs, rhs_layout)?,
+                1.0,
+                if threads > 1 {
+                    gemm::Parallelism::Rayon(threads)
+                } else {
+                    gemm::Parallelism::None
+                },
+            );
+            // gemm wrote every element (it does not read `dst` when not accumulating).
+            out.set_len(m * n);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
 
@@ -765,6 +873,41 @@ pub(crate) mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn dropout_keeps_or_zeroes_each_element_and_its_gradient_alike() {
+        let xs = Var::from_tensor(&random(&[40, 1000], 3)).unwrap();
+        let weights = random(&[40, 1000], 4);
+        let out = dropout(xs.as_tensor(), 0.25, 9).unwrap();
+        // The mask, from the same seed over ones.
+        let mask = dropout(
+            &Tensor::ones((40, 1000), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            0.25,
+            9,
+        )
+        .unwrap();
+        let mask_values: Vec<f32> = mask.flatten_all().unwrap().to_vec1().unwrap();
+        let dropped = mask_values.iter().filter(|&&m| m == 0.0).count() as f64 / 40_000.0;
+        assert!((dropped - 0.25).abs() < 0.01, "{dropped}");
+        assert!(mask_values.iter().all(|&m| m == 0.0 || m == 1.0 / 0.75));
+        assert_eq!(max_diff(&out, &(xs.as_tensor() * &mask).unwrap()), 0.0);
+        let grads = (out * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let grad = grads.get(xs.as_tensor()).unwrap();
+        assert_eq!(max_diff(grad, &(weights * &mask).unwrap()), 0.0);
+        // Another seed, another mask.
+        let other = dropout(
+            &Tensor::ones((40, 1000), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            0.25,
+            10,
+        )
+        .unwrap();
+        assert!(max_diff(&other, &mask) > 0.0);
     }
 
     #[test]
