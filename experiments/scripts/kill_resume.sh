@@ -5,7 +5,8 @@
 # times a trial, during training, evaluation, checkpoint or cache writes as they come),
 # resumed after each kill (started again with --force when no checkpoint was written yet), and
 # run to the end. The final weights must equal the straight run's byte for byte and the dev
-# history its history. Kills per command: KILLS (50). Results:
+# history its history. Kills per command: KILLS (50), counting those already in the trial log
+# (a rerun continues). Results:
 # experiments/results/reliability-kills.json.
 # Usage: experiments/scripts/kill_resume.sh   (from the repository root)
 set -uo pipefail
@@ -58,7 +59,14 @@ for name in finetune distill; do
   [ -f "$straight/model.safetensors" ] || "$kd" "${args[@]}" --out "$straight" --force >/dev/null 2>&1
   start=$(date +%s.%N); "$kd" "${args[@]}" --out "$root/$name-timing" --force >/dev/null 2>&1
   seconds=$(python3 -c "print($(date +%s.%N) - $start)")
-  kills=0; trial=0
+  # A rerun continues the counts recorded in $log.
+  read -r kills trial < <(python3 - "$log" "$name" <<'PY'
+import json, os, sys
+rows = [json.loads(line) for line in open(sys.argv[1])] if os.path.exists(sys.argv[1]) else []
+rows = [row for row in rows if row["command"] == sys.argv[2]]
+print(sum(len(row["signals"].split()) for row in rows), max([row["trial"] for row in rows], default=0))
+PY
+)
   while [ $kills -lt "$kills_wanted" ]; do
     trial=$((trial + 1)); out=$root/$name-trial; rm -rf "$out" "$out.stderr"
     planned=$((RANDOM % 4 + 1)); sent=()
@@ -85,6 +93,6 @@ for command in ("finetune", "distill"):
     signals = collections.Counter(s for r in mine for s in r["signals"].split())
     summary[command] = {"trials": len(mine), "kills": sum(signals.values()), "by_signal": signals,
                         "identical": sum(r["result"] == "identical" for r in mine)}
-json.dump(summary, open("experiments/results/reliability-kills.json (KILLS=3: the validation run is reliability-kills-validation.json)", "w"), indent=2)
+json.dump(summary, open("experiments/results/reliability-kills.json", "w"), indent=2)
 print(json.dumps(summary))
 PY

@@ -383,6 +383,13 @@ mod tests {
     }
 
     #[test]
+    fn a_recipe_without_stages_is_refused() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/sst2-tinybert-l4.toml");
+        let error = Recipe::load(&path, &["stages=[]".into()]).unwrap_err();
+        assert!(error.to_string().ends_with("has no stages"), "{error:#}");
+    }
+
+    #[test]
     fn shipped_recipes_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
         let mut count = 0;

@@ -163,6 +163,14 @@ pub(crate) unsafe fn product(
     }
 }
 
+/// gemm on every thread of the pool (none beside the caller's when it has one).
+fn pool_parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        1 => gemm::Parallelism::None,
+        threads => gemm::Parallelism::Rayon(threads),
+    }
+}
+
 /// `rows` rows of `width` elements, row `r` a copy of `source(r)`, written in parallel: the
 /// starting values that gemm then adds a product to (no zero-filled buffer first).
 pub(crate) fn filled_rows<'a>(
@@ -354,7 +362,6 @@ impl CustomOp3 for Dense {
         };
         let weight = &weight[weight_layout.start_offset()..];
         let mut out = filled_rows(rows, out_dim, |_| bias);
-        let threads = rayon::current_num_threads();
         // SAFETY: `out` is [rows, out], `xs` [rows, in] (contiguous) and `W^T` [in, out] (the
         // weight's layout read transposed).
         unsafe {
@@ -365,11 +372,7 @@ impl CustomOp3 for Dense {
                 (xs.as_ptr(), in_dim, 1),
                 (weight.as_ptr(), weight_in_stride, weight_out_stride),
                 1.0,
-                if threads > 1 {
-                    gemm::Parallelism::Rayon(threads)
-                } else {
-                    gemm::Parallelism::None
-                },
+                pool_parallelism(),
             )
         };
         Ok((CpuStorage::F32(out), with_last_dim(xs_layout, out_dim)))
@@ -428,7 +431,6 @@ impl CustomOp2 for Product {
             Ok((data[layout.start_offset()..].as_ptr(), rows, cols))
         };
         let mut out = Vec::with_capacity(m * n);
-        let threads = rayon::current_num_threads();
         // SAFETY: `out` has room for [m, n]; each operand's pointer and strides come from its
         // layout inside its storage.
         unsafe {
@@ -439,11 +441,7 @@ impl CustomOp2 for Product {
                 operand(lhs, lhs_layout)?,
                 operand(rhs, rhs_layout)?,
                 1.0,
-                if threads > 1 {
-                    gemm::Parallelism::Rayon(threads)
-                } else {
-                    gemm::Parallelism::None
-                },
+                pool_parallelism(),
             );
             // gemm wrote every element (it does not read `dst` when not accumulating).
             out.set_len(m * n);
