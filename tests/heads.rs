@@ -203,21 +203,9 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
         "rain and snow",
         "--out",
     ];
-    common::kd_ok(&[&args[..], &[maps.to_str().unwrap(), "--layer", "0"]].concat());
-    common::kd_ok(
-        &[
-            &args[..],
-            &[
-                maps.to_str().unwrap(),
-                "--force",
-                "--layer",
-                "1",
-                "--head",
-                "1",
-            ],
-        ]
-        .concat(),
-    );
+    let attention = |flags: &[&'static str]| [&args[..], &[maps.to_str().unwrap()], flags].concat();
+    common::kd_ok(&attention(&["--layer", "0"]));
+    common::kd_ok(&attention(&["--force", "--layer", "1", "--head", "1"]));
     for map in [
         "layer-0.png",
         "layer-0.svg",
@@ -226,20 +214,7 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
     ] {
         assert!(maps.join(map).is_file(), "{map}");
     }
-    let error = common::kd_err(
-        &[
-            &args[..],
-            &[
-                maps.to_str().unwrap(),
-                "--force",
-                "--layer",
-                "1",
-                "--head",
-                "0",
-            ],
-        ]
-        .concat(),
-    );
+    let error = common::kd_err(&attention(&["--force", "--layer", "1", "--head", "0"]));
     assert!(error.contains("layer 1 has no head 0"), "{error}");
 
     // --keep-ratio 0.5 keeps one head a layer, the one with the higher gradient score.
@@ -261,13 +236,6 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
     // By the masking scores kd heads wrote: the head whose masking loses less goes.
     let by_mask = root.path().join("by-mask");
     let scores = scored.join("heads.json");
-    let args = [
-        "prune",
-        "--model",
-        teacher.to_str().unwrap(),
-        "--keep-ratio",
-        "0.5",
-    ];
     let more = [
         "--by",
         "mask",

@@ -45,21 +45,13 @@ fn logged_steps(out: &Path) -> usize {
 
 /// A checkpoint's state and the files it names, by name.
 fn checkpoint_files(checkpoint: &Path) -> Vec<(String, Vec<u8>)> {
-    let params = common::checkpoint_params(checkpoint);
     let state = std::fs::read(checkpoint.join("state.json")).unwrap();
-    let optimizer =
-        serde_json::from_slice::<serde_json::Value>(&state).unwrap()["checkpoint"]["optimizer"]
-            .as_str()
-            .unwrap()
-            .to_string();
-    [
-        params,
-        checkpoint.join("state.json"),
-        checkpoint.join(optimizer),
-    ]
-    .iter()
-    .map(|path| (path.display().to_string(), std::fs::read(path).unwrap()))
-    .collect()
+    let names = serde_json::from_slice::<serde_json::Value>(&state).unwrap()["checkpoint"].take();
+    let files = ["params", "optimizer"].map(|file| checkpoint.join(names[file].as_str().unwrap()));
+    std::iter::once(checkpoint.join("state.json"))
+        .chain(files)
+        .map(|path| (path.display().to_string(), std::fs::read(path).unwrap()))
+        .collect()
 }
 
 /// Resumes that must fail before touching the checkpoint in `out`: changed options, changed
@@ -86,7 +78,7 @@ fn refused_resumes(resume: &[&str], out: &Path, data: &Path) {
     );
     std::fs::write(&train, original).unwrap();
 
-    let limit = before[0].1.len() as u64 / 2;
+    let limit = before[1].1.len() as u64 / 2; // half the weights
     let mut command = kd_command(resume);
     // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
     unsafe {

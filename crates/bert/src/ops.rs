@@ -163,6 +163,15 @@ pub(crate) unsafe fn product(
     }
 }
 
+/// A 2-D input of an op as a [`product`] operand: its first element and strides.
+fn matrix(storage: &CpuStorage, layout: &Layout, op: &str) -> Result<Strided<*const f32>> {
+    let data = f32_storage(storage, op)?;
+    let [rows, cols] = layout.stride()[..] else {
+        candle_core::bail!("{op}: expected a matrix, got {:?}", layout.dims())
+    };
+    Ok((data[layout.start_offset()..].as_ptr(), rows, cols))
+}
+
 /// gemm on every thread of the pool (none beside the caller's when it has one).
 fn pool_parallelism() -> gemm::Parallelism {
     match rayon::current_num_threads() {
@@ -347,7 +356,6 @@ impl CustomOp3 for Dense {
     ) -> Result<(CpuStorage, Shape)> {
         let xs = f32_slice(xs, xs_layout, self.name())?;
         let bias = f32_slice(bias, bias_layout, self.name())?;
-        let weight = f32_storage(weight, self.name())?;
         let in_dim = last_dim(xs_layout);
         let rows = xs.len() / in_dim.max(1);
         let (out_dim, weight_in) = weight_layout.shape().dims2()?;
@@ -357,10 +365,8 @@ impl CustomOp3 for Dense {
                 bias.len()
             );
         }
-        let [weight_out_stride, weight_in_stride] = weight_layout.stride()[..] else {
-            unreachable!("a 2-D layout has two strides")
-        };
-        let weight = &weight[weight_layout.start_offset()..];
+        let (weight, weight_out_stride, weight_in_stride) =
+            matrix(weight, weight_layout, self.name())?;
         let mut out = filled_rows(rows, out_dim, |_| bias);
         // SAFETY: `out` is [rows, out], `xs` [rows, in] (contiguous) and `W^T` [in, out] (the
         // weight's layout read transposed).
@@ -370,7 +376,7 @@ impl CustomOp3 for Dense {
                 (out.as_mut_ptr(), out_dim, 1),
                 true,
                 (xs.as_ptr(), in_dim, 1),
-                (weight.as_ptr(), weight_in_stride, weight_out_stride),
+                (weight, weight_in_stride, weight_out_stride),
                 1.0,
                 pool_parallelism(),
             )
@@ -423,13 +429,6 @@ impl CustomOp2 for Product {
         if rhs_k != k {
             candle_core::bail!("kd-product: [{m}, {k}] by [{rhs_k}, {n}]");
         }
-        let operand = |storage, layout: &Layout| -> Result<Strided<*const f32>> {
-            let data = f32_storage(storage, self.name())?;
-            let [rows, cols] = layout.stride()[..] else {
-                unreachable!("a 2-D layout has two strides")
-            };
-            Ok((data[layout.start_offset()..].as_ptr(), rows, cols))
-        };
         let mut out = Vec::with_capacity(m * n);
         // SAFETY: `out` has room for [m, n]; each operand's pointer and strides come from its
         // layout inside its storage.
@@ -438,8 +437,8 @@ impl CustomOp2 for Product {
                 (m, n, k),
                 (out.as_mut_ptr(), n, 1),
                 false,
-                operand(lhs, lhs_layout)?,
-                operand(rhs, rhs_layout)?,
+                matrix(lhs, lhs_layout, self.name())?,
+                matrix(rhs, rhs_layout, self.name())?,
                 1.0,
                 pool_parallelism(),
             );
@@ -879,12 +878,11 @@ pub(crate) mod tests {
         let weights = random(&[40, 1000], 4);
         let out = dropout(xs.as_tensor(), 0.25, 9).unwrap();
         // The mask, from the same seed over ones.
-        let mask = dropout(
-            &Tensor::ones((40, 1000), candle_core::DType::F32, &Device::Cpu).unwrap(),
-            0.25,
-            9,
-        )
-        .unwrap();
+        let mask_of = |seed| {
+            let ones = Tensor::ones((40, 1000), candle_core::DType::F32, &Device::Cpu).unwrap();
+            dropout(&ones, 0.25, seed).unwrap()
+        };
+        let mask = mask_of(9);
         let mask_values: Vec<f32> = mask.flatten_all().unwrap().to_vec1().unwrap();
         let dropped = mask_values.iter().filter(|&&m| m == 0.0).count() as f64 / 40_000.0;
         assert!((dropped - 0.25).abs() < 0.01, "{dropped}");
@@ -899,12 +897,7 @@ pub(crate) mod tests {
         let grad = grads.get(xs.as_tensor()).unwrap();
         assert_eq!(max_diff(grad, &(weights * &mask).unwrap()), 0.0);
         // Another seed, another mask.
-        let other = dropout(
-            &Tensor::ones((40, 1000), candle_core::DType::F32, &Device::Cpu).unwrap(),
-            0.25,
-            10,
-        )
-        .unwrap();
+        let other = mask_of(10);
         assert!(max_diff(&other, &mask) > 0.0);
     }
 

@@ -261,17 +261,22 @@ fn cache_key(files: &[PathBuf], tokenizer: &TextTokenizer, max_len: usize) -> Re
 
 /// Feeds a file's bytes to `hasher`, a megabyte at a time.
 pub fn hash_file(path: &Path, hasher: &mut impl Hasher) -> Result<()> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut buffer = vec![0u8; 1 << 20];
+    for_each_chunk(path, |chunk| chunk.hash(hasher))?;
+    Ok(())
+}
+
+/// Calls `each` on a file's bytes, a megabyte at a time; returns the file's size.
+pub fn for_each_chunk(path: &Path, mut each: impl FnMut(&[u8])) -> Result<usize> {
+    let cannot_read = || format!("cannot read {}", path.display());
+    let mut file = std::fs::File::open(path).with_context(cannot_read)?;
+    let (mut buffer, mut size) = (vec![0u8; 1 << 20], 0);
     loop {
-        let read = file
-            .read(&mut buffer)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let read = file.read(&mut buffer).with_context(cannot_read)?;
         if read == 0 {
-            return Ok(());
+            return Ok(size);
         }
-        buffer[..read].hash(hasher);
+        each(&buffer[..read]);
+        size += read;
     }
 }
 

@@ -17,7 +17,9 @@ mod unlabeled;
 
 pub use augment::{AugmentConfig, WordNeighbours, augment};
 pub use batch::{Batch, EncodedExample, batch_plan, collate, encode_examples};
-pub use corpus::{CorpusSource, PackedCorpus, expand_globs, hash_file, pack_corpus};
+pub use corpus::{
+    CorpusSource, PackedCorpus, expand_globs, for_each_chunk, hash_file, pack_corpus,
+};
 pub use masking::{MaskedToken, Masking};
 pub use metrics::{Metric, Predictions, evaluate};
 pub use spec::DataSpec;

@@ -5,7 +5,6 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// A run's output directory. Creating one refuses a non-empty directory unless `force` is set,
@@ -121,18 +120,8 @@ impl RunInputs {
 
     /// Adds `path` with its size and CRC-32.
     pub fn file(&mut self, path: &Path) -> Result<()> {
-        let cannot_read = || format!("cannot read {}", path.display());
-        let mut file = std::fs::File::open(path).with_context(cannot_read)?;
-        let (mut hasher, mut size) = (crc32fast::Hasher::new(), 0);
-        let mut buffer = vec![0u8; 1 << 20];
-        loop {
-            let read = file.read(&mut buffer).with_context(cannot_read)?;
-            if read == 0 {
-                break;
-            }
-            hasher.update(&buffer[..read]);
-            size += read;
-        }
+        let mut hasher = crc32fast::Hasher::new();
+        let size = kd_data::for_each_chunk(path, |chunk| hasher.update(chunk))?;
         let fingerprint = format!("{size} bytes, CRC-32 {:08x}", hasher.finalize());
         self.files.insert(path.display().to_string(), fingerprint);
         Ok(())
