@@ -129,26 +129,29 @@ fn quantize_input(xs: &[f32], in_dim: usize) -> QuantizedInput {
         scales: Vec::with_capacity(rows),
         zeros: Vec::with_capacity(rows),
     };
-    crate::math::vectorised(|| {
-        for (levels, values) in input.levels.chunks_mut(row_len).zip(xs.chunks(in_dim)) {
-            let (low, high) = range(values);
-            let scale = if high > low {
-                (high - low) / 255.0
-            } else {
-                1.0
-            };
-            let inverse = 1.0 / scale;
-            // Adding 0.5 then truncating rounds the (non-negative) levels.
-            let zero = (-low * inverse + 0.5).clamp(0.0, 255.0) as u8;
-            let offset = zero as f32 + 0.5;
-            for (level, &x) in levels.iter_mut().zip(values) {
-                *level = (x * inverse + offset).clamp(0.0, 255.0) as u8;
+    crate::math::vectorised(
+        #[inline(always)]
+        || {
+            for (levels, values) in input.levels.chunks_mut(row_len).zip(xs.chunks(in_dim)) {
+                let (low, high) = range(values);
+                let scale = if high > low {
+                    (high - low) / 255.0
+                } else {
+                    1.0
+                };
+                let inverse = 1.0 / scale;
+                // Adding 0.5 then truncating rounds the (non-negative) levels.
+                let zero = (-low * inverse + 0.5).clamp(0.0, 255.0) as u8;
+                let offset = zero as f32 + 0.5;
+                for (level, &x) in levels.iter_mut().zip(values) {
+                    *level = (x * inverse + offset).clamp(0.0, 255.0) as u8;
+                }
+                levels[values.len()..].fill(zero);
+                input.scales.push(scale);
+                input.zeros.push(zero as i32);
             }
-            levels[values.len()..].fill(zero);
-            input.scales.push(scale);
-            input.zeros.push(zero as i32);
-        }
-    });
+        },
+    );
     input
 }
 

@@ -19,6 +19,7 @@ mod math;
 mod model;
 pub mod ops;
 mod params;
+mod pool;
 mod prune;
 
 pub use checked::{CheckedFile, read_checked, write_checked};
@@ -28,4 +29,5 @@ pub use layers::{DropoutRng, FrozenWeights, Linear, Mode};
 pub use masked_lm::MaskedLmHead;
 pub use model::{BertInput, BertModel, BertOutput};
 pub use params::{LoadReport, Params, write_atomically, write_json_atomically};
+pub use pool::with_busy_workers;
 pub use prune::{prune_heads, restore_heads};

@@ -218,12 +218,15 @@ fn map_rows<const N: usize>(
     out.par_chunks_mut(rows_per_task * dim.max(1))
         .enumerate()
         .for_each(|(task, out)| {
-            vectorised(|| {
-                for (row, out) in out.chunks_mut(dim).enumerate() {
-                    let start = (task * rows_per_task + row) * dim;
-                    f(out, inputs.map(|input| &input[start..start + dim]))
-                }
-            })
+            vectorised(
+                #[inline(always)]
+                || {
+                    for (row, out) in out.chunks_mut(dim).enumerate() {
+                        let start = (task * rows_per_task + row) * dim;
+                        f(out, inputs.map(|input| &input[start..start + dim]))
+                    }
+                },
+            )
         });
     out
 }
@@ -268,17 +271,20 @@ fn map_elements(a: &[f32], b: &[f32], f: impl ElementFn) -> Vec<f32> {
         .for_each(|(chunk, out)| {
             let range = chunk * CHUNK..chunk * CHUNK + out.len();
             let a = &a[range.clone()];
-            vectorised(|| {
-                if b.is_empty() {
-                    for (out, &a) in out.iter_mut().zip(a) {
-                        out.write(f.apply(a, 0.0));
+            vectorised(
+                #[inline(always)]
+                || {
+                    if b.is_empty() {
+                        for (out, &a) in out.iter_mut().zip(a) {
+                            out.write(f.apply(a, 0.0));
+                        }
+                    } else {
+                        for ((out, &a), &b) in out.iter_mut().zip(a).zip(&b[range]) {
+                            out.write(f.apply(a, b));
+                        }
                     }
-                } else {
-                    for ((out, &a), &b) in out.iter_mut().zip(a).zip(&b[range]) {
-                        out.write(f.apply(a, b));
-                    }
-                }
-            })
+                },
+            )
         });
     // SAFETY: every chunk wrote each of its elements.
     unsafe { out.set_len(a.len()) };
@@ -294,14 +300,19 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let xs = f32_slice(storage, layout, self.name())?;
-        let out = map_rows([xs], last_dim(layout), |out, [xs]| {
-            let max = max(xs);
-            for (out, &x) in out.iter_mut().zip(xs) {
-                *out = exp(x - max);
-            }
-            let scale = 1.0 / sum(out);
-            out.iter_mut().for_each(|out| *out *= scale);
-        });
+        let out = map_rows(
+            [xs],
+            last_dim(layout),
+            #[inline(always)]
+            |out, [xs]| {
+                let max = max(xs);
+                for (out, &x) in out.iter_mut().zip(xs) {
+                    *out = exp(x - max);
+                }
+                let scale = 1.0 / sum(out);
+                out.iter_mut().for_each(|out| *out *= scale);
+            },
+        );
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -328,12 +339,17 @@ impl CustomOp2 for SoftmaxBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let probs = f32_slice(probs, probs_layout, self.name())?;
         let grad = f32_slice(grad, grad_layout, self.name())?;
-        let out = map_rows([probs, grad], last_dim(probs_layout), |out, [p, g]| {
-            let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
-            for ((out, &p), &g) in out.iter_mut().zip(p).zip(g) {
-                *out = p * (g - dot);
-            }
-        });
+        let out = map_rows(
+            [probs, grad],
+            last_dim(probs_layout),
+            #[inline(always)]
+            |out, [p, g]| {
+                let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
+                for ((out, &p), &g) in out.iter_mut().zip(p).zip(g) {
+                    *out = p * (g - dot);
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), probs_layout.shape().clone()))
     }
 }
@@ -570,6 +586,7 @@ impl CustomOp1 for SumRows {
 }
 
 /// A row's mean and reciprocal standard deviation.
+#[inline(always)]
 fn moments(xs: &[f32], eps: f32) -> (f32, f32) {
     let n = xs.len() as f32;
     let mean = sum(xs) / n;
@@ -605,12 +622,17 @@ impl CustomOp3 for LayerNorm {
                 weight.len()
             );
         }
-        let out = map_rows([xs], dim, |out, [xs]| {
-            let (mean, rstd) = moments(xs, self.eps);
-            for (i, out) in out.iter_mut().enumerate() {
-                *out = (xs[i] - mean) * rstd * weight[i] + bias[i];
-            }
-        });
+        let out = map_rows(
+            [xs],
+            dim,
+            #[inline(always)]
+            |out, [xs]| {
+                let (mean, rstd) = moments(xs, self.eps);
+                for (i, out) in out.iter_mut().enumerate() {
+                    *out = (xs[i] - mean) * rstd * weight[i] + bias[i];
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), xs_layout.shape().clone()))
     }
 
@@ -657,20 +679,25 @@ impl CustomOp3 for LayerNormInputGrad {
         let weight = f32_slice(weight, weight_layout, self.name())?;
         let grad = f32_slice(grad, grad_layout, self.name())?;
         let dim = last_dim(xs_layout);
-        let out = map_rows([xs, grad], dim, |out, [xs, grad]| {
-            let (mean, rstd) = moments(xs, self.eps);
-            let (mut sum_gw, mut sum_gw_xhat) = (0.0f32, 0.0f32);
-            for i in 0..dim {
-                let gw = grad[i] * weight[i];
-                sum_gw += gw;
-                sum_gw_xhat += gw * (xs[i] - mean) * rstd;
-            }
-            let (mean_gw, mean_gw_xhat) = (sum_gw / dim as f32, sum_gw_xhat / dim as f32);
-            for (i, out) in out.iter_mut().enumerate() {
-                let xhat = (xs[i] - mean) * rstd;
-                *out = rstd * (grad[i] * weight[i] - mean_gw - xhat * mean_gw_xhat);
-            }
-        });
+        let out = map_rows(
+            [xs, grad],
+            dim,
+            #[inline(always)]
+            |out, [xs, grad]| {
+                let (mean, rstd) = moments(xs, self.eps);
+                let (mut sum_gw, mut sum_gw_xhat) = (0.0f32, 0.0f32);
+                for i in 0..dim {
+                    let gw = grad[i] * weight[i];
+                    sum_gw += gw;
+                    sum_gw_xhat += gw * (xs[i] - mean) * rstd;
+                }
+                let (mean_gw, mean_gw_xhat) = (sum_gw / dim as f32, sum_gw_xhat / dim as f32);
+                for (i, out) in out.iter_mut().enumerate() {
+                    let xhat = (xs[i] - mean) * rstd;
+                    *out = rstd * (grad[i] * weight[i] - mean_gw - xhat * mean_gw_xhat);
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), xs_layout.shape().clone()))
     }
 }

@@ -167,18 +167,22 @@ impl TaskModel {
     ) -> Result<Tensor> {
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
         let mut rows: Vec<Option<Tensor>> = vec![None; examples.len()];
-        for indices in batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>) {
-            let batch = collate(examples, &indices, &Device::Cpu)?;
-            let (logits, _) =
-                self.model
-                    .forward_with_head_mask(&batch.input, head_mask, Mode::Inference)?;
-            for (row, &index) in indices.iter().enumerate() {
-                rows[index] = Some(logits.get(row)?);
+        // Small batches are many short parallel sections: keep the pool's workers awake.
+        kd_bert::with_busy_workers(|| -> Result<()> {
+            for indices in batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>) {
+                let batch = collate(examples, &indices, &Device::Cpu)?;
+                let (logits, _) =
+                    self.model
+                        .forward_with_head_mask(&batch.input, head_mask, Mode::Inference)?;
+                for (row, &index) in indices.iter().enumerate() {
+                    rows[index] = Some(logits.get(row)?);
+                }
+                if let Some(progress) = progress {
+                    progress.step(String::new());
+                }
             }
-            if let Some(progress) = progress {
-                progress.step(String::new());
-            }
-        }
+            Ok(())
+        })?;
         let rows: Vec<Tensor> = rows.into_iter().flatten().collect();
         Ok(Tensor::stack(&rows, 0)?)
     }
