@@ -4,7 +4,7 @@
 //! context once each way, and the scaling and the mask were passes of their own, each with a
 //! zero-filled gradient and an addition in the backward pass.
 
-use crate::ops::{f32_slice, filled_rows, product};
+use crate::ops::{f32_slice, product};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -35,32 +35,54 @@ pub fn context(probs: &Tensor, v: &Tensor) -> Result<Tensor> {
 #[derive(Clone, Copy)]
 struct View(usize, usize, usize);
 
-/// `m x n` products, one per (example, head) in parallel: `dst = beta * lhs rhs`, plus `dst`
-/// where `read_dst` (which then holds its initial value), each operand placed by a function
-/// of (example, head).
+/// How each block of a [`per_head`] output starts.
+enum Start<'a> {
+    /// Written by the product alone.
+    Empty,
+    /// Every row of example `b`'s blocks set to `row(b)` first (in the task that then adds
+    /// the product to it, while the block is in cache); the blocks' rows must be contiguous.
+    Rows(&'a (dyn Fn(usize) -> &'a [f32] + Sync)),
+}
+
+/// `m x n` products, one per (example, head) in parallel, into a new buffer of `len`
+/// elements that the blocks at `dst_at(example, head)` tile: `beta * lhs rhs`, added to the
+/// block's [`Start`], each operand placed by a function of (example, head).
 #[allow(clippy::too_many_arguments)]
 fn per_head(
     (batch, heads): (usize, usize),
     (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
+    len: usize,
     dst_at: impl Fn(usize, usize) -> View + Sync,
-    read_dst: bool,
+    start: Start,
     lhs: (&[f32], &(dyn Fn(usize, usize) -> View + Sync)),
     rhs: (&[f32], &(dyn Fn(usize, usize) -> View + Sync)),
     beta: f32,
-) {
+) -> Vec<f32> {
+    let mut dst = Vec::<f32>::with_capacity(len);
     let dst_ptr = dst.as_mut_ptr() as usize;
     (0..batch * heads).into_par_iter().for_each(|task| {
         let (b, h) = (task / heads, task % heads);
         let (View(d, d_rs, d_cs), View(l, l_rs, l_cs), View(r, r_rs, r_cs)) =
             (dst_at(b, h), (lhs.1)(b, h), (rhs.1)(b, h));
+        let dst = (dst_ptr as *mut f32).wrapping_add(d);
+        if let Start::Rows(row) = &start {
+            let row = &row(b)[..n];
+            assert_eq!(
+                d_cs, 1,
+                "rows of a block must be contiguous to start from a row"
+            );
+            for i in 0..m {
+                // SAFETY: row `i` of this task's block, inside the buffer's capacity.
+                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst.add(i * d_rs), n) };
+            }
+        }
         // SAFETY: each (example, head) writes its own block of `dst`; every view lies within
         // its buffer, as the callers' shapes (checked on entry) guarantee.
         unsafe {
             product(
                 (m, n, k),
-                ((dst_ptr as *mut f32).add(d), d_rs, d_cs),
-                read_dst,
+                (dst, d_rs, d_cs),
+                matches!(start, Start::Rows(_)),
                 (lhs.0.as_ptr().add(l), l_rs, l_cs),
                 (rhs.0.as_ptr().add(r), r_rs, r_cs),
                 beta,
@@ -68,6 +90,10 @@ fn per_head(
             )
         }
     });
+    // SAFETY: the blocks tile the buffer and each was written, by gemm or by its start rows
+    // and then gemm.
+    unsafe { dst.set_len(len) };
+    dst
 }
 
 /// A hidden-layout tensor's dimensions: batch, sequence, heads, head size.
@@ -147,16 +173,13 @@ impl CustomOp3 for Scores {
             );
         }
         // Every row of a block starts as its example's mask; gemm adds the scaled product.
-        let mut out = filled_rows(batch * heads * seq_q, seq_k, |row| {
-            let b = row / (heads * seq_q);
-            &mask[b * seq_k..(b + 1) * seq_k]
-        });
-        per_head(
+        let mask_row = |b: usize| &mask[b * seq_k..(b + 1) * seq_k];
+        let out = per_head(
             (batch, heads),
             (seq_q, seq_k, head_dim),
-            &mut out,
+            batch * heads * seq_q * seq_k,
             block_of(heads, seq_q, seq_k, false),
-            true,
+            Start::Rows(&mask_row),
             (q, &head_of(seq_q, heads, head_dim)),
             (k, &transposed(head_of(seq_k, heads, head_dim))),
             self.scale,
@@ -234,13 +257,12 @@ impl CustomOp2 for ScoresBackward {
         if other_seq != contracted {
             candle_core::bail!("kd-attention-scores-backward: mismatched sequence lengths");
         }
-        let mut out = vec![0f32; batch * seq * heads * head_dim];
-        per_head(
+        let out = per_head(
             (batch, heads),
             (seq, head_dim, contracted),
-            &mut out,
+            batch * seq * heads * head_dim,
             head_of(seq, heads, head_dim),
-            false,
+            Start::Empty,
             (grad, &grad_view),
             (other, &head_of(contracted, heads, head_dim)),
             self.scale,
@@ -279,13 +301,12 @@ impl CustomOp2 for Context {
                 v_layout.dims()
             );
         }
-        let mut out = vec![0f32; batch * seq_q * heads * head_dim];
-        per_head(
+        let out = per_head(
             (batch, heads),
             (seq_q, head_dim, seq_k),
-            &mut out,
+            batch * seq_q * heads * head_dim,
             head_of(seq_q, heads, head_dim),
-            false,
+            Start::Empty,
             (probs, &block_of(heads, seq_q, seq_k, false)),
             (v, &head_of(seq_k, heads, head_dim)),
             1.0,
@@ -339,13 +360,12 @@ impl CustomOp2 for ContextProbsGrad {
         );
         let (batch, heads, seq_q, seq_k) = self.probs_shape.dims4()?;
         let (_, _, head_dim) = hidden_dims(v_layout, heads)?;
-        let mut out = vec![0f32; batch * heads * seq_q * seq_k];
-        per_head(
+        let out = per_head(
             (batch, heads),
             (seq_q, seq_k, head_dim),
-            &mut out,
+            batch * heads * seq_q * seq_k,
             block_of(heads, seq_q, seq_k, false),
-            false,
+            Start::Empty,
             (grad, &head_of(seq_q, heads, head_dim)),
             (v, &transposed(head_of(seq_k, heads, head_dim))),
             1.0,
@@ -375,13 +395,12 @@ impl CustomOp2 for ContextValuesGrad {
         );
         let (batch, heads, seq_q, seq_k) = probs_layout.shape().dims4()?;
         let (_, _, head_dim) = hidden_dims(grad_layout, heads)?;
-        let mut out = vec![0f32; batch * seq_k * heads * head_dim];
-        per_head(
+        let out = per_head(
             (batch, heads),
             (seq_k, head_dim, seq_q),
-            &mut out,
+            batch * seq_k * heads * head_dim,
             head_of(seq_k, heads, head_dim),
-            false,
+            Start::Empty,
             (probs, &block_of(heads, seq_q, seq_k, true)),
             (grad, &head_of(seq_q, heads, head_dim)),
             1.0,

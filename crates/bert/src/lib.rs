@@ -27,6 +27,7 @@ pub use classifier::BertForSequenceClassification;
 pub use config::{BertConfig, ProblemType};
 pub use layers::{DropoutRng, FrozenWeights, Linear, Mode};
 pub use masked_lm::MaskedLmHead;
+pub use math::vectorised;
 pub use model::{BertInput, BertModel, BertOutput};
 pub use params::{LoadReport, Params, write_atomically, write_json_atomically};
 pub use pool::with_busy_workers;

@@ -4,9 +4,10 @@
 //! (and keeps each for the backward pass); these make one parallel pass each way.
 //! The backward kernels are themselves ops without a backward (no second derivatives).
 
-use crate::math::{erf, exp, max, sum, sum_of, vectorised};
+use crate::math::{erf, exp, max, sum, sum_indexed, sum_of, vectorised};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Elements per parallel task: enough work to amortise waking a thread.
 pub(crate) const CHUNK: usize = 1 << 14;
@@ -52,11 +53,24 @@ pub fn dropout(xs: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     xs.contiguous()?.apply_op1(Dropout { p, seed })
 }
 
-/// Elements per mask chunk; each chunk's generator is seeded from the seed and its index, so
+/// Elements per mask chunk; each chunk's key is drawn from the seed and the chunk's index, so
 /// that the mask is drawn in parallel and depends on the seed alone.
 const MASK_CHUNK: usize = 1 << 14;
 /// Spreads chunk indices over the seed's bits (the golden-ratio constant of splitmix64).
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Element `i`'s draw in a chunk with `key`: a Weyl sequence through Wellons's `lowbias32`
+/// hash. Each element's draw is independent of the others', so the loop vectorises, where a
+/// generator stepped element by element (as before) was 7% of a training step.
+#[inline(always)]
+fn mask_draw(key: u32, i: u32) -> u32 {
+    let mut x = key.wrapping_add(i.wrapping_mul(0x9E37_79B9));
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7FEB_352D);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846C_A68B);
+    x ^ (x >> 16)
+}
 
 #[derive(Clone, Copy)]
 struct Dropout {
@@ -73,19 +87,24 @@ impl CustomOp1 for Dropout {
         use rand::{RngCore, SeedableRng, rngs::SmallRng};
         let xs = f32_slice(storage, layout, self.name())?;
         let keep_scale = 1.0 / (1.0 - self.p);
-        let threshold = (self.p as f64 * 2f64.powi(32)) as u64;
+        let threshold = (self.p as f64 * 2f64.powi(32)).min(u32::MAX as f64) as u32;
         let mut out = Vec::with_capacity(xs.len());
         out.spare_capacity_mut()
             .par_chunks_mut(MASK_CHUNK)
             .zip(xs.par_chunks(MASK_CHUNK))
             .enumerate()
             .for_each(|(chunk, (out, xs))| {
-                let mut rng =
-                    SmallRng::seed_from_u64(self.seed ^ (chunk as u64).wrapping_mul(GOLDEN));
-                for (out, &x) in out.iter_mut().zip(xs) {
-                    let kept = (rng.next_u32() as u64) >= threshold;
-                    out.write(x * if kept { keep_scale } else { 0.0 });
-                }
+                let key = SmallRng::seed_from_u64(self.seed ^ (chunk as u64).wrapping_mul(GOLDEN))
+                    .next_u32();
+                vectorised(
+                    #[inline(always)]
+                    || {
+                        for (i, (out, &x)) in out.iter_mut().zip(xs).enumerate() {
+                            let kept = mask_draw(key, i as u32) >= threshold;
+                            out.write(if kept { x * keep_scale } else { 0.0 });
+                        }
+                    },
+                )
             });
         // SAFETY: every element was just written.
         unsafe { out.set_len(xs.len()) };
@@ -206,16 +225,20 @@ pub(crate) fn last_dim(layout: &Layout) -> usize {
     layout.dims().last().copied().unwrap_or(1)
 }
 
-/// Output rows `out`, computed row by row from rows of the inputs, in parallel tasks of
-/// about [`CHUNK`] elements (a small tensor is one task: waking a thread costs more).
+/// Output rows computed row by row from rows of the inputs, in parallel tasks of about
+/// [`CHUNK`] elements (a small tensor is one task: waking a thread costs more). `f` gets its
+/// output row uninitialised (no zero fill of the whole output first) and returns it written,
+/// through [`init_with`].
 fn map_rows<const N: usize>(
     inputs: [&[f32]; N],
     dim: usize,
-    f: impl Fn(&mut [f32], [&[f32]; N]) + Sync,
+    f: impl for<'o> Fn(&'o mut [MaybeUninit<f32>], [&[f32]; N]) -> &'o mut [f32] + Sync,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; inputs[0].len()];
+    let len = inputs[0].len();
+    let mut out = Vec::with_capacity(len);
     let rows_per_task = rows_per_task(dim);
-    out.par_chunks_mut(rows_per_task * dim.max(1))
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(rows_per_task * dim.max(1))
         .enumerate()
         .for_each(|(task, out)| {
             vectorised(
@@ -223,12 +246,26 @@ fn map_rows<const N: usize>(
                 || {
                     for (row, out) in out.chunks_mut(dim).enumerate() {
                         let start = (task * rows_per_task + row) * dim;
-                        f(out, inputs.map(|input| &input[start..start + dim]))
+                        let row_start = out.as_ptr();
+                        let written = f(out, inputs.map(|input| &input[start..start + dim]));
+                        assert!(written.as_ptr() == row_start.cast() && written.len() == dim);
                     }
                 },
             )
         });
+    // SAFETY: every row was written: `f` returned it initialised (checked above).
+    unsafe { out.set_len(len) };
     out
+}
+
+/// Writes `value(i)` into every element of `out` and returns it, initialised.
+#[inline(always)]
+fn init_with(out: &mut [MaybeUninit<f32>], value: impl Fn(usize) -> f32) -> &mut [f32] {
+    for (i, out) in out.iter_mut().enumerate() {
+        out.write(value(i));
+    }
+    // SAFETY: every element was just written; `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// `width` sums over `rows` rows, in parallel: `accumulate(sums, row)` adds one row's terms.
@@ -305,12 +342,13 @@ impl CustomOp1 for Softmax {
             last_dim(layout),
             #[inline(always)]
             |out, [xs]| {
+                // Slices of the output's length let the indexed loops drop bounds checks.
+                let xs = &xs[..out.len()];
                 let max = max(xs);
-                for (out, &x) in out.iter_mut().zip(xs) {
-                    *out = exp(x - max);
-                }
+                let out = init_with(out, |i| exp(xs[i] - max));
                 let scale = 1.0 / sum(out);
                 out.iter_mut().for_each(|out| *out *= scale);
+                out
             },
         );
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -344,10 +382,9 @@ impl CustomOp2 for SoftmaxBackward {
             last_dim(probs_layout),
             #[inline(always)]
             |out, [p, g]| {
-                let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
-                for ((out, &p), &g) in out.iter_mut().zip(p).zip(g) {
-                    *out = p * (g - dot);
-                }
+                let (p, g) = (&p[..out.len()], &g[..out.len()]);
+                let dot = sum_indexed(p.len(), |i| p[i] * g[i]);
+                init_with(out, |i| p[i] * (g[i] - dot))
             },
         );
         Ok((CpuStorage::F32(out), probs_layout.shape().clone()))
@@ -627,10 +664,9 @@ impl CustomOp3 for LayerNorm {
             dim,
             #[inline(always)]
             |out, [xs]| {
+                let (xs, weight, bias) = (&xs[..dim], &weight[..dim], &bias[..dim]);
                 let (mean, rstd) = moments(xs, self.eps);
-                for (i, out) in out.iter_mut().enumerate() {
-                    *out = (xs[i] - mean) * rstd * weight[i] + bias[i];
-                }
+                init_with(out, |i| (xs[i] - mean) * rstd * weight[i] + bias[i])
             },
         );
         Ok((CpuStorage::F32(out), xs_layout.shape().clone()))
@@ -684,18 +720,15 @@ impl CustomOp3 for LayerNormInputGrad {
             dim,
             #[inline(always)]
             |out, [xs, grad]| {
+                let (xs, grad, weight) = (&xs[..dim], &grad[..dim], &weight[..dim]);
                 let (mean, rstd) = moments(xs, self.eps);
-                let (mut sum_gw, mut sum_gw_xhat) = (0.0f32, 0.0f32);
-                for i in 0..dim {
-                    let gw = grad[i] * weight[i];
-                    sum_gw += gw;
-                    sum_gw_xhat += gw * (xs[i] - mean) * rstd;
-                }
+                let sum_gw = sum_indexed(dim, |i| grad[i] * weight[i]);
+                let sum_gw_xhat = sum_indexed(dim, |i| grad[i] * weight[i] * (xs[i] - mean)) * rstd;
                 let (mean_gw, mean_gw_xhat) = (sum_gw / dim as f32, sum_gw_xhat / dim as f32);
-                for (i, out) in out.iter_mut().enumerate() {
+                init_with(out, |i| {
                     let xhat = (xs[i] - mean) * rstd;
-                    *out = rstd * (grad[i] * weight[i] - mean_gw - xhat * mean_gw_xhat);
-                }
+                    rstd * (grad[i] * weight[i] - mean_gw - xhat * mean_gw_xhat)
+                })
             },
         );
         Ok((CpuStorage::F32(out), xs_layout.shape().clone()))
@@ -923,6 +956,13 @@ pub(crate) mod tests {
             .unwrap();
         let grad = grads.get(xs.as_tensor()).unwrap();
         assert_eq!(max_diff(grad, &(weights * &mask).unwrap()), 0.0);
+        // Neighbours are drawn independently: both dropped about p^2 of the time.
+        let both = mask_values
+            .windows(2)
+            .filter(|pair| pair[0] == 0.0 && pair[1] == 0.0)
+            .count() as f64
+            / 39_999.0;
+        assert!((both - 0.0625).abs() < 0.01, "{both}");
         // Another seed, another mask.
         let other = mask_of(10);
         assert!(max_diff(&other, &mask) > 0.0);

@@ -53,9 +53,27 @@ const CHUNK: usize = 1 << 14;
 /// `Σ x²` in f64, summed in parallel over fixed chunks and then in order: the same bits on
 /// every run (a work-stealing reduction is not), so a resumed run clips as the first did.
 fn sum_of_squares(values: &[f32]) -> f64 {
+    /// Independent partial sums: one accumulator is a chain of dependent additions.
+    const LANES: usize = 8;
     let partial: Vec<f64> = values
         .par_chunks(CHUNK)
-        .map(|chunk| chunk.iter().map(|&x| (x as f64) * (x as f64)).sum())
+        .map(|chunk| {
+            kd_bert::vectorised(
+                #[inline(always)]
+                || {
+                    let mut lanes = [0f64; LANES];
+                    let groups = chunk.chunks_exact(LANES);
+                    let rest = groups.remainder();
+                    for group in groups {
+                        for (lane, &x) in lanes.iter_mut().zip(group) {
+                            *lane += (x as f64) * (x as f64);
+                        }
+                    }
+                    let tail: f64 = rest.iter().map(|&x| (x as f64) * (x as f64)).sum();
+                    lanes.iter().sum::<f64>() + tail
+                },
+            )
+        })
         .collect();
     partial.iter().sum()
 }
@@ -137,13 +155,19 @@ impl AdamW {
                 .zip(slot.second_moment.par_chunks_mut(CHUNK))
                 .zip(gradient.par_chunks(CHUNK))
                 .for_each(|(((theta, m), v), g)| {
-                    for i in 0..theta.len() {
-                        let g = g[i] * clip;
-                        m[i] = b1 * m[i] + (1.0 - b1) * g;
-                        v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-                        let update = (m[i] * m_scale) / ((v[i] * v_scale).sqrt() + eps);
-                        theta[i] = theta[i] * shrink - lr * update;
-                    }
+                    kd_bert::vectorised(
+                        #[inline(always)]
+                        || {
+                            let elements = theta.iter_mut().zip(m).zip(v).zip(g);
+                            for (((theta, m), v), &g) in elements {
+                                let g = g * clip;
+                                *m = b1 * *m + (1.0 - b1) * g;
+                                *v = b2 * *v + (1.0 - b2) * g * g;
+                                let update = (*m * m_scale) / ((*v * v_scale).sqrt() + eps);
+                                *theta = *theta * shrink - lr * update;
+                            }
+                        },
+                    )
                 });
             let shape = slot.var.shape().clone();
             slot.var
