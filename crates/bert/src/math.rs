@@ -61,64 +61,56 @@ pub(crate) fn erf(x: f32) -> f32 {
 /// the compiler may not reorder; this many independent partial results vectorise.
 const LANES: usize = 16;
 
-/// `combine` folded over `map(x)` for every `x` of `xs`, in [`LANES`] interleaved partial
-/// results, then across them.
+/// `combine` folded over `term` of the elements at each index of the equally long `inputs`, in
+/// [`LANES`] interleaved partial results, then across them. Each input is sliced once per
+/// chunk of [`LANES`], so that the lanes themselves index fixed-size arrays without bounds
+/// checks (an index into the whole slice kept the loop scalar).
 #[inline(always)]
-fn reduce(
-    xs: &[f32],
+fn reduce<const N: usize>(
+    inputs: [&[f32]; N],
     init: f32,
-    map: impl Fn(f32) -> f32,
+    term: impl Fn([f32; N]) -> f32,
     combine: impl Fn(f32, f32) -> f32,
 ) -> f32 {
+    let len = inputs.first().map_or(0, |xs| xs.len());
+    assert!(
+        inputs.iter().all(|xs| xs.len() == len),
+        "inputs of different lengths"
+    );
     let mut partial = [init; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (partial, &x) in partial.iter_mut().zip(chunk) {
-            *partial = combine(*partial, map(x));
+    let whole = len - len % LANES;
+    for start in (0..whole).step_by(LANES) {
+        let chunks =
+            inputs.map(|xs| -> &[f32; LANES] { xs[start..start + LANES].try_into().unwrap() });
+        for (lane, partial) in partial.iter_mut().enumerate() {
+            *partial = combine(*partial, term(chunks.map(|chunk| chunk[lane])));
         }
     }
-    let mut total = partial.into_iter().fold(init, &combine);
-    for &x in rest {
-        total = combine(total, map(x));
-    }
-    total
+    let total = partial.into_iter().fold(init, &combine);
+    (whole..len).fold(total, |total, i| {
+        combine(total, term(inputs.map(|xs| xs[i])))
+    })
 }
 
 /// The sum of `xs`, vectorised (in a different order than one by one).
 #[inline(always)]
 pub(crate) fn sum(xs: &[f32]) -> f32 {
-    sum_of(xs, |x| x)
+    sum_of([xs], |[x]| x)
 }
 
-/// The sum of `f(x)` over `xs`, vectorised.
+/// The sum of `term` over the elements at each index of the equally long `inputs`, vectorised.
 #[inline(always)]
-pub(crate) fn sum_of(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    reduce(xs, 0.0, f, |a, b| a + b)
-}
-
-/// The sum of `term(i)` for `i` in `0..len`, vectorised like [`sum_of`] (a sum written as one
-/// accumulator is a chain of dependent additions, four cycles each).
-#[inline(always)]
-pub(crate) fn sum_indexed(len: usize, term: impl Fn(usize) -> f32) -> f32 {
-    let mut partial = [0.0f32; LANES];
-    let whole = len - len % LANES;
-    for start in (0..whole).step_by(LANES) {
-        for (lane, partial) in partial.iter_mut().enumerate() {
-            *partial += term(start + lane);
-        }
-    }
-    let total = partial.into_iter().fold(0.0, |a, b| a + b);
-    (whole..len).fold(total, |total, i| total + term(i))
+pub(crate) fn sum_of<const N: usize>(inputs: [&[f32]; N], term: impl Fn([f32; N]) -> f32) -> f32 {
+    reduce(inputs, 0.0, term, |a, b| a + b)
 }
 
 /// The largest of `xs` (-inf for none), vectorised.
 #[inline(always)]
 pub(crate) fn max(xs: &[f32]) -> f32 {
     reduce(
-        xs,
+        [xs],
         f32::NEG_INFINITY,
-        |x| x,
+        |[x]| x,
         |a, b| if b > a { b } else { a },
     )
 }
@@ -159,17 +151,18 @@ mod tests {
         let xs: Vec<f32> = (0..37).map(|i| (i as f32 - 20.0) * 0.5).collect();
         assert_eq!(sum(&xs), xs.iter().sum::<f32>());
         assert_eq!(
-            sum_of(&xs, |x| x * x),
+            sum_of([&xs], |[x]| x * x),
             xs.iter().map(|x| x * x).sum::<f32>()
         );
         assert_eq!(max(&xs), 8.0);
         assert_eq!(max(&xs[..5]), -8.0);
         assert_eq!(max(&[]), f32::NEG_INFINITY);
+        let ys: Vec<f32> = xs.iter().map(|x| x * 3.0 + 1.0).collect();
         assert_eq!(
-            sum_indexed(xs.len(), |i| xs[i] * 2.0),
-            xs.iter().map(|x| x * 2.0).sum::<f32>()
+            sum_of([&xs, &ys], |[x, y]| x * y),
+            xs.iter().zip(&ys).map(|(x, y)| x * y).sum::<f32>()
         );
-        assert_eq!(sum_indexed(0, |_| 1.0), 0.0);
+        assert_eq!(sum_of([&[], &[]], |[x, y]| x * y), 0.0);
         assert_eq!(sum(&[]), 0.0);
     }
 

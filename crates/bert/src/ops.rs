@@ -4,7 +4,7 @@
 //! (and keeps each for the backward pass); these make one parallel pass each way.
 //! The backward kernels are themselves ops without a backward (no second derivatives).
 
-use crate::math::{erf, exp, max, sum, sum_indexed, sum_of, vectorised};
+use crate::math::{erf, exp, max, sum, sum_of, vectorised};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -383,7 +383,7 @@ impl CustomOp2 for SoftmaxBackward {
             #[inline(always)]
             |out, [p, g]| {
                 let (p, g) = (&p[..out.len()], &g[..out.len()]);
-                let dot = sum_indexed(p.len(), |i| p[i] * g[i]);
+                let dot = sum_of([p, g], |[p, g]| p * g);
                 init_with(out, |i| p[i] * (g[i] - dot))
             },
         );
@@ -627,7 +627,7 @@ impl CustomOp1 for SumRows {
 fn moments(xs: &[f32], eps: f32) -> (f32, f32) {
     let n = xs.len() as f32;
     let mean = sum(xs) / n;
-    let squares = sum_of(xs, |x| (x - mean) * (x - mean));
+    let squares = sum_of([xs], |[x]| (x - mean) * (x - mean));
     (mean, 1.0 / (squares / n + eps).sqrt())
 }
 
@@ -722,8 +722,8 @@ impl CustomOp3 for LayerNormInputGrad {
             |out, [xs, grad]| {
                 let (xs, grad, weight) = (&xs[..dim], &grad[..dim], &weight[..dim]);
                 let (mean, rstd) = moments(xs, self.eps);
-                let sum_gw = sum_indexed(dim, |i| grad[i] * weight[i]);
-                let sum_gw_xhat = sum_indexed(dim, |i| grad[i] * weight[i] * (xs[i] - mean)) * rstd;
+                let sum_gw = sum_of([grad, weight], |[g, w]| g * w);
+                let sum_gw_xhat = sum_of([grad, weight, xs], |[g, w, x]| g * w * (x - mean)) * rstd;
                 let (mean_gw, mean_gw_xhat) = (sum_gw / dim as f32, sum_gw_xhat / dim as f32);
                 init_with(out, |i| {
                     let xhat = (xs[i] - mean) * rstd;
