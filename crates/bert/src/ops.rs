@@ -126,16 +126,30 @@ fn f32_storage<'a>(storage: &'a CpuStorage, op: &str) -> Result<&'a [f32]> {
 }
 
 /// The contiguous `f32` data of an op's input.
-pub(crate) fn f32_slice<'a>(
-    storage: &'a CpuStorage,
+pub fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = f32_storage(storage, op)?;
+    let (start, end) = contiguous_range(layout, op)?;
+    Ok(&data[start..end])
+}
+
+/// The contiguous `f32` data of an in-place op's destination.
+pub fn f32_slice_mut<'a>(
+    storage: &'a mut CpuStorage,
     layout: &Layout,
     op: &str,
-) -> Result<&'a [f32]> {
-    let data = f32_storage(storage, op)?;
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{op}: the input must be contiguous")
+) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: only f32 tensors are supported")
     };
-    Ok(&data[start..end])
+    let (start, end) = contiguous_range(layout, op)?;
+    Ok(&mut data[start..end])
+}
+
+fn contiguous_range(layout: &Layout, op: &str) -> Result<(usize, usize)> {
+    match layout.contiguous_offsets() {
+        Some(range) => Ok(range),
+        None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
 }
 
 /// A matrix operand of [`product`]: its first element, row stride and column stride.

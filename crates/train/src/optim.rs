@@ -6,8 +6,9 @@
 
 use anyhow::{Context, Result, bail};
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{CpuStorage, Device, InplaceOp2, Layout, Storage, Tensor, Var};
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -111,16 +112,19 @@ impl AdamW {
             .map(|slot| {
                 grads
                     .get(slot.var.as_tensor())
-                    .map(|g| Ok::<_, anyhow::Error>(g.flatten_all()?.to_vec1::<f32>()?))
+                    .map(Tensor::contiguous)
                     .transpose()
             })
-            .collect::<Result<Vec<_>>>()?;
-        let norm = gradients
-            .iter()
-            .flatten()
-            .map(|g| sum_of_squares(g))
-            .sum::<f64>()
-            .sqrt();
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut norm = 0.0;
+        for gradient in gradients.iter().flatten() {
+            let (storage, layout) = gradient.storage_and_layout();
+            let Storage::Cpu(storage) = &*storage else {
+                bail!("AdamW runs on the CPU")
+            };
+            norm += sum_of_squares(kd_bert::ops::f32_slice(storage, layout, "AdamW")?);
+        }
+        let norm = f64::sqrt(norm);
         if !norm.is_finite() {
             bail!("gradient norm is {norm}");
         }
@@ -132,14 +136,10 @@ impl AdamW {
         let AdamWConfig {
             beta1,
             beta2,
-            eps,
             weight_decay,
             ..
         } = self.config;
         let step = self.steps as i32;
-        let (b1, b2, eps) = (beta1 as f32, beta2 as f32, eps as f32);
-        let m_scale = (1.0 / (1.0 - beta1.powi(step))) as f32;
-        let v_scale = (1.0 / (1.0 - beta2.powi(step))) as f32;
         for (slot, gradient) in self.slots.iter_mut().zip(gradients) {
             let Some(gradient) = gradient else { continue };
             let shrink = if slot.decay {
@@ -147,33 +147,94 @@ impl AdamW {
             } else {
                 1.0
             };
-            let lr = lr as f32;
-            let mut theta = slot.var.flatten_all()?.to_vec1::<f32>()?;
-            theta
-                .par_chunks_mut(CHUNK)
-                .zip(slot.first_moment.par_chunks_mut(CHUNK))
-                .zip(slot.second_moment.par_chunks_mut(CHUNK))
-                .zip(gradient.par_chunks(CHUNK))
-                .for_each(|(((theta, m), v), g)| {
-                    kd_bert::vectorised(
-                        #[inline(always)]
-                        || {
-                            let elements = theta.iter_mut().zip(m).zip(v).zip(g);
-                            for (((theta, m), v), &g) in elements {
-                                let g = g * clip;
-                                *m = b1 * *m + (1.0 - b1) * g;
-                                *v = b2 * *v + (1.0 - b2) * g * g;
-                                let update = (*m * m_scale) / ((*v * v_scale).sqrt() + eps);
-                                *theta = *theta * shrink - lr * update;
-                            }
-                        },
-                    )
-                });
-            let shape = slot.var.shape().clone();
-            slot.var
-                .set(&Tensor::from_vec(theta, shape, slot.var.device())?)?;
+            let update = Update {
+                moments: RefCell::new((&mut slot.first_moment, &mut slot.second_moment)),
+                clip,
+                beta1: beta1 as f32,
+                beta2: beta2 as f32,
+                m_scale: (1.0 / (1.0 - beta1.powi(step))) as f32,
+                v_scale: (1.0 / (1.0 - beta2.powi(step))) as f32,
+                eps: self.config.eps as f32,
+                shrink,
+                lr: lr as f32,
+            };
+            slot.var.inplace_op2(&gradient, &update)?;
         }
         Ok(norm)
+    }
+}
+
+/// One parameter's AdamW update, written into the parameter's own storage: copying it out and
+/// back in (as `Var::set` needs) cost three passes over every parameter a step.
+struct Update<'a> {
+    /// The first and second moments, updated as the parameter is.
+    moments: RefCell<(&'a mut [f32], &'a mut [f32])>,
+    clip: f32,
+    beta1: f32,
+    beta2: f32,
+    /// The bias corrections, `1 / (1 - beta^step)`.
+    m_scale: f32,
+    v_scale: f32,
+    eps: f32,
+    /// `1 - lr * weight_decay`, or 1 without decay.
+    shrink: f32,
+    lr: f32,
+}
+
+impl InplaceOp2 for Update<'_> {
+    fn name(&self) -> &'static str {
+        "kd-adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        theta: &mut CpuStorage,
+        theta_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<()> {
+        let theta = kd_bert::ops::f32_slice_mut(theta, theta_layout, self.name())?;
+        let grad = kd_bert::ops::f32_slice(grad, grad_layout, self.name())?;
+        let (m, v) = &mut *self.moments.borrow_mut();
+        if [grad.len(), m.len(), v.len()] != [theta.len(); 3] {
+            candle_core::bail!(
+                "kd-adamw: {} gradients for {} parameters",
+                grad.len(),
+                theta.len()
+            );
+        }
+        let &Self {
+            clip,
+            beta1: b1,
+            beta2: b2,
+            m_scale,
+            v_scale,
+            eps,
+            shrink,
+            lr,
+            ..
+        } = self;
+        theta
+            .par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(grad.par_chunks(CHUNK))
+            .for_each(|(((theta, m), v), g)| {
+                kd_bert::vectorised(
+                    #[inline(always)]
+                    || {
+                        let elements = theta.iter_mut().zip(m).zip(v).zip(g);
+                        for (((theta, m), v), &g) in elements {
+                            let g = g * clip;
+                            *m = b1 * *m + (1.0 - b1) * g;
+                            *v = b2 * *v + (1.0 - b2) * g * g;
+                            let update = (*m * m_scale) / ((*v * v_scale).sqrt() + eps);
+                            *theta = *theta * shrink - lr * update;
+                        }
+                    },
+                )
+            });
+        Ok(())
     }
 }
 

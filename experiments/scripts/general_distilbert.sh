@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# DistilBERT's pre-training objective as a general stage: general-distilbert-l3 (layers 0, 2, 4
+# of all-MiniLM-L6-v2; mlm + cosine + hidden_mse on the shared corpus, resumed until done), then
+# SST-2 from it by the DistilBERT task recipe (sst2-distilbert-l3-general) and by hard labels
+# (sst2-distilbert-l3-general-nokd), against the same recipes from the backbone's layers as they
+# are (sst2-distilbert-l3-backbone, -backbone-nokd), seeds $SEEDS (default 1 2 3), interleaved;
+# then experiments/results/sst2-general-distilbert{,-nokd}.json. Every run resumes.
+# Usage: [SEEDS="1"] experiments/scripts/general_distilbert.sh   (from the repository root)
+set -euo pipefail
+export HF_HOME=${HF_HOME:-../shared/hf-cache}
+teacher=runs/teachers/SST-2
+[ -f $teacher/metrics.json ] || { echo "no SST-2 teacher: run experiments/scripts/teachers.sh SST-2" >&2; exit 1; }
+source "$(dirname "$0")/seeds.sh"
+general=runs/general/distilbert-l3
+if ! { [ -f $general/summary.json ] && grep -q '"interrupted": false' $general/summary.json; }; then
+  resume=(--force); [ -d $general ] && resume=(--resume)
+  $kd distill --recipe experiments/recipes/general-distilbert-l3.toml --out $general "${resume[@]}"
+fi
+# The task recipes read the general student from runs/general-distilbert-l3.
+[ -e runs/general-distilbert-l3 ] || ln -s general/distilbert-l3 runs/general-distilbert-l3
+predict_dev $teacher
+distill_seeds runs/sst2-general-distilbert sst2-distilbert-l3-general sst2-distilbert-l3-backbone \
+  sst2-distilbert-l3-general-nokd sst2-distilbert-l3-backbone-nokd
+for kind in "" -nokd; do
+  python3 experiments/scripts/paired.py --dev "$dev" --teacher $teacher \
+    --baseline "runs/sst2-general-distilbert/sst2-distilbert-l3-backbone$kind-s*" \
+    --student "runs/sst2-general-distilbert/sst2-distilbert-l3-general$kind-s*" \
+    --out "experiments/results/sst2-general-distilbert$kind.json"
+done
