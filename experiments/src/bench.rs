@@ -10,7 +10,7 @@ use crate::latency;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
-use kd_bert::{BertConfig, BertForSequenceClassification, BertInput, Mode, Params};
+use kd_bert::{BertConfig, BertForSequenceClassification, BertInput, FrozenWeights, Mode, Params};
 use kd_data::{DataSpec, TaskKind};
 use kd_losses::{DistillOutputs, LossBatch, Objective, ObjectiveConfig};
 use kd_teacher::task_loss;
@@ -372,7 +372,11 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs) -> Result<Measurement> {
     let (layers, .., batch) = shape.dims();
     let mut rng = StdRng::seed_from_u64(0);
     let (input, labels) = random_batch(batch, args.seq_len, &mut rng)?;
-    let teacher = model(shape, layers, 1)?;
+    let mut teacher = model(shape, layers, 1)?;
+    if matches!(case, Case::Inference | Case::Distill) {
+        // Inference-only, as `kd eval` and `kd distill`'s teacher run it.
+        teacher.model.freeze(FrozenWeights::F32)?;
+    }
     let mut step: Box<dyn FnMut() -> Result<()>> = match case {
         Case::Inference => Box::new(move || {
             teacher.model.forward(&input, Mode::Inference)?;

@@ -1032,6 +1032,19 @@ pub(crate) mod tests {
         assert!(max_diff(&dense(&xs, &strided, &bias).unwrap(), &reference) < 1e-6);
         let packed = PackedWeight::new(&weight).unwrap();
         assert!(max_diff(&dense_packed(&xs, &packed, &bias).unwrap(), &reference) < 1e-6);
+        // As frozen layers with long inputs use it: many rows, a last panel partly filled.
+        let (xs_long, weight_long, bias_long) = (
+            random(&[300, 2100], 9),
+            random(&[70, 2100], 10),
+            random(&[70], 11),
+        );
+        let packed_long = PackedWeight::new(&weight_long).unwrap();
+        let expected = dense(&xs_long, &weight_long, &bias_long).unwrap();
+        let diff = max_diff(
+            &dense_packed(&xs_long, &packed_long, &bias_long).unwrap(),
+            &expected,
+        );
+        assert!(diff < 1e-4, "{diff}");
         // Leading dimensions are rows too.
         let batched = dense(&xs.reshape((2, 3, 5)).unwrap(), &weight, &bias).unwrap();
         assert_eq!(batched.dims(), [2, 3, 4]);
