@@ -9,15 +9,9 @@
 set -euo pipefail
 export HF_HOME=${HF_HOME:-../shared/hf-cache}
 teacher=runs/teachers/SST-2
-[ -f $teacher/metrics.json ] || { echo "no SST-2 teacher: run experiments/scripts/teachers.sh SST-2" >&2; exit 1; }
 source "$(dirname "$0")/seeds.sh"
-general=runs/general/distilbert-l3
-if ! { [ -f $general/summary.json ] && grep -q '"interrupted": false' $general/summary.json; }; then
-  resume=(--force); [ -d $general ] && resume=(--resume)
-  $kd distill --recipe experiments/recipes/general-distilbert-l3.toml --out $general "${resume[@]}"
-fi
-# The task recipes read the general student from runs/general-distilbert-l3.
-[ -e runs/general-distilbert-l3 ] || ln -s general/distilbert-l3 runs/general-distilbert-l3
+require_teacher $teacher
+general_stage distilbert-l3
 predict_dev $teacher
 distill_seeds runs/sst2-general-distilbert sst2-distilbert-l3-general sst2-distilbert-l3-backbone \
   sst2-distilbert-l3-general-nokd sst2-distilbert-l3-backbone-nokd

@@ -10,20 +10,12 @@ source "$(dirname "$0")/seeds.sh"
 tasks=(SST-2 CoLA MRPC RTE STS-B)
 KD=$kd experiments/scripts/teachers.sh "${tasks[@]}"
 
-# `distill OUT ARGS...`: kd distill into OUT unless it finished there, resuming if it began.
-distill() {
-  local out=$1; shift
-  if ! { [ -f "$out/summary.json" ] && grep -q '"interrupted": false' "$out/summary.json"; }; then
-    local resume=(--force); [ -d "$out" ] && resume=(--resume)
-    $kd distill "$@" --out "$out" "${resume[@]}"
-  fi
-}
 for task in "${tasks[@]}"; do
   name=$(echo "$task" | tr 'A-Z' 'a-z' | tr -d -)-distilbert-l3-backbone
-  distill "runs/glue/$name" --recipe experiments/recipes/sst2-distilbert-l3-backbone.toml \
+  distill_into "runs/glue/$name" --recipe experiments/recipes/sst2-distilbert-l3-backbone.toml \
     --set "name=$name" --set "data.task=$task" --set "teacher.model=runs/teachers/$task"
 done
-distill runs/glue/glue-mtdnn-distilbert-l3 --recipe experiments/recipes/glue-mtdnn-distilbert-l3.toml
+distill_into runs/glue/glue-mtdnn-distilbert-l3 --recipe experiments/recipes/glue-mtdnn-distilbert-l3.toml
 
 python3 - <<'PY'
 import json

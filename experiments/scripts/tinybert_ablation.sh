@@ -4,12 +4,13 @@
 # both stages with augmentation (sst2-tinybert4-general-aug), seeds $SEEDS (default 1 2 3), under
 # runs/sst2-general; then experiments/results/sst2-tinybert-ablation-{nokd,aug}.json, each
 # paired against sst2-tinybert4-general. Every run resumes; finished ones are kept.
-# Usage: experiments/scripts/tinybert_ablation.sh   (after general_tinybert.sh)
+# Usage: experiments/scripts/tinybert_ablation.sh   (from the repository root)
 set -euo pipefail
 export HF_HOME=${HF_HOME:-../shared/hf-cache}
 teacher=runs/teachers/SST-2
-[ -e runs/general-tinybert-l4 ] || { echo "no general student: run experiments/scripts/general_tinybert.sh" >&2; exit 1; }
 source "$(dirname "$0")/seeds.sh"
+require_teacher $teacher
+general_stage tinybert-l4
 [ -f runs/augment/sst2-x4.tsv ] || $kd augment --model $teacher --task sst2 --per-example 4 \
   --out runs/augment/sst2-x4.tsv
 distill_seeds runs/sst2-general sst2-tinybert4-general-nokd sst2-tinybert4-general-aug
