@@ -7,7 +7,6 @@
 # (a)) and sst2-few-labels-kd-only.json ((c) against (a)).
 # Every step resumes or is skipped when done. Usage: experiments/scripts/few_labels.sh
 set -euo pipefail
-export HF_HOME=${HF_HOME:-../shared/hf-cache}
 source "$(dirname "$0")/seeds.sh"
 split=runs/data/sst2-1k
 [ -f $split/train.tsv ] || python3 experiments/scripts/split_labels.py \

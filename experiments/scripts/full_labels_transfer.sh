@@ -6,7 +6,6 @@
 # EPOCHS (default 1, the shipped recipes say 3) sets both arms' epochs to fit a session;
 # every run resumes. Usage: experiments/scripts/full_labels_transfer.sh
 set -euo pipefail
-export HF_HOME=${HF_HOME:-../shared/hf-cache}
 teacher=runs/teachers/SST-2
 [ -f $teacher/metrics.json ] || { echo "no SST-2 teacher: run experiments/scripts/teachers.sh SST-2" >&2; exit 1; }
 DISTILL_ARGS=(--set "stages.0.epochs=${EPOCHS:-1}")

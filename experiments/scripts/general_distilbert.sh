@@ -7,7 +7,6 @@
 # then experiments/results/sst2-general-distilbert{,-nokd}.json. Every run resumes.
 # Usage: [SEEDS="1"] experiments/scripts/general_distilbert.sh   (from the repository root)
 set -euo pipefail
-export HF_HOME=${HF_HOME:-../shared/hf-cache}
 teacher=runs/teachers/SST-2
 source "$(dirname "$0")/seeds.sh"
 require_teacher $teacher

@@ -5,7 +5,6 @@
 # interleaved; then experiments/results/sst2-general-tinybert.json. Every run resumes.
 # Usage: experiments/scripts/general_tinybert.sh
 set -euo pipefail
-export HF_HOME=${HF_HOME:-../shared/hf-cache}
 teacher=runs/teachers/SST-2
 source "$(dirname "$0")/seeds.sh"
 require_teacher $teacher

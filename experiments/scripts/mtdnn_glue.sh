@@ -5,7 +5,6 @@
 # experiments/results/mtdnn-glue.json. Every run resumes; finished ones are kept.
 # Usage: experiments/scripts/mtdnn_glue.sh   (from the repository root)
 set -euo pipefail
-export HF_HOME=${HF_HOME:-../shared/hf-cache}
 source "$(dirname "$0")/seeds.sh"
 tasks=(SST-2 CoLA MRPC RTE STS-B)
 KD=$kd experiments/scripts/teachers.sh "${tasks[@]}"

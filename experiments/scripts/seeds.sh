@@ -8,6 +8,7 @@
 #   runs/general-NAME, where task recipes' `student.init` and `student.from` read it;
 # - `require_teacher DIR`: stops unless the fine-tuned teacher in DIR is finished;
 # - `predict_dev MODEL_DIR`: writes MODEL_DIR/dev-predictions.jsonl for paired.py.
+export HF_HOME=${HF_HOME:-../shared/hf-cache}
 kd=${KD:-./target/release/kd}
 [ -n "${KD:-}" ] || cargo build --release -p kd-experiments
 dev=${DEV:-../shared/data/glue/SST-2/dev.tsv}

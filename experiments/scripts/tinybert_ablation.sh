@@ -6,7 +6,6 @@
 # paired against sst2-tinybert4-general. Every run resumes; finished ones are kept.
 # Usage: experiments/scripts/tinybert_ablation.sh   (from the repository root)
 set -euo pipefail
-export HF_HOME=${HF_HOME:-../shared/hf-cache}
 teacher=runs/teachers/SST-2
 source "$(dirname "$0")/seeds.sh"
 require_teacher $teacher
