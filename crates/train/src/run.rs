@@ -2,7 +2,7 @@
 //! runs.
 
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{FormattedDuration, ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -186,7 +186,8 @@ fn differences(
 }
 
 /// Progress of a long loop: a bar with a message (loss, speed) on a terminal; when standard
-/// error is not a terminal (a background run writing to a log), one line per 5% instead.
+/// error is not a terminal (a background run writing to a log), one line per 5% instead, with
+/// the time taken and the time left.
 pub struct Progress {
     bar: ProgressBar,
     prefix: String,
@@ -242,9 +243,15 @@ impl Progress {
         let position = self.bar.position();
         if self.bar.is_hidden() {
             if position / self.log_every > (position - count) / self.log_every {
-                let elapsed = self.bar.elapsed().as_secs();
+                // As the bar's template shows them: elapsed < estimated time left.
+                let (elapsed, left) = (self.bar.elapsed(), self.bar.eta());
                 let total = self.bar.length().unwrap_or(0);
-                eprintln!("{} {position}/{total} [{elapsed}s] {message}", self.prefix);
+                eprintln!(
+                    "{} {position}/{total} [{}<{}] {message}",
+                    self.prefix,
+                    FormattedDuration(elapsed),
+                    FormattedDuration(left)
+                );
             }
         } else {
             self.bar.set_message(message);
