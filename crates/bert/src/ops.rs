@@ -22,6 +22,13 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     xs.contiguous()?.apply_op1(Softmax)
 }
 
+/// Log-softmax over the last dimension, as the cross-entropy losses take it: one pass each way,
+/// where candle_nn's composition made six forward and as many backward, with libm's scalar
+/// `expf` (a masked-LM loss runs it over the whole vocabulary at every masked position).
+pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(LogSoftmax)
+}
+
 /// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
     xs.contiguous()?.apply_op3(
@@ -402,6 +409,68 @@ impl CustomOp2 for SoftmaxBackward {
             },
         );
         Ok((CpuStorage::F32(out), probs_layout.shape().clone()))
+    }
+}
+
+struct LogSoftmax;
+
+impl CustomOp1 for LogSoftmax {
+    fn name(&self) -> &'static str {
+        "kd-log-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(storage, layout, self.name())?;
+        let out = map_rows(
+            [xs],
+            last_dim(layout),
+            #[inline(always)]
+            |out, [xs]| {
+                let xs = &xs[..out.len()];
+                let max = max(xs);
+                let log_total = sum_of([xs], |[x]| exp(x - max)).ln() + max;
+                init_with(out, |i| xs[i] - log_total)
+            },
+        );
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _xs: &Tensor, log_probs: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(
+            log_probs.apply_op2_no_bwd(&grad, &LogSoftmaxBackward)?,
+        ))
+    }
+}
+
+/// `dx = g - softmax(x) * sum(g)` row by row, the probabilities read back as `exp(log_probs)`.
+struct LogSoftmaxBackward;
+
+impl CustomOp2 for LogSoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "kd-log-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        log_probs: &CpuStorage,
+        log_probs_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let log_probs = f32_slice(log_probs, log_probs_layout, self.name())?;
+        let grad = f32_slice(grad, grad_layout, self.name())?;
+        let out = map_rows(
+            [log_probs, grad],
+            last_dim(log_probs_layout),
+            #[inline(always)]
+            |out, [log_p, g]| {
+                let (log_p, g) = (&log_p[..out.len()], &g[..out.len()]);
+                let total = sum(g);
+                init_with(out, |i| g[i] - exp(log_p[i]) * total)
+            },
+        );
+        Ok((CpuStorage::F32(out), log_probs_layout.shape().clone()))
     }
 }
 
@@ -988,6 +1057,18 @@ pub(crate) mod tests {
         let reference = candle_nn::ops::softmax(&xs, D::Minus1).unwrap();
         assert!(max_diff(&softmax_last_dim(&xs).unwrap(), &reference) < 1e-6);
         check_gradients(&|t| softmax_last_dim(&t[0]).unwrap(), &[xs], 2e-3);
+    }
+
+    #[test]
+    fn log_softmax_matches_candle_and_finite_differences() {
+        let xs = random(&[3, 4, 7], 2);
+        let reference = candle_nn::ops::log_softmax(&xs, D::Minus1).unwrap();
+        assert!(max_diff(&log_softmax_last_dim(&xs).unwrap(), &reference) < 1e-5);
+        // Rows far from zero: the maximum is taken out before the exponential.
+        let large = (random(&[2, 5], 3) * 1000.0).unwrap();
+        let reference = candle_nn::ops::log_softmax(&large, D::Minus1).unwrap();
+        assert!(max_diff(&log_softmax_last_dim(&large).unwrap(), &reference) < 1e-3);
+        check_gradients(&|t| log_softmax_last_dim(&t[0]).unwrap(), &[xs], 2e-3);
     }
 
     #[test]

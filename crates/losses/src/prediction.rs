@@ -5,7 +5,7 @@
 
 use crate::mean::masked_mean;
 use anyhow::{Result, ensure};
-use candle_core::{D, Tensor};
+use candle_core::{D, DType, Tensor};
 use candle_nn::ops::{log_softmax, softmax};
 
 /// The teacher's distribution at temperature `T`, softmax(logits / T), as a constant.
@@ -84,7 +84,7 @@ pub fn hard_cross_entropy(
         Some(mask) => mask.where_cond(labels, &labels.zeros_like()?)?,
         None => labels.clone(),
     };
-    let log_probs = log_softmax(logits, D::Minus1)?;
+    let log_probs = log_softmax_rows(logits)?;
     let picked = log_probs
         .gather(&labels.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?
         .squeeze(D::Minus1)?;
@@ -106,8 +106,17 @@ fn cross_entropy_rows(
     targets: &Tensor,
     temperature: f64,
 ) -> Result<Tensor> {
-    let log_probs = log_softmax(&(student_logits / temperature)?, D::Minus1)?;
+    let log_probs = log_softmax_rows(&(student_logits / temperature)?)?;
     Ok((targets.detach() * log_probs)?.sum(D::Minus1)?.neg()?)
+}
+
+/// Log-softmax over the last dimension: kd's fused op in f32, the dtype models train in, and
+/// candle_nn's composition in f64, where the loss tests check their gradients.
+fn log_softmax_rows(xs: &Tensor) -> Result<Tensor> {
+    Ok(match xs.dtype() {
+        DType::F32 => kd_bert::ops::log_softmax_last_dim(xs)?,
+        _ => log_softmax(xs, D::Minus1)?,
+    })
 }
 
 /// Per row, `−Σ p log p` of a constant distribution, with `0 log 0 = 0`.
