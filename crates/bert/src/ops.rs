@@ -7,6 +7,7 @@
 use crate::math::{erf, exp, max, sum, sum_of, vectorised};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 
 /// Elements per parallel task: enough work to amortise waking a thread.
@@ -19,14 +20,14 @@ pub(crate) fn rows_per_task(width: usize) -> usize {
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    xs.contiguous()?.apply_op1(Softmax)
+    Rows::<Softmax>::apply(xs)
 }
 
 /// Log-softmax over the last dimension, as the cross-entropy losses take it: one pass each way,
 /// where candle_nn's composition made six forward and as many backward, with libm's scalar
 /// `expf` (a masked-LM loss runs it over the whole vocabulary at every masked position).
 pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    xs.contiguous()?.apply_op1(LogSoftmax)
+    Rows::<LogSoftmax>::apply(xs)
 }
 
 /// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
@@ -349,128 +350,123 @@ fn map_elements(a: &[f32], b: &[f32], f: impl ElementFn) -> Vec<f32> {
     out
 }
 
-struct Softmax;
+/// A row-wise operation over the last dimension whose backward pass needs only its own output
+/// and that output's gradient: softmax and log-softmax, each one pass a row each way.
+trait RowKernel: Send + Sync + 'static {
+    const NAME: &'static str;
+    const BACKWARD_NAME: &'static str;
+    /// Writes the output of row `xs` into `out` (as long as `xs`).
+    fn forward<'o>(out: &'o mut [MaybeUninit<f32>], xs: &[f32]) -> &'o mut [f32];
+    /// Writes the input's gradient from the row's output `ys` and the output's gradient `g`.
+    fn backward<'o>(out: &'o mut [MaybeUninit<f32>], ys: &[f32], g: &[f32]) -> &'o mut [f32];
+}
 
-impl CustomOp1 for Softmax {
+/// A [`RowKernel`] as a candle operation with its backward pass.
+struct Rows<K>(PhantomData<K>);
+
+impl<K: RowKernel> Rows<K> {
+    fn apply(xs: &Tensor) -> Result<Tensor> {
+        xs.contiguous()?.apply_op1(Self(PhantomData))
+    }
+}
+
+impl<K: RowKernel> CustomOp1 for Rows<K> {
     fn name(&self) -> &'static str {
-        "kd-softmax"
+        K::NAME
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let xs = f32_slice(storage, layout, self.name())?;
+        let xs = f32_slice(storage, layout, K::NAME)?;
         let out = map_rows(
             [xs],
             last_dim(layout),
             #[inline(always)]
-            |out, [xs]| {
-                // Slices of the output's length let the indexed loops drop bounds checks.
-                let xs = &xs[..out.len()];
-                let max = max(xs);
-                let out = init_with(out, |i| exp(xs[i] - max));
-                let scale = 1.0 / sum(out);
-                out.iter_mut().for_each(|out| *out *= scale);
-                out
-            },
+            |out, [xs]| K::forward(out, xs),
         );
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
-    fn bwd(&self, _xs: &Tensor, probs: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, _xs: &Tensor, ys: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
-        Ok(Some(probs.apply_op2_no_bwd(&grad, &SoftmaxBackward)?))
+        Ok(Some(ys.apply_op2_no_bwd(
+            &grad,
+            &RowsBackward::<K>(PhantomData),
+        )?))
     }
 }
 
-/// `dx = p * (g - sum(g * p))` row by row.
-struct SoftmaxBackward;
+struct RowsBackward<K>(PhantomData<K>);
 
-impl CustomOp2 for SoftmaxBackward {
+impl<K: RowKernel> CustomOp2 for RowsBackward<K> {
     fn name(&self) -> &'static str {
-        "kd-softmax-backward"
+        K::BACKWARD_NAME
     }
 
     fn cpu_fwd(
         &self,
-        probs: &CpuStorage,
-        probs_layout: &Layout,
+        ys: &CpuStorage,
+        ys_layout: &Layout,
         grad: &CpuStorage,
         grad_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let probs = f32_slice(probs, probs_layout, self.name())?;
-        let grad = f32_slice(grad, grad_layout, self.name())?;
+        let ys = f32_slice(ys, ys_layout, K::BACKWARD_NAME)?;
+        let grad = f32_slice(grad, grad_layout, K::BACKWARD_NAME)?;
         let out = map_rows(
-            [probs, grad],
-            last_dim(probs_layout),
+            [ys, grad],
+            last_dim(ys_layout),
             #[inline(always)]
-            |out, [p, g]| {
-                let (p, g) = (&p[..out.len()], &g[..out.len()]);
-                let dot = sum_of([p, g], |[p, g]| p * g);
-                init_with(out, |i| p[i] * (g[i] - dot))
-            },
+            |out, [ys, g]| K::backward(out, ys, g),
         );
-        Ok((CpuStorage::F32(out), probs_layout.shape().clone()))
+        Ok((CpuStorage::F32(out), ys_layout.shape().clone()))
+    }
+}
+
+struct Softmax;
+
+impl RowKernel for Softmax {
+    const NAME: &'static str = "kd-softmax";
+    const BACKWARD_NAME: &'static str = "kd-softmax-backward";
+
+    #[inline(always)]
+    fn forward<'o>(out: &'o mut [MaybeUninit<f32>], xs: &[f32]) -> &'o mut [f32] {
+        // Slices of the output's length let the indexed loops drop bounds checks.
+        let xs = &xs[..out.len()];
+        let max = max(xs);
+        let out = init_with(out, |i| exp(xs[i] - max));
+        let scale = 1.0 / sum(out);
+        out.iter_mut().for_each(|out| *out *= scale);
+        out
+    }
+
+    /// `dx = p * (g - sum(g * p))`.
+    #[inline(always)]
+    fn backward<'o>(out: &'o mut [MaybeUninit<f32>], p: &[f32], g: &[f32]) -> &'o mut [f32] {
+        let (p, g) = (&p[..out.len()], &g[..out.len()]);
+        let dot = sum_of([p, g], |[p, g]| p * g);
+        init_with(out, |i| p[i] * (g[i] - dot))
     }
 }
 
 struct LogSoftmax;
 
-impl CustomOp1 for LogSoftmax {
-    fn name(&self) -> &'static str {
-        "kd-log-softmax"
+impl RowKernel for LogSoftmax {
+    const NAME: &'static str = "kd-log-softmax";
+    const BACKWARD_NAME: &'static str = "kd-log-softmax-backward";
+
+    #[inline(always)]
+    fn forward<'o>(out: &'o mut [MaybeUninit<f32>], xs: &[f32]) -> &'o mut [f32] {
+        let xs = &xs[..out.len()];
+        let max = max(xs);
+        let log_total = sum_of([xs], |[x]| exp(x - max)).ln() + max;
+        init_with(out, |i| xs[i] - log_total)
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let xs = f32_slice(storage, layout, self.name())?;
-        let out = map_rows(
-            [xs],
-            last_dim(layout),
-            #[inline(always)]
-            |out, [xs]| {
-                let xs = &xs[..out.len()];
-                let max = max(xs);
-                let log_total = sum_of([xs], |[x]| exp(x - max)).ln() + max;
-                init_with(out, |i| xs[i] - log_total)
-            },
-        );
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
-
-    fn bwd(&self, _xs: &Tensor, log_probs: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad.contiguous()?;
-        Ok(Some(
-            log_probs.apply_op2_no_bwd(&grad, &LogSoftmaxBackward)?,
-        ))
-    }
-}
-
-/// `dx = g - softmax(x) * sum(g)` row by row, the probabilities read back as `exp(log_probs)`.
-struct LogSoftmaxBackward;
-
-impl CustomOp2 for LogSoftmaxBackward {
-    fn name(&self) -> &'static str {
-        "kd-log-softmax-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        log_probs: &CpuStorage,
-        log_probs_layout: &Layout,
-        grad: &CpuStorage,
-        grad_layout: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let log_probs = f32_slice(log_probs, log_probs_layout, self.name())?;
-        let grad = f32_slice(grad, grad_layout, self.name())?;
-        let out = map_rows(
-            [log_probs, grad],
-            last_dim(log_probs_layout),
-            #[inline(always)]
-            |out, [log_p, g]| {
-                let (log_p, g) = (&log_p[..out.len()], &g[..out.len()]);
-                let total = sum(g);
-                init_with(out, |i| g[i] - exp(log_p[i]) * total)
-            },
-        );
-        Ok((CpuStorage::F32(out), log_probs_layout.shape().clone()))
+    /// `dx = g - softmax(x) * sum(g)`, the probabilities read back as `exp(log_probs)`.
+    #[inline(always)]
+    fn backward<'o>(out: &'o mut [MaybeUninit<f32>], log_p: &[f32], g: &[f32]) -> &'o mut [f32] {
+        let (log_p, g) = (&log_p[..out.len()], &g[..out.len()]);
+        let total = sum(g);
+        init_with(out, |i| g[i] - exp(log_p[i]) * total)
     }
 }
 
