@@ -6,9 +6,8 @@
 # experiments/results/sst2-ensemble.json. Every run resumes; finished ones are kept.
 # Usage: experiments/scripts/ensemble_sst2.sh   (from the repository root)
 set -euo pipefail
-export HF_HOME=${HF_HOME:-../shared/hf-cache}
-SEEDS="1 2 3" KD=${KD:-} experiments/scripts/teacher_seeds.sh SST-2
 source "$(dirname "$0")/seeds.sh"
+SEEDS="1 2 3" KD=$kd experiments/scripts/teacher_seeds.sh SST-2
 teacher=runs/teachers/SST-2-s1
 predict_dev $teacher
 distill_seeds runs/sst2-ensemble sst2-distilbert-l3-ensemble

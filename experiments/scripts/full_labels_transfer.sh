@@ -7,9 +7,9 @@
 # every run resumes. Usage: experiments/scripts/full_labels_transfer.sh
 set -euo pipefail
 teacher=runs/teachers/SST-2
-[ -f $teacher/metrics.json ] || { echo "no SST-2 teacher: run experiments/scripts/teachers.sh SST-2" >&2; exit 1; }
 DISTILL_ARGS=(--set "stages.0.epochs=${EPOCHS:-1}")
 source "$(dirname "$0")/seeds.sh"
+require_teacher $teacher
 predict_dev $teacher
 distill_seeds runs/sst2-transfer sst2-distilbert-l3-nokd sst2-distilbert-l3-imdb
 python3 experiments/scripts/paired.py --dev "$dev" --teacher $teacher \
