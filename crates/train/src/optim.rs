@@ -140,6 +140,8 @@ impl AdamW {
             ..
         } = self.config;
         let step = self.steps as i32;
+        let m_scale = (1.0 / (1.0 - beta1.powi(step))) as f32;
+        let v_scale = (1.0 / (1.0 - beta2.powi(step))) as f32;
         for (slot, gradient) in self.slots.iter_mut().zip(gradients) {
             let Some(gradient) = gradient else { continue };
             let shrink = if slot.decay {
@@ -152,8 +154,8 @@ impl AdamW {
                 clip,
                 beta1: beta1 as f32,
                 beta2: beta2 as f32,
-                m_scale: (1.0 / (1.0 - beta1.powi(step))) as f32,
-                v_scale: (1.0 / (1.0 - beta2.powi(step))) as f32,
+                m_scale,
+                v_scale,
                 eps: self.config.eps as f32,
                 shrink,
                 lr: lr as f32,
