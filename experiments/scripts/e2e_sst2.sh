@@ -10,6 +10,7 @@ kd=${KD:-./target/release/kd}
 python=${PYTHON:-.venv-ref/bin/python}
 cache=runs/e2e/cache
 rm -rf $cache
+mkdir -p runs/e2e
 for run in cold warm; do
   out=runs/e2e/kd-$run
   rm -rf $out  # so that the wait below reads this run's log, not an earlier one's
