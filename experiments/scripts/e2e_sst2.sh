@@ -19,6 +19,7 @@ for run in cold warm; do
     --cache-dir $cache > runs/e2e/kd-$run.log 2>&1 &
   pid=$!
   until grep -q '{"evaluation":{"step":500,' $out/1-distill/log.jsonl 2>/dev/null; do
+    kill -0 $pid 2>/dev/null || { tail -5 runs/e2e/kd-$run.log >&2; exit 1; }
     sleep 0.5
   done
   # SIGTERM, which kd handles as Ctrl-C.
