@@ -6,7 +6,8 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use kd_bert::{
-    BertConfig, BertForSequenceClassification, BertInput, BertModel, FrozenWeights, Mode, Params,
+    BertConfig, BertForSequenceClassification, BertInput, BertModel, FrozenWeights, LastLayer,
+    Mode, Params,
 };
 use kd_data::TextTokenizer;
 use std::collections::HashMap;
@@ -91,6 +92,18 @@ fn every_intermediate_matches_pytorch_on_both_paths() {
                 format!("{case}.mean_pooled"),
                 &output.mean_pooled(&input.attention_mask).unwrap(),
             );
+            // The last layer at [CLS] alone: the same [CLS] state and pooled output.
+            let cls_only = model
+                .forward_with_head_mask(&input, None, mode, LastLayer::ClsOnly)
+                .unwrap();
+            let last = cls_only.last_hidden_state();
+            assert_eq!(last.dim(1).unwrap(), 1);
+            let expected = fixture[&format!("{case}.hidden.6")]
+                .narrow(1, 0, 1)
+                .unwrap();
+            let diff = common::max_abs_diff(last, &expected);
+            assert!(diff <= TOLERANCE, "{case} [CLS] only ({mode:?}): {diff}");
+            check(format!("{case}.pooler"), cls_only.pooled.as_ref().unwrap());
         }
     }
 }
@@ -197,8 +210,13 @@ fn tiny_batch() -> (BertInput, Tensor) {
 fn every_parameter_gets_a_finite_nonzero_gradient() {
     let (params, model) = tiny_classifier();
     let (input, labels) = tiny_batch();
-    for dropout in [false, true] {
-        let (logits, _) = model.forward(&input, Mode::Train { dropout }).unwrap();
+    for (dropout, cls_only) in [(false, false), (true, false), (true, true)] {
+        let mode = Mode::Train { dropout };
+        let logits = if cls_only {
+            model.logits(&input, None, mode).unwrap()
+        } else {
+            model.forward(&input, mode).unwrap().0
+        };
         let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
         let grads = loss.backward().unwrap();
         let vars = params.vars();
@@ -210,7 +228,7 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
         for (name, var) in vars {
             let grad = grads
                 .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{name} has no gradient (dropout {dropout})"));
+                .unwrap_or_else(|| panic!("{name} has no gradient ({dropout}, {cls_only})"));
             let values = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert!(
                 values.iter().all(|v| v.is_finite()),
@@ -225,10 +243,18 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
 fn a_head_mask_gets_the_gradient_finite_differences_give() {
     let (_, model) = tiny_classifier();
     let (input, labels) = tiny_batch();
-    let loss = |mask: &[Tensor]| {
-        let (logits, _) = model
-            .forward_with_head_mask(&input, Some(mask), Mode::Train { dropout: false })
-            .unwrap();
+    // The gradient through the logits alone (the last layer at [CLS] only) against finite
+    // differences of the whole forward pass.
+    let loss = |mask: &[Tensor], cls_only: bool| {
+        let mode = Mode::Train { dropout: false };
+        let logits = if cls_only {
+            model.logits(&input, Some(mask), mode).unwrap()
+        } else {
+            model
+                .forward_with_head_mask(&input, Some(mask), mode)
+                .unwrap()
+                .0
+        };
         candle_nn::loss::cross_entropy(&logits, &labels).unwrap()
     };
     let values = [[1f32, 0.5, 1.0, 0.0], [1.0, 1.0, 0.25, 1.0]];
@@ -244,7 +270,7 @@ fn a_head_mask_gets_the_gradient_finite_differences_give() {
             .collect()
     };
     let variables = mask(values);
-    let grads = loss(&variables).backward().unwrap();
+    let grads = loss(&variables, true).backward().unwrap();
     let step = 1e-2;
     for layer in 0..2 {
         let grad = grads
@@ -256,7 +282,7 @@ fn a_head_mask_gets_the_gradient_finite_differences_give() {
             let shifted = |delta: f32| {
                 let mut moved = values;
                 moved[layer][head] += delta;
-                loss(&mask(moved)).to_scalar::<f32>().unwrap()
+                loss(&mask(moved), false).to_scalar::<f32>().unwrap()
             };
             let numeric = (shifted(step) - shifted(-step)) / (2.0 * step);
             let difference = (numeric - grad[head]).abs();
@@ -309,6 +335,11 @@ fn a_frozen_model_agrees_at_every_batch_size_and_refuses_to_train() {
         let (expected, _) = model.forward(&input, Mode::Inference).unwrap();
         let (logits, _) = frozen.forward(&input, Mode::Inference).unwrap();
         assert!(common::max_abs_diff(&logits, &expected) < 1e-5);
+        // The logits alone, the last layer at [CLS] only, on either model.
+        for model in [&model, &frozen] {
+            let logits = model.logits(&input, None, Mode::Inference).unwrap();
+            assert!(common::max_abs_diff(&logits, &expected) < 1e-5);
+        }
     }
     let (input, _) = tiny_batch();
     let error = frozen

@@ -111,21 +111,29 @@ impl Shape {
 
 impl Case {
     /// Floating-point operations in one step of `shape` at `seq_len`: a forward pass counts
-    /// the dense layers and the attention products; a backward pass twice that.
+    /// the dense layers and the attention products, the last layer at [CLS] only where the
+    /// step reads the logits alone (as kd's inference and fine-tuning do); a backward pass
+    /// twice that.
     fn flops(self, shape: Shape, seq_len: usize) -> f64 {
         let (layers, hidden, _, intermediate, batch) = shape.dims();
-        let tokens = (batch * seq_len) as f64;
+        let (tokens, seq_len) = ((batch * seq_len) as f64, seq_len as f64);
         let (hidden, intermediate) = (hidden as f64, intermediate as f64);
-        let forward = |layers: usize| {
-            let dense = 2.0 * tokens * (4.0 * hidden * hidden + 2.0 * hidden * intermediate);
-            let attention = 2.0 * 2.0 * tokens * seq_len as f64 * hidden;
-            layers as f64 * (dense + attention)
+        // A layer answering at `rows` positions: keys and values at every one, the queries,
+        // attention products, attention output and feed-forward at those rows.
+        let layer = |rows: f64| {
+            let keys_values = 2.0 * tokens * 2.0 * hidden * hidden;
+            let dense = 2.0 * rows * (2.0 * hidden * hidden + 2.0 * hidden * intermediate);
+            keys_values + dense + 2.0 * 2.0 * rows * seq_len * hidden
+        };
+        let forward = |layers: usize, logits_only: bool| {
+            let last = if logits_only { batch as f64 } else { tokens };
+            (layers - 1) as f64 * layer(tokens) + layer(last)
         };
         match self {
             Case::Gemm => 2.0 * tokens * hidden * intermediate,
-            Case::Inference => forward(layers),
-            Case::Train => 3.0 * forward(layers),
-            Case::Distill => forward(layers) + 3.0 * forward(layers / 2),
+            Case::Inference => forward(layers, true),
+            Case::Train => 3.0 * forward(layers, true),
+            Case::Distill => forward(layers, false) + 3.0 * forward(layers / 2, false),
             Case::Latency => 0.0,
         }
     }
@@ -379,15 +387,15 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs) -> Result<Measurement> {
     }
     let mut step: Box<dyn FnMut() -> Result<()>> = match case {
         Case::Inference => Box::new(move || {
-            teacher.model.forward(&input, Mode::Inference)?;
+            teacher.model.logits(&input, None, Mode::Inference)?;
             Ok(())
         }),
         Case::Train => {
             let mut optimizer = AdamW::new(teacher.params.vars(), AdamWConfig::default());
             Box::new(move || {
-                let (logits, _) = teacher
+                let logits = teacher
                     .model
-                    .forward(&input, Mode::Train { dropout: true })?;
+                    .logits(&input, None, Mode::Train { dropout: true })?;
                 let loss = task_loss(TaskKind::Classification, &logits, &labels)?;
                 optimizer.step(&loss.backward()?, 1e-5)?;
                 Ok(())

@@ -313,10 +313,12 @@ fn against_reference(
             .map(|(&c, label)| matches!(label, Label::Class(g) if *g == c))
             .collect()
     };
+    // Never below 0 but by rounding, which would print as "-0.00" for identical answers.
     let kl = (q * (q.clamp(1e-12, 1.0)?.log()? - p.clamp(1e-12, 1.0)?.log()?)?)?
         .sum(D::Minus1)?
         .mean_all()?
-        .to_scalar::<f32>()? as f64;
+        .to_scalar::<f32>()?
+        .max(0.0) as f64;
     Ok((
         Some(agreement(predicted, expected)),
         Some(kl),

@@ -73,10 +73,15 @@ impl Trainable for Distillation<'_> {
 
     fn loss(&self, indices: &[usize], step: usize, total_steps: usize) -> Result<StepLoss> {
         let batch = collate(self.train, indices, &Device::Cpu)?;
-        let (student_logits, student_states) = self
-            .student
-            .model
-            .forward(&batch.input, Mode::Train { dropout: true })?;
+        let mode = Mode::Train { dropout: true };
+        let model = &self.student.model;
+        // Without layer components the student's logits suffice: its last layer at [CLS] only.
+        let (student_logits, student_states) = if self.objective.needs_teacher_states() {
+            let (logits, states) = model.forward(&batch.input, mode)?;
+            (logits, Some(states))
+        } else {
+            (model.logits(&batch.input, None, mode)?, None)
+        };
         let rows: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
         let rows = Tensor::new(rows, &Device::Cpu)?;
         let mut outputs = Vec::with_capacity(self.teacher_outputs.len());
@@ -111,7 +116,7 @@ impl Trainable for Distillation<'_> {
         let breakdown = self.objective.compute(
             &DistillOutputs {
                 logits: Some(&student_logits),
-                encoder: Some(&student_states),
+                encoder: student_states.as_ref(),
             },
             &teachers,
             &LossBatch {

@@ -416,8 +416,7 @@ fn median_latency_ms(model: &TaskModel, examples: &[EncodedExample]) -> Result<f
         let started = Instant::now();
         model
             .model
-            .forward(&batch.input, Mode::Inference)?
-            .0
+            .logits(&batch.input, None, Mode::Inference)?
             .to_vec2::<f32>()?;
         times.push(started.elapsed().as_secs_f64() * 1e3);
     }
@@ -644,11 +643,10 @@ fn gradient_scores(
     let progress = Progress::new(plan.len() as u64, "gradients");
     for indices in plan {
         let batch = collate(dev, &indices, &Device::Cpu)?;
-        let (logits, _) = model.model.forward_with_head_mask(
-            &batch.input,
-            Some(&mask),
-            Mode::Train { dropout: false },
-        )?;
+        let logits =
+            model
+                .model
+                .logits(&batch.input, Some(&mask), Mode::Train { dropout: false })?;
         // The batch's mean loss, times its size: per-example gradients summed.
         let loss = (task_loss(spec.kind, &logits, &batch.labels)? * indices.len() as f64)?;
         let grads = loss.backward()?;

@@ -101,7 +101,9 @@ pub fn measure(model: &str, args: &BenchArgs) -> Result<Latency> {
     let answer = |example: &Example| -> Result<usize> {
         let encoded = task_model.encode(std::slice::from_ref(example))?;
         let batch = collate(&encoded, &[0], &Device::Cpu)?;
-        let (logits, _) = task_model.model.forward(&batch.input, Mode::Inference)?;
+        let logits = task_model
+            .model
+            .logits(&batch.input, None, Mode::Inference)?;
         let logits = logits.squeeze(0)?.to_vec1::<f32>()?;
         std::hint::black_box(crate::predict::softmax(&logits));
         Ok(encoded[0].ids.len())

@@ -3,7 +3,7 @@
 
 use crate::config::BertConfig;
 use crate::layers::{Dropout, FrozenWeights, Linear, Mode};
-use crate::model::{BertInput, BertModel, BertOutput};
+use crate::model::{BertInput, BertModel, BertOutput, LastLayer};
 use anyhow::Result;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -38,15 +38,40 @@ impl BertForSequenceClassification {
         self.forward_with_head_mask(input, None, mode)
     }
 
-    /// [`BertForSequenceClassification::forward`] with attention heads scaled by `head_mask`
-    /// (see [`BertModel::forward_with_head_mask`]).
+    /// [`Self::forward`] with attention heads scaled by `head_mask` (see
+    /// [`BertModel::forward_with_head_mask`]).
     pub fn forward_with_head_mask(
         &self,
         input: &BertInput,
         head_mask: Option<&[Tensor]>,
         mode: Mode,
     ) -> Result<(Tensor, BertOutput)> {
-        let output = self.bert.forward_with_head_mask(input, head_mask, mode)?;
+        self.forward_at(input, head_mask, mode, LastLayer::AllPositions)
+    }
+
+    /// The logits alone: the same numbers as [`Self::forward_with_head_mask`]'s, for less
+    /// work, the last layer computed at [CLS] only ([`LastLayer::ClsOnly`]).
+    pub fn logits(
+        &self,
+        input: &BertInput,
+        head_mask: Option<&[Tensor]>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        Ok(self
+            .forward_at(input, head_mask, mode, LastLayer::ClsOnly)?
+            .0)
+    }
+
+    fn forward_at(
+        &self,
+        input: &BertInput,
+        head_mask: Option<&[Tensor]>,
+        mode: Mode,
+        last: LastLayer,
+    ) -> Result<(Tensor, BertOutput)> {
+        let output = self
+            .bert
+            .forward_with_head_mask(input, head_mask, mode, last)?;
         let pooled = output.pooled.as_ref().expect("built with a pooler");
         let logits = self
             .classifier

@@ -28,7 +28,7 @@ pub use config::{BertConfig, ProblemType};
 pub use layers::{DropoutRng, FrozenWeights, Linear, Mode};
 pub use masked_lm::MaskedLmHead;
 pub use math::vectorised;
-pub use model::{BertInput, BertModel, BertOutput};
+pub use model::{BertInput, BertModel, BertOutput, LastLayer};
 pub use params::{LoadReport, Params, write_atomically, write_json_atomically};
 pub use pool::with_busy_workers;
 pub use prune::{prune_heads, restore_heads};

@@ -17,6 +17,18 @@ pub struct BertInput {
     pub attention_mask: Tensor,
 }
 
+/// Where the last layer computes its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastLayer {
+    /// At every position: every hidden state and attention map whole.
+    AllPositions,
+    /// At [CLS] alone, all that a sequence-level head reads: the last layer's keys and values
+    /// still cover every position, but its queries, attention output and feed-forward shrink
+    /// to one row (about five sixths of the layer's work on 25 tokens). Its hidden state is
+    /// then `[batch, 1, hidden]` and its attention maps `[batch, heads, 1, seq]`.
+    ClsOnly,
+}
+
 /// Every intermediate of a forward pass.
 #[derive(Debug, Clone)]
 pub struct BertOutput {
@@ -140,16 +152,18 @@ impl SelfAttention {
         Ok(())
     }
 
-    /// `head_mask`, `[heads]`, scales each head's output (HF's `head_mask`: 0 removes it).
+    /// The attention of `queries`' positions over every position of `xs`. `head_mask`,
+    /// `[heads]`, scales each head's output (HF's `head_mask`: 0 removes it).
     fn forward(
         &self,
+        queries: &Tensor,
         xs: &Tensor,
         mask_bias: &Tensor,
         head_mask: Option<&Tensor>,
         mode: Mode,
     ) -> Result<AttentionOutput> {
         let scale = 1.0 / (self.head_dim as f32).sqrt();
-        let q = self.query.forward(xs)?;
+        let q = self.query.forward(queries)?;
         let k = self.key.forward(xs)?;
         let v = self.value.forward(xs)?;
         let scores = attention::scores(&q, &k, mask_bias, self.num_heads, scale)?;
@@ -259,14 +273,21 @@ impl Layer {
     fn forward(
         &self,
         xs: &Tensor,
+        positions: LastLayer,
         mask_bias: &Tensor,
         head_mask: Option<&Tensor>,
         mode: Mode,
     ) -> Result<(Tensor, AttentionOutput)> {
-        let attention = self.attention.forward(xs, mask_bias, head_mask, mode)?;
+        let queries = match positions {
+            LastLayer::AllPositions => xs.clone(),
+            LastLayer::ClsOnly => xs.narrow(1, 0, 1)?.contiguous()?,
+        };
+        let attention = self
+            .attention
+            .forward(&queries, xs, mask_bias, head_mask, mode)?;
         let attended = self
             .attention_output
-            .forward(&attention.context, xs, mode)?;
+            .forward(&attention.context, &queries, mode)?;
         let inner = self
             .activation
             .forward(&self.intermediate.forward(&attended)?)?;
@@ -338,16 +359,18 @@ impl BertModel {
     }
 
     pub fn forward(&self, input: &BertInput, mode: Mode) -> Result<BertOutput> {
-        self.forward_with_head_mask(input, None, mode)
+        self.forward_with_head_mask(input, None, mode, LastLayer::AllPositions)
     }
 
     /// [`BertModel::forward`] with each layer's heads scaled by `head_mask` (one `[heads]`
-    /// tensor a layer; 0 masks a head out, and a variable gives each head's gradient).
+    /// tensor a layer; 0 masks a head out, and a variable gives each head's gradient), the
+    /// last layer computed at `last`'s positions.
     pub fn forward_with_head_mask(
         &self,
         input: &BertInput,
         head_mask: Option<&[Tensor]>,
         mode: Mode,
+        last: LastLayer,
     ) -> Result<BertOutput> {
         if let Some(mask) = head_mask
             && mask.len() != self.layers.len()
@@ -387,7 +410,12 @@ impl BertModel {
         let mut xs = embeddings.clone();
         for (index, layer) in self.layers.iter().enumerate() {
             let layer_mask = head_mask.map(|mask| &mask[index]);
-            let (out, attention) = layer.forward(&xs, &mask_bias, layer_mask, mode)?;
+            let positions = if index + 1 == self.layers.len() {
+                last
+            } else {
+                LastLayer::AllPositions
+            };
+            let (out, attention) = layer.forward(&xs, positions, &mask_bias, layer_mask, mode)?;
             let out = keep(out);
             hidden_states.push(out.clone());
             attention_scores.push(keep(attention.scores));

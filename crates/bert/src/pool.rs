@@ -93,8 +93,10 @@ mod tests {
         let idle = busiest_worker_while_sleeping(|work| work());
         let busy = busiest_worker_while_sleeping(with_busy_workers);
         assert!(idle < Duration::from_millis(40), "idle pool used {idle:?}");
+        // A spinner gets all of a free core (about 200 ms) but much less of a loaded one (50
+        // ms beside two busy processes on 2 cores); an idle worker gets next to nothing.
         assert!(
-            busy > Duration::from_millis(60),
+            busy > Duration::from_millis(20),
             "spinning worker used {busy:?}"
         );
     }

@@ -347,10 +347,10 @@ impl Objective {
             self.teachers.len(),
             teachers.len()
         );
-        let student_states = student
-            .encoder
-            .context("the student's outputs lack its states")?;
-        check_depth(student_states, &self.student, "student")?;
+        // States may be absent where no component compares layers; those that do say so.
+        if let Some(states) = student.encoder {
+            check_depth(states, &self.student, "student")?;
+        }
         for (outputs, shape) in teachers.iter().zip(&self.teachers) {
             if let Some(states) = outputs.encoder {
                 check_depth(states, shape, "teacher")?;

@@ -60,10 +60,10 @@ impl Trainable for Finetuning<'_> {
 
     fn loss(&self, indices: &[usize], _step: usize, _total_steps: usize) -> Result<StepLoss> {
         let batch = collate(&self.train, indices, &Device::Cpu)?;
-        let (logits, _) = self
+        let logits = self
             .model
             .model
-            .forward(&batch.input, Mode::Train { dropout: true })?;
+            .logits(&batch.input, None, Mode::Train { dropout: true })?;
         let total = task_loss(self.model.task_kind(), &logits, &batch.labels)?;
         Ok(StepLoss {
             components: BTreeMap::from([("task".into(), total.to_scalar::<f32>()? as f64)]),

@@ -171,9 +171,9 @@ impl TaskModel {
         kd_bert::with_busy_workers(|| -> Result<()> {
             for indices in batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>) {
                 let batch = collate(examples, &indices, &Device::Cpu)?;
-                let (logits, _) =
-                    self.model
-                        .forward_with_head_mask(&batch.input, head_mask, Mode::Inference)?;
+                let logits = self
+                    .model
+                    .logits(&batch.input, head_mask, Mode::Inference)?;
                 for (row, &index) in indices.iter().enumerate() {
                     rows[index] = Some(logits.get(row)?);
                 }
