@@ -99,6 +99,8 @@ mod tests {
             busy > Duration::from_millis(20),
             "spinning worker used {busy:?}"
         );
+        // Whatever the load, a spinner uses several times what an idle worker does.
+        assert!(busy > idle * 4, "spinning {busy:?} against idle {idle:?}");
     }
 
     #[test]
