@@ -5,7 +5,8 @@ Each model directory holds dev-predictions.jsonl (`kd predict --input DEV --outp
 for distilled models, summary.json. Seeds pair up by the `-sN` suffix of the directory names.
 Reports accuracy per model, mean and sample standard deviation over seeds, the share of the
 teacher's accuracy kept, agreement with the teacher's predictions, and exact McNemar tests
-(two-sided) for each seed pair and pooled.
+(two-sided) for each seed pair and pooled. Runs without both files (still training, or not yet
+predicted) are skipped with a message, so interim results can be read while seeds run.
 
 Usage: paired.py --dev DEV.tsv --teacher DIR --baseline GLOB --student GLOB --out FILE.json
 """
@@ -13,10 +14,12 @@ import argparse
 import glob
 import json
 import math
+import os
 import platform
 import re
 import statistics
 import subprocess
+import sys
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--dev", required=True)
@@ -57,6 +60,10 @@ def runs(pattern):
     found = {}
     for path in sorted(glob.glob(pattern)):
         seed = int(re.search(r"-s(\d+)$", path).group(1))
+        if not all(os.path.exists(f"{path}/{f}") for f in ("summary.json", "dev-predictions.jsonl")):
+            print(f"skipping {path}: not finished (no summary.json or dev-predictions.jsonl)",
+                  file=sys.stderr)
+            continue
         summary = json.load(open(f"{path}/summary.json"))
         labels = predicted(path)
         found[seed] = {"dir": path, "correct": [p == g for p, g in zip(labels, gold)],
@@ -72,6 +79,9 @@ def accuracy(right):
 teacher_labels = predicted(args.teacher)
 teacher = [p == g for p, g in zip(teacher_labels, gold)]
 baseline, student = runs(args.baseline), runs(args.student)
+for pattern, found in ((args.baseline, baseline), (args.student, student)):
+    if not found:
+        sys.exit(f"no finished runs match {pattern}")
 seeds = sorted(set(baseline) & set(student))
 pairs, pooled_a, pooled_b = [], [], []
 for seed in seeds:
