@@ -5,8 +5,9 @@ Each model directory holds dev-predictions.jsonl (`kd predict --input DEV --outp
 for distilled models, summary.json. Seeds pair up by the `-sN` suffix of the directory names.
 Reports accuracy per model, mean and sample standard deviation over seeds, the share of the
 teacher's accuracy kept, agreement with the teacher's predictions, and exact McNemar tests
-(two-sided) for each seed pair and pooled. Runs without both files (still training, or not yet
-predicted) are skipped with a message, so interim results can be read while seeds run.
+(two-sided) for each seed pair and pooled. Runs not finished (no summary.json, one that says
+interrupted, or no predictions yet) are skipped with a message, so interim results can be read
+while seeds run.
 
 Usage: paired.py --dev DEV.tsv --teacher DIR --baseline GLOB --student GLOB --out FILE.json
 """
@@ -60,11 +61,13 @@ def runs(pattern):
     found = {}
     for path in sorted(glob.glob(pattern)):
         seed = int(re.search(r"-s(\d+)$", path).group(1))
-        if not all(os.path.exists(f"{path}/{f}") for f in ("summary.json", "dev-predictions.jsonl")):
-            print(f"skipping {path}: not finished (no summary.json or dev-predictions.jsonl)",
-                  file=sys.stderr)
+        summary_path, predictions_path = f"{path}/summary.json", f"{path}/dev-predictions.jsonl"
+        summary = json.load(open(summary_path)) if os.path.exists(summary_path) else None
+        # Finished as seeds.sh's distill_into counts it: a summary that says not interrupted.
+        if summary is None or summary["interrupted"] or not os.path.exists(predictions_path):
+            print(f"skipping {path}: not finished (no summary.json saying it was not "
+                  "interrupted, or no dev-predictions.jsonl)", file=sys.stderr)
             continue
-        summary = json.load(open(f"{path}/summary.json"))
         labels = predicted(path)
         found[seed] = {"dir": path, "correct": [p == g for p, g in zip(labels, gold)],
                        "agreement": sum(p == t for p, t in zip(labels, teacher_labels)) / len(gold),
