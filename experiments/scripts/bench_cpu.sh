@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# bench.md's per-CPU figures in one go: `kd bench` beside PyTorch ($RUNS sittings, default 2),
+# then batch 1 for a student and a teacher beside ONNX Runtime and PyTorch eager. JSON goes to
+# experiments/results/{bench,latency}-CPU-DATE*.json, CPU read from lscpu. Run on an idle
+# machine (pause background runs first); needs .venv-ref (benches/setup.sh).
+# Usage: experiments/scripts/bench_cpu.sh [STUDENT_DIR] [TEACHER_DIR]
+set -euo pipefail
+export HF_HOME=${HF_HOME:-../shared/hf-cache}
+kd=${KD:-./target/release/kd}
+[ -n "${KD:-}" ] || cargo build --release -p kd-experiments
+python=${PYTHON:-.venv-ref/bin/python}
+[ -x "$python" ] || { echo "no $python: run benches/setup.sh first" >&2; exit 1; }
+student=${1:-runs/sst2-ensemble/sst2-distilbert-l3-s1}
+teacher=${2:-runs/teachers/SST-2}
+for model in "$student" "$teacher"; do
+  [ -f "$model/config.json" ] || {
+    echo "no task model in $model: pass one, or train the defaults (teachers.sh, ensemble_sst2.sh)" >&2
+    exit 1
+  }
+done
+cpu=$(lscpu | sed -n 's/^Model name: *//p')
+name=$(echo "$cpu" | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')-$(date -u +%F)
+results=experiments/results
+echo "$cpu, $(nproc) threads: $results/{bench,latency}-$name*.json"
+for n in $(seq 1 "${RUNS:-2}"); do
+  $kd bench --pytorch "$python" --json "$results/bench-$name-$n.json"
+done
+$kd bench --cases latency --model "$student" --model "$teacher" --task SST-2 \
+  --pytorch "$python" --json "$results/latency-$name.json"
