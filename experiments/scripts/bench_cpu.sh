@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # bench.md's per-CPU figures in one go: `kd bench` beside PyTorch ($RUNS sittings, default 2),
-# then batch 1 for a student and a teacher beside ONNX Runtime and PyTorch eager. JSON goes to
+# then batch 1 for a student and a teacher beside ONNX Runtime and PyTorch eager, on the dev
+# sentences of DATA (`kd bench`'s data arguments, e.g. `--dev my.tsv --text-column text
+# --label-column label`; default `--task SST-2`). JSON goes to
 # experiments/results/{bench,latency}-CPU-DATE*.json, CPU read from lscpu. Run on an idle
 # machine (pause background runs first); needs .venv-ref (benches/setup.sh).
-# Usage: experiments/scripts/bench_cpu.sh [STUDENT_DIR] [TEACHER_DIR]
+# Usage: experiments/scripts/bench_cpu.sh [STUDENT_DIR [TEACHER_DIR [DATA...]]]
 set -euo pipefail
-export HF_HOME=${HF_HOME:-../shared/hf-cache}
-kd=${KD:-./target/release/kd}
-[ -n "${KD:-}" ] || cargo build --release -p kd-experiments
+source experiments/scripts/seeds.sh
 python=${PYTHON:-.venv-ref/bin/python}
 [ -x "$python" ] || { echo "no $python: run benches/setup.sh first" >&2; exit 1; }
 student=${1:-runs/sst2-ensemble/sst2-distilbert-l3-s1}
 teacher=${2:-runs/teachers/SST-2}
+data=("${@:3}")
+[ ${#data[@]} -gt 0 ] || data=(--task SST-2)
 for model in "$student" "$teacher"; do
   [ -f "$model/config.json" ] || {
     echo "no task model in $model: pass one, or train the defaults (teachers.sh, ensemble_sst2.sh)" >&2
@@ -25,5 +27,5 @@ echo "$cpu, $(nproc) threads: $results/{bench,latency}-$name*.json"
 for n in $(seq 1 "${RUNS:-2}"); do
   $kd bench --pytorch "$python" --json "$results/bench-$name-$n.json"
 done
-$kd bench --cases latency --model "$student" --model "$teacher" --task SST-2 \
+$kd bench --cases latency --model "$student" --model "$teacher" "${data[@]}" \
   --pytorch "$python" --json "$results/latency-$name.json"
