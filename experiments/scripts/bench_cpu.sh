@@ -3,8 +3,9 @@
 # then batch 1 for a student and a teacher beside ONNX Runtime and PyTorch eager, on the dev
 # sentences of DATA (`kd bench`'s data arguments, e.g. `--dev my.tsv --text-column text
 # --label-column label`; default `--task SST-2`). JSON goes to
-# experiments/results/{bench,latency}-CPU-DATE*.json, CPU read from lscpu. Run on an idle
-# machine (pause background runs first); needs .venv-ref (benches/setup.sh).
+# experiments/results/{bench,latency}-CPU-DATE*.json, CPU read from lscpu; a second run the
+# same day adds the time to DATE, so no earlier result is overwritten. Run on an idle machine
+# (pause background runs first); needs .venv-ref (benches/setup.sh).
 # Usage: experiments/scripts/bench_cpu.sh [STUDENT_DIR [TEACHER_DIR [DATA...]]]
 set -euo pipefail
 source experiments/scripts/seeds.sh
@@ -21,8 +22,10 @@ for model in "$student" "$teacher"; do
   }
 done
 cpu=$(lscpu | sed -n 's/^Model name: *//p')
-name=$(echo "$cpu" | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')-$(date -u +%F)
 results=experiments/results
+slug=$(echo "$cpu" | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')
+name=$slug-$(date -u +%F)
+compgen -G "$results/*-$name*.json" >/dev/null && name=$slug-$(date -u +%FT%H%M)
 echo "$cpu, $(nproc) threads: $results/{bench,latency}-$name*.json"
 for n in $(seq 1 "${RUNS:-2}"); do
   $kd bench --pytorch "$python" --json "$results/bench-$name-$n.json"

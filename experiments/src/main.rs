@@ -42,7 +42,10 @@ fn fix_thread_count() {
 /// By default glibc's malloc hands large freed tensor buffers back to the kernel (mmap and
 /// heap trimming) and faults fresh zeroed pages in on the next step, which costs a CPU
 /// training step a third to a half of its time. Serving every allocation from the heap and
-/// never trimming it keeps freed buffers for reuse.
+/// never trimming it keeps freed buffers for reuse. Not all: a thread other than the main one
+/// (kd runs on a pool thread) still maps afresh any buffer over its arena's 64 MiB heap size,
+/// such as BERT-base's embedding gradient. Three fixes were tried; none paid for itself
+/// (`experiments/results/bench.md`, session 20).
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only adjusts allocator parameters; called before any threads start.
