@@ -44,8 +44,8 @@ fn fix_thread_count() {
 /// training step a third to a half of its time. Serving every allocation from the heap and
 /// never trimming it keeps freed buffers for reuse. Not all: a thread other than the main one
 /// (kd runs on a pool thread) still maps afresh any buffer over its arena's 64 MiB heap size,
-/// such as BERT-base's embedding gradient. Three fixes were tried; none paid for itself
-/// (`experiments/results/bench.md`, session 20).
+/// such as BERT-base's embedding gradient. Four fixes were tried, a cache of those buffers
+/// among them; none paid for itself (`experiments/results/bench.md`, sessions 20 and 21).
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only adjusts allocator parameters; called before any threads start.
