@@ -6,8 +6,8 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use kd_bert::{
-    BertConfig, BertForSequenceClassification, BertInput, BertModel, FrozenWeights, LastLayer,
-    Mode, Params,
+    AttentionMaps, BertConfig, BertForSequenceClassification, BertInput, BertModel, FrozenWeights,
+    LastLayer, Mode, Params,
 };
 use kd_data::TextTokenizer;
 use std::collections::HashMap;
@@ -92,9 +92,18 @@ fn every_intermediate_matches_pytorch_on_both_paths() {
                 format!("{case}.mean_pooled"),
                 &output.mean_pooled(&input.attention_mask).unwrap(),
             );
+            // Without the attention maps, each head's attention fused: the same states.
+            let fused = model
+                .forward_with(&input, mode, AttentionMaps::Skip)
+                .unwrap();
+            assert!(fused.attention_scores.is_empty() && fused.attention_probs.is_empty());
+            for (layer, hidden) in fused.hidden_states.iter().enumerate() {
+                check_tokens(format!("{case}.hidden.{}", layer + 1), hidden);
+            }
+            check(format!("{case}.pooler"), fused.pooled.as_ref().unwrap());
             // The last layer at [CLS] alone: the same [CLS] state and pooled output.
             let cls_only = model
-                .forward_with_head_mask(&input, None, mode, LastLayer::ClsOnly)
+                .forward_with_head_mask(&input, None, mode, LastLayer::ClsOnly, AttentionMaps::Skip)
                 .unwrap();
             let last = cls_only.last_hidden_state();
             assert_eq!(last.dim(1).unwrap(), 1);
@@ -210,12 +219,24 @@ fn tiny_batch() -> (BertInput, Tensor) {
 fn every_parameter_gets_a_finite_nonzero_gradient() {
     let (params, model) = tiny_classifier();
     let (input, labels) = tiny_batch();
-    for (dropout, cls_only) in [(false, false), (true, false), (true, true)] {
+    // With the attention maps, without them (fused attention), and [CLS] only.
+    for (dropout, pass) in [
+        (false, "maps"),
+        (true, "maps"),
+        (true, "fused"),
+        (true, "cls"),
+    ] {
         let mode = Mode::Train { dropout };
-        let logits = if cls_only {
-            model.logits(&input, None, mode).unwrap()
-        } else {
-            model.forward(&input, mode).unwrap().0
+        let logits = match pass {
+            "maps" => model.forward(&input, mode).unwrap().0,
+            "fused" => {
+                let (logits, output) = model
+                    .forward_with(&input, mode, AttentionMaps::Skip)
+                    .unwrap();
+                assert!(output.attention_scores.is_empty());
+                logits
+            }
+            _ => model.logits(&input, None, mode).unwrap(),
         };
         let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
         let grads = loss.backward().unwrap();
@@ -228,7 +249,7 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
         for (name, var) in vars {
             let grad = grads
                 .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{name} has no gradient ({dropout}, {cls_only})"));
+                .unwrap_or_else(|| panic!("{name} has no gradient ({dropout}, {pass})"));
             let values = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert!(
                 values.iter().all(|v| v.is_finite()),

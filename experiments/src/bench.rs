@@ -10,7 +10,10 @@ use crate::latency;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
-use kd_bert::{BertConfig, BertForSequenceClassification, BertInput, FrozenWeights, Mode, Params};
+use kd_bert::{
+    AttentionMaps, BertConfig, BertForSequenceClassification, BertInput, FrozenWeights, Mode,
+    Params,
+};
 use kd_data::{DataSpec, TaskKind};
 use kd_losses::{DistillOutputs, LossBatch, Objective, ObjectiveConfig};
 use kd_teacher::task_loss;
@@ -424,11 +427,16 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs) -> Result<Measurement> {
             )?;
             let mut optimizer = AdamW::new(student.params.vars(), AdamWConfig::default());
             Box::new(move || {
+                // The DistilBERT objective reads no attention map.
                 let (teacher_logits, teacher_states) =
-                    teacher.model.forward(&input, Mode::Inference)?;
-                let (student_logits, student_states) = student
-                    .model
-                    .forward(&input, Mode::Train { dropout: true })?;
+                    teacher
+                        .model
+                        .forward_with(&input, Mode::Inference, AttentionMaps::Skip)?;
+                let (student_logits, student_states) = student.model.forward_with(
+                    &input,
+                    Mode::Train { dropout: true },
+                    AttentionMaps::Skip,
+                )?;
                 let loss = objective.compute(
                     &DistillOutputs {
                         logits: Some(&student_logits),

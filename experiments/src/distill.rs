@@ -76,8 +76,9 @@ impl Trainable for Distillation<'_> {
         let mode = Mode::Train { dropout: true };
         let model = &self.student.model;
         // Without layer components the student's logits suffice: its last layer at [CLS] only.
+        let maps = self.objective.attention_maps();
         let (student_logits, student_states) = if self.objective.needs_teacher_states() {
-            let (logits, states) = model.forward(&batch.input, mode)?;
+            let (logits, states) = model.forward_with(&batch.input, mode, maps)?;
             (logits, Some(states))
         } else {
             (model.logits(&batch.input, None, mode)?, None)
@@ -92,7 +93,10 @@ impl Trainable for Distillation<'_> {
                     (Some(cached.index_select(&rows, 0)?), None)
                 }
                 TeacherOutputs::Live => {
-                    let (logits, states) = teacher.model.forward(&batch.input, Mode::Inference)?;
+                    let (logits, states) =
+                        teacher
+                            .model
+                            .forward_with(&batch.input, Mode::Inference, maps)?;
                     (Some(logits), Some(states))
                 }
                 TeacherOutputs::CachedStates { states, logits } => {

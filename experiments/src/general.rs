@@ -108,13 +108,17 @@ impl GeneralDistillation<'_> {
         let labels: Vec<u32> = masked.iter().map(|token| token.original).collect();
         let labels = Tensor::new(labels, &Device::Cpu)?;
 
-        let student_states = self.student.model.forward(&batch.input, mode)?;
+        let maps = self.objective.attention_maps();
+        let student_states = self.student.model.forward_with(&batch.input, mode, maps)?;
         let student_logits = match self.masking {
             Some(_) => Some(self.student.mlm_logits(&student_states, &positions)?),
             None => None,
         };
         let teacher = if self.objective.needs_teacher() {
-            let states = self.teacher.model.forward(&batch.input, Mode::Inference)?;
+            let states = self
+                .teacher
+                .model
+                .forward_with(&batch.input, Mode::Inference, maps)?;
             let logits = match self.teacher.mlm_head {
                 Some(_) if self.objective.needs_teacher_logits() => {
                     Some(self.teacher.mlm_logits(&states, &positions)?)

@@ -97,7 +97,7 @@ fn per_head(
 }
 
 /// A hidden-layout tensor's dimensions: batch, sequence, heads, head size.
-fn hidden_dims(layout: &Layout, heads: usize) -> Result<(usize, usize, usize)> {
+pub(crate) fn hidden_dims(layout: &Layout, heads: usize) -> Result<(usize, usize, usize)> {
     let (batch, seq, hidden) = layout.shape().dims3()?;
     if heads == 0 || hidden % heads != 0 {
         candle_core::bail!("{hidden} features do not split into {heads} heads");

@@ -3,7 +3,7 @@
 
 use crate::config::BertConfig;
 use crate::layers::{Dropout, FrozenWeights, Linear, Mode};
-use crate::model::{BertInput, BertModel, BertOutput, LastLayer};
+use crate::model::{AttentionMaps, BertInput, BertModel, BertOutput, LastLayer};
 use anyhow::Result;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -35,7 +35,17 @@ impl BertForSequenceClassification {
 
     /// Returns the logits, `[batch, num_labels]`, and every encoder intermediate.
     pub fn forward(&self, input: &BertInput, mode: Mode) -> Result<(Tensor, BertOutput)> {
-        self.forward_with_head_mask(input, None, mode)
+        self.forward_with(input, mode, AttentionMaps::Keep)
+    }
+
+    /// [`Self::forward`], with the attention maps kept or not.
+    pub fn forward_with(
+        &self,
+        input: &BertInput,
+        mode: Mode,
+        maps: AttentionMaps,
+    ) -> Result<(Tensor, BertOutput)> {
+        self.forward_at(input, None, mode, LastLayer::AllPositions, maps)
     }
 
     /// [`Self::forward`] with attention heads scaled by `head_mask` (see
@@ -46,11 +56,18 @@ impl BertForSequenceClassification {
         head_mask: Option<&[Tensor]>,
         mode: Mode,
     ) -> Result<(Tensor, BertOutput)> {
-        self.forward_at(input, head_mask, mode, LastLayer::AllPositions)
+        self.forward_at(
+            input,
+            head_mask,
+            mode,
+            LastLayer::AllPositions,
+            AttentionMaps::Keep,
+        )
     }
 
     /// The logits alone: the same numbers as [`Self::forward_with_head_mask`]'s, for less
-    /// work, the last layer computed at [CLS] only ([`LastLayer::ClsOnly`]).
+    /// work: the last layer computed at [CLS] only ([`LastLayer::ClsOnly`]), no attention map
+    /// written out ([`AttentionMaps::Skip`]).
     pub fn logits(
         &self,
         input: &BertInput,
@@ -58,7 +75,13 @@ impl BertForSequenceClassification {
         mode: Mode,
     ) -> Result<Tensor> {
         Ok(self
-            .forward_at(input, head_mask, mode, LastLayer::ClsOnly)?
+            .forward_at(
+                input,
+                head_mask,
+                mode,
+                LastLayer::ClsOnly,
+                AttentionMaps::Skip,
+            )?
             .0)
     }
 
@@ -68,10 +91,11 @@ impl BertForSequenceClassification {
         head_mask: Option<&[Tensor]>,
         mode: Mode,
         last: LastLayer,
+        maps: AttentionMaps,
     ) -> Result<(Tensor, BertOutput)> {
         let output = self
             .bert
-            .forward_with_head_mask(input, head_mask, mode, last)?;
+            .forward_with_head_mask(input, head_mask, mode, last, maps)?;
         let pooled = output.pooled.as_ref().expect("built with a pooler");
         let logits = self
             .classifier

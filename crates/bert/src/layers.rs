@@ -155,11 +155,19 @@ impl Dropout {
     }
 
     pub(crate) fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        Ok(match self.draw(mode) {
+            Some((p, seed)) => ops::dropout(xs, p, seed)?,
+            None => xs.clone(),
+        })
+    }
+
+    /// The probability and the mask's seed of this dropout's next application, `None` when
+    /// it keeps everything (in inference, or with `p` 0).
+    pub(crate) fn draw(&self, mode: Mode) -> Option<(f32, u64)> {
         if !mode.dropout() || self.p <= 0.0 {
-            return Ok(xs.clone());
+            return None;
         }
         // One draw from the model's generator seeds the mask.
-        let seed: u64 = self.rng.0.lock().unwrap().random();
-        Ok(ops::dropout(xs, self.p, seed)?)
+        Some((self.p, self.rng.0.lock().unwrap().random()))
     }
 }

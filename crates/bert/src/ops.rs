@@ -80,6 +80,41 @@ fn mask_draw(key: u32, i: u32) -> u32 {
     x ^ (x >> 16)
 }
 
+/// The key of a dropout mask's chunk `chunk`, drawn from the seed.
+fn chunk_key(seed: u64, chunk: usize) -> u32 {
+    use rand::{RngCore, SeedableRng, rngs::SmallRng};
+    SmallRng::seed_from_u64(seed ^ (chunk as u64).wrapping_mul(GOLDEN)).next_u32()
+}
+
+/// The draw below which an element is dropped, and the scale of those kept.
+fn dropout_thresholds(p: f32) -> (u32, f32) {
+    let threshold = (p as f64 * 2f64.powi(32)).min(u32::MAX as f64) as u32;
+    (threshold, 1.0 / (1.0 - p))
+}
+
+/// [`dropout`] in place on `xs`, elements `offset..offset + xs.len()` of a flat tensor: the
+/// same mask as `dropout(tensor, p, seed)` draws for those elements.
+pub(crate) fn dropout_in_place(xs: &mut [f32], offset: usize, p: f32, seed: u64) {
+    let (threshold, keep_scale) = dropout_thresholds(p);
+    let mut start = 0;
+    while start < xs.len() {
+        let (chunk, first) = ((offset + start) / MASK_CHUNK, (offset + start) % MASK_CHUNK);
+        let len = (MASK_CHUNK - first).min(xs.len() - start);
+        let key = chunk_key(seed, chunk);
+        let segment = &mut xs[start..start + len];
+        vectorised(
+            #[inline(always)]
+            || {
+                for (i, x) in segment.iter_mut().enumerate() {
+                    let kept = mask_draw(key, (first + i) as u32) >= threshold;
+                    *x = if kept { *x * keep_scale } else { 0.0 };
+                }
+            },
+        );
+        start += len;
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Dropout {
     p: f32,
@@ -92,18 +127,15 @@ impl CustomOp1 for Dropout {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        use rand::{RngCore, SeedableRng, rngs::SmallRng};
         let xs = f32_slice(storage, layout, self.name())?;
-        let keep_scale = 1.0 / (1.0 - self.p);
-        let threshold = (self.p as f64 * 2f64.powi(32)).min(u32::MAX as f64) as u32;
+        let (threshold, keep_scale) = dropout_thresholds(self.p);
         let mut out = Vec::with_capacity(xs.len());
         out.spare_capacity_mut()
             .par_chunks_mut(MASK_CHUNK)
             .zip(xs.par_chunks(MASK_CHUNK))
             .enumerate()
             .for_each(|(chunk, (out, xs))| {
-                let key = SmallRng::seed_from_u64(self.seed ^ (chunk as u64).wrapping_mul(GOLDEN))
-                    .next_u32();
+                let key = chunk_key(self.seed, chunk);
                 vectorised(
                     #[inline(always)]
                     || {

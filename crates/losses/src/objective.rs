@@ -12,7 +12,7 @@ use crate::schedule::Schedule;
 use crate::score_mse::attention_score_mse;
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Device, Tensor};
-use kd_bert::{BertConfig, BertOutput, Linear, Params};
+use kd_bert::{AttentionMaps, BertConfig, BertOutput, Linear, Params};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -310,6 +310,20 @@ impl Objective {
             .any(|component| !component.kind.compares_logits())
     }
 
+    /// Whether the models' passes must keep their attention maps: only when a component
+    /// compares attention.
+    pub fn attention_maps(&self) -> AttentionMaps {
+        if self
+            .components
+            .iter()
+            .any(|component| component.kind.compares_attention())
+        {
+            AttentionMaps::Keep
+        } else {
+            AttentionMaps::Skip
+        }
+    }
+
     /// The first teacher's layers (0 = embedding output) that the layer components read, when
     /// they read hidden states only, so that those could come from a cache instead of a live
     /// teacher; `None` when a component reads attention.
@@ -463,8 +477,8 @@ impl Objective {
                 let (s, t) = states()?;
                 component.sum_over_pairs(|i, j| {
                     attention_score_mse(
-                        &s.attention_scores[i - 1],
-                        &t.attention_scores[j - 1],
+                        attention_scores(s, i, "student")?,
+                        attention_scores(t, j, "teacher")?,
                         mask,
                     )
                 })
@@ -472,7 +486,11 @@ impl Objective {
             LossKind::AttentionKl => {
                 let (s, t) = states()?;
                 component.sum_over_pairs(|i, j| {
-                    attention_kl(&s.attention_scores[i - 1], &t.attention_scores[j - 1], mask)
+                    attention_kl(
+                        attention_scores(s, i, "student")?,
+                        attention_scores(t, j, "teacher")?,
+                        mask,
+                    )
                 })
             }
         }
@@ -550,10 +568,18 @@ fn cls(states: &Tensor) -> Result<Tensor> {
     Ok(states.narrow(1, 0, 1)?.squeeze(1)?)
 }
 
+/// Layer `layer`'s attention scores (layers counted from 1), or an error saying the pass
+/// skipped them.
+fn attention_scores<'a>(output: &'a BertOutput, layer: usize, model: &str) -> Result<&'a Tensor> {
+    output.attention_scores.get(layer - 1).with_context(|| {
+        format!("the {model}'s pass kept no attention maps (run it with AttentionMaps::Keep)")
+    })
+}
+
 fn check_depth(output: &BertOutput, shape: &EncoderShape, model: &str) -> Result<()> {
     let layers = output.hidden_states.len();
     ensure!(
-        layers == shape.layers && output.attention_scores.len() == layers,
+        layers == shape.layers,
         "the {model}'s outputs have {layers} layers, the objective was built for {}",
         shape.layers
     );

@@ -3,7 +3,9 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use kd_bert::{BertConfig, BertForSequenceClassification, BertInput, BertOutput, Mode, Params};
+use kd_bert::{
+    AttentionMaps, BertConfig, BertForSequenceClassification, BertInput, BertOutput, Mode, Params,
+};
 use kd_losses::{
     ComponentConfig, DistillOutputs, EncoderShape, LayerMapping, LossBatch, LossKind, Objective,
     ObjectiveConfig, Schedule, cosine_loss, hard_cross_entropy, mse, soft_cross_entropy,
@@ -264,6 +266,23 @@ fn tinybert_stages_parse_round_trip_and_project_the_student() -> Result<()> {
         7,
     )?;
     assert!(prediction.params().vars().is_empty());
+
+    // Only the stage that compares attention asks the models to keep their maps, and a pass
+    // that skipped them is an error that says so.
+    assert_eq!(objective.attention_maps(), AttentionMaps::Keep);
+    assert_eq!(prediction.attention_maps(), AttentionMaps::Skip);
+    let without_maps = BertOutput {
+        attention_scores: Vec::new(),
+        ..teacher.clone()
+    };
+    let skipped = outputs(&teacher_logits, &without_maps);
+    let error = objective
+        .compute(&skipped, &[same], &loss_batch, 0, 1)
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("kept no attention maps"),
+        "{error:#}"
+    );
     Ok(())
 }
 

@@ -6,7 +6,9 @@ use crate::task_model::save_model_dir;
 use anyhow::{Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
-use kd_bert::{BertConfig, BertModel, BertOutput, FrozenWeights, MaskedLmHead, Mode, Params};
+use kd_bert::{
+    AttentionMaps, BertConfig, BertModel, BertOutput, FrozenWeights, MaskedLmHead, Mode, Params,
+};
 use kd_data::{Example, TextTokenizer, collate, encode_examples};
 use std::path::{Path, PathBuf};
 
@@ -132,7 +134,9 @@ impl Backbone {
         let encoded = encode_examples(&self.tokenizer, &examples)?;
         let indices: Vec<usize> = (0..encoded.len()).collect();
         let batch = collate(&encoded, &indices, &Device::Cpu)?;
-        let output = self.model.forward(&batch.input, Mode::Inference)?;
+        let output = self
+            .model
+            .forward_with(&batch.input, Mode::Inference, AttentionMaps::Skip)?;
         let pooled = match pooling {
             Pooling::Mean => output.mean_pooled(&batch.input.attention_mask)?,
             Pooling::Cls => output.last_hidden_state().narrow(1, 0, 1)?.squeeze(1)?,

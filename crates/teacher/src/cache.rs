@@ -7,7 +7,7 @@ use crate::task_model::TaskModel;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use half::f16;
-use kd_bert::Mode;
+use kd_bert::{AttentionMaps, Mode};
 use kd_data::{EncodedExample, batch_plan, collate};
 use kd_train::Progress;
 use std::collections::HashMap;
@@ -167,7 +167,10 @@ impl TeacherCache {
         let progress = Progress::new(plan.len() as u64, "teacher states");
         for indices in plan {
             let batch = collate(examples, &indices, &Device::Cpu)?;
-            let (batch_logits, output) = teacher.model.forward(&batch.input, Mode::Inference)?;
+            let (batch_logits, output) =
+                teacher
+                    .model
+                    .forward_with(&batch.input, Mode::Inference, AttentionMaps::Skip)?;
             for (buffer, &layer) in buffers.iter_mut().zip(layers) {
                 let states = output.layer(layer);
                 let width = states.dim(1)? * hidden;
