@@ -2,7 +2,9 @@
 //! heads * head_dim]` in place: one gemm per (example, head) on strided views, where splitting
 //! the heads out (`reshape`, `transpose`, `contiguous`) copied the queries, keys, values and
 //! context once each way, and the scaling and the mask were passes of their own, each with a
-//! zero-filled gradient and an addition in the backward pass.
+//! zero-filled gradient and an addition in the backward pass. These ops give the scores and
+//! probabilities as tensors, for the passes that keep the attention maps; the others run
+//! [`crate::fused_attention`].
 
 use crate::ops::{f32_slice, product};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};

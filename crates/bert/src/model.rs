@@ -35,8 +35,8 @@ pub enum AttentionMaps {
     /// Kept in [`BertOutput`], for the losses and views that read them.
     Keep,
     /// Never written out: each head's attention runs in one fused pass that keeps its block
-    /// in cache (a quarter to a half of the attention's time saved), and [`BertOutput`]'s
-    /// `attention_scores` and `attention_probs` are empty.
+    /// in cache (less memory and memory traffic; `experiments/results/bench.md`, session 21),
+    /// and [`BertOutput`]'s `attention_scores` and `attention_probs` are empty.
     Skip,
 }
 
