@@ -108,13 +108,21 @@ impl Attention {
         })
     }
 
-    /// Calls `f` with the mask's data.
-    fn with_mask<R>(&self, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-        let (storage, layout) = self.mask_bias.storage_and_layout();
-        let Storage::Cpu(storage) = &*storage else {
-            candle_core::bail!("{NAME}: only CPU tensors are supported")
-        };
-        f(f32_slice(storage, layout, NAME)?)
+    /// The call's shapes, checked, and the data of `q`, `k` and `v`, for either pass.
+    fn inputs<'a>(
+        &self,
+        (q, q_layout): (&'a CpuStorage, &Layout),
+        (k, k_layout): (&'a CpuStorage, &Layout),
+        (v, v_layout): (&'a CpuStorage, &Layout),
+    ) -> Result<(Dims, [&'a [f32]; 3])> {
+        Ok((
+            self.dims(q_layout, k_layout, v_layout)?,
+            [
+                f32_slice(q, q_layout, NAME)?,
+                f32_slice(k, k_layout, NAME)?,
+                f32_slice(v, v_layout, NAME)?,
+            ],
+        ))
     }
 
     /// Head `task`'s attention probabilities into `probs`, `[seq_q, seq_k]`, before dropout.
@@ -154,6 +162,15 @@ impl Attention {
             dropout_in_place(block, task * d.block(), p, seed);
         }
     }
+}
+
+/// Calls `f` with the data of `tensor`, one the op holds rather than takes as an input.
+fn with_f32<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = tensor.storage_and_layout();
+    let Storage::Cpu(storage) = &*storage else {
+        candle_core::bail!("{NAME}: only CPU tensors are supported")
+    };
+    f(f32_slice(storage, layout, NAME)?)
 }
 
 /// The softmax of each `width`-long row of `block`, in place.
@@ -204,17 +221,12 @@ impl CustomOp3 for Attention {
         v: &CpuStorage,
         v_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = self.dims(q_layout, k_layout, v_layout)?;
-        let (q, k, v) = (
-            f32_slice(q, q_layout, self.name())?,
-            f32_slice(k, k_layout, self.name())?,
-            f32_slice(v, v_layout, self.name())?,
-        );
+        let (d, [q, k, v]) = self.inputs((q, q_layout), (k, k_layout), (v, v_layout))?;
         let len = d.batch * d.seq_q * d.hidden();
         let probs_len = d.batch * d.heads * d.block();
         let mut saved = Vec::with_capacity(if self.probs.is_some() { probs_len } else { 0 });
         let saved_ptr = saved.as_mut_ptr() as usize;
-        let out = self.with_mask(|mask| {
+        let out = with_f32(&self.mask_bias, |mask| {
             Ok(per_head(d, 1, len, |task, probs, out| {
                 self.probabilities(d, task, q, k, mask, probs);
                 if self.probs.is_some() {
@@ -419,33 +431,36 @@ impl CustomOp3 for AttentionBackward {
         v_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = &self.forward;
-        let d = op.dims(q_layout, k_layout, v_layout)?;
-        let (grad_storage, grad_layout) = self.grad.storage_and_layout();
-        let Storage::Cpu(grad_storage) = &*grad_storage else {
-            candle_core::bail!("{}: only CPU tensors are supported", self.name())
-        };
+        let (d, [q, k, v]) = op.inputs((q, q_layout), (k, k_layout), (v, v_layout))?;
         let Some(probs) = op.probs.as_ref().and_then(|probs| probs.get()) else {
             candle_core::bail!("{}: the forward pass kept no probabilities", self.name())
         };
-        let data = BackwardData {
-            q: f32_slice(q, q_layout, self.name())?,
-            k: f32_slice(k, k_layout, self.name())?,
-            v: f32_slice(v, v_layout, self.name())?,
-            grad: f32_slice(grad_storage, grad_layout, self.name())?,
-            probs,
-        };
-        if data.grad.len() != data.q.len() {
-            candle_core::bail!("{}: gradient {:?}", self.name(), grad_layout.dims());
-        }
-        let (q_len, kv_len) = (data.q.len(), data.k.len());
-        let blocks = if op.dropout.is_some() { 2 } else { 1 };
-        let out = per_head(d, blocks, q_len + 2 * kv_len, |task, scratch, out| {
-            // SAFETY: the buffer holds the three gradients, in this order.
-            unsafe {
-                let grads = (out, out.add(q_len), out.add(q_len + kv_len));
-                self.head(d, task, &data, scratch, grads)
+        let out = with_f32(&self.grad, |grad| {
+            if grad.len() != q.len() {
+                candle_core::bail!("{}: gradient {:?}", self.name(), self.grad.dims());
             }
-        });
+            let data = BackwardData {
+                q,
+                k,
+                v,
+                grad,
+                probs,
+            };
+            let (q_len, kv_len) = (q.len(), k.len());
+            let blocks = if op.dropout.is_some() { 2 } else { 1 };
+            Ok(per_head(
+                d,
+                blocks,
+                q_len + 2 * kv_len,
+                |task, scratch, out| {
+                    // SAFETY: the buffer holds the three gradients, in this order.
+                    unsafe {
+                        let grads = (out, out.add(q_len), out.add(q_len + kv_len));
+                        self.head(d, task, &data, scratch, grads)
+                    }
+                },
+            ))
+        })?;
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
