@@ -4,7 +4,7 @@
 mod common;
 
 #[test]
-fn bench_reports_every_case_it_was_asked_for() {
+fn bench_reports_every_case_and_round_it_was_asked_for() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let args = [
@@ -19,6 +19,8 @@ fn bench_reports_every_case_it_was_asked_for() {
         "2",
         "--warmup",
         "0",
+        "--rounds",
+        "2",
         "--json",
         json.to_str().unwrap(),
     ];
@@ -26,17 +28,32 @@ fn bench_reports_every_case_it_was_asked_for() {
     assert!(table.starts_with("CPU: "), "{table}");
     assert_eq!(
         table.lines().count(),
-        5,
-        "the CPU, a header and a row per case:\n{table}"
+        8,
+        "the CPU, a header and a row per case and round:\n{table}"
     );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = report["results"].as_array().unwrap();
-    let cases: Vec<&str> = results
+    let cases: Vec<(&str, u64)> = results
         .iter()
-        .map(|r| r["kd"]["case"].as_str().unwrap())
+        .map(|r| {
+            (
+                r["kd"]["case"].as_str().unwrap(),
+                r["round"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(cases, ["gemm", "inference", "train"]);
+    assert_eq!(
+        cases,
+        [
+            ("gemm", 1),
+            ("gemm", 2),
+            ("inference", 1),
+            ("inference", 2),
+            ("train", 1),
+            ("train", 2)
+        ]
+    );
     for result in results {
         let kd = &result["kd"];
         assert_eq!(kd["times_ms"].as_array().unwrap().len(), 2);

@@ -43,6 +43,11 @@ pub struct BenchArgs {
     runs: usize,
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Rounds of every case, each in fresh processes. With `--pytorch`, kd and PyTorch take
+    /// turns to go first, so that the machine's drift over a sitting falls on both alike,
+    /// and each case ends with the median and range of its rounds' ratios.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Threads for both kd and PyTorch.
     #[arg(long, default_value_t = 2)]
     pub(crate) threads: usize,
@@ -185,25 +190,46 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let mut header = true;
     for &shape in &args.shapes {
-        let mut gemm_rate = None;
+        // Each round's gemm rate, the ceiling of that round's steps.
+        let mut gemm_rates = Vec::new();
         for &case in args.cases.iter().filter(|&&case| case != Case::Latency) {
             let rate = |mut m: Measurement| {
                 m.gflop_per_s = case.flops(shape, args.seq_len) / m.median_ms / 1e6;
                 m
             };
-            let kd = rate(run_child(kd_command(shape, case, &args)?)?);
-            let torch = match &args.pytorch {
-                Some(python) => Some(rate(run_child(pytorch_command(
-                    python, shape, case, &args,
-                ))?)),
-                None => None,
-            };
-            print_row(&kd, torch.as_ref(), header, gemm_rate);
-            header = false;
-            if case == Case::Gemm {
-                gemm_rate = Some(kd.gflop_per_s);
+            let mut ratios = Vec::new();
+            for round in 0..args.rounds {
+                let kd = || run_child(kd_command(shape, case, &args)?).map(rate);
+                let torch =
+                    |python| run_child(pytorch_command(python, shape, case, &args)).map(rate);
+                let (kd, torch) = match &args.pytorch {
+                    None => (kd()?, None),
+                    Some(python) if round % 2 == 0 => (kd()?, Some(torch(python)?)),
+                    Some(python) => {
+                        let torch = torch(python)?;
+                        (kd()?, Some(torch))
+                    }
+                };
+                print_row(&kd, torch.as_ref(), header, gemm_rates.get(round).copied());
+                header = false;
+                if case == Case::Gemm {
+                    gemm_rates.push(kd.gflop_per_s);
+                }
+                ratios.extend(torch.as_ref().map(|t| kd.median_ms / t.median_ms));
+                rows.push(serde_json::json!({ "round": round + 1, "kd": kd, "pytorch": torch }));
             }
-            rows.push(serde_json::json!({ "kd": kd, "pytorch": torch }));
+            if ratios.len() > 1 {
+                ratios.sort_by(f64::total_cmp);
+                println!(
+                    "{:<6} {:<10} kd/torch over {} rounds: median {:.2}, range {:.2} to {:.2}",
+                    name(shape),
+                    name(case),
+                    ratios.len(),
+                    (ratios[(ratios.len() - 1) / 2] + ratios[ratios.len() / 2]) / 2.0,
+                    ratios[0],
+                    ratios[ratios.len() - 1]
+                );
+            }
         }
     }
     if let Some(path) = &args.json {
@@ -213,6 +239,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "seq_len": args.seq_len,
             "runs": args.runs,
             "warmup": args.warmup,
+            "rounds": args.rounds,
             "results": rows,
         });
         kd_bert::write_json_atomically(path, &report)?;
