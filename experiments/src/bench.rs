@@ -39,14 +39,14 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
     /// Timed runs per case (after the warm-up runs).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one())]
     runs: usize,
     #[arg(long, default_value_t = 2)]
     warmup: usize,
     /// Rounds of every case, each in fresh processes. With `--pytorch`, kd and PyTorch take
     /// turns to go first, so that the machine's drift over a sitting falls on both alike,
     /// and each case ends with the median and range of its rounds' ratios.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
     rounds: usize,
     /// Threads for both kd and PyTorch.
     #[arg(long, default_value_t = 2)]
@@ -69,6 +69,11 @@ pub struct BenchArgs {
     /// The sentences of the latency case: the dev set's texts.
     #[command(flatten, next_help_heading = "Data")]
     pub(crate) data: DataSpec,
+}
+
+/// A count that must be 1 or more: a median of no runs is no measurement.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
