@@ -86,16 +86,39 @@ fn chunk_key(seed: u64, chunk: usize) -> u32 {
     SmallRng::seed_from_u64(seed ^ (chunk as u64).wrapping_mul(GOLDEN)).next_u32()
 }
 
-/// The draw below which an element is dropped, and the scale of those kept.
-fn dropout_thresholds(p: f32) -> (u32, f32) {
-    let threshold = (p as f64 * 2f64.powi(32)).min(u32::MAX as f64) as u32;
-    (threshold, 1.0 / (1.0 - p))
+/// What a dropout of probability `p` does to one element: the one rule behind [`dropout`]
+/// and [`dropout_in_place`], so that the two draw the same masks.
+#[derive(Clone, Copy)]
+struct DropoutRule {
+    /// The draw below which an element is dropped.
+    threshold: u32,
+    /// The scale of the elements kept.
+    keep_scale: f32,
+}
+
+impl DropoutRule {
+    fn new(p: f32) -> Self {
+        Self {
+            threshold: (p as f64 * 2f64.powi(32)).min(u32::MAX as f64) as u32,
+            keep_scale: 1.0 / (1.0 - p),
+        }
+    }
+
+    /// `x`, element `i` of the chunk with `key`, after the dropout.
+    #[inline(always)]
+    fn apply(self, key: u32, i: u32, x: f32) -> f32 {
+        if mask_draw(key, i) >= self.threshold {
+            x * self.keep_scale
+        } else {
+            0.0
+        }
+    }
 }
 
 /// [`dropout`] in place on `xs`, elements `offset..offset + xs.len()` of a flat tensor: the
 /// same mask as `dropout(tensor, p, seed)` draws for those elements.
 pub(crate) fn dropout_in_place(xs: &mut [f32], offset: usize, p: f32, seed: u64) {
-    let (threshold, keep_scale) = dropout_thresholds(p);
+    let rule = DropoutRule::new(p);
     let mut start = 0;
     while start < xs.len() {
         let (chunk, first) = ((offset + start) / MASK_CHUNK, (offset + start) % MASK_CHUNK);
@@ -106,8 +129,7 @@ pub(crate) fn dropout_in_place(xs: &mut [f32], offset: usize, p: f32, seed: u64)
             #[inline(always)]
             || {
                 for (i, x) in segment.iter_mut().enumerate() {
-                    let kept = mask_draw(key, (first + i) as u32) >= threshold;
-                    *x = if kept { *x * keep_scale } else { 0.0 };
+                    *x = rule.apply(key, (first + i) as u32, *x);
                 }
             },
         );
@@ -128,7 +150,7 @@ impl CustomOp1 for Dropout {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let xs = f32_slice(storage, layout, self.name())?;
-        let (threshold, keep_scale) = dropout_thresholds(self.p);
+        let rule = DropoutRule::new(self.p);
         let mut out = Vec::with_capacity(xs.len());
         out.spare_capacity_mut()
             .par_chunks_mut(MASK_CHUNK)
@@ -140,8 +162,7 @@ impl CustomOp1 for Dropout {
                     #[inline(always)]
                     || {
                         for (i, (out, &x)) in out.iter_mut().zip(xs).enumerate() {
-                            let kept = mask_draw(key, i as u32) >= threshold;
-                            out.write(if kept { x * keep_scale } else { 0.0 });
+                            out.write(rule.apply(key, i as u32, x));
                         }
                     },
                 )
