@@ -38,10 +38,10 @@ def feed(encodings):
 
 
 def parameters(path):
-    """Counts of the graph's weights (f32 or int8; an int8 tensor's scales are not counted),
-    all and without the embedding tables."""
+    """Counts of the graph's weights (f32, or int8 stored as int8 or uint8; an int8 tensor's
+    scales and zero points are not counted), all and without the embedding tables."""
     graph = onnx.load(str(path), load_external_data=False).graph
-    kinds = (onnx.TensorProto.FLOAT, onnx.TensorProto.INT8)
+    kinds = (onnx.TensorProto.FLOAT, onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
     weights = [
         t for t in graph.initializer if t.data_type in kinds and len(t.dims) > 0 and not t.name.endswith("_scale")
     ]

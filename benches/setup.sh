@@ -8,6 +8,7 @@
 set -euo pipefail
 python3 -m venv .venv-ref
 .venv-ref/bin/pip install -r tests/fixtures/reference-requirements.txt
-# ONNX Runtime and the exporter's packages, for `kd bench --cases latency --pytorch`.
-.venv-ref/bin/pip install onnxruntime onnx onnxscript
+# ONNX Runtime (the interop checks' pinned versions, tests/fixtures/onnx-requirements.txt) and
+# the exporter's package, for `kd bench --cases latency --pytorch`.
+.venv-ref/bin/pip install -r tests/fixtures/onnx-requirements.txt onnxscript
 .venv-ref/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'

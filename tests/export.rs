@@ -186,7 +186,7 @@ fn a_pruned_vocabulary_keeps_the_logits_of_its_texts_and_tokenises_any_text() {
 
     // transformers loads the pruned vocabulary, in f32 and in f16, with the same answers
     // (where the reference environment exists).
-    if common::reference_python().is_some() {
+    if common::reference_python("transformers reading the pruned vocabulary").is_some() {
         let options = ExportOptions {
             precision: Precision::F16,
             prune_vocab: vec![texts],
@@ -301,12 +301,10 @@ fn tract_logits(onnx: &Path, input: &BertInput) -> Tensor {
 }
 
 /// The logits ONNX Runtime computes for `input` with the export in `dir` (after ONNX's full
-/// checker), where the reference environment exists.
-fn onnx_runtime_logits(dir: &Path, input: &BertInput) -> Option<Tensor> {
-    let python = common::workspace_root().join(".venv-ref/bin/python");
-    if !python.is_file() {
-        return None;
-    }
+/// checker), and ONNX Runtime's version; `None` where no Python has it (never in CI).
+fn onnx_runtime_logits(dir: &Path, input: &BertInput) -> Option<(Tensor, String)> {
+    let name = dir.file_name().unwrap().to_string_lossy();
+    let python = common::onnx_python(&format!("ONNX Runtime running {name}"))?;
     let inputs = serde_json::json!({
         "input_ids": rows_i64(&input.input_ids),
         "attention_mask": rows_i64(&input.attention_mask),
@@ -317,8 +315,10 @@ fn onnx_runtime_logits(dir: &Path, input: &BertInput) -> Option<Tensor> {
     command.arg(script).arg(dir);
     let output = common::run_with_stdin(command, inputs.to_string().as_bytes());
     assert!(output.status.success(), "{}", common::stderr(&output));
-    let logits: Vec<Vec<f32>> = serde_json::from_str(&common::stdout(&output)).unwrap();
-    Some(Tensor::new(logits, &Device::Cpu).unwrap())
+    let answer: serde_json::Value = serde_json::from_str(&common::stdout(&output)).unwrap();
+    let logits: Vec<Vec<f32>> = serde_json::from_value(answer["logits"].clone()).unwrap();
+    let version = answer["onnxruntime"].as_str().unwrap().to_string();
+    Some((Tensor::new(logits, &Device::Cpu).unwrap(), version))
 }
 
 #[test]
@@ -358,11 +358,15 @@ fn the_onnx_export_runs_in_tract_and_onnx_runtime_with_kds_logits() {
             if quantize.is_some() {
                 assert!(difference > 1e-6, "{name}: nothing was quantized");
             }
-            if let Some(theirs) = onnx_runtime_logits(&onnx, &input) {
+            if let Some((theirs, version)) = onnx_runtime_logits(&onnx, &input) {
                 let difference = common::max_abs_diff(&theirs, &logits);
+                common::note(&format!(
+                    "{name} in ONNX Runtime {version}, a batch of {n}: logits within \
+                     {difference:.2e} of kd's (tolerance {tolerance:.2e})"
+                ));
                 assert!(
                     difference < tolerance,
-                    "{name} in ONNX Runtime: {difference}"
+                    "{name} in ONNX Runtime {version}: {difference}"
                 );
             }
         }
@@ -505,8 +509,8 @@ fn kd_compare_puts_an_export_beside_its_original() {
         assert!(row["peak_rss_mb"].as_f64().unwrap() > 0.0);
     }
 
-    // An ONNX export runs in ONNX Runtime beside kd's rows, where the reference environment
-    // exists; without --onnx-python, kd says what it needs.
+    // An ONNX export runs in ONNX Runtime beside kd's rows (where a Python has it: always in
+    // CI); without --onnx-python, kd says what it needs.
     let onnx_options = ExportOptions {
         format: Format::Onnx,
         ..ExportOptions::default()
@@ -515,8 +519,7 @@ fn kd_compare_puts_an_export_beside_its_original() {
     let mut args = compare(&onnx);
     let error = common::kd_err(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(error.contains("--onnx-python"), "{error}");
-    let python = common::workspace_root().join(".venv-ref/bin/python");
-    if python.is_file() {
+    if let Some(python) = common::onnx_python("kd compare --onnx-python") {
         args.extend(["--onnx-python".to_string(), python.display().to_string()]);
         let table = common::kd_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let row = table

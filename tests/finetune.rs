@@ -161,8 +161,7 @@ fn finetuned_sst2_teacher_round_trips_through_eval_and_predict() {
     );
 
     // Where the reference Python environment exists, HF transformers loads the directory.
-    let python = common::workspace_root().join(".venv-ref/bin/python");
-    if python.is_file() {
+    if let Some(python) = common::reference_python("transformers reading a fine-tuned model") {
         let check = std::process::Command::new(python)
             .arg(common::workspace_root().join("tests/fixtures/check_hf_load.py"))
             .arg(&out)

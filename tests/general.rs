@@ -120,11 +120,9 @@ fn the_masked_lm_head_trains_through_its_tied_decoder_and_round_trips_as_hf_bert
 
     // transformers loads it as BertForMaskedLM with no missing or unexpected weight, and
     // computes the same logits (where the reference environment exists).
-    let python = common::workspace_root().join(".venv-ref/bin/python");
-    if !python.is_file() {
-        eprintln!("skipping the transformers check: no .venv-ref (benches/setup.sh)");
+    let Some(python) = common::reference_python("transformers reading a masked-LM backbone") else {
         return;
-    }
+    };
     let output = std::process::Command::new(python)
         .arg(common::workspace_root().join("tests/fixtures/hf_mlm_logits.py"))
         .arg(&dir)

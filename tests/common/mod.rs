@@ -161,17 +161,62 @@ pub fn distill_recipe(recipe: &Path, out: &Path, cache: &Path) -> serde_json::Va
     serde_json::from_str(stdout.trim()).unwrap()
 }
 
-/// The reference Python environment's interpreter (`.venv-ref`), where it exists.
-pub fn reference_python() -> Option<PathBuf> {
+/// Writes `message` to the test binary's standard error past libtest's capture, so that a
+/// passing test's log still says what it skipped or checked.
+pub fn note(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "note: {message}");
+}
+
+/// The reference Python environment's interpreter (`.venv-ref`, PyTorch and transformers:
+/// `benches/setup.sh`), where it exists; otherwise notes that `check` is skipped. CI has none:
+/// it is too heavy to install on every run.
+pub fn reference_python(check: &str) -> Option<PathBuf> {
     let python = workspace_root().join(".venv-ref/bin/python");
-    python.is_file().then_some(python)
+    if !python.is_file() {
+        note(&format!(
+            "skipping {check}: no .venv-ref with PyTorch and transformers (benches/setup.sh)"
+        ));
+        return None;
+    }
+    Some(python)
+}
+
+/// An interpreter with ONNX Runtime, onnx and tokenizers: `$KD_ONNX_PYTHON`, `.venv-onnx`
+/// (what `.ci/run` installs from `tests/fixtures/onnx-requirements.txt`) or `.venv-ref`.
+/// Without one the ONNX Runtime `check` is skipped with a note, except in CI (`CI` set),
+/// where it must run.
+pub fn onnx_python(check: &str) -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("KD_ONNX_PYTHON").map(PathBuf::from),
+        Some(workspace_root().join(".venv-onnx/bin/python")),
+        Some(workspace_root().join(".venv-ref/bin/python")),
+    ];
+    let found = candidates
+        .into_iter()
+        .flatten()
+        .find(|python| python.is_file());
+    if found.is_none() {
+        let setup = "python3 -m venv .venv-onnx && .venv-onnx/bin/pip install -r \
+                     tests/fixtures/onnx-requirements.txt";
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs {check}, but no Python with ONNX Runtime was found ({setup})"
+        );
+        note(&format!(
+            "skipping {check}: no Python with ONNX Runtime ({setup})"
+        ));
+    }
+    found
 }
 
 /// The logits HF transformers gives for `texts` with the model in `dir`
 /// (`tests/fixtures/check_hf_load.py`, which fails on any missing or unexpected weight); `None`
 /// without the reference environment.
 pub fn transformers_logits(dir: &Path, texts: &[&str]) -> Option<Vec<Vec<f64>>> {
-    let output = Command::new(reference_python()?)
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let check = format!("transformers reading the model {name}");
+    let output = Command::new(reference_python(&check)?)
         .arg(workspace_root().join("tests/fixtures/check_hf_load.py"))
         .arg(dir)
         .args(texts)

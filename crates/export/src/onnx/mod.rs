@@ -1,6 +1,6 @@
 //! ONNX export of a task model: BERT's embeddings, encoder, pooler and classifier as one graph
 //! (opset 17; batch and sequence length given at run time) with its weights inline: f32, or
-//! with int8 linear layers as ONNX Runtime's dynamic quantization writes them (activations
+//! with int8 linear layers in the form of ONNX Runtime's dynamic quantization (activations
 //! quantized per tensor at run time, DynamicQuantizeLinear + MatMulInteger, weights per output
 //! channel) and optionally an int8 word-embedding table with a scale per token. Inputs
 //! `input_ids`, `attention_mask` and `token_type_ids` (int64, `[batch, sequence]`), output
@@ -25,6 +25,14 @@ use std::path::Path;
 pub const OPSET: i64 = 17;
 /// The IR version that opset 17 came with.
 const IR_VERSION: i64 = 8;
+/// A quantized weight's int8 level `q` is stored as the uint8 `q + 128`, with 128 as
+/// MatMulInteger's zero point: the same products as int8 weights, but u8 x u8, which ONNX
+/// Runtime computes exactly on every CPU. Its u8 x s8 kernels for x86 without AVX-512 VNNI
+/// add pairs of products in saturating 16-bit lanes (`vpmaddubsw`), which the activations'
+/// full uint8 range overflows (ONNX Runtime's quantization guide): on an AMD EPYC the
+/// logits moved by up to 0.47 where tract's stayed within 0.06, and 7-bit weights
+/// (the guide's other cure) cost 0.34 points of SST-2 accuracy (`compare-sst2.md`).
+const WEIGHT_ZERO_POINT: u8 = 128;
 /// The file an ONNX export's graph is in.
 pub const ONNX_FILE: &str = "model.onnx";
 
@@ -323,9 +331,9 @@ impl<'a> Graph<'a> {
     }
 
     /// `x W^T + b` for the linear layer `prefix`, with `W^T` stored so that MatMul reads it
-    /// as it is. Quantized, `W^T` is int8 with a scale per output column and `x` is quantized
-    /// at run time (uint8, one scale and zero point per tensor): the int32 product, times
-    /// both scales.
+    /// as it is. Quantized, `W^T` holds int8 levels (as uint8, [`WEIGHT_ZERO_POINT`]) with a
+    /// scale per output column and `x` is quantized at run time (uint8, one scale and zero
+    /// point per tensor): the int32 product, times both scales.
     fn linear(&mut self, x: &str, prefix: &str) -> Result<String> {
         let name = format!("{prefix}.weight");
         let weight = self.parameter(&name)?;
@@ -337,16 +345,24 @@ impl<'a> Graph<'a> {
             let (rows, columns) = weight.dims2()?;
             let mut transposed_levels = vec![0u8; levels.len()];
             for (i, &q) in levels.iter().enumerate() {
-                transposed_levels[(i % columns) * rows + i / columns] = q as u8;
+                transposed_levels[(i % columns) * rows + i / columns] =
+                    (q as i16 + WEIGHT_ZERO_POINT as i16) as u8;
             }
             let scales = self.f32_values(format!("{transposed}_scale"), &[rows], &scales);
-            let levels =
-                self.initializer(transposed, &[columns, rows], proto::INT8, transposed_levels);
+            let levels = self.initializer(
+                transposed,
+                &[columns, rows],
+                proto::UINT8,
+                transposed_levels,
+            );
+            let zero_w = self.constant_name();
+            let zero_w = self.initializer(zero_w, &[], proto::UINT8, vec![WEIGHT_ZERO_POINT]);
             let quantized_x = self.op_outputs("DynamicQuantizeLinear", &[x], &[], 3);
             let [levels_x, scale_x, zero_x] = quantized_x.as_slice() else {
                 unreachable!("three outputs asked for")
             };
-            let product = self.op("MatMulInteger", &[levels_x, &levels, zero_x], &[]);
+            let inputs = [levels_x.as_str(), &levels, zero_x, &zero_w];
+            let product = self.op("MatMulInteger", &inputs, &[]);
             let to_float = Attr::Int(proto::FLOAT as i64);
             let product = self.op("Cast", &[&product], &[("to", to_float)]);
             let scale = self.op("Mul", &[scale_x, &scales], &[]);
