@@ -389,3 +389,101 @@ fn embed_resolves_the_hub_id_from_the_cache_and_matches_sentence_transformers() 
     let diff = common::max_abs_diff(&ours, &fixture["batch.mean_pooled_normalized"]);
     assert!(diff <= TOLERANCE, "max abs diff {diff}");
 }
+
+/// The generic kernels (candle's tensor ops: what runs off the CPU) against the fused CPU
+/// kernels, on all-MiniLM-L6-v2 and the fixture's padded batch: every intermediate the losses
+/// read within 1e-5, and, after a training pass with dropout (the same masks on both), every
+/// parameter's gradient within 1e-4 of its largest element, with and without the attention
+/// maps.
+#[test]
+fn the_generic_kernels_give_the_fused_kernels_outputs_and_gradients() {
+    use kd_bert::kernels::force_generic;
+    let dir = common::minilm_dir();
+    let config = BertConfig::from_file(&dir.join("config.json")).unwrap();
+    let params = Params::new(&Device::Cpu);
+    let model = BertModel::new(&config, params.var_builder(), true).unwrap();
+    params
+        .load(&dir.join("model.safetensors"), |_| false)
+        .unwrap();
+    let input = input(&fixture(), "batch");
+
+    let fused = model.forward(&input, Mode::Inference).unwrap();
+    let generic = force_generic(|| model.forward(&input, Mode::Inference).unwrap());
+    let pairs = [
+        (&fused.embeddings, &generic.embeddings),
+        (
+            fused.pooled.as_ref().unwrap(),
+            generic.pooled.as_ref().unwrap(),
+        ),
+    ];
+    let layers = (fused.hidden_states.iter()).zip(&generic.hidden_states);
+    let scores = (fused.attention_scores.iter()).zip(&generic.attention_scores);
+    let probs = (fused.attention_probs.iter()).zip(&generic.attention_probs);
+    let all: Vec<_> = pairs
+        .into_iter()
+        .chain(layers)
+        .chain(scores)
+        .chain(probs)
+        .collect();
+    assert_eq!(all.len(), 2 + 3 * 6);
+    for (i, (fused, generic)) in all.into_iter().enumerate() {
+        // The scores hold -f32::MAX at masked keys, where a difference means nothing.
+        let unmasked = |xs: &Tensor| {
+            let zeros = xs.zeros_like().unwrap();
+            xs.ge(-1e30).unwrap().where_cond(xs, &zeros).unwrap()
+        };
+        let (fused, generic) = (unmasked(fused), unmasked(generic));
+        let diff = common::max_abs_diff(&fused, &generic);
+        let scale = fused.abs().unwrap().max_all().unwrap();
+        let scale = scale.to_scalar::<f32>().unwrap();
+        assert!(
+            diff <= 1e-5 * scale.max(1.0),
+            "intermediate {i}: {diff} of {scale}"
+        );
+    }
+
+    let mode = Mode::Train { dropout: true };
+    for maps in [AttentionMaps::Keep, AttentionMaps::Skip] {
+        let gradients = |generic: bool| {
+            model.dropout_rng().reseed(7);
+            let pass = || {
+                let output = model.forward_with(&input, mode, maps).unwrap();
+                let pooled = output.pooled.as_ref().unwrap();
+                let mut loss = (pooled.sqr().unwrap().sum_all().unwrap()
+                    + output.last_hidden_state().sum_all().unwrap())
+                .unwrap();
+                if let Some(probs) = output.attention_probs.get(2) {
+                    loss = (loss + probs.sqr().unwrap().sum_all().unwrap()).unwrap();
+                }
+                loss.backward().unwrap()
+            };
+            if generic { force_generic(pass) } else { pass() }
+        };
+        let (fused, generic) = (gradients(false), gradients(true));
+        let fused_of = |name: &str| {
+            let var = params.get(name).unwrap();
+            fused.get(var.as_tensor()).unwrap().clone()
+        };
+        for (name, var) in params.vars() {
+            if name.starts_with("embeddings.position_ids") {
+                continue;
+            }
+            let fused = fused.get(var.as_tensor());
+            let fused = fused.unwrap_or_else(|| panic!("{name}: no fused gradient"));
+            let generic = generic.get(var.as_tensor());
+            let generic = generic.unwrap_or_else(|| panic!("{name}: no generic gradient"));
+            // A key bias's true gradient is zero (a shift of every score of a query leaves
+            // its softmax as it is): both paths leave rounding noise, measured against the
+            // key weight's gradient.
+            let scale_of = match name.strip_suffix("key.bias") {
+                Some(layer) => fused_of(&format!("{layer}key.weight")),
+                None => fused.clone(),
+            };
+            let scale = scale_of.abs().unwrap().max_all().unwrap();
+            let scale = scale.to_scalar::<f32>().unwrap();
+            assert!(scale > 0.0, "{name}: zero gradient ({maps:?})");
+            let relative = common::max_abs_diff(fused, generic) / scale;
+            assert!(relative <= 1e-4, "{name} ({maps:?}): {relative} of {scale}");
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! The encoder's building blocks: layer norm and dense layers on kd's fused kernels, dropout,
 //! and the [`Mode`] a forward pass runs in.
 
-use crate::{int8, ops};
+use crate::{int8, kernels, ops};
 use anyhow::Result;
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
@@ -46,7 +46,7 @@ impl LayerNorm {
     }
 
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Ok(ops::layer_norm(xs, &self.weight, &self.bias, self.eps)?)
+        Ok(kernels::layer_norm(xs, &self.weight, &self.bias, self.eps)?)
     }
 }
 
@@ -110,6 +110,9 @@ impl Linear {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if kernels::kernels_for(xs) == kernels::Kernels::Generic {
+            return Ok(kernels::dense(xs, &self.weight, &self.bias)?);
+        }
         if let Some(weight) = &self.int8 {
             return Ok(int8::dense_int8(xs, weight, &self.bias)?);
         }
@@ -156,7 +159,7 @@ impl Dropout {
 
     pub(crate) fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
         Ok(match self.draw(mode) {
-            Some((p, seed)) => ops::dropout(xs, p, seed)?,
+            Some((p, seed)) => kernels::dropout(xs, p, seed)?,
             None => xs.clone(),
         })
     }

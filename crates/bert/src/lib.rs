@@ -4,8 +4,9 @@
 //! output), a sequence-classification head, and attention heads masked (HF's `head_mask`) or
 //! pruned away (`pruned_heads`).
 //!
-//! There is one model definition on kd's fused CPU kernels ([`ops`]: softmax, layer norm and
-//! GELU, each with a hand-written backward pass). [`Mode`] switches dropout on for training and
+//! There is one model definition, on kd's fused CPU kernels ([`ops`]: softmax, layer norm and
+//! GELU, each with a hand-written backward pass) for f32 on the CPU and on candle's tensor ops
+//! elsewhere or when forced ([`kernels`] chooses). [`Mode`] switches dropout on for training and
 //! cuts the graph after each layer for inference.
 
 mod attention;
@@ -14,6 +15,7 @@ mod classifier;
 mod config;
 mod fused_attention;
 pub mod int8;
+pub mod kernels;
 mod layers;
 mod masked_lm;
 mod math;

@@ -3,9 +3,9 @@
 //! plus a per-token bias.
 
 use crate::config::BertConfig;
+use crate::kernels;
 use crate::layers::{LayerNorm, Linear};
 use crate::model::Activation;
-use crate::ops;
 use anyhow::{Result, ensure};
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
@@ -55,6 +55,6 @@ impl MaskedLmHead {
             .index_select(positions, 0)?;
         let xs = self.activation.forward(&self.transform.forward(&rows)?)?;
         let xs = self.layer_norm.forward(&xs)?;
-        Ok(ops::dense(&xs, word_embeddings, &self.bias)?)
+        Ok(kernels::dense(&xs, word_embeddings, &self.bias)?)
     }
 }

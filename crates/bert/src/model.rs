@@ -2,8 +2,8 @@
 //! checkpoints (`embeddings.*`, `encoder.layer.N.*`, `pooler.*`).
 
 use crate::config::BertConfig;
+use crate::kernels;
 use crate::layers::{Dropout, DropoutRng, FrozenWeights, LayerNorm, Linear, Mode};
-use crate::{attention, fused_attention, ops};
 use anyhow::{Result, bail};
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Embedding, Init, VarBuilder};
@@ -181,14 +181,14 @@ impl SelfAttention {
         let v = self.value.forward(xs)?;
         let (mut context, maps) = match maps {
             AttentionMaps::Keep => {
-                let scores = attention::scores(&q, &k, mask_bias, self.num_heads, scale)?;
-                let probs = ops::softmax_last_dim(&scores)?;
-                let context = attention::context(&self.dropout.forward(&probs, mode)?, &v)?;
+                let scores = kernels::scores(&q, &k, mask_bias, self.num_heads, scale)?;
+                let probs = kernels::softmax_last_dim(&scores)?;
+                let context = kernels::context(&self.dropout.forward(&probs, mode)?, &v)?;
                 (context, Some((scores, probs)))
             }
             AttentionMaps::Skip => {
                 let dropout = self.dropout.draw(mode);
-                let context = fused_attention::attention(
+                let context = kernels::attention(
                     &q,
                     &k,
                     &v,
@@ -267,7 +267,7 @@ impl Activation {
 
     pub(crate) fn forward(self, xs: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Self::GeluErf => ops::gelu_erf(xs)?,
+            Self::GeluErf => kernels::gelu_erf(xs)?,
             Self::GeluTanh => xs.gelu()?,
             Self::Relu => xs.relu()?,
         })

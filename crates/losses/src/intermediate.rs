@@ -104,12 +104,12 @@ mod tests {
             ]]],
             device,
         )?;
-        // The teacher's −200 counts as 0: squares 0, 4, 0, 16 over four real pairs.
-        assert_close(
-            scalar(&attention_score_mse(&student, &teacher, &mask)?),
-            5.0,
-            1e-12,
-        );
+        // The teacher's −200 counts as 0: squares 0, 4, 0, 16 over four real pairs; the
+        // fused kernel and the composition alike.
+        let score_mse = || attention_score_mse(&student, &teacher, &mask);
+        assert_close(scalar(&score_mse()?), 5.0, 1e-12);
+        let composed = kd_bert::kernels::force_generic(score_mse)?;
+        assert_close(scalar(&composed), 5.0, 1e-12);
 
         let ln3 = 3f64.ln();
         // Query 1: p = [1/4, 3/4] against q = [1/2, 1/2]; query 2: equal distributions.
@@ -211,6 +211,11 @@ mod tests {
         let teacher_scores = scores(&[2, 2, 4, 4], &mask, 5);
         check_gradient(&scores(&[2, 2, 4, 4], &mask, 6), |student| {
             attention_score_mse(student, &teacher_scores, &mask)
+        });
+        kd_bert::kernels::force_generic(|| {
+            check_gradient(&scores(&[2, 2, 4, 4], &mask, 6), |student| {
+                attention_score_mse(student, &teacher_scores, &mask)
+            })
         });
         check_gradient(&scores(&[2, 2, 4, 4], &mask, 7), |student| {
             attention_kl(student, &teacher_scores, &mask)

@@ -5,8 +5,8 @@
 
 use crate::mean::masked_mean;
 use anyhow::{Result, ensure};
-use candle_core::{D, DType, Tensor};
-use candle_nn::ops::{log_softmax, softmax};
+use candle_core::{D, Tensor};
+use candle_nn::ops::softmax;
 
 /// The teacher's distribution at temperature `T`, softmax(logits / T), as a constant.
 pub fn soft_targets(teacher_logits: &Tensor, temperature: f64) -> Result<Tensor> {
@@ -110,13 +110,10 @@ fn cross_entropy_rows(
     Ok((targets.detach() * log_probs)?.sum(D::Minus1)?.neg()?)
 }
 
-/// Log-softmax over the last dimension: kd's fused op in f32, the dtype models train in, and
-/// candle_nn's composition in f64, where the loss tests check their gradients.
+/// Log-softmax over the last dimension: kd's fused op for f32 on the CPU, candle's composition
+/// elsewhere (in f64, where the loss tests check their gradients; on a GPU).
 fn log_softmax_rows(xs: &Tensor) -> Result<Tensor> {
-    Ok(match xs.dtype() {
-        DType::F32 => kd_bert::ops::log_softmax_last_dim(xs)?,
-        _ => log_softmax(xs, D::Minus1)?,
-    })
+    Ok(kd_bert::kernels::log_softmax_last_dim(xs)?)
 }
 
 /// Per row, `−Σ p log p` of a constant distribution, with `0 log 0 = 0`.

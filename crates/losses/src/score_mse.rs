@@ -7,6 +7,7 @@
 use anyhow::{Result, ensure};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
+use kd_bert::kernels::generic_forced;
 use rayon::prelude::*;
 
 /// Scores at or below this count as 0 on both sides, as in TinyBERT (the padded keys' among
@@ -39,15 +40,36 @@ pub fn attention_score_mse(student: &Tensor, teacher: &Tensor, mask: &Tensor) ->
         .chunks(seq)
         .map(|row| row.iter().filter(|&&r| r).count().pow(2))
         .sum();
+    let count = (pairs * heads).max(1) as f64;
+    // The fused kernel serves f32 and f64 on the CPU.
+    if !student.device().is_cpu() || generic_forced() {
+        return composed(student, &teacher.detach(), mask, count);
+    }
     let op = ScoreMse {
         real,
         heads,
         seq,
-        count: (pairs * heads).max(1) as f64,
+        count,
     };
     Ok(student
         .contiguous()?
         .apply_op2(&teacher.detach().contiguous()?, op)?)
+}
+
+/// The same loss from candle's tensor ops, for devices and dtypes the fused kernel does not
+/// serve: the squared differences of the unmasked scores, kept at real (query, key) pairs.
+fn composed(student: &Tensor, teacher: &Tensor, mask: &Tensor, count: f64) -> Result<Tensor> {
+    let unmasked = |scores: &Tensor| -> Result<Tensor> {
+        let zeros = scores.zeros_like()?;
+        Ok(scores.gt(MASKED_SCORE)?.where_cond(scores, &zeros)?)
+    };
+    let real = mask.to_dtype(student.dtype())?;
+    let (batch, seq) = real.dims2()?;
+    let pairs = real
+        .reshape((batch, 1, seq, 1))?
+        .broadcast_mul(&real.reshape((batch, 1, 1, seq))?)?;
+    let squares = (unmasked(student)? - unmasked(teacher)?)?.sqr()?;
+    Ok((squares.broadcast_mul(&pairs)?.sum_all()? / count)?)
 }
 
 struct ScoreMse {

@@ -4,7 +4,8 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use kd_bert::{
-    AttentionMaps, BertConfig, BertForSequenceClassification, BertInput, BertOutput, Mode, Params,
+    AttentionMaps, BertConfig, BertForSequenceClassification, BertInput, BertOutput, MaskedLmHead,
+    Mode, Params,
 };
 use kd_losses::{
     ComponentConfig, DistillOutputs, EncoderShape, LayerMapping, LossBatch, LossKind, Objective,
@@ -680,5 +681,184 @@ fn hard_labels_alone_need_no_teacher_outputs() -> Result<()> {
         format!("{error:#}").contains("built for 1 teachers"),
         "{error:#}"
     );
+    Ok(())
+}
+
+/// A tiny encoder with both heads a distillation reads: a classifier and the masked-LM head.
+struct TinyModel {
+    params: Params,
+    classifier: BertForSequenceClassification,
+    mlm: MaskedLmHead,
+}
+
+impl TinyModel {
+    fn new(config: &BertConfig, seed: u64) -> Result<Self> {
+        let params = Params::new(&DEVICE);
+        let vb = params.var_builder();
+        let classifier = BertForSequenceClassification::new(config, 3, vb.clone())?;
+        let mlm = MaskedLmHead::new(config, vb.pp("cls").pp("predictions"))?;
+        params.init_bert(0.02, seed)?;
+        Ok(Self {
+            params,
+            classifier,
+            mlm,
+        })
+    }
+
+    /// The logits (per masked position with `positions`, else per example) and the encoder's
+    /// outputs.
+    fn forward(
+        &self,
+        input: &BertInput,
+        mode: Mode,
+        positions: Option<&Tensor>,
+    ) -> Result<(Tensor, BertOutput)> {
+        let (logits, output) = self.classifier.forward(input, mode)?;
+        let logits = match positions {
+            Some(positions) => self.mlm.forward(
+                output.last_hidden_state(),
+                positions,
+                self.classifier.bert.word_embeddings(),
+            )?,
+            None => logits,
+        };
+        Ok((logits, output))
+    }
+}
+
+/// The generic kernels (what runs off the CPU) against the fused CPU kernels through one
+/// training pass of each kind of objective, with dropout (the same masks on both paths): every
+/// parameter that gets a gradient on one path gets it on the other, within 1e-4 of its largest
+/// element.
+#[test]
+fn the_generic_kernels_give_the_fused_gradients_for_every_objective_kind() -> Result<()> {
+    let kinds = [
+        ("DistilBERT", 1, false, DISTILBERT),
+        (
+            "TinyBERT, intermediate layers",
+            1,
+            false,
+            r#"components = [
+                { kind = "embedding_mse" },
+                { kind = "hidden_mse", layers = "uniform" },
+                { kind = "attention_mse", layers = "uniform" },
+            ]"#,
+        ),
+        (
+            "TinyBERT, prediction layer",
+            1,
+            false,
+            r#"components = [{ kind = "soft_ce" }]"#,
+        ),
+        (
+            "BERT-PKD",
+            1,
+            false,
+            r#"temperature = 2.0
+            components = [
+                { kind = "pkd", layers = "uniform", weight = 100.0 },
+                { kind = "soft_ce", weight = 0.5 },
+                { kind = "hard", weight = 0.5 },
+            ]"#,
+        ),
+        (
+            "MT-DNN, two teachers",
+            2,
+            false,
+            r#"temperature = 1.0
+            teacher_weights = [0.7, 0.3]
+            components = [{ kind = "soft_ce" }, { kind = "hard" }]"#,
+        ),
+        ("masked-LM general stage", 1, true, DISTILBERT),
+    ];
+    let (student_config, teacher_config) = (tiny_config(2, 8), tiny_config(4, 12));
+    let student = TinyModel::new(&student_config, 1)?;
+    let teachers = [
+        TinyModel::new(&teacher_config, 2)?,
+        TinyModel::new(&teacher_config, 3)?,
+    ];
+    let input = BertInput {
+        input_ids: Tensor::new(&[[1u32, 5, 7, 2, 0], [1, 9, 3, 12, 2]], &DEVICE)?,
+        token_type_ids: Tensor::zeros((2, 5), DType::U32, &DEVICE)?,
+        attention_mask: padding_mask(&[4, 5], 5),
+    };
+    let class_labels = Tensor::new(&[2u32, 0], &DEVICE)?;
+    let (positions, token_labels) = (
+        Tensor::new(&[1u32, 7, 8], &DEVICE)?,
+        Tensor::new(&[5u32, 9, 3], &DEVICE)?,
+    );
+    for (kind, teacher_count, masked_lm, recipe) in kinds {
+        let config: ObjectiveConfig = toml::from_str(recipe)?;
+        let teachers = &teachers[..teacher_count];
+        let objective = Objective::new(
+            &config,
+            &vec![EncoderShape::from(&teacher_config); teacher_count],
+            EncoderShape::from(&student_config),
+            &DEVICE,
+            0,
+        )?;
+        let (positions, labels) = match masked_lm {
+            true => (Some(&positions), &token_labels),
+            false => (None, &class_labels),
+        };
+        let pass = || -> Result<_> {
+            student.classifier.bert.dropout_rng().reseed(7);
+            let mode = Mode::Train { dropout: true };
+            let (logits, outputs) = student.forward(&input, mode, positions)?;
+            let teacher_outputs = teachers
+                .iter()
+                .map(|teacher| teacher.forward(&input, Mode::Inference, positions))
+                .collect::<Result<Vec<_>>>()?;
+            let teacher_outputs: Vec<_> = teacher_outputs
+                .iter()
+                .map(|(logits, encoder)| DistillOutputs {
+                    logits: Some(logits),
+                    encoder: Some(encoder),
+                })
+                .collect();
+            let breakdown = objective.compute(
+                &DistillOutputs {
+                    logits: Some(&logits),
+                    encoder: Some(&outputs),
+                },
+                &teacher_outputs,
+                &batch(&input.attention_mask, Some(labels)),
+                0,
+                1,
+            )?;
+            Ok(breakdown.total.backward()?)
+        };
+        let fused = pass()?;
+        let generic = kd_bert::kernels::force_generic(pass)?;
+        let trained: Vec<_> = (student.params.vars().into_iter())
+            .chain(objective.params().vars())
+            .filter_map(|(name, var)| {
+                match (fused.get(var.as_tensor()), generic.get(var.as_tensor())) {
+                    (None, None) => None,
+                    (Some(fused), Some(generic)) => Some((name, fused.clone(), generic.clone())),
+                    _ => panic!("{kind}: {name} has a gradient on one path only"),
+                }
+            })
+            .collect();
+        let largest = |grad: &Tensor| -> Result<f32> { Ok(grad.abs()?.max_all()?.to_scalar()?) };
+        let mut overall = 0f32;
+        for (_, fused, _) in &trained {
+            overall = overall.max(largest(fused)?);
+        }
+        for (name, fused, generic) in &trained {
+            let (scale, diff) = (largest(fused)?, largest(&(fused - generic)?)?);
+            // Rounding noise is measured against the whole gradient where a parameter's own is
+            // near zero: a key bias's is zero in truth (a shift of every score of a query leaves
+            // its softmax as it is), and tiny initial weights leave some others at 1e-11.
+            let tolerance = 1e-4 * scale.max(1e-5 * overall);
+            assert!(diff <= tolerance, "{kind}: {name}: {diff} of {scale}");
+        }
+        let compared = trained.len();
+        let encoder_tensors = 16 * student_config.num_hidden_layers;
+        assert!(
+            compared > encoder_tensors,
+            "{kind}: {compared} gradients compared"
+        );
+    }
     Ok(())
 }
