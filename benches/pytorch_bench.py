@@ -65,7 +65,7 @@ def distillation_loss(student_out, teacher_out, labels, mask, temperature=2.0):
     real = mask.bool()
     s = student_out.hidden_states[-1][real]
     t = teacher_out.hidden_states[-1][real]
-    cosine = F.cosine_embedding_loss(s, t, torch.ones(s.shape[0]))
+    cosine = F.cosine_embedding_loss(s, t, torch.ones(s.shape[0], device=s.device))
     return 5.0 * soft + 2.0 * hard + 1.0 * cosine
 
 
@@ -77,23 +77,27 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N, as kd names them")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    # A GPU runs asynchronously: a step ends when its kernels have.
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
     shape, case = args.shapes, args.cases
     layers, *_, batch = SHAPES[shape]
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 30522, (batch, args.seq_len), generator=generator)
+    ids = torch.randint(1000, 30522, (batch, args.seq_len), generator=generator).to(device)
     mask = torch.ones_like(ids)
-    labels = torch.randint(0, 2, (batch,), generator=generator)
-    teacher = model(shape, layers, 1)
+    labels = torch.randint(0, 2, (batch,), generator=generator).to(device)
+    teacher = model(shape, layers, 1).to(device)
 
     if case == "gemm":
         # The dense-layer product alone (FFN input: tokens x hidden by hidden x intermediate).
         _, hidden, _, intermediate, _ = SHAPES[shape]
-        xs = torch.randn(batch * args.seq_len, hidden, generator=generator)
-        weight = torch.randn(intermediate, hidden, generator=generator)
-        bias = torch.zeros(intermediate)
+        xs = torch.randn(batch * args.seq_len, hidden, generator=generator).to(device)
+        weight = torch.randn(intermediate, hidden, generator=generator).to(device)
+        bias = torch.zeros(intermediate, device=device)
 
         def step():
             with torch.no_grad():
@@ -116,7 +120,7 @@ def main():
 
     else:
         teacher.eval()
-        student = model(shape, layers // 2, 2)
+        student = model(shape, layers // 2, 2).to(device)
         student.train()
         opt = optimizer(student)
 
@@ -128,10 +132,12 @@ def main():
 
     for _ in range(args.warmup):
         step()
+    synchronize()
     times = []
     for _ in range(args.runs):
         start = time.perf_counter()
         step()
+        synchronize()
         times.append((time.perf_counter() - start) * 1e3)
     print(
         json.dumps(

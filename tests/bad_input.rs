@@ -229,3 +229,46 @@ fn an_output_directory_that_cannot_be_written_is_named_before_any_work() {
         "{error}"
     );
 }
+
+/// A GPU asked of a kd built without CUDA, on the command line or in a recipe, is refused
+/// before anything is read or written, with the way to build one.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_gpu_asked_of_a_build_without_cuda_is_refused_before_any_work() {
+    let case = Case::new();
+    let (model, data, out) = (case.model(), case.data(), case.out());
+    let error = common::kd_err(&[
+        "finetune",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cuda:1",
+    ]);
+    assert!(
+        error.contains("--device cuda:1") && error.contains("--features cuda"),
+        "{error}"
+    );
+    assert!(!out.exists(), "output directory created despite the error");
+
+    let recipe = common::workspace_root().join("experiments/recipes/sst2-distilbert-l3.toml");
+    let error = common::kd_err(&[
+        "distill",
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "training.device=cuda",
+    ]);
+    assert!(error.contains("--features cuda"), "{error}");
+    assert!(!out.exists(), "output directory created despite the error");
+
+    let error = common::kd_err(&["eval", "--model", ".", "--device", "gpu"]);
+    assert!(error.contains("expected cpu, cuda or cuda:N"), "{error}");
+}

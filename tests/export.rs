@@ -40,7 +40,7 @@ fn tiny_classifier(dir: &Path) {
         ProblemType::SingleLabelClassification,
     );
     // BERT's 0.02 makes logits tiny; a wider draw makes their differences measurable.
-    let model = TaskModel::initialised(config, dir, 5, 64).unwrap();
+    let model = TaskModel::initialised(config, dir, 5, 64, &candle_core::Device::Cpu).unwrap();
     model.params.init_bert(0.2, 5).unwrap();
     model.save(dir).unwrap();
 }
@@ -48,7 +48,12 @@ fn tiny_classifier(dir: &Path) {
 /// The model's logits and last hidden state on the first `n` of `SENTENCES`, padded into
 /// one batch, and that batch's input.
 fn outputs_on(dir: &Path, n: usize) -> (Tensor, Tensor, BertInput) {
-    let model = TaskModel::load(&ModelFiles::from_dir(dir).unwrap(), 64).unwrap();
+    let model = TaskModel::load(
+        &ModelFiles::from_dir(dir).unwrap(),
+        64,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     outputs_of(&model, n)
 }
 
@@ -110,7 +115,7 @@ fn exports_reload_in_kd_with_the_original_logits_within_their_precision() {
         // Loaded to answer with, an int8 export computes in int8 where the CPU can: the inputs
         // quantized too, which this small, wide-weighted model feels as much as its weights.
         let files = ModelFiles::from_dir(&dir).unwrap();
-        let frozen = TaskModel::load_for_inference(&files, 64).unwrap();
+        let frozen = TaskModel::load_for_inference(&files, 64, &candle_core::Device::Cpu).unwrap();
         let (answers, _, _) = outputs_of(&frozen, SENTENCES.len());
         let difference = common::max_abs_diff(&answers, &logits) / scale;
         assert!(difference < 2.0 * tolerance, "{name} frozen: {difference}");
@@ -168,7 +173,12 @@ fn a_pruned_vocabulary_keeps_the_logits_of_its_texts_and_tokenises_any_text() {
     assert_eq!(common::max_abs_diff(&outputs(&pruned).0, &logits), 0.0);
 
     // Words the texts never used fall back to the kept pieces (characters at worst).
-    let model = TaskModel::load(&ModelFiles::from_dir(&pruned).unwrap(), 64).unwrap();
+    let model = TaskModel::load(
+        &ModelFiles::from_dir(&pruned).unwrap(),
+        64,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     let encoded = model.tokenizer.encode("zebras quixotically", None).unwrap();
     let vocab = model.tokenizer.vocab();
     let tokens: Vec<&str> = encoded
@@ -238,7 +248,12 @@ fn candle_transformers_bert_reads_exports_with_kds_hidden_states() {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, &Device::Cpu) }
             .unwrap();
         let bert = candle_transformers::models::bert::BertModel::load(vb, &config).unwrap();
-        let model = TaskModel::load(&ModelFiles::from_dir(&dir).unwrap(), 64).unwrap();
+        let model = TaskModel::load(
+            &ModelFiles::from_dir(&dir).unwrap(),
+            64,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         let encoded = model
             .encode(&[Example {
                 text: SENTENCES[0].into(),

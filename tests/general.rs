@@ -25,7 +25,8 @@ fn tiny_masked_lm(dir: &Path, hidden: usize, seed: u64) -> Backbone {
         "max_position_embeddings": 64, "type_vocab_size": 2, "hidden_act": "gelu",
     }))
     .unwrap();
-    let model = Backbone::initialised(config, dir, true, seed, 64).unwrap();
+    let model =
+        Backbone::initialised(config, dir, true, seed, 64, &candle_core::Device::Cpu).unwrap();
     model.save(dir).unwrap();
     model
 }
@@ -110,7 +111,12 @@ fn the_masked_lm_head_trains_through_its_tied_decoder_and_round_trips_as_hf_bert
         model.mlm_logits(&output, &every).unwrap()
     };
     let ours = logits_of(&model);
-    let reloaded = Backbone::load(&ModelFiles::from_dir(&dir).unwrap(), 64).unwrap();
+    let reloaded = Backbone::load(
+        &ModelFiles::from_dir(&dir).unwrap(),
+        64,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     assert!(reloaded.mlm_head.is_some());
     let difference = (&ours - logits_of(&reloaded)).unwrap().abs().unwrap();
     assert_eq!(
@@ -224,7 +230,12 @@ fn distilbert_objective_from_a_masked_lm_teacher_trains_and_resumes_to_the_same_
     let (first, last) = (mean(&losses[..5]), mean(&losses[steps - 5..]));
     assert!(last < first, "the loss did not fall: {first} -> {last}");
     // The student is a masked-LM backbone with the teacher's layer 1 as its start.
-    let student = Backbone::load(&ModelFiles::from_dir(&straight).unwrap(), 32).unwrap();
+    let student = Backbone::load(
+        &ModelFiles::from_dir(&straight).unwrap(),
+        32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     assert!(student.mlm_head.is_some());
     assert_eq!(student.config.num_hidden_layers, 1);
 

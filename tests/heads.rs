@@ -16,7 +16,12 @@ const TEXTS: [&str; 3] = [
 ];
 
 fn load(dir: &Path) -> TaskModel {
-    TaskModel::load(&ModelFiles::resolve(dir.to_str().unwrap()).unwrap(), 32).unwrap()
+    TaskModel::load(
+        &ModelFiles::resolve(dir.to_str().unwrap()).unwrap(),
+        32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
 }
 
 /// The logits of `model` on [`TEXTS`], heads scaled by `mask` when given.

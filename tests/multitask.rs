@@ -138,11 +138,12 @@ fn a_two_task_student_trains_on_both_tasks_and_each_export_answers_as_the_whole(
 
     // The whole model holds the encoder once: the per-task models' parameters less the
     // topics model's encoder, which the STS-B model shares.
-    let whole = MultiTaskModel::load(&out, 32).unwrap();
+    let whole = MultiTaskModel::load(&out, 32, &candle_core::Device::Cpu).unwrap();
     let load = |name: &str| {
         TaskModel::load(
             &ModelFiles::resolve(out.join("tasks").join(name).to_str().unwrap()).unwrap(),
             32,
+            &candle_core::Device::Cpu,
         )
         .unwrap()
     };

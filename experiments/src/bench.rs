@@ -6,10 +6,12 @@
 //! a time with given task models (`benches/pytorch_latency.py` beside it: PyTorch eager and
 //! ONNX Runtime on the same models and sentences).
 
+use crate::cli::DeviceArg;
 use crate::latency;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
+use kd_bert::DeviceName;
 use kd_bert::{
     AttentionMaps, BertConfig, BertForSequenceClassification, BertInput, FrozenWeights, Mode,
     Params,
@@ -51,6 +53,9 @@ pub struct BenchArgs {
     /// Threads for both kd and PyTorch.
     #[arg(long, default_value_t = 2)]
     pub(crate) threads: usize,
+    /// Where both run (PyTorch on the same device).
+    #[command(flatten)]
+    pub(crate) device: DeviceArg,
     /// A Python with torch and transformers (see benches/setup.sh): also time PyTorch eager
     /// on the same cases and print the ratios.
     #[arg(long)]
@@ -184,11 +189,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let [case] = args.cases[..] else {
             bail!("a child bench runs one case")
         };
-        let measurement = measure(shape, case, &args)?;
+        let device = args.device.name.unwrap_or(DeviceName::Cpu).open()?;
+        let measurement = measure(shape, case, &args, &device)?;
         println!("{}", serde_json::to_string(&measurement)?);
         return Ok(());
     }
     println!("CPU: {}, {} threads", cpu_model(), args.threads);
+    // The children are told the device, the default included.
+    let device = DeviceName::of(&args.device.select()?);
+    let args = BenchArgs {
+        device: DeviceArg { name: Some(device) },
+        ..args
+    };
     let mut rows = Vec::new();
     if args.cases.contains(&Case::Latency) {
         rows.extend(latency::run(&args)?);
@@ -260,6 +272,7 @@ fn common_flags(shape: Shape, case: Case, args: &BenchArgs) -> Vec<String> {
         format!("--runs={}", args.runs),
         format!("--warmup={}", args.warmup),
         format!("--threads={}", args.threads),
+        format!("--device={}", args.device.name.unwrap_or(DeviceName::Cpu)),
     ]
 }
 
@@ -370,18 +383,22 @@ fn cpu_model() -> String {
 }
 
 /// A random batch of full-length sequences (no padding, as the PyTorch script uses).
-fn random_batch(batch: usize, seq_len: usize, rng: &mut StdRng) -> Result<(BertInput, Tensor)> {
+fn random_batch(
+    batch: usize,
+    seq_len: usize,
+    rng: &mut StdRng,
+    device: &Device,
+) -> Result<(BertInput, Tensor)> {
     let ids: Vec<u32> = (0..batch * seq_len)
         .map(|_| rng.random_range(1000..30522))
         .collect();
     let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..2)).collect();
-    let device = Device::Cpu;
     let input = BertInput {
-        input_ids: Tensor::from_vec(ids, (batch, seq_len), &device)?,
-        token_type_ids: Tensor::zeros((batch, seq_len), DType::U32, &device)?,
-        attention_mask: Tensor::ones((batch, seq_len), DType::U32, &device)?,
+        input_ids: Tensor::from_vec(ids, (batch, seq_len), device)?,
+        token_type_ids: Tensor::zeros((batch, seq_len), DType::U32, device)?,
+        attention_mask: Tensor::ones((batch, seq_len), DType::U32, device)?,
     };
-    Ok((input, Tensor::new(labels, &device)?))
+    Ok((input, Tensor::new(labels, device)?))
 }
 
 struct Model {
@@ -390,9 +407,9 @@ struct Model {
     config: BertConfig,
 }
 
-fn model(shape: Shape, layers: usize, seed: u64) -> Result<Model> {
+fn model(shape: Shape, layers: usize, seed: u64, device: &Device) -> Result<Model> {
     let config = shape.config(layers)?;
-    let params = Params::new(&Device::Cpu);
+    let params = Params::new(device);
     let model = BertForSequenceClassification::new(&config, 2, params.var_builder())?;
     params.init_bert(config.initializer_range, seed)?;
     Ok(Model {
@@ -411,11 +428,11 @@ components = [
 ]
 "#;
 
-fn measure(shape: Shape, case: Case, args: &BenchArgs) -> Result<Measurement> {
+fn measure(shape: Shape, case: Case, args: &BenchArgs, device: &Device) -> Result<Measurement> {
     let (layers, .., batch) = shape.dims();
     let mut rng = StdRng::seed_from_u64(0);
-    let (input, labels) = random_batch(batch, args.seq_len, &mut rng)?;
-    let mut teacher = model(shape, layers, 1)?;
+    let (input, labels) = random_batch(batch, args.seq_len, &mut rng, device)?;
+    let mut teacher = model(shape, layers, 1, device)?;
     if matches!(case, Case::Inference | Case::Distill) {
         // Inference-only, as `kd eval` and `kd distill`'s teacher run it.
         teacher.model.freeze(FrozenWeights::F32)?;
@@ -426,7 +443,7 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs) -> Result<Measurement> {
             Ok(())
         }),
         Case::Train => {
-            let mut optimizer = AdamW::new(teacher.params.vars(), AdamWConfig::default());
+            let mut optimizer = AdamW::new(teacher.params.vars(), AdamWConfig::default())?;
             Box::new(move || {
                 let logits = teacher
                     .model
@@ -439,25 +456,24 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs) -> Result<Measurement> {
         Case::Latency => bail!("the latency case times task models, not shapes"),
         Case::Gemm => {
             let (_, hidden, _, intermediate, _) = shape.dims();
-            let device = Device::Cpu;
-            let xs = Tensor::randn(0f32, 1.0, (batch * args.seq_len, hidden), &device)?;
-            let weight = Tensor::randn(0f32, 1.0, (intermediate, hidden), &device)?;
-            let bias = Tensor::zeros(intermediate, DType::F32, &device)?;
+            let xs = Tensor::randn(0f32, 1.0, (batch * args.seq_len, hidden), device)?;
+            let weight = Tensor::randn(0f32, 1.0, (intermediate, hidden), device)?;
+            let bias = Tensor::zeros(intermediate, DType::F32, device)?;
             Box::new(move || {
-                kd_bert::ops::dense(&xs, &weight, &bias)?;
+                kd_bert::kernels::dense(&xs, &weight, &bias)?;
                 Ok(())
             })
         }
         Case::Distill => {
-            let student = model(shape, layers / 2, 2)?;
+            let student = model(shape, layers / 2, 2, device)?;
             let objective = Objective::new(
                 &toml::from_str::<ObjectiveConfig>(DISTILBERT_OBJECTIVE)?,
                 &[(&teacher.config).into()],
                 (&student.config).into(),
-                &Device::Cpu,
+                device,
                 3,
             )?;
-            let mut optimizer = AdamW::new(student.params.vars(), AdamWConfig::default());
+            let mut optimizer = AdamW::new(student.params.vars(), AdamWConfig::default())?;
             Box::new(move || {
                 // The DistilBERT objective reads no attention map.
                 let (teacher_logits, teacher_states) =
@@ -494,10 +510,13 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs) -> Result<Measurement> {
     for _ in 0..args.warmup {
         step()?;
     }
+    // A GPU runs asynchronously: a step ends when its kernels have.
+    device.synchronize()?;
     let mut times_ms = Vec::with_capacity(args.runs);
     for _ in 0..args.runs {
         let start = Instant::now();
         step()?;
+        device.synchronize()?;
         times_ms.push(start.elapsed().as_secs_f64() * 1e3);
     }
     let mut sorted = times_ms.clone();

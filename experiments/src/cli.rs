@@ -1,7 +1,9 @@
 //! Subcommands and their options.
 
 use anyhow::{Context, Result, bail};
+use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use kd_bert::DeviceName;
 use kd_data::{AugmentConfig, DataSpec, WordNeighbours, augment};
 use kd_teacher::{Backbone, ModelFiles, Pooling, TaskModel, finetune};
 use kd_train::{RunDir, RunInputs, TrainerConfig};
@@ -114,6 +116,24 @@ struct DistillArgs {
     /// Quick setting: train on the first N training examples only.
     #[arg(long)]
     max_train_examples: Option<usize>,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+/// `--device`: where a command's models run.
+#[derive(Args, Clone, Copy)]
+pub(crate) struct DeviceArg {
+    /// cpu, cuda or cuda:N [default: the first GPU when kd was built with CUDA and one is
+    /// visible, else the CPU].
+    #[arg(long = "device", value_name = "DEVICE")]
+    pub name: Option<DeviceName>,
+}
+
+impl DeviceArg {
+    /// Opens the device (printing which), before anything is written.
+    pub fn select(self) -> Result<Device> {
+        kd_bert::device::select(self.name)
+    }
 }
 
 /// The shared data and model cache: `$KD_SHARED_DIR`, or `../shared`.
@@ -155,6 +175,8 @@ struct FinetuneArgs {
     /// Quick setting: stop after this many updates.
     #[arg(long)]
     max_steps: Option<usize>,
+    #[command(flatten)]
+    device: DeviceArg,
     #[command(flatten, next_help_heading = "Data")]
     data: DataSpec,
 }
@@ -166,6 +188,8 @@ struct EvalArgs {
     model: String,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    #[command(flatten)]
+    device: DeviceArg,
     /// The task; it is evaluated on its dev file (--dev, or --data, names another TSV).
     #[command(flatten, next_help_heading = "Data")]
     data: DataSpec,
@@ -188,6 +212,8 @@ struct EmbedArgs {
     normalize: bool,
     #[arg(long, default_value_t = 256)]
     max_seq_len: usize,
+    #[command(flatten)]
+    device: DeviceArg,
     #[arg(required = true)]
     texts: Vec<String>,
 }
@@ -214,6 +240,8 @@ struct AugmentArgs {
     seed: u64,
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    device: DeviceArg,
     #[command(flatten, next_help_heading = "Data")]
     data: DataSpec,
 }
@@ -243,12 +271,14 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
     let data = args.data.load(&shared_dir(), Vec::new())?;
     let spec = &data.spec;
     let files = ModelFiles::resolve(&args.model)?;
+    let device = args.device.select()?;
     let model = TaskModel::from_backbone(
         &files,
         spec.kind,
         &data.labels,
         args.seed,
         args.data.max_seq_len,
+        &device,
     )?;
     let config = TrainerConfig {
         epochs: args.epochs,
@@ -304,8 +334,9 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
 
 fn run_eval(args: EvalArgs) -> Result<()> {
     args.data.ensure_no_training_options("kd eval")?;
-    let model =
-        TaskModel::load_for_inference(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
+    let files = ModelFiles::resolve(&args.model)?;
+    let device = args.device.select()?;
+    let model = TaskModel::load_for_inference(&files, args.data.max_seq_len, &device)?;
     let (spec, path, examples) = dev_examples(&model, &args.model, &args.data)?;
     let metrics = model.evaluate(&spec, &examples, args.batch_size)?;
     let output = serde_json::json!({
@@ -342,8 +373,9 @@ pub(crate) fn dev_examples(
 }
 
 fn run_embed(args: EmbedArgs) -> Result<()> {
-    let encoder =
-        Backbone::load_for_inference(&ModelFiles::resolve(&args.model)?, args.max_seq_len)?;
+    let files = ModelFiles::resolve(&args.model)?;
+    let device = args.device.select()?;
+    let encoder = Backbone::load_for_inference(&files, args.max_seq_len, &device)?;
     let pooling = match args.pooling {
         PoolingArg::Mean => Pooling::Mean,
         PoolingArg::Cls => Pooling::Cls,
@@ -397,7 +429,8 @@ fn run_augment(args: AugmentArgs) -> Result<()> {
     let spec = args.data.task_spec()?;
     let mut labels = Vec::new();
     let train = args.data.read_train(&spec, &shared_dir(), &mut labels)?;
-    let encoder = Backbone::load_for_inference(&ModelFiles::resolve(&args.model)?, 512)?;
+    let files = ModelFiles::resolve(&args.model)?;
+    let encoder = Backbone::load_for_inference(&files, 512, &args.device.select()?)?;
     let texts = train
         .iter()
         .flat_map(|e| std::iter::once(e.text.as_str()).chain(e.pair.as_deref()));
@@ -504,7 +537,9 @@ fn run_distill(args: DistillArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&recipe.name));
+    let device = kd_bert::device::select(args.device.name.or(recipe.training.device))?;
     let options = DistillOptions {
+        device,
         out: &out,
         force: args.force,
         resume: args.resume,

@@ -4,9 +4,9 @@
 //! exports (`kd export --format onnx`) run in ONNX Runtime, through `benches/onnx_answers.py`.
 
 use crate::charts;
-use crate::cli::shared_dir;
+use crate::cli::{DeviceArg, shared_dir};
 use anyhow::{Context, Result, bail};
-use candle_core::{D, Tensor};
+use candle_core::{D, Device, Tensor};
 use clap::Args;
 use kd_bert::{BertConfig, ProblemType};
 use kd_data::{
@@ -47,6 +47,9 @@ pub struct CompareArgs {
     /// one), to run the ONNX exports among --models in ONNX Runtime.
     #[arg(long)]
     onnx_python: Option<PathBuf>,
+    /// Where kd's models run (ONNX exports run on the CPU).
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 /// One model's row.
@@ -109,6 +112,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             .filter(|m| **m != reference_name)
             .cloned(),
     );
+    let device = args.device.select()?;
     let out = args
         .out
         .as_ref()
@@ -131,7 +135,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         let measured = if is_onnx_export(name) {
             measure_onnx(name, &examples, &args)?
         } else {
-            measure_kd(name, &examples, &args)?
+            measure_kd(name, &examples, &args, &device)?
         };
         if measured.labels != reference_labels {
             bail!(
@@ -208,16 +212,22 @@ fn task_head(name: &str) -> Result<(Vec<String>, ProblemType)> {
 }
 
 /// A model kd loads: logits at batch 32 here, latency in a fresh process.
-fn measure_kd(name: &str, examples: &[Example], args: &CompareArgs) -> Result<Measured> {
+fn measure_kd(
+    name: &str,
+    examples: &[Example],
+    args: &CompareArgs,
+    device: &Device,
+) -> Result<Measured> {
     let files = ModelFiles::resolve(name)?;
-    let model = TaskModel::load_for_inference(&files, args.data.max_seq_len)
+    let model = TaskModel::load_for_inference(&files, args.data.max_seq_len, device)
         .with_context(|| format!("cannot load {name}"))?;
     let encoded = model.encode(examples)?;
     let started = Instant::now();
     let logits = model.logits(&encoded, THROUGHPUT_BATCH, None)?;
     let throughput_per_s = examples.len() as f64 / started.elapsed().as_secs_f64();
     eprintln!("{name}: timing one sentence at a time");
-    let latency = crate::latency::in_child(name, &args.data, args.threads)?;
+    let device_name = kd_bert::DeviceName::of(device);
+    let latency = crate::latency::in_child(name, &args.data, args.threads, device_name)?;
     let vars = model.params.vars();
     Ok(Measured {
         runtime: "kd",

@@ -72,7 +72,8 @@ impl Trainable for Distillation<'_> {
     }
 
     fn loss(&self, indices: &[usize], step: usize, total_steps: usize) -> Result<StepLoss> {
-        let batch = collate(self.train, indices, &Device::Cpu)?;
+        let device = self.student.params.device();
+        let batch = collate(self.train, indices, device)?;
         let mode = Mode::Train { dropout: true };
         let model = &self.student.model;
         // Without layer components the student's logits suffice: its last layer at [CLS] only.
@@ -83,15 +84,15 @@ impl Trainable for Distillation<'_> {
         } else {
             (model.logits(&batch.input, None, mode)?, None)
         };
+        // The cached outputs stay in host memory: the batch's rows move to the device.
         let rows: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
         let rows = Tensor::new(rows, &Device::Cpu)?;
+        let rows_of = |cached: &Tensor| cached.index_select(&rows, 0)?.to_device(device);
         let mut outputs = Vec::with_capacity(self.teacher_outputs.len());
         for (teacher, source) in self.teachers.iter().zip(self.teacher_outputs) {
             outputs.push(match source {
                 TeacherOutputs::Unused => (None, None),
-                TeacherOutputs::CachedLogits(cached) => {
-                    (Some(cached.index_select(&rows, 0)?), None)
-                }
+                TeacherOutputs::CachedLogits(cached) => (Some(rows_of(cached)?), None),
                 TeacherOutputs::Live => {
                     let (logits, states) =
                         teacher
@@ -100,12 +101,9 @@ impl Trainable for Distillation<'_> {
                     (Some(logits), Some(states))
                 }
                 TeacherOutputs::CachedStates { states, logits } => {
-                    let layers = states.batch(indices, batch.input.input_ids.dim(1)?)?;
+                    let layers = states.batch(indices, batch.input.input_ids.dim(1)?, device)?;
                     let depth = teacher.config.num_hidden_layers;
-                    let logits = logits
-                        .as_ref()
-                        .map(|l| l.index_select(&rows, 0))
-                        .transpose()?;
+                    let logits = logits.as_ref().map(rows_of).transpose()?;
                     (logits, Some(partial_output(&states.layers, layers, depth)?))
                 }
             });
@@ -202,13 +200,15 @@ pub struct DistillOptions<'a> {
     pub cache_dir: &'a Path,
     pub shared_dir: &'a Path,
     pub command: String,
+    /// Where the teachers and the student run.
+    pub device: Device,
 }
 
 /// Runs every stage of `recipe` into `options.out`: stage `N-name/` folders with their logs and
 /// checkpoints, the final student at the top with `summary.json`.
 pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Result<Summary> {
     let started = Instant::now();
-    let teachers = Teachers::load(recipe)?;
+    let teachers = Teachers::load(recipe, &options.device)?;
     let teacher = teachers.main();
     let data = load_data(&recipe.data, options.shared_dir, teacher)?;
     let student = build_student(recipe, teacher)?;
@@ -278,13 +278,13 @@ pub(crate) struct Teachers {
 }
 
 impl Teachers {
-    pub(crate) fn load(recipe: &Recipe) -> Result<Self> {
+    pub(crate) fn load(recipe: &Recipe, device: &Device) -> Result<Self> {
         let specs: Vec<TeacherSpec> = recipe.teacher_specs().into_iter().cloned().collect();
         let mut models = Vec::with_capacity(specs.len());
         let mut files = Vec::with_capacity(specs.len());
         for spec in &specs {
             let resolved = ModelFiles::resolve(&spec.model)?;
-            let model = TaskModel::load_for_inference(&resolved, recipe.data.max_seq_len)
+            let model = TaskModel::load_for_inference(&resolved, recipe.data.max_seq_len, device)
                 .with_context(|| format!("cannot load teacher {}", spec.model))?;
             models.push(model);
             files.push(resolved);
@@ -424,7 +424,7 @@ fn stage_objective(
         &config,
         &shapes,
         EncoderShape::from(&student.config),
-        &Device::Cpu,
+        student.params.device(),
         recipe.training.seed.wrapping_add(index as u64),
     )
     .with_context(|| format!("stage {}", stage.name))
@@ -806,6 +806,7 @@ pub(crate) fn build_student(recipe: &Recipe, teacher: &TaskModel) -> Result<Task
                 &teacher.dataset_labels(),
                 seed,
                 teacher.tokenizer.max_len(),
+                teacher.params.device(),
             )?;
             kd_student::check_source(teacher, &source)
                 .with_context(|| format!("cannot build the student from {from}"))?;
@@ -825,6 +826,7 @@ pub(crate) fn build_student(recipe: &Recipe, teacher: &TaskModel) -> Result<Task
                 &teacher.dataset_labels(),
                 seed,
                 recipe.data.max_seq_len,
+                teacher.params.device(),
             )?;
             let config = &student.config;
             if (config.num_hidden_layers, config.hidden_size) != (shape.layers, shape.hidden) {

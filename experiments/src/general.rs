@@ -9,7 +9,7 @@ use crate::distill::{
 };
 use crate::recipe::{Recipe, Stage, StudentSpec};
 use anyhow::{Context, Result, bail, ensure};
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{D, DType, Tensor, Var};
 use kd_bert::Mode;
 use kd_data::{
     CorpusSource, EncodedExample, Masking, PackedCorpus, collate, expand_globs, pack_corpus,
@@ -98,15 +98,16 @@ impl GeneralDistillation<'_> {
             .map(|masking| masking.apply(&mut examples, &mut StdRng::seed_from_u64(seed)))
             .unwrap_or_default();
         let indices: Vec<usize> = (0..examples.len()).collect();
-        let batch = collate(&examples, &indices, &Device::Cpu)?;
+        let device = self.student.params.device();
+        let batch = collate(&examples, &indices, device)?;
         let seq_len = batch.input.input_ids.dim(1)?;
         let positions: Vec<u32> = masked
             .iter()
             .map(|token| (token.example * seq_len + token.position) as u32)
             .collect();
-        let positions = Tensor::new(positions, &Device::Cpu)?;
+        let positions = Tensor::new(positions, device)?;
         let labels: Vec<u32> = masked.iter().map(|token| token.original).collect();
-        let labels = Tensor::new(labels, &Device::Cpu)?;
+        let labels = Tensor::new(labels, device)?;
 
         let maps = self.objective.attention_maps();
         let student_states = self.student.model.forward_with(&batch.input, mode, maps)?;
@@ -227,8 +228,9 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
         bail!("general distillation learns from one teacher backbone: use [teacher]");
     }
     let teacher_files = ModelFiles::resolve(&recipe.main_teacher().model)?;
-    let teacher = Backbone::load_for_inference(&teacher_files, data.max_seq_len)
-        .with_context(|| format!("cannot load teacher {}", recipe.main_teacher().model))?;
+    let teacher =
+        Backbone::load_for_inference(&teacher_files, data.max_seq_len, &options.device)
+            .with_context(|| format!("cannot load teacher {}", recipe.main_teacher().model))?;
     let needs_mlm_head = check_stages(recipe, &teacher)?;
     let student = build_student(recipe, &teacher, needs_mlm_head)?;
     let objectives = recipe
@@ -240,7 +242,7 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
                 &stage.objective,
                 &[EncoderShape::from(&teacher.config)],
                 EncoderShape::from(&student.config),
-                &Device::Cpu,
+                &options.device,
                 recipe.training.seed.wrapping_add(index as u64),
             )
             .with_context(|| format!("stage {}", stage.name))
@@ -385,11 +387,12 @@ fn check_stages(recipe: &Recipe, teacher: &Backbone) -> Result<bool> {
 fn build_student(recipe: &Recipe, teacher: &Backbone, mlm_head: bool) -> Result<Backbone> {
     let seed = recipe.training.seed;
     let max_len = recipe.data.max_seq_len;
+    let device = teacher.params.device();
     let student = match &recipe.student {
         StudentSpec::Distilbert { layers, from, .. } => {
             let loaded = from
                 .as_ref()
-                .map(|from| Backbone::load(&ModelFiles::resolve(from)?, max_len))
+                .map(|from| Backbone::load(&ModelFiles::resolve(from)?, max_len, device))
                 .transpose()?;
             let source = loaded.as_ref().unwrap_or(teacher);
             kd_student::check_vocabulary(&teacher.tokenizer, &source.tokenizer)?;
@@ -405,7 +408,7 @@ fn build_student(recipe: &Recipe, teacher: &Backbone, mlm_head: bool) -> Result<
             shape,
             init: Some(init),
         } => {
-            let student = Backbone::load(&ModelFiles::resolve(init)?, max_len)?;
+            let student = Backbone::load(&ModelFiles::resolve(init)?, max_len, device)?;
             let config = &student.config;
             ensure!(
                 (config.num_hidden_layers, config.hidden_size) == (shape.layers, shape.hidden),

@@ -6,9 +6,9 @@
 //! records them as HF's `pruned_heads`.
 
 use crate::charts;
-use crate::cli::dev_examples;
+use crate::cli::{DeviceArg, dev_examples};
 use anyhow::{Context, Result, bail};
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Tensor, Var};
 use clap::{Args, ValueEnum};
 use kd_bert::Mode;
 use kd_data::{DataSpec, EncodedExample, TaskSpec, batch_plan, collate};
@@ -39,6 +39,8 @@ pub struct HeadsArgs {
     redraw: bool,
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    device: DeviceArg,
     /// The task, scored on its dev file (--dev names another TSV).
     #[command(flatten, next_help_heading = "Data")]
     data: DataSpec,
@@ -75,6 +77,8 @@ pub struct PruneArgs {
     batch_size: usize,
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    device: DeviceArg,
     /// The task the heads are scored on, and the pruned model evaluated on.
     #[command(flatten, next_help_heading = "Data")]
     data: DataSpec,
@@ -101,6 +105,8 @@ pub struct AttentionArgs {
     force: bool,
     #[arg(long, default_value_t = 128)]
     max_seq_len: usize,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 /// How heads are ranked for pruning.
@@ -155,7 +161,8 @@ pub fn run_heads(args: HeadsArgs) -> Result<()> {
         .model
         .as_deref()
         .context("--model names the model to score")?;
-    let model = TaskModel::load(&ModelFiles::resolve(name)?, args.data.max_seq_len)?;
+    let files = ModelFiles::resolve(name)?;
+    let model = TaskModel::load(&files, args.data.max_seq_len, &args.device.select()?)?;
     let (spec, _, dev) = dev_examples(&model, name, &args.data)?;
     let out = RunDir::create(&args.out, args.force)?;
     let (baseline, masked, alone) = mask_scores(&model, &spec, &dev, args.batch_size)?;
@@ -255,7 +262,8 @@ fn draw(out: &Path, scores: &HeadScores, curve: Option<&[CurvePoint]>) -> Result
 }
 
 pub fn run_prune(args: PruneArgs) -> Result<()> {
-    let model = TaskModel::load(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
+    let files = ModelFiles::resolve(&args.model)?;
+    let model = TaskModel::load(&files, args.data.max_seq_len, &args.device.select()?)?;
     let data_given = args.data.task.is_some() || args.data.dev.is_some();
     let dev = match data_given {
         true => Some(dev_examples(&model, &args.model, &args.data)?),
@@ -412,7 +420,7 @@ fn pruning_curve(
 fn median_latency_ms(model: &TaskModel, examples: &[EncodedExample]) -> Result<f64> {
     let mut times = Vec::with_capacity(examples.len());
     for index in 0..examples.len() {
-        let batch = collate(examples, &[index], &Device::Cpu)?;
+        let batch = collate(examples, &[index], model.params.device())?;
         let started = Instant::now();
         model
             .model
@@ -427,7 +435,9 @@ fn median_latency_ms(model: &TaskModel, examples: &[EncodedExample]) -> Result<f
 /// `kd attention`: attention probabilities with the tokens on both axes (rows attend to
 /// columns), a grid of each layer's heads (`layer-L`) or one head (`layer-L-head-H`).
 pub fn run_attention(args: AttentionArgs) -> Result<()> {
-    let model = Backbone::load_for_inference(&ModelFiles::resolve(&args.model)?, args.max_seq_len)?;
+    let files = ModelFiles::resolve(&args.model)?;
+    let device = args.device.select()?;
+    let model = Backbone::load_for_inference(&files, args.max_seq_len, &device)?;
     let encoded = model
         .tokenizer
         .encode(&args.text[0], args.text.get(1).map(String::as_str))?;
@@ -447,7 +457,7 @@ pub fn run_attention(args: AttentionArgs) -> Result<()> {
         type_ids: encoded.type_ids,
         label: kd_data::Label::Unlabeled,
     };
-    let batch = collate(&[example], &[0], &Device::Cpu)?;
+    let batch = collate(&[example], &[0], &device)?;
     let output = model.model.forward(&batch.input, Mode::Inference)?;
     let layers = output.attention_probs.len();
     let chosen: Vec<usize> = match args.layer {
@@ -571,7 +581,7 @@ fn head_mask(model: &TaskModel, value: impl Fn(usize, usize) -> f32) -> Result<V
             let values: Vec<f32> = (0..model.config.heads_in_layer(layer))
                 .map(|position| value(layer, position))
                 .collect();
-            Ok(Tensor::new(values, &Device::Cpu)?)
+            Ok(Tensor::new(values, model.params.device())?)
         })
         .collect()
 }
@@ -632,7 +642,7 @@ fn gradient_scores(
             Var::ones(
                 model.config.heads_in_layer(layer),
                 candle_core::DType::F32,
-                &Device::Cpu,
+                model.params.device(),
             )
         })
         .collect::<candle_core::Result<_>>()?;
@@ -642,7 +652,7 @@ fn gradient_scores(
     let plan = batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>);
     let progress = Progress::new(plan.len() as u64, "gradients");
     for indices in plan {
-        let batch = collate(dev, &indices, &Device::Cpu)?;
+        let batch = collate(dev, &indices, model.params.device())?;
         let logits =
             model
                 .model

@@ -7,8 +7,7 @@
 use crate::bench::{BenchArgs, kd_child, peak_rss_mb, run_child};
 use crate::cli::shared_dir;
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
-use kd_bert::Mode;
+use kd_bert::{DeviceName, Mode};
 use kd_data::{DataSpec, Example, collate};
 use kd_teacher::{ModelFiles, TaskModel};
 use serde::{Deserialize, Serialize};
@@ -64,7 +63,8 @@ pub fn run(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
         "model", "runtime", "tokens", "mean ms", "p50 ms", "p95 ms", "MB"
     );
     for model in &args.models {
-        let mut results = vec![in_child(model, &args.data, args.threads)?];
+        let device = args.device.name.unwrap_or(DeviceName::Cpu);
+        let mut results = vec![in_child(model, &args.data, args.threads, device)?];
         if let Some(python) = &args.pytorch {
             write_sentences(&sentences, &examples)?;
             results.extend(run_python(python, model, &sentences, args)?);
@@ -89,18 +89,26 @@ pub fn run(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
 
 /// Times `model` on the dev sentences of `data` in a fresh process of its own, whose peak
 /// memory is then the model's alone.
-pub fn in_child(model: &str, data: &DataSpec, threads: usize) -> Result<Latency> {
-    run_child(kd_child(child_flags(model, data), threads)?)
+pub fn in_child(
+    model: &str,
+    data: &DataSpec,
+    threads: usize,
+    device: DeviceName,
+) -> Result<Latency> {
+    let mut flags = child_flags(model, data);
+    flags.push(format!("--device={device}"));
+    run_child(kd_child(flags, threads)?)
 }
 
 /// Times `model` on the dev sentences in this process.
 pub fn measure(model: &str, args: &BenchArgs) -> Result<Latency> {
     let examples = dev_examples(args)?;
     let model_files = ModelFiles::resolve(model)?;
-    let task_model = TaskModel::load_for_inference(&model_files, args.data.max_seq_len)?;
+    let device = args.device.name.unwrap_or(DeviceName::Cpu).open()?;
+    let task_model = TaskModel::load_for_inference(&model_files, args.data.max_seq_len, &device)?;
     let answer = |example: &Example| -> Result<usize> {
         let encoded = task_model.encode(std::slice::from_ref(example))?;
-        let batch = collate(&encoded, &[0], &Device::Cpu)?;
+        let batch = collate(&encoded, &[0], &device)?;
         let logits = task_model
             .model
             .logits(&batch.input, None, Mode::Inference)?;

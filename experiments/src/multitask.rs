@@ -88,7 +88,7 @@ pub fn run(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (name, weight, recipe) in recipe.task_recipes()? {
-        let teachers = Teachers::load(&recipe)?;
+        let teachers = Teachers::load(&recipe, &options.device)?;
         let data = load_data(&recipe.data, options.shared_dir, teachers.main())?;
         tasks.push(Task {
             name,

@@ -3,6 +3,7 @@
 //! batched by length and written before the next is read, so a bad line stops the run with
 //! its number after everything before it has been written.
 
+use crate::cli::DeviceArg;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use kd_data::{DataSpec, Example, Label, TaskKind, header_column};
@@ -31,6 +32,8 @@ pub struct PredictArgs {
     force: bool,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    #[command(flatten)]
+    device: DeviceArg,
     /// How to read the input: a TSV with a header, by its text column, when one is named
     /// (--text-column and --pair-column, or a GLUE --task's); otherwise one text a line, a
     /// tab separating a sentence pair.
@@ -148,8 +151,9 @@ impl LineReader {
 
 pub fn run(args: PredictArgs) -> Result<()> {
     args.data.ensure_no_training_options("kd predict")?;
-    let model =
-        TaskModel::load_for_inference(&ModelFiles::resolve(&args.model)?, args.data.max_seq_len)?;
+    let files = ModelFiles::resolve(&args.model)?;
+    let device = args.device.select()?;
+    let model = TaskModel::load_for_inference(&files, args.data.max_seq_len, &device)?;
     // The input is opened (and its header checked) before the output is created.
     let reader = args
         .input

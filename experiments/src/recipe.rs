@@ -4,6 +4,7 @@
 //! field before the recipe is read (`training.lr=5e-5`, `stages.0.epochs=1`).
 
 use anyhow::{Context, Result, bail};
+use kd_bert::DeviceName;
 use kd_data::DataSpec;
 use kd_losses::ObjectiveConfig;
 use kd_student::StudentShape;
@@ -124,6 +125,11 @@ pub struct TrainingSpec {
     /// together (MT-DNN's scheme).
     #[serde(default)]
     pub task_temperature: Option<f64>,
+    /// cpu, cuda or cuda:N (`--device` overrides it); unset: the first GPU when kd was built
+    /// with CUDA and one is visible, else the CPU. Not part of what `--resume` compares: a
+    /// run may continue on another device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceName>,
 }
 
 fn default_batch_size() -> usize {
@@ -239,9 +245,12 @@ impl Recipe {
     /// description, and the files of its data, teachers and the student's starting model.
     pub fn run_inputs(&self, shared_dir: &Path) -> Result<RunInputs> {
         let mut settings = serde_json::to_value(self)?;
-        settings
-            .as_object_mut()
-            .map(|recipe| recipe.remove("description"));
+        if let Some(recipe) = settings.as_object_mut() {
+            recipe.remove("description");
+            if let Some(training) = recipe.get_mut("training").and_then(|t| t.as_object_mut()) {
+                training.remove("device");
+            }
+        }
         let mut inputs = RunInputs::new(&settings)?;
         let mut models: Vec<&str> = self
             .teacher_specs()

@@ -100,6 +100,10 @@ impl Linear {
     /// Packs a copy of the weight for inference: a snapshot that later changes to the
     /// parameter do not reach, and through which no gradient flows.
     pub fn freeze(&mut self, weights: FrozenWeights) -> Result<()> {
+        // Packed and int8 weights feed the fused CPU kernels only.
+        if !self.weight.device().is_cpu() {
+            return Ok(());
+        }
         if weights == FrozenWeights::Int8 {
             self.int8 = int8::Int8Weight::new(&self.weight)?;
         }

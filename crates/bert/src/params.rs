@@ -34,6 +34,11 @@ impl Params {
         }
     }
 
+    /// Where the parameters live, and so where the model computes.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The builder a model constructor takes; every tensor it asks for becomes a parameter.
     pub fn var_builder(&self) -> VarBuilder<'static> {
         VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device)

@@ -5,7 +5,8 @@
 //! TinyBERT-style student has any depth, width, heads and FFN size, shares the teacher's
 //! vocabulary and tokenizer, and starts from BERT's random initialisation. Both are
 //! [`TaskModel`]s, so they save as HF directories that `kd eval` and `kd predict` load; for
-//! general distillation, both come as [`Backbone`]s without a task head.
+//! general distillation, both come as [`Backbone`]s without a task head. A student is built on
+//! the device of the model it is made from.
 
 use anyhow::{Result, bail};
 use kd_bert::{BertConfig, Params};
@@ -33,6 +34,7 @@ pub fn distilbert_student(
         &teacher.tokenizer_dir,
         seed,
         teacher.tokenizer.max_len(),
+        teacher.params.device(),
     )?;
     copy_layers(&teacher.params, &student.params, layers, |name| {
         name.starts_with("classifier.") && !copy_head
@@ -56,6 +58,7 @@ pub fn distilbert_backbone(
         mlm_head,
         seed,
         teacher.tokenizer.max_len(),
+        teacher.params.device(),
     )?;
     let fresh_head = teacher.mlm_head.is_none();
     copy_layers(&teacher.params, &student.params, layers, |name| {
@@ -175,6 +178,7 @@ pub fn tinybert_student(teacher: &TaskModel, shape: StudentShape, seed: u64) -> 
         &teacher.tokenizer_dir,
         seed,
         teacher.tokenizer.max_len(),
+        teacher.params.device(),
     )
 }
 
@@ -192,6 +196,7 @@ pub fn tinybert_backbone(
         mlm_head,
         seed,
         teacher.tokenizer.max_len(),
+        teacher.params.device(),
     )
 }
 
@@ -236,7 +241,7 @@ mod tests {
             &["neg".into(), "pos".into()],
             kd_bert::ProblemType::SingleLabelClassification,
         );
-        TaskModel::initialised(config, dir, seed, 16).unwrap()
+        TaskModel::initialised(config, dir, seed, 16, &candle_core::Device::Cpu).unwrap()
     }
 
     fn tensor(model: &TaskModel, name: &str) -> Tensor {
@@ -368,7 +373,7 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         student.save(out.path()).unwrap();
         let files = kd_teacher::ModelFiles::from_dir(out.path()).unwrap();
-        let reloaded = TaskModel::load(&files, 16).unwrap();
+        let reloaded = TaskModel::load(&files, 16, &candle_core::Device::Cpu).unwrap();
         assert_eq!(reloaded.labels, vec!["neg", "pos"]);
         let logits = |m: &TaskModel| m.model.forward(&input(), Mode::Inference).unwrap().0;
         assert!(same(&logits(&reloaded), &logits(&student)));

@@ -38,19 +38,19 @@ pub struct Backbone {
 impl Backbone {
     /// Loads an encoder checkpoint (names with or without the `bert.` prefix; a pooler or a
     /// task head in the file is left unused), with its masked-LM head when the file has one.
-    pub fn load(files: &ModelFiles, max_len: usize) -> Result<Self> {
+    pub fn load(files: &ModelFiles, max_len: usize, device: &Device) -> Result<Self> {
         let config = BertConfig::from_file(&files.config)?;
         let weights = unsafe { MmapedSafetensors::new(&files.weights) }
             .with_context(|| format!("cannot read weights file {}", files.weights.display()))?;
         let has_head = weights.get(MLM_HEAD_TENSOR).is_ok();
-        let backbone = Self::build(config, &files.dir, has_head, max_len)?;
+        let backbone = Self::build(config, &files.dir, has_head, max_len, device)?;
         backbone.params.load(&files.weights, |_| false)?;
         Ok(backbone)
     }
 
     /// Loads a backbone to answer with, never to train (see [`BertModel::freeze`]).
-    pub fn load_for_inference(files: &ModelFiles, max_len: usize) -> Result<Self> {
-        let mut backbone = Self::load(files, max_len)?;
+    pub fn load_for_inference(files: &ModelFiles, max_len: usize, device: &Device) -> Result<Self> {
+        let mut backbone = Self::load(files, max_len, device)?;
         backbone.model.freeze(FrozenWeights::F32)?;
         Ok(backbone)
     }
@@ -63,8 +63,9 @@ impl Backbone {
         mlm_head: bool,
         seed: u64,
         max_len: usize,
+        device: &Device,
     ) -> Result<Self> {
-        let backbone = Self::build(config, tokenizer_dir, mlm_head, max_len)?;
+        let backbone = Self::build(config, tokenizer_dir, mlm_head, max_len, device)?;
         backbone
             .params
             .init_bert(backbone.config.initializer_range, seed)?;
@@ -76,6 +77,7 @@ impl Backbone {
         tokenizer_dir: &Path,
         mlm_head: bool,
         max_len: usize,
+        device: &Device,
     ) -> Result<Self> {
         let architecture = if mlm_head {
             "BertForMaskedLM"
@@ -85,7 +87,7 @@ impl Backbone {
         config.architectures = Some(vec![architecture.to_string()]);
         let tokenizer =
             TextTokenizer::from_dir(tokenizer_dir, max_len.min(config.max_position_embeddings))?;
-        let params = Params::new(&Device::Cpu);
+        let params = Params::new(device);
         let vb = params.var_builder();
         let model = BertModel::new(&config, vb.pp("bert"), false)?;
         let mlm_head = mlm_head
@@ -133,7 +135,7 @@ impl Backbone {
             .collect();
         let encoded = encode_examples(&self.tokenizer, &examples)?;
         let indices: Vec<usize> = (0..encoded.len()).collect();
-        let batch = collate(&encoded, &indices, &Device::Cpu)?;
+        let batch = collate(&encoded, &indices, self.params.device())?;
         let output = self
             .model
             .forward_with(&batch.input, Mode::Inference, AttentionMaps::Skip)?;

@@ -100,9 +100,10 @@ pub struct CachedStates {
 }
 
 impl CachedStates {
-    /// The states of the examples at `indices` as a padded batch: per layer
-    /// `[indices.len(), seq_len, hidden]` in f32, zero past each example's end.
-    pub fn batch(&self, indices: &[usize], seq_len: usize) -> Result<Vec<Tensor>> {
+    /// The states of the examples at `indices` as a padded batch on `device`: per layer
+    /// `[indices.len(), seq_len, hidden]` in f32, zero past each example's end. They move
+    /// in f16, half the bytes.
+    pub fn batch(&self, indices: &[usize], seq_len: usize, device: &Device) -> Result<Vec<Tensor>> {
         self.states
             .iter()
             .map(|states| {
@@ -114,7 +115,8 @@ impl CachedStates {
                         rows.pad_with_zeros(0, 0, seq_len - (end - start))
                     })
                     .collect::<candle_core::Result<Vec<_>>>()?;
-                Ok(Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?)
+                let batch = Tensor::stack(&rows, 0)?.to_device(device)?;
+                Ok(batch.to_dtype(DType::F32)?)
             })
             .collect()
     }
@@ -166,7 +168,7 @@ impl TeacherCache {
         let plan = batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>);
         let progress = Progress::new(plan.len() as u64, "teacher states");
         for indices in plan {
-            let batch = collate(examples, &indices, &Device::Cpu)?;
+            let batch = collate(examples, &indices, teacher.params.device())?;
             let (batch_logits, output) =
                 teacher
                     .model
@@ -195,7 +197,9 @@ impl TeacherCache {
             .map(|buffer| Ok(Tensor::from_vec(buffer, (total, hidden), &Device::Cpu)?))
             .collect::<Result<Vec<_>>>()?;
         self.write(&path, names.into_iter().zip(states.clone()).collect())?;
-        let logits = Tensor::stack(&logits.into_iter().flatten().collect::<Vec<_>>(), 0)?;
+        // The cache stays in host memory; a batch's rows move to the run's device.
+        let logits = Tensor::stack(&logits.into_iter().flatten().collect::<Vec<_>>(), 0)?
+            .to_device(&Device::Cpu)?;
         let logits_path = self.logits_path(key);
         if !logits_path.is_file() {
             self.write(
@@ -239,7 +243,7 @@ mod tests {
             &["a".into(), "b".into()],
             ProblemType::SingleLabelClassification,
         );
-        TaskModel::initialised(config, dir, seed, 8).unwrap()
+        TaskModel::initialised(config, dir, seed, 8, &Device::Cpu).unwrap()
     }
 
     fn example(ids: &[u32]) -> EncodedExample {
@@ -343,7 +347,7 @@ mod tests {
             .forward(&batch.input, Mode::Inference)
             .unwrap();
         for states in [&cached, &again] {
-            let rows = states.batch(&[2, 0], 3).unwrap();
+            let rows = states.batch(&[2, 0], 3, &Device::Cpu).unwrap();
             for (row, expected) in rows.iter().zip([&live.embeddings, &live.hidden_states[0]]) {
                 assert_eq!(row.dims(), &[2, 3, 8]);
                 let row = row.to_vec3::<f32>().unwrap();

@@ -3,7 +3,7 @@
 
 use crate::task_model::TaskModel;
 use anyhow::Result;
-use candle_core::{D, Device, Tensor, Var};
+use candle_core::{D, Tensor, Var};
 use kd_bert::Mode;
 use kd_data::{EncodedExample, TaskData, TaskKind, TaskSpec, collate};
 use kd_train::{Evaluation, RunDir, StepLoss, Trainable, TrainerConfig, train};
@@ -59,7 +59,7 @@ impl Trainable for Finetuning<'_> {
     }
 
     fn loss(&self, indices: &[usize], _step: usize, _total_steps: usize) -> Result<StepLoss> {
-        let batch = collate(&self.train, indices, &Device::Cpu)?;
+        let batch = collate(&self.train, indices, self.model.params.device())?;
         let logits = self
             .model
             .model

@@ -61,7 +61,7 @@ impl MultiTaskModel {
     }
 
     /// Loads a multi-task model that [`MultiTaskModel::save`] wrote.
-    pub fn load(dir: &Path, max_len: usize) -> Result<Self> {
+    pub fn load(dir: &Path, max_len: usize, device: &Device) -> Result<Self> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
         let heads: Vec<TaskHead> = config
             .extra
@@ -76,7 +76,7 @@ impl MultiTaskModel {
         let config = encoder_config(&config);
         let encoder = TaskModel::build_on(
             head_config(&config, first),
-            Params::new(&Device::Cpu),
+            Params::new(device),
             dir,
             max_len,
         )?;
@@ -98,7 +98,10 @@ impl MultiTaskModel {
                 bail!("task name {name:?} must be unique, non-empty, and have no '/' or '.'");
             }
         }
-        let params = Params::new(&Device::Cpu);
+        let device = tasks
+            .first()
+            .map(|(_, model)| model.params.device().clone());
+        let params = Params::new(&device.unwrap_or(Device::Cpu));
         for (index, (name, model)) in tasks.iter().enumerate() {
             for (var_name, var) in model.params.vars() {
                 match var_name.starts_with("bert.") {

@@ -30,10 +30,10 @@ pub struct TaskModel {
 
 impl TaskModel {
     /// Loads a model that has a task head (an `id2label` in its config).
-    pub fn load(files: &ModelFiles, max_len: usize) -> Result<Self> {
+    pub fn load(files: &ModelFiles, max_len: usize, device: &Device) -> Result<Self> {
         let config = BertConfig::from_file(&files.config)?;
         // Every parameter comes from the file: no initialisation to draw first.
-        let model = Self::build(config, &files.dir, max_len)
+        let model = Self::build(config, &files.dir, max_len, device)
             .with_context(|| format!("cannot build the model of {}", files.config.display()))?;
         model.params.load(&files.weights, |_| false)?;
         Ok(model)
@@ -42,8 +42,8 @@ impl TaskModel {
     /// Loads a task model to answer with, never to train: frozen (see
     /// [`BertForSequenceClassification::freeze`]), which speeds up small batches most. An int8
     /// export (`kd_quantization` in its config) computes in int8 where the CPU can.
-    pub fn load_for_inference(files: &ModelFiles, max_len: usize) -> Result<Self> {
-        let mut model = Self::load(files, max_len)?;
+    pub fn load_for_inference(files: &ModelFiles, max_len: usize, device: &Device) -> Result<Self> {
+        let mut model = Self::load(files, max_len, device)?;
         let weights = if model.config.extra.contains_key("kd_quantization") {
             FrozenWeights::Int8
         } else {
@@ -61,6 +61,7 @@ impl TaskModel {
         labels: &[String],
         seed: u64,
         max_len: usize,
+        device: &Device,
     ) -> Result<Self> {
         let mut config = BertConfig::from_file(&files.config)?;
         match task {
@@ -71,7 +72,7 @@ impl TaskModel {
                 config.set_classification_head(&["LABEL_0".into()], ProblemType::Regression)
             }
         }
-        let model = Self::initialised(config, &files.dir, seed, max_len)?;
+        let model = Self::initialised(config, &files.dir, seed, max_len, device)?;
         // A backbone may lack a pooler (sentence encoders) and has no classifier.
         model.params.load(&files.weights, |name| {
             name.starts_with("classifier.") || name.starts_with("bert.pooler.")
@@ -86,8 +87,9 @@ impl TaskModel {
         tokenizer_dir: &Path,
         seed: u64,
         max_len: usize,
+        device: &Device,
     ) -> Result<Self> {
-        let model = Self::build(config, tokenizer_dir, max_len)?;
+        let model = Self::build(config, tokenizer_dir, max_len, device)?;
         model
             .params
             .init_bert(model.config.initializer_range, seed)?;
@@ -95,8 +97,13 @@ impl TaskModel {
     }
 
     /// The model's structure, its parameters still unset (zero).
-    fn build(config: BertConfig, tokenizer_dir: &Path, max_len: usize) -> Result<Self> {
-        Self::build_on(config, Params::new(&Device::Cpu), tokenizer_dir, max_len)
+    fn build(
+        config: BertConfig,
+        tokenizer_dir: &Path,
+        max_len: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::build_on(config, Params::new(device), tokenizer_dir, max_len)
     }
 
     /// The model's structure on `params`: the parameters these already hold (a shared
@@ -145,8 +152,8 @@ impl TaskModel {
         save_model_dir(dir, &self.config, &self.params, &self.tokenizer_dir)
     }
 
-    /// Logits for every example, `[n, outputs]`, in example order (inference path), batched
-    /// by length; `progress` advances by one a batch.
+    /// Logits for every example, `[n, outputs]`, in example order, read back to the CPU
+    /// (inference path), batched by length; `progress` advances by one a batch.
     pub fn logits(
         &self,
         examples: &[EncodedExample],
@@ -170,7 +177,7 @@ impl TaskModel {
         // Small batches are many short parallel sections: keep the pool's workers awake.
         kd_bert::with_busy_workers(|| -> Result<()> {
             for indices in batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>) {
-                let batch = collate(examples, &indices, &Device::Cpu)?;
+                let batch = collate(examples, &indices, self.params.device())?;
                 let logits = self
                     .model
                     .logits(&batch.input, head_mask, Mode::Inference)?;
@@ -184,7 +191,7 @@ impl TaskModel {
             Ok(())
         })?;
         let rows: Vec<Tensor> = rows.into_iter().flatten().collect();
-        Ok(Tensor::stack(&rows, 0)?)
+        Ok(Tensor::stack(&rows, 0)?.to_device(&Device::Cpu)?)
     }
 
     /// Class or score predictions from logits.
@@ -226,7 +233,12 @@ impl TaskModel {
             .map(|(name, var)| (name, var.as_tensor().clone()))
             .collect();
         let (config, parameters) = kd_bert::prune_heads(&self.config, &parameters, remove)?;
-        let model = Self::build(config, &self.tokenizer_dir, self.tokenizer.max_len())?;
+        let model = Self::build(
+            config,
+            &self.tokenizer_dir,
+            self.tokenizer.max_len(),
+            self.params.device(),
+        )?;
         for (name, tensor) in parameters {
             let var = model
                 .params

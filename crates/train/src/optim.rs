@@ -1,12 +1,14 @@
 //! AdamW as BERT trains with it: decoupled weight decay except on biases and layer-norm
 //! parameters, global-norm gradient clipping, and a linear warmup then linear decay.
 //!
-//! The update runs as one pass over plain `f32` buffers (moments included) split across
-//! threads, instead of a dozen tensor operations and allocations per parameter.
+//! On the CPU the update runs as one pass over plain `f32` buffers (moments included) split
+//! across threads, instead of a dozen tensor operations and allocations per parameter. On any
+//! other device (or with the generic kernels forced, `kd_bert::kernels`), the moments are
+//! tensors beside the parameters and the same update is composed of tensor operations.
 
 use anyhow::{Context, Result, bail};
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, Device, InplaceOp2, Layout, Storage, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor, Var};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -38,8 +40,27 @@ struct Slot {
     name: String,
     var: Var,
     decay: bool,
-    first_moment: Vec<f32>,
-    second_moment: Vec<f32>,
+    moments: Moments,
+}
+
+/// A parameter's first and second moments.
+enum Moments {
+    /// Plain buffers, for the fused CPU update.
+    Host(Vec<f32>, Vec<f32>),
+    /// Tensors on the parameter's device, for the composed update.
+    Device(Tensor, Tensor),
+}
+
+impl Moments {
+    fn zeros(var: &Var) -> Result<Self> {
+        let fused = var.device().is_cpu() && !kd_bert::kernels::generic_forced();
+        Ok(if fused {
+            Self::Host(vec![0.0; var.elem_count()], vec![0.0; var.elem_count()])
+        } else {
+            let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+            Self::Device(zeros.clone(), zeros)
+        })
+    }
 }
 
 pub struct AdamW {
@@ -85,22 +106,23 @@ fn takes_weight_decay(name: &str) -> bool {
 }
 
 impl AdamW {
-    pub fn new(vars: Vec<(String, Var)>, config: AdamWConfig) -> Self {
+    pub fn new(vars: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
         let slots = vars
             .into_iter()
-            .map(|(name, var)| Slot {
-                decay: takes_weight_decay(&name),
-                first_moment: vec![0.0; var.elem_count()],
-                second_moment: vec![0.0; var.elem_count()],
-                name,
-                var,
+            .map(|(name, var)| {
+                Ok(Slot {
+                    decay: takes_weight_decay(&name),
+                    moments: Moments::zeros(&var)?,
+                    name,
+                    var,
+                })
             })
-            .collect();
-        Self {
+            .collect::<Result<_>>()?;
+        Ok(Self {
             slots,
             config,
             steps: 0,
-        }
+        })
     }
 
     /// Applies one update at learning rate `lr` and returns the gradient norm before
@@ -117,12 +139,24 @@ impl AdamW {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let mut norm = 0.0;
-        for gradient in gradients.iter().flatten() {
-            let (storage, layout) = gradient.storage_and_layout();
-            let Storage::Cpu(storage) = &*storage else {
-                bail!("AdamW runs on the CPU")
-            };
-            norm += sum_of_squares(kd_bert::ops::f32_slice(storage, layout, "AdamW")?);
+        // Off the CPU, one sum per gradient, all read back at once.
+        let mut sums = Vec::new();
+        for (slot, gradient) in self.slots.iter().zip(&gradients) {
+            let Some(gradient) = gradient else { continue };
+            match slot.moments {
+                Moments::Host(..) => {
+                    let (storage, layout) = gradient.storage_and_layout();
+                    let Storage::Cpu(storage) = &*storage else {
+                        bail!("AdamW: {} has its gradient off the CPU", slot.name)
+                    };
+                    norm += sum_of_squares(kd_bert::ops::f32_slice(storage, layout, "AdamW")?);
+                }
+                Moments::Device(..) => sums.push(gradient.sqr()?.sum_all()?),
+            }
+        }
+        if !sums.is_empty() {
+            let sums = Tensor::stack(&sums, 0)?.to_dtype(DType::F64)?;
+            norm += sums.to_vec1::<f64>()?.iter().sum::<f64>();
         }
         let norm = f64::sqrt(norm);
         if !norm.is_finite() {
@@ -150,7 +184,7 @@ impl AdamW {
                 1.0
             };
             let update = Update {
-                moments: RefCell::new((&mut slot.first_moment, &mut slot.second_moment)),
+                moments: RefCell::new((&mut [], &mut [])),
                 clip,
                 beta1: beta1 as f32,
                 beta2: beta2 as f32,
@@ -160,9 +194,34 @@ impl AdamW {
                 shrink,
                 lr: lr as f32,
             };
-            slot.var.inplace_op2(&gradient, &update)?;
+            match &mut slot.moments {
+                Moments::Host(first, second) => {
+                    update
+                        .moments
+                        .replace((first.as_mut_slice(), second.as_mut_slice()));
+                    slot.var.inplace_op2(&gradient, &update)?;
+                }
+                Moments::Device(first, second) => {
+                    update.composed(&slot.var, &gradient, first, second)?;
+                }
+            }
         }
         Ok(norm)
+    }
+}
+
+impl Update<'_> {
+    /// The update of [`Update::cpu_fwd`] in tensor operations, on any device.
+    fn composed(&self, theta: &Var, grad: &Tensor, m: &mut Tensor, v: &mut Tensor) -> Result<()> {
+        let grad = grad.to_dtype(DType::F32)?.affine(self.clip as f64, 0.0)?;
+        let (b1, b2) = (self.beta1 as f64, self.beta2 as f64);
+        *m = ((&*m * b1)? + (&grad * (1.0 - b1))?)?;
+        *v = ((&*v * b2)? + (grad.sqr()? * (1.0 - b2))?)?;
+        let denominator = ((&*v * self.v_scale as f64)?.sqrt()? + self.eps as f64)?;
+        let update = ((&*m * self.m_scale as f64)? / denominator)?;
+        let shrunk = (theta.as_tensor() * self.shrink as f64)?;
+        theta.set(&(shrunk - (update * self.lr as f64)?)?)?;
+        Ok(())
     }
 }
 
@@ -246,8 +305,17 @@ impl AdamW {
         let mut tensors = Vec::with_capacity(2 * self.slots.len());
         for slot in &self.slots {
             let shape = slot.var.shape().clone();
-            for (kind, moment) in [("m", &slot.first_moment), ("v", &slot.second_moment)] {
-                let tensor = Tensor::from_slice(moment, shape.clone(), &Device::Cpu)?;
+            let (first, second) = match &slot.moments {
+                Moments::Host(first, second) => (
+                    Tensor::from_slice(first, shape.clone(), &Device::Cpu)?,
+                    Tensor::from_slice(second, shape, &Device::Cpu)?,
+                ),
+                Moments::Device(first, second) => (
+                    first.to_device(&Device::Cpu)?,
+                    second.to_device(&Device::Cpu)?,
+                ),
+            };
+            for (kind, tensor) in [("m", first), ("v", second)] {
                 tensors.push((format!("{kind}.{}", slot.name), tensor));
             }
         }
@@ -265,19 +333,27 @@ impl AdamW {
             .with_context(|| format!("{} has no step count", path.display()))?;
         let tensors = file.tensors;
         for slot in &mut self.slots {
-            for (kind, moment) in [
-                ("m", &mut slot.first_moment),
-                ("v", &mut slot.second_moment),
-            ] {
+            let moment = |kind| {
                 let name = format!("{kind}.{}", slot.name);
                 let tensor = tensors
                     .get(&name)
                     .with_context(|| format!("{} lacks {name}", path.display()))?;
-                *moment = tensor.flatten_all()?.to_vec1::<f32>()?;
-                if moment.len() != slot.var.elem_count() {
+                if tensor.dims() != slot.var.dims() {
                     bail!("{name} in {} has the wrong size", path.display());
                 }
-            }
+                Ok(tensor)
+            };
+            let (first, second) = (moment("m")?, moment("v")?);
+            slot.moments = match slot.moments {
+                Moments::Host(..) => Moments::Host(
+                    first.flatten_all()?.to_vec1()?,
+                    second.flatten_all()?.to_vec1()?,
+                ),
+                Moments::Device(..) => Moments::Device(
+                    first.to_device(slot.var.device())?,
+                    second.to_device(slot.var.device())?,
+                ),
+            };
         }
         self.steps = steps;
         Ok(())
@@ -338,7 +414,7 @@ mod tests {
             max_grad_norm: None,
             ..AdamWConfig::default()
         };
-        let mut adamw = AdamW::new(vec![("w.weight".into(), ours.clone())], config);
+        let mut adamw = AdamW::new(vec![("w.weight".into(), ours.clone())], config).unwrap();
         let mut candle = candle_nn::AdamW::new(
             vec![reference.clone()],
             candle_nn::ParamsAdamW {
@@ -379,7 +455,8 @@ mod tests {
                 ("l.bias".into(), bias.clone()),
             ],
             config,
-        );
+        )
+        .unwrap();
         let total = (loss(&weight) + loss(&bias)).unwrap();
         let gradient = total
             .backward()
@@ -407,12 +484,12 @@ mod tests {
             max_grad_norm: Some(100.0),
             ..AdamWConfig::default()
         };
-        let mut with_clip = AdamW::new(vec![("w".into(), clipped.clone())], clip_at_100);
+        let mut with_clip = AdamW::new(vec![("w".into(), clipped.clone())], clip_at_100).unwrap();
         let no_clip = AdamWConfig {
             max_grad_norm: None,
             ..AdamWConfig::default()
         };
-        let mut by_hand = AdamW::new(vec![("w".into(), reference.clone())], no_clip);
+        let mut by_hand = AdamW::new(vec![("w".into(), reference.clone())], no_clip).unwrap();
         let grads = loss(&reference).backward().unwrap();
         let norm = grads
             .get(reference.as_tensor())
@@ -455,8 +532,8 @@ mod tests {
     fn saved_state_resumes_exactly() {
         let config = AdamWConfig::default();
         let (resumed, straight) = (start(), start());
-        let mut first = AdamW::new(vec![("w".into(), resumed.clone())], config);
-        let mut uninterrupted = AdamW::new(vec![("w".into(), straight.clone())], config);
+        let mut first = AdamW::new(vec![("w".into(), resumed.clone())], config).unwrap();
+        let mut uninterrupted = AdamW::new(vec![("w".into(), straight.clone())], config).unwrap();
         for _ in 0..3 {
             first
                 .step(&loss(&resumed).backward().unwrap(), 0.05)
@@ -469,7 +546,7 @@ mod tests {
         first
             .save(&dir.path().join("optimizer.safetensors"))
             .unwrap();
-        let mut second = AdamW::new(vec![("w".into(), resumed.clone())], config);
+        let mut second = AdamW::new(vec![("w".into(), resumed.clone())], config).unwrap();
         second
             .load(&dir.path().join("optimizer.safetensors"))
             .unwrap();
@@ -485,12 +562,72 @@ mod tests {
             resumed.to_vec1::<f32>().unwrap(),
             straight.to_vec1::<f32>().unwrap()
         );
-        let mut other = AdamW::new(vec![("x".into(), start())], config);
+        let mut other = AdamW::new(vec![("x".into(), start())], config).unwrap();
         assert!(
             other
                 .load(&dir.path().join("optimizer.safetensors"))
                 .is_err()
         );
+    }
+
+    /// The composed update (off the CPU, or forced) against the fused one: weight decay on
+    /// one parameter and not the other, clipping on every step, and a checkpoint of one read
+    /// by the other.
+    #[test]
+    fn the_composed_update_follows_the_fused_one_and_shares_its_checkpoints() {
+        let config = AdamWConfig {
+            max_grad_norm: Some(0.5),
+            weight_decay: 0.1,
+            ..AdamWConfig::default()
+        };
+        let pair = || {
+            let bias = Var::from_tensor(&Tensor::new(&[1.5f32, -2.0], &Device::Cpu).unwrap());
+            vec![
+                ("w.weight".to_string(), start()),
+                ("b.bias".to_string(), bias.unwrap()),
+            ]
+        };
+        let total = |vars: &[(String, Var)]| {
+            let bias = vars[1].1.as_tensor().sqr().unwrap().sum_all().unwrap();
+            (loss(&vars[0].1) * 3.0).unwrap().add(&bias).unwrap()
+        };
+        let values = |vars: &[(String, Var)]| -> Vec<f32> {
+            let values = vars
+                .iter()
+                .map(|(_, var)| var.as_tensor().flatten_all().unwrap());
+            values.flat_map(|v| v.to_vec1::<f32>().unwrap()).collect()
+        };
+        let (fused_vars, composed_vars) = (pair(), pair());
+        let mut fused = AdamW::new(fused_vars.clone(), config).unwrap();
+        let mut composed =
+            kd_bert::kernels::force_generic(|| AdamW::new(composed_vars.clone(), config)).unwrap();
+        assert!(matches!(composed.slots[0].moments, Moments::Device(..)));
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = dir.path().join("optimizer.safetensors");
+        for step in 0..6 {
+            let fused_norm = fused
+                .step(&total(&fused_vars).backward().unwrap(), 0.05)
+                .unwrap();
+            let grads = total(&composed_vars).backward().unwrap();
+            let composed_norm = composed.step(&grads, 0.05).unwrap();
+            assert!(
+                (fused_norm - composed_norm).abs() <= 1e-6 * fused_norm,
+                "step {step}"
+            );
+            assert!(fused_norm > 0.5, "step {step}: no clipping ({fused_norm})");
+            for (a, b) in values(&fused_vars).into_iter().zip(values(&composed_vars)) {
+                assert!((a - b).abs() <= 1e-6, "step {step}: {a} against {b}");
+            }
+            // Halfway, each continues from the other's checkpoint.
+            if step == 2 {
+                composed.save(&checkpoint).unwrap();
+                fused.save(&dir.path().join("fused.safetensors")).unwrap();
+                fused.load(&checkpoint).unwrap();
+                composed
+                    .load(&dir.path().join("fused.safetensors"))
+                    .unwrap();
+            }
+        }
     }
 
     #[test]

@@ -218,7 +218,7 @@ pub fn train(
             max_grad_norm: Some(config.max_grad_norm),
             ..AdamWConfig::default()
         },
-    );
+    )?;
     let mut state = if resume {
         load_checkpoint(&out.join(CHECKPOINT), &parameters, &mut optimizer)?
     } else {
@@ -425,7 +425,7 @@ fn load_checkpoint(
         let tensor = tensors
             .get(name)
             .with_context(|| format!("checkpoint {} lacks {name}", params_path.display()))?;
-        var.set(tensor)
+        var.set(&tensor.to_device(var.device())?)
             .with_context(|| format!("checkpoint tensor {name} does not fit"))?;
     }
     optimizer.load(&dir.join(&state.checkpoint.optimizer))?;

@@ -40,7 +40,7 @@ pub const ONNX_FILE: &str = "model.onnx";
 /// `out/model.onnx`, atomically, the weights `quantization` covers as int8. Returns the file's
 /// size in bytes.
 pub fn write(model: &ModelFiles, out: &Path, quantization: Option<Quantization>) -> Result<u64> {
-    let task_model = TaskModel::load(model, usize::MAX)
+    let task_model = TaskModel::load(model, usize::MAX, &candle_core::Device::Cpu)
         .with_context(|| format!("cannot load {} to export it", model.dir.display()))?;
     ensure!(
         task_model.config.pruned_heads.is_empty(),
