@@ -78,11 +78,18 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N, as kd names them")
+    parser.add_argument(
+        "--precision", default="f32", choices=["f32", "bf16"], help="bf16: autocast (mixed precision)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     # A GPU runs asynchronously: a step ends when its kernels have.
     synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+
+    # bf16 as PyTorch users run it: f32 parameters and optimizer, products under autocast.
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     shape, case = args.shapes, args.cases
     layers, *_, batch = SHAPES[shape]
@@ -100,14 +107,14 @@ def main():
         bias = torch.zeros(intermediate, device=device)
 
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 F.linear(xs, weight, bias)
 
     elif case == "inference":
         teacher.eval()
 
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True)
 
     elif case == "train":
@@ -115,8 +122,9 @@ def main():
         opt = optimizer(teacher)
 
         def step():
-            out = teacher(input_ids=ids, attention_mask=mask)
-            update(teacher, opt, F.cross_entropy(out.logits, labels))
+            with autocast():
+                out = teacher(input_ids=ids, attention_mask=mask)
+            update(teacher, opt, F.cross_entropy(out.logits.float(), labels))
 
     else:
         teacher.eval()
@@ -125,10 +133,12 @@ def main():
         opt = optimizer(student)
 
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 teacher_out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            student_out = student(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            update(student, opt, distillation_loss(student_out, teacher_out, labels, mask))
+            with autocast():
+                student_out = student(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+                loss = distillation_loss(student_out, teacher_out, labels, mask)
+            update(student, opt, loss)
 
     for _ in range(args.warmup):
         step()

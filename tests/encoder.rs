@@ -7,7 +7,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use kd_bert::{
     AttentionMaps, BertConfig, BertForSequenceClassification, BertInput, BertModel, FrozenWeights,
-    LastLayer, Mode, Params,
+    LastLayer, Mode, Params, Precision,
 };
 use kd_data::TextTokenizer;
 use std::collections::HashMap;
@@ -215,9 +215,11 @@ fn tiny_batch() -> (BertInput, Tensor) {
     (input, Tensor::new(&[2u32, 0], &device).unwrap())
 }
 
+/// In f32 and in bf16 (products in bf16, the parameters f32), on every path: the bf16
+/// gradients reach the f32 parameters and follow the f32 ones.
 #[test]
 fn every_parameter_gets_a_finite_nonzero_gradient() {
-    let (params, model) = tiny_classifier();
+    let (params, mut model) = tiny_classifier();
     let (input, labels) = tiny_batch();
     // With the attention maps, without them (fused attention), and [CLS] only.
     for (dropout, pass) in [
@@ -226,37 +228,67 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
         (true, "fused"),
         (true, "cls"),
     ] {
-        let mode = Mode::Train { dropout };
-        let logits = match pass {
-            "maps" => model.forward(&input, mode).unwrap().0,
-            "fused" => {
-                let (logits, output) = model
-                    .forward_with(&input, mode, AttentionMaps::Skip)
-                    .unwrap();
-                assert!(output.attention_scores.is_empty());
-                logits
-            }
-            _ => model.logits(&input, None, mode).unwrap(),
-        };
-        let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
-        let grads = loss.backward().unwrap();
-        let vars = params.vars();
-        assert_eq!(
-            vars.len(),
-            2 * 16 + 5 + 2 + 2,
-            "every tensor of the model is a parameter"
-        );
-        for (name, var) in vars {
-            let grad = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{name} has no gradient ({dropout}, {pass})"));
-            let values = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert!(
-                values.iter().all(|v| v.is_finite()),
-                "{name}: non-finite gradient"
+        let mut by_precision = Vec::new();
+        for precision in [Precision::F32, Precision::Bf16] {
+            model.bert.set_precision(precision);
+            model.bert.dropout_rng().reseed(3);
+            let mode = Mode::Train { dropout };
+            let logits = match pass {
+                "maps" => model.forward(&input, mode).unwrap().0,
+                "fused" => {
+                    let (logits, output) = model
+                        .forward_with(&input, mode, AttentionMaps::Skip)
+                        .unwrap();
+                    assert!(output.attention_scores.is_empty());
+                    logits
+                }
+                _ => model.logits(&input, None, mode).unwrap(),
+            };
+            assert_eq!(logits.dtype(), DType::F32, "{precision}");
+            let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+            let grads = loss.backward().unwrap();
+            let vars = params.vars();
+            assert_eq!(
+                vars.len(),
+                2 * 16 + 5 + 2 + 2,
+                "every tensor of the model is a parameter"
             );
-            assert!(values.iter().any(|&v| v != 0.0), "{name}: zero gradient");
+            let mut gradients = Vec::new();
+            for (name, var) in vars {
+                assert_eq!(var.dtype(), DType::F32, "{name}: master weights are f32");
+                let grad = grads.get(var.as_tensor()).unwrap_or_else(|| {
+                    panic!("{name} has no gradient ({dropout}, {pass}, {precision})")
+                });
+                let values = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert!(
+                    values.iter().all(|v| v.is_finite()),
+                    "{name}: non-finite gradient ({precision})"
+                );
+                assert!(
+                    values.iter().any(|&v| v != 0.0),
+                    "{name}: zero gradient ({precision})"
+                );
+                gradients.push((name, values));
+            }
+            by_precision.push(gradients);
         }
+        let norm = |xs: &[f32]| xs.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let mut bf16_differs = false;
+        for ((name, f32_grad), (_, bf16_grad)) in by_precision[0].iter().zip(&by_precision[1]) {
+            // The key bias adds the same amount to each of a query's scores, which the
+            // softmax cancels: its gradient is rounding noise on both sides.
+            if name.ends_with("key.bias") {
+                continue;
+            }
+            let difference: Vec<f32> = f32_grad.iter().zip(bf16_grad).map(|(a, b)| a - b).collect();
+            let relative = norm(&difference) / norm(f32_grad);
+            assert!(
+                relative < 0.05,
+                "{name}: bf16 gradient off by {relative} ({pass})"
+            );
+            bf16_differs |= relative > 0.0;
+        }
+        assert!(bf16_differs, "the bf16 pass computed in f32 ({pass})");
     }
 }
 

@@ -11,11 +11,11 @@ use crate::latency;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
-use kd_bert::DeviceName;
 use kd_bert::{
     AttentionMaps, BertConfig, BertForSequenceClassification, BertInput, FrozenWeights, Mode,
     Params,
 };
+use kd_bert::{DeviceName, Precision};
 use kd_data::{DataSpec, TaskKind};
 use kd_losses::{DistillOutputs, LossBatch, Objective, ObjectiveConfig};
 use kd_teacher::task_loss;
@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// Where both run (PyTorch on the same device).
     #[command(flatten)]
     pub(crate) device: DeviceArg,
+    /// f32, or bf16: kd's products in bf16 with f32 master weights; PyTorch under autocast
+    /// to bf16 (its mixed precision).
+    #[arg(long, default_value_t = Precision::F32)]
+    precision: Precision,
     /// A Python with torch and transformers (see benches/setup.sh): also time PyTorch eager
     /// on the same cases and print the ratios.
     #[arg(long)]
@@ -196,7 +200,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     println!("CPU: {}, {} threads", cpu_model(), args.threads);
     // The children are told the device, the default included.
-    let device = DeviceName::of(&args.device.select()?);
+    let device = args.device.select()?;
+    args.precision.check(&device)?;
+    let device = DeviceName::of(&device);
     let args = BenchArgs {
         device: DeviceArg { name: Some(device) },
         ..args
@@ -257,6 +263,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "runs": args.runs,
             "warmup": args.warmup,
             "rounds": args.rounds,
+            "device": args.device.name,
+            "precision": args.precision,
             "results": rows,
         });
         kd_bert::write_json_atomically(path, &report)?;
@@ -273,6 +281,7 @@ fn common_flags(shape: Shape, case: Case, args: &BenchArgs) -> Vec<String> {
         format!("--warmup={}", args.warmup),
         format!("--threads={}", args.threads),
         format!("--device={}", args.device.name.unwrap_or(DeviceName::Cpu)),
+        format!("--precision={}", args.precision),
     ]
 }
 
@@ -407,10 +416,17 @@ struct Model {
     config: BertConfig,
 }
 
-fn model(shape: Shape, layers: usize, seed: u64, device: &Device) -> Result<Model> {
+fn model(
+    shape: Shape,
+    layers: usize,
+    seed: u64,
+    device: &Device,
+    precision: Precision,
+) -> Result<Model> {
     let config = shape.config(layers)?;
     let params = Params::new(device);
-    let model = BertForSequenceClassification::new(&config, 2, params.var_builder())?;
+    let mut model = BertForSequenceClassification::new(&config, 2, params.var_builder())?;
+    model.bert.set_precision(precision);
     params.init_bert(config.initializer_range, seed)?;
     Ok(Model {
         params,
@@ -432,7 +448,7 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs, device: &Device) -> Resul
     let (layers, .., batch) = shape.dims();
     let mut rng = StdRng::seed_from_u64(0);
     let (input, labels) = random_batch(batch, args.seq_len, &mut rng, device)?;
-    let mut teacher = model(shape, layers, 1, device)?;
+    let mut teacher = model(shape, layers, 1, device, args.precision)?;
     if matches!(case, Case::Inference | Case::Distill) {
         // Inference-only, as `kd eval` and `kd distill`'s teacher run it.
         teacher.model.freeze(FrozenWeights::F32)?;
@@ -456,7 +472,8 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs, device: &Device) -> Resul
         Case::Latency => bail!("the latency case times task models, not shapes"),
         Case::Gemm => {
             let (_, hidden, _, intermediate, _) = shape.dims();
-            let xs = Tensor::randn(0f32, 1.0, (batch * args.seq_len, hidden), device)?;
+            let xs = Tensor::randn(0f32, 1.0, (batch * args.seq_len, hidden), device)?
+                .to_dtype(args.precision.compute_dtype())?;
             let weight = Tensor::randn(0f32, 1.0, (intermediate, hidden), device)?;
             let bias = Tensor::zeros(intermediate, DType::F32, device)?;
             Box::new(move || {
@@ -465,7 +482,7 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs, device: &Device) -> Resul
             })
         }
         Case::Distill => {
-            let student = model(shape, layers / 2, 2, device)?;
+            let student = model(shape, layers / 2, 2, device, args.precision)?;
             let objective = Objective::new(
                 &toml::from_str::<ObjectiveConfig>(DISTILBERT_OBJECTIVE)?,
                 &[(&teacher.config).into()],

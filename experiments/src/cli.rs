@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kd_bert::DeviceName;
+use kd_bert::{DeviceName, Precision};
 use kd_data::{AugmentConfig, DataSpec, WordNeighbours, augment};
 use kd_teacher::{Backbone, ModelFiles, Pooling, TaskModel, finetune};
 use kd_train::{RunDir, RunInputs, TrainerConfig};
@@ -175,6 +175,10 @@ struct FinetuneArgs {
     /// Quick setting: stop after this many updates.
     #[arg(long)]
     max_steps: Option<usize>,
+    /// f32, or bf16: the encoder's products in bf16, with f32 master weights, loss and
+    /// optimizer state.
+    #[arg(long, default_value_t = Precision::F32)]
+    precision: Precision,
     #[command(flatten)]
     device: DeviceArg,
     #[command(flatten, next_help_heading = "Data")]
@@ -272,7 +276,8 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
     let spec = &data.spec;
     let files = ModelFiles::resolve(&args.model)?;
     let device = args.device.select()?;
-    let model = TaskModel::from_backbone(
+    args.precision.check(&device)?;
+    let mut model = TaskModel::from_backbone(
         &files,
         spec.kind,
         &data.labels,
@@ -280,6 +285,7 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
         args.data.max_seq_len,
         &device,
     )?;
+    model.set_precision(args.precision);
     let config = TrainerConfig {
         epochs: args.epochs,
         lr: args.lr,
@@ -291,8 +297,12 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
         eval_every: args.eval_every,
         ..TrainerConfig::default()
     };
-    let settings =
+    let mut settings =
         serde_json::json!({ "model": args.model, "data": args.data, "training": config });
+    // Named only when not f32: runs begun before the flag existed still resume.
+    if !args.precision.is_f32() {
+        settings["precision"] = serde_json::json!(args.precision);
+    }
     let mut inputs = RunInputs::new(&settings)?;
     for file in args
         .data
@@ -538,6 +548,7 @@ fn run_distill(args: DistillArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&recipe.name));
     let device = kd_bert::device::select(args.device.name.or(recipe.training.device))?;
+    recipe.training.precision.check(&device)?;
     let options = DistillOptions {
         device,
         out: &out,

@@ -284,8 +284,10 @@ impl Teachers {
         let mut files = Vec::with_capacity(specs.len());
         for spec in &specs {
             let resolved = ModelFiles::resolve(&spec.model)?;
-            let model = TaskModel::load_for_inference(&resolved, recipe.data.max_seq_len, device)
-                .with_context(|| format!("cannot load teacher {}", spec.model))?;
+            let mut model =
+                TaskModel::load_for_inference(&resolved, recipe.data.max_seq_len, device)
+                    .with_context(|| format!("cannot load teacher {}", spec.model))?;
+            model.set_precision(recipe.training.precision);
             models.push(model);
             files.push(resolved);
         }
@@ -786,7 +788,14 @@ pub(crate) fn load_data(
     spec.load(shared_dir, teacher.dataset_labels())
 }
 
+/// The recipe's student, computing in the recipe's precision.
 pub(crate) fn build_student(recipe: &Recipe, teacher: &TaskModel) -> Result<TaskModel> {
+    let mut student = student_of(recipe, teacher)?;
+    student.set_precision(recipe.training.precision);
+    Ok(student)
+}
+
+fn student_of(recipe: &Recipe, teacher: &TaskModel) -> Result<TaskModel> {
     let seed = recipe.training.seed;
     match &recipe.student {
         StudentSpec::Distilbert {

@@ -228,9 +228,10 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
         bail!("general distillation learns from one teacher backbone: use [teacher]");
     }
     let teacher_files = ModelFiles::resolve(&recipe.main_teacher().model)?;
-    let teacher =
+    let mut teacher =
         Backbone::load_for_inference(&teacher_files, data.max_seq_len, &options.device)
             .with_context(|| format!("cannot load teacher {}", recipe.main_teacher().model))?;
+    teacher.model.set_precision(recipe.training.precision);
     let needs_mlm_head = check_stages(recipe, &teacher)?;
     let student = build_student(recipe, &teacher, needs_mlm_head)?;
     let objectives = recipe
@@ -388,7 +389,7 @@ fn build_student(recipe: &Recipe, teacher: &Backbone, mlm_head: bool) -> Result<
     let seed = recipe.training.seed;
     let max_len = recipe.data.max_seq_len;
     let device = teacher.params.device();
-    let student = match &recipe.student {
+    let mut student = match &recipe.student {
         StudentSpec::Distilbert { layers, from, .. } => {
             let loaded = from
                 .as_ref()
@@ -427,6 +428,7 @@ fn build_student(recipe: &Recipe, teacher: &Backbone, mlm_head: bool) -> Result<
             student
         }
     };
+    student.model.set_precision(recipe.training.precision);
     Ok(student)
 }
 

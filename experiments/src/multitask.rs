@@ -105,6 +105,7 @@ pub fn run(
         .map(|task| TaskHead::of(&task.name, task.teachers.main()))
         .collect();
     let mut student = MultiTaskModel::new(&encoder, &heads, recipe.training.seed)?;
+    student.set_precision(recipe.training.precision);
     drop(encoder);
     let mut examples = Vec::with_capacity(tasks.len());
     for (task, (_, model)) in tasks.iter().zip(&mut student.tasks) {

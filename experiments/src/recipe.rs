@@ -4,7 +4,7 @@
 //! field before the recipe is read (`training.lr=5e-5`, `stages.0.epochs=1`).
 
 use anyhow::{Context, Result, bail};
-use kd_bert::DeviceName;
+use kd_bert::{DeviceName, Precision};
 use kd_data::DataSpec;
 use kd_losses::ObjectiveConfig;
 use kd_student::StudentShape;
@@ -130,6 +130,10 @@ pub struct TrainingSpec {
     /// run may continue on another device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceName>,
+    /// f32, or bf16: the encoders' products (student's and teachers') in bf16, with f32
+    /// master weights, losses and optimizer state.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 fn default_batch_size() -> usize {

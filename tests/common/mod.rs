@@ -105,17 +105,23 @@ pub fn kd_err(args: &[&str]) -> String {
 
 /// A tiny BERT encoder (MiniLM's vocabulary and tokenizer, 8 wide, 2 layers) in `dir`.
 pub fn write_tiny_model(dir: &Path) {
+    write_tiny_model_sized(dir, 8, 0.02);
+}
+
+/// [`write_tiny_model`] `hidden` wide (the feed-forward twice that), its weights drawn with
+/// standard deviation `init_range`.
+pub fn write_tiny_model_sized(dir: &Path, hidden: usize, init_range: f64) {
     std::fs::create_dir_all(dir).unwrap();
     let config = serde_json::json!({
-        "model_type": "bert", "vocab_size": 30522, "hidden_size": 8, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 64,
+        "model_type": "bert", "vocab_size": 30522, "hidden_size": hidden, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "intermediate_size": 2 * hidden, "max_position_embeddings": 64,
         "type_vocab_size": 2, "hidden_act": "gelu",
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let config: BertConfig = serde_json::from_value(config).unwrap();
     let params = Params::new(&Device::Cpu);
     BertModel::new(&config, params.var_builder(), true).unwrap();
-    params.init_bert(0.02, 1).unwrap();
+    params.init_bert(init_range, 1).unwrap();
     params.save(&dir.join("model.safetensors")).unwrap();
     std::fs::copy(
         minilm_dir().join("tokenizer.json"),

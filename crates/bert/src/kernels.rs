@@ -75,7 +75,7 @@ fn fused(xs: &Tensor) -> bool {
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     match fused(xs) {
         true => ops::softmax_last_dim(xs),
-        false => candle_nn::ops::softmax(xs, candle_core::D::Minus1),
+        false => generic::widening(xs, |xs| candle_nn::ops::softmax(xs, candle_core::D::Minus1)),
     }
 }
 
@@ -83,7 +83,9 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
 pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     match fused(xs) {
         true => ops::log_softmax_last_dim(xs),
-        false => candle_nn::ops::log_softmax(xs, candle_core::D::Minus1),
+        false => generic::widening(xs, |xs| {
+            candle_nn::ops::log_softmax(xs, candle_core::D::Minus1)
+        }),
     }
 }
 
@@ -174,16 +176,29 @@ pub fn attention(
     context(&probs, v)
 }
 
-/// The compositions of candle's tensor ops behind the generic path.
+/// The compositions of candle's tensor ops behind the generic path. They serve any dtype:
+/// 16-bit activations multiply in their own dtype (the parameters, f32 master weights, cast
+/// to it as they are read) and normalise in f32 ([`crate::precision`]).
 pub mod generic {
+    use crate::precision::widened;
     use candle_core::{D, Result, Tensor};
+
+    /// `f` of `xs` widened to f32 when it is a 16-bit float, narrowed back: sums of
+    /// exponentials and variances lose too much in bf16.
+    pub fn widening(xs: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let dtype = xs.dtype();
+        f(&xs.to_dtype(widened(dtype))?)?.to_dtype(dtype)
+    }
 
     /// `(x - mean) / sqrt(var + eps) * weight + bias`, the variance biased, as BERT's.
     pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
-        let centered = xs.broadcast_sub(&xs.mean_keepdim(D::Minus1)?)?;
-        let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered.broadcast_div(&(variance + eps as f64)?.sqrt()?)?;
-        normed.broadcast_mul(weight)?.broadcast_add(bias)
+        widening(xs, |xs| {
+            let centered = xs.broadcast_sub(&xs.mean_keepdim(D::Minus1)?)?;
+            let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
+            let normed = centered.broadcast_div(&(variance + eps as f64)?.sqrt()?)?;
+            let (weight, bias) = (weight.to_dtype(xs.dtype())?, bias.to_dtype(xs.dtype())?);
+            normed.broadcast_mul(&weight)?.broadcast_add(&bias)
+        })
     }
 
     /// One matrix product over every row of every example.
@@ -191,7 +206,8 @@ pub mod generic {
         let (out_dim, in_dim) = weight.dims2()?;
         let mut dims = xs.dims().to_vec();
         let rows = xs.reshape(((), in_dim))?;
-        let product = rows.matmul(&weight.t()?)?.broadcast_add(bias)?;
+        let (weight, bias) = (weight.to_dtype(xs.dtype())?, bias.to_dtype(xs.dtype())?);
+        let product = rows.matmul(&weight.t()?)?.broadcast_add(&bias)?;
         if let Some(last) = dims.last_mut() {
             *last = out_dim;
         }
@@ -224,7 +240,9 @@ pub mod generic {
         let (batch, seq_k) = mask_bias.dims2()?;
         let keys = by_head(k, heads)?.transpose(2, 3)?.contiguous()?;
         let products = by_head(q, heads)?.matmul(&keys)?;
-        let mask = mask_bias.reshape((batch, 1, 1, seq_k))?;
+        let mask = mask_bias
+            .reshape((batch, 1, 1, seq_k))?
+            .to_dtype(products.dtype())?;
         (products * scale as f64)?.broadcast_add(&mask)
     }
 

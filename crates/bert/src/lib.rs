@@ -7,7 +7,8 @@
 //! There is one model definition, on kd's fused CPU kernels ([`ops`]: softmax, layer norm and
 //! GELU, each with a hand-written backward pass) for f32 on the CPU and on candle's tensor ops
 //! elsewhere or when forced ([`kernels`] chooses). [`Mode`] switches dropout on for training and
-//! cuts the graph after each layer for inference.
+//! cuts the graph after each layer for inference; [`Precision`] runs its products in bf16 with f32
+//! master weights.
 
 mod attention;
 mod checked;
@@ -24,6 +25,7 @@ mod model;
 pub mod ops;
 mod params;
 mod pool;
+pub mod precision;
 mod prune;
 
 pub use checked::{CheckedFile, read_checked, write_checked};
@@ -36,4 +38,5 @@ pub use math::vectorised;
 pub use model::{AttentionMaps, BertInput, BertModel, BertOutput, LastLayer};
 pub use params::{LoadReport, Params, write_atomically, write_json_atomically};
 pub use pool::with_busy_workers;
+pub use precision::Precision;
 pub use prune::{prune_heads, restore_heads};

@@ -4,6 +4,7 @@
 use crate::config::BertConfig;
 use crate::kernels;
 use crate::layers::{Dropout, DropoutRng, FrozenWeights, LayerNorm, Linear, Mode};
+use crate::precision::{Precision, most_negative};
 use anyhow::{Result, bail};
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Embedding, Init, VarBuilder};
@@ -203,7 +204,9 @@ impl SelfAttention {
         };
         if let Some(mask) = head_mask {
             let (batch, seq, width) = context.dims3()?;
-            let per_head = mask.reshape((1, 1, self.num_heads, 1))?;
+            let per_head = mask
+                .reshape((1, 1, self.num_heads, 1))?
+                .to_dtype(context.dtype())?;
             context = context
                 .reshape((batch, seq, self.num_heads, self.head_dim))?
                 .broadcast_mul(&per_head)?
@@ -333,6 +336,8 @@ pub struct BertModel {
     config: BertConfig,
     dropout_rng: DropoutRng,
     frozen: bool,
+    /// What the layers' products compute in.
+    precision: Precision,
 }
 
 impl BertModel {
@@ -360,6 +365,7 @@ impl BertModel {
             config: config.clone(),
             dropout_rng,
             frozen: false,
+            precision: Precision::F32,
         })
     }
 
@@ -375,6 +381,16 @@ impl BertModel {
         }
         self.frozen = true;
         Ok(())
+    }
+
+    /// Runs the layers' products in `precision` from the next forward pass on. The
+    /// parameters stay f32, and so does everything the pass hands out.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The input word embeddings, `[vocab, hidden]`.
@@ -432,9 +448,12 @@ impl BertModel {
                 self.config.max_position_embeddings
             );
         }
-        // Padding keys get the most negative f32 added to their scores, as HF does, so that
-        // their probability is exactly zero.
-        let mask_bias = ((1.0 - input.attention_mask.to_dtype(DType::F32)?)? * f32::MIN as f64)?;
+        // Padding keys get the most negative value of the compute dtype added to their
+        // scores, as HF does, so that their probability is exactly zero.
+        let compute = self.precision.compute_dtype();
+        let mask_bias = ((1.0 - input.attention_mask.to_dtype(DType::F32)?)?
+            * most_negative(compute))?
+        .to_dtype(compute)?;
         // Without gradients, cutting the graph after each layer frees the layer's
         // intermediates as soon as the next one has read its output.
         let keep = |xs: Tensor| {
@@ -448,7 +467,10 @@ impl BertModel {
         let mut hidden_states = Vec::with_capacity(self.layers.len());
         let mut attention_scores = Vec::with_capacity(self.layers.len());
         let mut attention_probs = Vec::with_capacity(self.layers.len());
-        let mut xs = embeddings.clone();
+        // The layers compute in `compute`; what the pass hands out is f32, for the heads and
+        // the losses to reduce in f32.
+        let handed_out = |xs: &Tensor| xs.to_dtype(DType::F32);
+        let mut xs = embeddings.to_dtype(compute)?;
         for (index, layer) in self.layers.iter().enumerate() {
             let layer_mask = head_mask.map(|mask| &mask[index]);
             let positions = if index + 1 == self.layers.len() {
@@ -459,15 +481,18 @@ impl BertModel {
             let (out, attention) =
                 layer.forward(&xs, positions, &mask_bias, layer_mask, mode, maps)?;
             let out = keep(out);
-            hidden_states.push(out.clone());
+            hidden_states.push(handed_out(&out)?);
             if let Some((scores, probs)) = attention.maps {
-                attention_scores.push(keep(scores));
-                attention_probs.push(keep(probs));
+                attention_scores.push(keep(handed_out(&scores)?));
+                attention_probs.push(keep(handed_out(&probs)?));
             }
             xs = out;
         }
         let pooled = match &self.pooler {
-            Some(pooler) => Some(pooler.forward(&xs.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?),
+            Some(pooler) => {
+                let cls = xs.narrow(1, 0, 1)?.squeeze(1)?;
+                Some(handed_out(&pooler.forward(&cls)?.tanh()?)?)
+            }
             None => None,
         };
         Ok(BertOutput {

@@ -42,7 +42,7 @@ impl TeacherCache {
         examples: &[EncodedExample],
         batch_size: usize,
     ) -> Result<(Tensor, CacheOutcome)> {
-        let path = self.logits_path(cache_key(teacher_weights, examples)?);
+        let path = self.logits_path(cache_key(teacher, teacher_weights, examples)?);
         if let Some(mut tensors) = self.read(&path)?
             && let Some(logits) = tensors.remove("logits")
             && logits.dim(0)? == examples.len()
@@ -134,7 +134,7 @@ impl TeacherCache {
         layers: &[usize],
         batch_size: usize,
     ) -> Result<(CachedStates, CacheOutcome)> {
-        let key = cache_key(teacher_weights, examples)?;
+        let key = cache_key(teacher, teacher_weights, examples)?;
         let mut hasher = DefaultHasher::new();
         key.hash(&mut hasher);
         layers.hash(&mut hasher);
@@ -211,10 +211,20 @@ impl TeacherCache {
     }
 }
 
-/// A hash of the teacher's weight bytes and every example's token and segment ids.
-fn cache_key(teacher_weights: &Path, examples: &[EncodedExample]) -> Result<u64> {
+/// A hash of the teacher's weight bytes, its precision and every example's token and segment
+/// ids.
+fn cache_key(
+    teacher: &TaskModel,
+    teacher_weights: &Path,
+    examples: &[EncodedExample],
+) -> Result<u64> {
     let mut hasher = DefaultHasher::new();
     kd_data::hash_file(teacher_weights, &mut hasher)?;
+    // An f32 run reads only what f32 computed; f32's keys are those from before precisions.
+    let precision = teacher.precision();
+    if !precision.is_f32() {
+        precision.to_string().hash(&mut hasher);
+    }
     for example in examples {
         example.ids.hash(&mut hasher);
         example.type_ids.hash(&mut hasher);
@@ -297,6 +307,16 @@ mod tests {
         assert_eq!(
             cache.logits(&teacher, &weights, &other_data, 4).unwrap().1,
             CacheOutcome::Computed
+        );
+
+        // The same teacher computing in bf16 has entries of its own.
+        let mut teacher = teacher;
+        teacher.set_precision(kd_bert::Precision::Bf16);
+        let (in_bf16, outcome) = cache.logits(&teacher, &weights, &examples, 4).unwrap();
+        assert_eq!(outcome, CacheOutcome::Computed);
+        assert_ne!(
+            in_bf16.to_vec2::<f32>().unwrap(),
+            first.to_vec2::<f32>().unwrap()
         );
 
         let retrained = tiny_teacher(dir.path(), 2);

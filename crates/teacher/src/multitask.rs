@@ -6,7 +6,7 @@
 use crate::task_model::{TaskModel, copy_tokenizer_files};
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
-use kd_bert::{BertConfig, Params, ProblemType};
+use kd_bert::{BertConfig, Params, Precision, ProblemType};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -116,6 +116,13 @@ impl MultiTaskModel {
             tasks,
             config,
         })
+    }
+
+    /// Runs the shared encoder's products in `precision` for every task.
+    pub fn set_precision(&mut self, precision: Precision) {
+        for (_, model) in &mut self.tasks {
+            model.set_precision(precision);
+        }
     }
 
     pub fn heads(&self) -> Vec<TaskHead> {

@@ -5,7 +5,7 @@ use crate::resolve::{ModelFiles, tokenizer_files};
 use anyhow::{Context, Result, bail};
 use candle_core::{D, Device, Tensor};
 use kd_bert::{
-    BertConfig, BertForSequenceClassification, FrozenWeights, Mode, Params, ProblemType,
+    BertConfig, BertForSequenceClassification, FrozenWeights, Mode, Params, Precision, ProblemType,
 };
 use kd_data::{
     EncodedExample, Example, Predictions, TaskKind, TaskSpec, TextTokenizer, batch_plan, collate,
@@ -135,6 +135,15 @@ impl TaskModel {
             problem_type,
             tokenizer_dir: tokenizer_dir.to_path_buf(),
         })
+    }
+
+    /// Runs the encoder's products in `precision` (see [`kd_bert::Precision`]).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.model.bert.set_precision(precision);
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.model.bert.precision()
     }
 
     pub fn task_kind(&self) -> TaskKind {
