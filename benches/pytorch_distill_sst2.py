@@ -12,7 +12,7 @@ Prints one JSON line per evaluation with the training time so far (evaluation ex
 stops after --max-steps.
 
 Usage: .venv-ref/bin/python benches/pytorch_distill_sst2.py --teacher runs/teachers/SST-2 \
-    --data ../shared/data/glue/SST-2 --max-steps 500 --eval-every 500
+    --data ../shared/data/glue/SST-2 --max-steps 500 --eval-every 500 [--device cuda]
 """
 
 import argparse
@@ -80,14 +80,18 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--group-by-length", action="store_true", help="length-grouped batches, dynamic padding")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N, as kd names them")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    # A GPU runs asynchronously: a step ends when its kernels have.
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
     tokenizer = BertTokenizerFast.from_pretrained(args.teacher)
     train_ids, train_mask, train_labels = encode(tokenizer, read_tsv(f"{args.data}/train.tsv"), 128)
-    dev_ids, dev_mask, dev_labels = encode(tokenizer, read_tsv(f"{args.data}/dev.tsv"), 128)
-    teacher = BertForSequenceClassification.from_pretrained(args.teacher, attn_implementation="eager").eval()
+    dev_ids, dev_mask, dev_labels = (t.to(device) for t in encode(tokenizer, read_tsv(f"{args.data}/dev.tsv"), 128))
+    teacher = BertForSequenceClassification.from_pretrained(args.teacher, attn_implementation="eager").to(device).eval()
     student = student_of(teacher, [0, 2, 4]).train()
 
     optimizer = adamw(student, lr=1e-4)
@@ -112,6 +116,7 @@ def main():
             if args.group_by_length:
                 width = int(mask.sum(1).max())
                 ids, mask = ids[:, :width], mask[:, :width]
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             with torch.no_grad():
                 teacher_out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True)
             student_out = student(input_ids=ids, attention_mask=mask, output_hidden_states=True)
@@ -121,6 +126,7 @@ def main():
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             optimizer.step()
             schedule.step()
+            synchronize()
             step += 1
             train_seconds += time.perf_counter() - begun
             done = args.max_steps is not None and step >= args.max_steps

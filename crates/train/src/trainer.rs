@@ -269,7 +269,10 @@ pub fn train(
                     .wrapping_mul(1_000_003)
                     .wrapping_add(state.step as u64),
             );
-            let loss = model.loss(indices, state.step, total_steps)?;
+            let memory = |error| out_of_memory(error, indices.len(), out.path());
+            let loss = model
+                .loss(indices, state.step, total_steps)
+                .map_err(memory)?;
             let value = loss.total.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 bail!(
@@ -281,7 +284,8 @@ pub fn train(
                 );
             }
             let lr = schedule.lr(state.step);
-            let grad_norm = optimizer.step(&loss.total.backward()?, lr)?;
+            let grads = loss.total.backward().map_err(|e| memory(e.into()))?;
+            let grad_norm = optimizer.step(&grads, lr).map_err(memory)?;
             state.train_seconds += started.elapsed().as_secs_f64();
             state.step += 1;
             state.batches_done += 1;
@@ -359,6 +363,24 @@ pub fn train(
     }
     progress.finish();
     Ok(state)
+}
+
+/// A device's out-of-memory error (CUDA's, cuBLAS's) told as such: the batch size to lower,
+/// and the checkpoint, which a failed step never touches, kept. Other errors pass unchanged.
+fn out_of_memory(error: anyhow::Error, batch_size: usize, out: &Path) -> anyhow::Error {
+    let text = format!("{error:#}").to_lowercase();
+    if !["out_of_memory", "out of memory", "alloc_failed"]
+        .iter()
+        .any(|sign| text.contains(sign))
+    {
+        return error;
+    }
+    error.context(format!(
+        "the device ran out of memory at batch size {batch_size}: lower it (--batch-size, or \
+         training.batch_size in a recipe: a new run), or free the device; the last checkpoint \
+         in {} is intact, and --resume continues from it",
+        out.display()
+    ))
 }
 
 /// Drops the log lines of steps after `step`: those a killed run trained past its last
@@ -465,4 +487,29 @@ pub fn interrupt_flag() -> Result<&'static AtomicBool> {
     });
     result.context("cannot install the Ctrl-C handler")?;
     Ok(&STOP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_out_of_memory_names_the_batch_size_and_the_checkpoint() {
+        let out = Path::new("runs/x");
+        for raw in [
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            "CublasError(CUBLAS_STATUS_ALLOC_FAILED)",
+        ] {
+            let error = out_of_memory(anyhow::anyhow!(raw).context("step 3"), 32, out);
+            let text = format!("{error:#}");
+            assert!(
+                text.contains("out of memory at batch size 32")
+                    && text.contains("runs/x is intact")
+                    && text.contains(raw),
+                "{text}"
+            );
+        }
+        let other = out_of_memory(anyhow::anyhow!("shape mismatch"), 32, out);
+        assert_eq!(format!("{other:#}"), "shape mismatch");
+    }
 }
