@@ -13,10 +13,11 @@
 #
 # Usage: experiments/scripts/gpu_check.sh [OUT]
 # Environment:
-#   KD           a kd built with --features cuda beforehand (on a CPU machine: build_cuda.sh),
-#                so that the GPU's minutes go to measuring
-#   KD_GPU_TEST  the tests/gpu.rs binary built with it (cargo test --release --features cuda
-#                -p kd-experiments --test gpu --no-run prints its path)
+#   KD_BUNDLE    a folder from experiments/scripts/cuda_bundle.sh (kd and the tests/gpu.rs
+#                binary, built with CUDA on a CPU machine, gzipped): no build here, so that the
+#                GPU's minutes go to measuring
+#   KD           or a kd built with --features cuda beforehand (build_cuda.sh) ...
+#   KD_GPU_TEST  ... and the tests/gpu.rs binary built with it
 #   PYTHON       a Python with torch (CUDA) and transformers (default .venv-ref/bin/python);
 #                without one, the PyTorch columns say so
 #   STEPS        the recipe's steps (default 300)
@@ -45,6 +46,13 @@ say "toolkit: CUDA $toolkit in $CUDA_HOME"
 
 # 2. kd with CUDA, and the parity test's binary.
 target=${CARGO_TARGET_DIR:-$HOME/.cache/kd-cuda-target}
+if [ -n "${KD_BUNDLE:-}" ]; then
+  bin=$(mktemp -d)  # not under $out: the results are committed, the binaries are not
+  for name in kd gpu-test; do
+    gunzip -c "$KD_BUNDLE/$name.gz" >"$bin/$name" && chmod +x "$bin/$name"
+  done
+  KD=$bin/kd KD_GPU_TEST=$bin/gpu-test
+fi
 if [ -z "${KD:-}" ]; then
   experiments/scripts/build_cuda.sh
   KD=$target/release/kd
