@@ -43,27 +43,40 @@ impl Case {
     }
 
     fn finetune(&self, task: &str) -> std::process::Output {
-        common::kd(&[
+        self.finetune_with(task, &[])
+    }
+
+    /// `kd finetune` with `flags` after the usual ones.
+    fn finetune_with(&self, task: &str, flags: &[&str]) -> std::process::Output {
+        let (model, data, out) = (self.model(), self.data(), self.out());
+        let mut args = vec![
             "finetune",
             "--model",
-            self.model().to_str().unwrap(),
+            model.to_str().unwrap(),
             "--task",
             task,
             "--data-dir",
-            self.data().to_str().unwrap(),
+            data.to_str().unwrap(),
             "--out",
-            self.out().to_str().unwrap(),
+            out.to_str().unwrap(),
             "--epochs",
             "1",
             "--batch-size",
             "2",
-        ])
+        ];
+        args.extend(flags);
+        common::kd(&args)
     }
 
     /// Runs `kd finetune`, expects failure with every `needle` in the message, and checks
     /// that nothing was written.
     fn fails_with(&self, needles: &[&str]) {
-        let output = self.finetune("sst2");
+        self.fails_with_flags(&[], needles);
+    }
+
+    /// [`Case::fails_with`] for `kd finetune` with `flags` added.
+    fn fails_with_flags(&self, flags: &[&str], needles: &[&str]) {
+        let output = self.finetune_with("sst2", flags);
         let error = common::stderr(&output);
         assert!(
             !output.status.success(),
@@ -236,26 +249,12 @@ fn an_output_directory_that_cannot_be_written_is_named_before_any_work() {
 #[test]
 fn a_gpu_asked_of_a_build_without_cuda_is_refused_before_any_work() {
     let case = Case::new();
-    let (model, data, out) = (case.model(), case.data(), case.out());
-    let error = common::kd_err(&[
-        "finetune",
-        "--model",
-        model.to_str().unwrap(),
-        "--task",
-        "sst2",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cuda:1",
-    ]);
-    assert!(
-        error.contains("--device cuda:1") && error.contains("--features cuda"),
-        "{error}"
+    case.fails_with_flags(
+        &["--device", "cuda:1"],
+        &["--device cuda:1", "--features cuda"],
     );
-    assert!(!out.exists(), "output directory created despite the error");
 
+    let out = case.out();
     let recipe = common::workspace_root().join("experiments/recipes/sst2-distilbert-l3.toml");
     let error = common::kd_err(&[
         "distill",
