@@ -84,12 +84,19 @@ impl DeviceName {
 }
 
 /// The device asked for, or by default the first GPU when kd was built with CUDA and one
-/// opens, else the CPU; printed on standard error, as every run starts.
+/// opens, else the CPU; printed on standard error, as every run starts. In a data-parallel job
+/// each rank of a machine takes its own GPU: `cuda:N` means GPU N plus the rank's place among
+/// the machine's ranks (so `cuda`, and the default, give rank i GPU i).
 pub fn select(asked: Option<DeviceName>) -> Result<Device> {
+    let local_rank = kd_parallel::world().local_rank();
+    let own = |name| match name {
+        DeviceName::Cuda(index) => DeviceName::Cuda(index + local_rank),
+        DeviceName::Cpu => DeviceName::Cpu,
+    };
     let device = match asked {
-        Some(name) => name.open()?,
+        Some(name) => own(name).open()?,
         None if candle_core::utils::cuda_is_available() => {
-            DeviceName::Cuda(0).open().unwrap_or(Device::Cpu)
+            own(DeviceName::Cuda(0)).open().unwrap_or(Device::Cpu)
         }
         None => Device::Cpu,
     };

@@ -228,7 +228,13 @@ pub fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Resu
 /// that an interrupted write never leaves a truncated file under the final name. The file is
 /// made readable by everyone and writable by its owner (0644), as model files are shared,
 /// whatever mode the writer created it with (safetensors: 0600; a copy: the source's).
+///
+/// Under data parallelism only rank 0 writes: on the other ranks this does nothing, so that a
+/// job's ranks never race on one file.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if !kd_parallel::world().is_leader() {
+        return Ok(());
+    }
     let file_name = path
         .file_name()
         .with_context(|| format!("{} is not a file path", path.display()))?;

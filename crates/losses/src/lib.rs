@@ -18,7 +18,7 @@ mod testing;
 
 pub use intermediate::{attention_kl, cosine_loss, pkd_loss};
 pub use mapping::LayerMapping;
-pub use mean::{masked_mean, mse};
+pub use mean::{GlobalMeans, global_means, masked_mean, mean_count, mse};
 pub use objective::{
     ComponentConfig, DistillOutputs, EncoderShape, LossBatch, LossBreakdown, LossKind, Objective,
     ObjectiveConfig,

@@ -40,7 +40,7 @@ pub fn attention_score_mse(student: &Tensor, teacher: &Tensor, mask: &Tensor) ->
         .chunks(seq)
         .map(|row| row.iter().filter(|&&r| r).count().pow(2))
         .sum();
-    let count = (pairs * heads).max(1) as f64;
+    let count = crate::mean::mean_count((pairs * heads) as f64).max(1.0);
     // The fused kernel serves f32 and f64 on the CPU.
     if !student.device().is_cpu() || generic_forced() {
         return composed(student, &teacher.detach(), mask, count);

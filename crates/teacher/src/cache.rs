@@ -2,11 +2,17 @@
 //! objective compares, for a dataset are stored under a key derived from the teacher's weights
 //! and the dataset's token ids, so a changed teacher, tokenizer, maximum length or dataset
 //! never reads a stale cache.
+//!
+//! In a data-parallel job the ranks compute the teacher's outputs together, each every
+//! `size`-th batch of the one plan a single process follows, and put them together by a sum
+//! of disjoint bit patterns, so that every rank holds the whole cache, equal bit for bit to a
+//! single process's; rank 0 writes it.
 
 use crate::task_model::TaskModel;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use kd_bert::{AttentionMaps, Mode};
 use kd_data::{EncodedExample, batch_plan, collate};
 use kd_train::Progress;
@@ -43,18 +49,20 @@ impl TeacherCache {
         batch_size: usize,
     ) -> Result<(Tensor, CacheOutcome)> {
         let path = self.logits_path(cache_key(teacher, teacher_weights, examples)?);
-        if let Some(mut tensors) = self.read(&path)?
-            && let Some(logits) = tensors.remove("logits")
-            && logits.dim(0)? == examples.len()
-        {
+        let cached = self
+            .read(&path)?
+            .and_then(|mut tensors| tensors.remove("logits"))
+            .filter(|logits| logits.dim(0).ok() == Some(examples.len()));
+        if let Some(logits) = cached.filter(|_| every_rank(true)) {
             return Ok((logits, CacheOutcome::Loaded));
         }
-        let progress = Progress::new(
-            examples.len().div_ceil(batch_size.max(1)) as u64,
-            "teacher logits",
-        );
-        let logits = teacher.logits(examples, batch_size, Some(&progress))?;
+        every_rank(false);
+        let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+        let batches = this_ranks_batches(&lengths, batch_size);
+        let progress = Progress::new(batches.len() as u64, "teacher logits");
+        let rows = teacher.logits_of_batches(examples, batches, None, Some(&progress))?;
         progress.finish();
+        let logits = combine_rows(rows, teacher.labels.len())?;
         self.write(
             &path,
             HashMap::from([("logits".to_string(), logits.clone())]),
@@ -154,18 +162,19 @@ impl TeacherCache {
             states,
             offsets: offsets.clone(),
         };
-        if let Some(mut tensors) = self.read(&path)? {
+        let read = self.read(&path)?.and_then(|mut tensors| {
             let states: Option<Vec<Tensor>> =
                 names.iter().map(|name| tensors.remove(name)).collect();
-            if let Some(states) = states.filter(|s| s.iter().all(|t| t.dim(0).ok() == Some(total)))
-            {
-                return Ok((cached(states), CacheOutcome::Loaded));
-            }
+            states.filter(|s| s.iter().all(|t| t.dim(0).ok() == Some(total)))
+        });
+        if let Some(states) = read.filter(|_| every_rank(true)) {
+            return Ok((cached(states), CacheOutcome::Loaded));
         }
+        every_rank(false);
         let hidden = teacher.config.hidden_size;
         let mut buffers = vec![vec![f16::ZERO; total * hidden]; layers.len()];
         let mut logits: Vec<Option<Tensor>> = vec![None; examples.len()];
-        let plan = batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>);
+        let plan = this_ranks_batches(&lengths, batch_size);
         let progress = Progress::new(plan.len() as u64, "teacher states");
         for indices in plan {
             let batch = collate(examples, &indices, teacher.params.device())?;
@@ -192,14 +201,17 @@ impl TeacherCache {
             progress.step(String::new());
         }
         progress.finish();
+        let world = kd_parallel::world();
         let states = buffers
             .into_iter()
-            .map(|buffer| Ok(Tensor::from_vec(buffer, (total, hidden), &Device::Cpu)?))
+            .map(|mut buffer| {
+                world.sum(buffer.reinterpret_cast_mut());
+                Ok(Tensor::from_vec(buffer, (total, hidden), &Device::Cpu)?)
+            })
             .collect::<Result<Vec<_>>>()?;
         self.write(&path, names.into_iter().zip(states.clone()).collect())?;
         // The cache stays in host memory; a batch's rows move to the run's device.
-        let logits = Tensor::stack(&logits.into_iter().flatten().collect::<Vec<_>>(), 0)?
-            .to_device(&Device::Cpu)?;
+        let logits = combine_rows(logits, teacher.labels.len())?;
         let logits_path = self.logits_path(key);
         if !logits_path.is_file() {
             self.write(
@@ -209,6 +221,46 @@ impl TeacherCache {
         }
         Ok((cached(states), CacheOutcome::Computed))
     }
+}
+
+/// Whether `here` holds on every rank of the job (so that all ranks load a cache, or all
+/// compute it together).
+fn every_rank(here: bool) -> bool {
+    let world = kd_parallel::world();
+    world.sum_one(f64::from(u8::from(here))) == world.size() as f64
+}
+
+/// The batches of a single process's plan over examples of `lengths` that this rank computes:
+/// every `size`-th, from its rank.
+fn this_ranks_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+    let world = kd_parallel::world();
+    batch_plan(lengths, batch_size, None::<&mut rand::rngs::StdRng>)
+        .into_iter()
+        .skip(world.rank())
+        .step_by(world.size())
+        .collect()
+}
+
+/// One `[examples, outputs]` f32 tensor on the CPU from the rows each rank computed (`None`
+/// for the others'): each rank holds its rows' bits and zeros elsewhere, so the sum of the
+/// bits over the ranks is an exact copy.
+fn combine_rows(rows: Vec<Option<Tensor>>, outputs: usize) -> Result<Tensor> {
+    let mut bits = vec![0u32; rows.len() * outputs];
+    for (index, row) in rows.iter().enumerate() {
+        if let Some(row) = row {
+            let values = row.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            for (bits, value) in bits[index * outputs..].iter_mut().zip(values) {
+                *bits = value.to_bits();
+            }
+        }
+    }
+    kd_parallel::world().sum(&mut bits);
+    let values: Vec<f32> = bits.into_iter().map(f32::from_bits).collect();
+    Ok(Tensor::from_vec(
+        values,
+        (rows.len(), outputs),
+        &Device::Cpu,
+    )?)
 }
 
 /// A hash of the teacher's weight bytes, its precision and every example's token and segment

@@ -64,7 +64,10 @@ impl Trainable for Finetuning<'_> {
             .model
             .model
             .logits(&batch.input, None, Mode::Train { dropout: true })?;
-        let total = task_loss(self.model.task_kind(), &logits, &batch.labels)?;
+        // A rank's share of the batch mean under data parallelism (kd_losses::global_means).
+        let rows = indices.len() as f64;
+        let total = task_loss(self.model.task_kind(), &logits, &batch.labels)?
+            .affine(rows / kd_losses::mean_count(rows), 0.0)?;
         Ok(StepLoss {
             components: BTreeMap::from([("task".into(), total.to_scalar::<f32>()? as f64)]),
             total,

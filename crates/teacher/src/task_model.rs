@@ -182,10 +182,25 @@ impl TaskModel {
         progress: Option<&Progress>,
     ) -> Result<Tensor> {
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+        let plan = batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>);
+        let rows = self.logits_of_batches(examples, plan, head_mask, progress)?;
+        let rows: Vec<Tensor> = rows.into_iter().flatten().collect();
+        Ok(Tensor::stack(&rows, 0)?.to_device(&Device::Cpu)?)
+    }
+
+    /// The logits of the examples in `batches` (lists of indices into `examples`), one row
+    /// each, by example index: `None` for the examples no batch holds.
+    pub fn logits_of_batches(
+        &self,
+        examples: &[EncodedExample],
+        batches: Vec<Vec<usize>>,
+        head_mask: Option<&[Tensor]>,
+        progress: Option<&Progress>,
+    ) -> Result<Vec<Option<Tensor>>> {
         let mut rows: Vec<Option<Tensor>> = vec![None; examples.len()];
         // Small batches are many short parallel sections: keep the pool's workers awake.
         kd_bert::with_busy_workers(|| -> Result<()> {
-            for indices in batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>) {
+            for indices in batches {
                 let batch = collate(examples, &indices, self.params.device())?;
                 let logits = self
                     .model
@@ -199,8 +214,7 @@ impl TaskModel {
             }
             Ok(())
         })?;
-        let rows: Vec<Tensor> = rows.into_iter().flatten().collect();
-        Ok(Tensor::stack(&rows, 0)?.to_device(&Device::Cpu)?)
+        Ok(rows)
     }
 
     /// Class or score predictions from logits.

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A run's output directory. Creating one refuses a non-empty directory unless `force` is set,
-/// so that no earlier result is overwritten silently.
+/// so that no earlier result is overwritten silently. Under data parallelism rank 0 creates and
+/// checks it while the other ranks wait, then take its path.
 #[derive(Debug, Clone)]
 pub struct RunDir {
     path: PathBuf,
@@ -19,9 +20,19 @@ impl RunDir {
     /// `inputs` recorded) for a new run, or, with `resume`, opened and refused when `inputs`
     /// differ from those recorded when the run began.
     pub fn for_run(path: &Path, force: bool, resume: bool, inputs: &RunInputs) -> Result<Self> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&serde_json::to_string(inputs)?, &mut hasher);
+        kd_parallel::world().check_same(
+            "their settings or data files",
+            std::hash::Hasher::finish(&hasher),
+        )?;
+        on_leader(path, || Self::checked_for_run(path, force, resume, inputs))
+    }
+
+    fn checked_for_run(path: &Path, force: bool, resume: bool, inputs: &RunInputs) -> Result<Self> {
         let dir = match resume {
-            true => Self::open(path)?,
-            false => Self::create(path, force)?,
+            true => Self::open_here(path)?,
+            false => Self::create_here(path, force)?,
         };
         let recorded = dir.join(INPUTS);
         match std::fs::read(&recorded) {
@@ -48,6 +59,10 @@ impl RunDir {
     }
 
     pub fn create(path: &Path, force: bool) -> Result<Self> {
+        on_leader(path, || Self::create_here(path, force))
+    }
+
+    fn create_here(path: &Path, force: bool) -> Result<Self> {
         let non_empty = path.is_dir()
             && std::fs::read_dir(path)
                 .with_context(|| format!("cannot read {}", path.display()))?
@@ -72,6 +87,10 @@ impl RunDir {
 
     /// An existing run directory, to resume the run in it.
     pub fn open(path: &Path) -> Result<Self> {
+        on_leader(path, || Self::open_here(path))
+    }
+
+    fn open_here(path: &Path) -> Result<Self> {
         if !path.is_dir() {
             bail!("cannot resume: {} is not a directory", path.display());
         }
@@ -97,6 +116,20 @@ impl RunDir {
     pub fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
+}
+
+/// `prepare`'s directory on rank 0; on the other ranks, `path` once rank 0 has prepared it (a
+/// rank 0 that fails ends the job instead).
+fn on_leader(path: &Path, prepare: impl FnOnce() -> Result<RunDir>) -> Result<RunDir> {
+    let world = kd_parallel::world();
+    let dir = match world.is_leader() {
+        true => prepare()?,
+        false => RunDir {
+            path: path.to_path_buf(),
+        },
+    };
+    world.barrier();
+    Ok(dir)
 }
 
 const INPUTS: &str = "inputs.json";

@@ -188,6 +188,12 @@ const CHECKPOINT: &str = "checkpoint";
 /// latest checkpoint under `out/checkpoint`, every step and evaluation in `out/log.jsonl`.
 /// With `resume`, training continues from the checkpoint in `out`. When `stop` turns true
 /// (Ctrl-C), a checkpoint is written and the state returned with `interrupted` set.
+///
+/// Data-parallel under `mpirun` ([`kd_parallel::world`]): every rank draws the same batches
+/// (`batch_size` is the global batch) and takes its share of each; losses divide by the global
+/// batch's counts and gradients are summed over the ranks before clipping and AdamW, so the
+/// ranks follow the single-process run. Rank 0 alone evaluates (the others get its metrics),
+/// logs and writes; Ctrl-C on any rank checkpoints the whole job.
 pub fn train(
     model: &dyn Trainable,
     config: &TrainerConfig,
@@ -196,11 +202,25 @@ pub fn train(
     resume: bool,
     stop: &AtomicBool,
 ) -> Result<TrainState> {
+    let world = kd_parallel::world();
+    if config.batch_size < world.size() {
+        bail!(
+            "a batch of {} examples cannot be shared by {} ranks: raise batch_size to at least \
+             the number of ranks (it is the global batch), or run fewer ranks",
+            config.batch_size,
+            world.size()
+        );
+    }
     let lengths = model.example_lengths();
     let epoch_rng = |epoch: usize| StdRng::seed_from_u64(config.seed.wrapping_add(epoch as u64));
-    let steps_per_epoch = model
-        .batch_plan(&lengths, config.batch_size, &mut epoch_rng(1))
-        .len();
+    // Every rank draws the same plan. A batch too small to give each rank an example (an
+    // epoch's last) is left out under data parallelism.
+    let plan_of = |epoch: usize| -> Vec<Vec<usize>> {
+        let mut plan = model.batch_plan(&lengths, config.batch_size, &mut epoch_rng(epoch));
+        plan.retain(|batch| batch.len() >= world.size());
+        plan
+    };
+    let steps_per_epoch = plan_of(1).len();
     let total_steps = config
         .max_steps
         .unwrap_or(usize::MAX)
@@ -240,51 +260,85 @@ pub fn train(
         }
     };
     state.interrupted = false;
-    if resume {
-        truncate_log(&out.join("log.jsonl"), state.step)?;
-    }
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(out.join("log.jsonl"))
-        .context("cannot open the run log")?;
+    world.check_same(
+        "the weights training starts from",
+        fingerprint(&parameters)?,
+    )?;
+    let mut log = match world.is_leader() {
+        true => {
+            if resume {
+                truncate_log(&out.join("log.jsonl"), state.step)?;
+            }
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(out.join("log.jsonl"))
+                .context("cannot open the run log")?;
+            Some(log)
+        }
+        false => None,
+    };
+    let leader = world.is_leader();
     let progress = Progress::new(total_steps as u64, "train");
     progress.set_position(state.step as u64);
     while state.step < total_steps && state.epoch <= config.epochs {
-        let plan = model.batch_plan(&lengths, config.batch_size, &mut epoch_rng(state.epoch));
+        let plan = plan_of(state.epoch);
         for indices in plan.iter().skip(state.batches_done) {
             if state.step >= total_steps {
                 break;
             }
-            if stop.load(Ordering::SeqCst) {
+            // Any rank's Ctrl-C stops every rank at the same step.
+            if world.sum_one(f64::from(u8::from(stop.load(Ordering::SeqCst)))) > 0.0 {
                 state.interrupted = true;
-                save_checkpoint(&out.join(CHECKPOINT), &parameters, &optimizer, &mut state)?;
+                if leader {
+                    save_checkpoint(&out.join(CHECKPOINT), &parameters, &optimizer, &mut state)?;
+                }
                 progress.finish();
+                world.barrier();
                 return Ok(state);
             }
             let started = Instant::now();
+            // Each rank draws its own dropout masks; rank 0 draws a single process's.
             model.reseed_dropout(
                 config
                     .seed
                     .wrapping_mul(1_000_003)
-                    .wrapping_add(state.step as u64),
+                    .wrapping_add(state.step as u64)
+                    .wrapping_add((world.rank() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             );
             let memory = |error| out_of_memory(error, indices.len(), out.path());
-            let loss = model
-                .loss(indices, state.step, total_steps)
-                .map_err(memory)?;
-            let value = loss.total.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
+            let (value, components, grads) = {
+                let _means = world
+                    .is_parallel()
+                    .then(|| kd_losses::global_means(move |count| world.sum_one(count)));
+                let mut loss = model
+                    .loss(world.share(indices), state.step, total_steps)
+                    .map_err(memory)?;
+                // The ranks' shares of the loss and of each component add up to the batch's.
+                let mut values: Vec<f64> = std::iter::once(loss.total.to_scalar::<f32>()? as f64)
+                    .chain(loss.components.values().copied())
+                    .collect();
+                world.sum(&mut values);
+                for (component, value) in loss.components.values_mut().zip(&values[1..]) {
+                    *component = *value;
+                }
+                let grads = match values[0].is_finite() {
+                    true => Some(loss.total.backward().map_err(|e| memory(e.into()))?),
+                    false => None,
+                };
+                (values[0], loss.components, grads)
+            };
+            let Some(mut grads) = grads else {
                 bail!(
                     "loss is {value} at step {} ({}): stopping; the best model and the last \
                      checkpoint are kept in {}",
                     state.step,
-                    format_components(&loss.components),
+                    format_components(&components),
                     out.path().display()
                 );
-            }
+            };
             let lr = schedule.lr(state.step);
-            let grads = loss.total.backward().map_err(|e| memory(e.into()))?;
+            kd_parallel::sum_gradients(&mut grads, &parameters)?;
             let grad_norm = optimizer.step(&grads, lr).map_err(memory)?;
             state.train_seconds += started.elapsed().as_secs_f64();
             state.step += 1;
@@ -293,11 +347,13 @@ pub fn train(
             state.tokens_seen += indices.iter().map(|&i| lengths[i]).sum::<usize>();
             state.interval_loss += value;
             state.interval_steps += 1;
-            let line = serde_json::json!({
-                "step": state.step, "epoch": state.epoch, "lr": lr, "loss": value,
-                "grad_norm": grad_norm, "components": loss.components,
-            });
-            writeln!(log, "{line}")?;
+            if let Some(log) = &mut log {
+                let line = serde_json::json!({
+                    "step": state.step, "epoch": state.epoch, "lr": lr, "loss": value,
+                    "grad_norm": grad_norm, "components": components,
+                });
+                writeln!(log, "{line}")?;
+            }
             progress.step(format!(
                 "epoch {} loss {:.4} {:.0} ex/s {:.0} tok/s",
                 state.epoch,
@@ -310,7 +366,7 @@ pub fn train(
                 .eval_every
                 .is_some_and(|every| state.step.is_multiple_of(every));
             if epoch_done || interval || state.step == total_steps {
-                let dev = model.evaluate()?;
+                let dev = evaluate_on_leader(model)?;
                 let value = *dev
                     .get(metric)
                     .with_context(|| format!("evaluation has no metric {metric}"))?;
@@ -332,7 +388,9 @@ pub fn train(
                     train_seconds: state.train_seconds,
                     dev,
                 };
-                writeln!(log, "{}", serde_json::json!({ "evaluation": evaluation }))?;
+                if let Some(log) = &mut log {
+                    writeln!(log, "{}", serde_json::json!({ "evaluation": evaluation }))?;
+                }
                 state.evaluations.push(evaluation);
                 (state.interval_loss, state.interval_steps) = (0.0, 0);
                 let better = |best: f64| match config.minimize {
@@ -342,18 +400,20 @@ pub fn train(
                 if state.best_value.is_none_or(better) {
                     state.best_value = Some(value);
                     state.best_step = state.step;
-                    if config.keep == Keep::Best {
+                    if config.keep == Keep::Best && leader {
                         model.save_model(out.path())?;
                     }
                 }
-                if config.keep == Keep::Last {
+                if config.keep == Keep::Last && leader {
                     model.save_model(out.path())?;
                 }
                 if epoch_done {
                     state.epoch += 1;
                     state.batches_done = 0;
                 }
-                save_checkpoint(&out.join(CHECKPOINT), &parameters, &optimizer, &mut state)?;
+                if leader {
+                    save_checkpoint(&out.join(CHECKPOINT), &parameters, &optimizer, &mut state)?;
+                }
             }
         }
         if state.batches_done != 0 {
@@ -362,7 +422,39 @@ pub fn train(
         }
     }
     progress.finish();
+    // What rank 0 wrote (the model, the checkpoint) is there before any rank reads it.
+    world.barrier();
     Ok(state)
+}
+
+/// Dev metrics, computed by rank 0 and handed to every rank, so that all agree on the best
+/// step.
+fn evaluate_on_leader(model: &dyn Trainable) -> Result<BTreeMap<String, f64>> {
+    let world = kd_parallel::world();
+    if !world.is_parallel() {
+        return model.evaluate();
+    }
+    let bytes = match world.is_leader() {
+        true => serde_json::to_vec(&model.evaluate()?)?,
+        false => Vec::new(),
+    };
+    Ok(serde_json::from_slice(&world.broadcast(bytes))?)
+}
+
+/// A hash of every parameter's bits, to check that all ranks start from the same weights.
+fn fingerprint(parameters: &[(String, Var)]) -> Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    if kd_parallel::world().is_parallel() {
+        for (name, var) in parameters {
+            name.hash(&mut hasher);
+            let values = var.flatten_all()?.to_dtype(candle_core::DType::F32)?;
+            for value in values.to_vec1::<f32>()? {
+                value.to_bits().hash(&mut hasher);
+            }
+        }
+    }
+    Ok(hasher.finish())
 }
 
 /// A device's out-of-memory error (CUDA's, cuBLAS's) told as such: the batch size to lower,
