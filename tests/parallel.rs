@@ -331,7 +331,7 @@ fn rank_pid(mpirun: u32, rank: usize) -> Option<i32> {
 }
 
 #[test]
-fn a_killed_rank_stops_the_job_and_resume_ends_where_the_uninterrupted_run_ends() {
+fn a_signalled_or_killed_rank_stops_the_job_and_resume_ends_where_the_uninterrupted_run_ends() {
     let Some(kd) = mpi_kd() else { return };
     let root = tempfile::tempdir().unwrap();
     let (teacher, data) = tiny_task(root.path());
@@ -356,49 +356,62 @@ fn a_killed_rank_stops_the_job_and_resume_ends_where_the_uninterrupted_run_ends(
         "the uninterrupted run",
     );
 
-    let out = root.path().join("killed");
-    let args = distill_args(&recipe, &out, &cache, &longer);
-    let stderr_path = root.path().join("stderr.txt");
-    let mut job = mpirun(kd, &strs(&args))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
+    // SIGTERM on rank 1 alone checkpoints the whole job at one step; SIGKILL ends it, leaving
+    // the last periodic checkpoint.
+    for (signal, name) in [(libc::SIGTERM, "terminated"), (libc::SIGKILL, "killed")] {
+        let out = root.path().join(name);
+        let args = distill_args(&recipe, &out, &cache, &longer);
+        let stderr_path = root.path().join(format!("{name}.txt"));
+        let mut job = mpirun(kd, &strs(&args))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
+        let log = out.join("1-distill/log.jsonl");
+        let started = std::time::Instant::now();
+        let pid = loop {
+            if log.is_file() && common::logged_steps(&log) >= 30 {
+                let pid = rank_pid(job.id(), 1).expect("rank 1's process");
+                // SAFETY: kill(2) on a pid just read, a child of the job's mpirun.
+                unsafe { libc::kill(pid, signal) };
+                break pid;
+            }
+            assert!(
+                started.elapsed().as_secs() < 120 && job.try_wait().unwrap().is_none(),
+                "the job ended or stalled before 30 steps"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        let status = job.wait().unwrap();
+        let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+        assert!(!status.success(), "{stderr}");
+        let steps = common::logged_steps(&log);
+        assert!(steps < 300, "{name} only after {steps} steps");
+        let state: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(out.join("1-distill/checkpoint/state.json")).unwrap(),
+        )
         .unwrap();
-    let log = out.join("1-distill/log.jsonl");
-    let started = std::time::Instant::now();
-    let killed = loop {
-        if log.is_file() && common::logged_steps(&log) >= 30 {
-            let pid = rank_pid(job.id(), 1).expect("rank 1's process");
-            // SAFETY: kill(2) on a pid just read, a child of the job's mpirun.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            break pid;
+        if signal == libc::SIGKILL {
+            assert!(
+                stderr.contains("rank 1") && stderr.contains(&pid.to_string()),
+                "the error names neither rank 1 nor its pid {pid}:\n{stderr}"
+            );
+        } else {
+            // Rank 0 saved where the job stood, after the signal reached rank 1.
+            assert_eq!(state["interrupted"], true, "{stderr}");
+            assert_eq!(state["step"].as_u64().unwrap() as usize, steps);
         }
-        assert!(
-            started.elapsed().as_secs() < 120 && job.try_wait().unwrap().is_none(),
-            "the job ended or stalled before 30 steps"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
-    let status = job.wait().unwrap();
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
-    assert!(!status.success(), "{stderr}");
-    assert!(
-        stderr.contains("rank 1") && stderr.contains(&killed.to_string()),
-        "the error names neither rank 1 nor its pid {killed}:\n{stderr}"
-    );
-    let steps = common::logged_steps(&log);
-    assert!(steps < 300, "killed only after {steps} steps");
-    assert!(out.join("1-distill/checkpoint/state.json").is_file());
 
-    let mut resume = args.clone();
-    resume.push("--resume".into());
-    ok(mpirun(kd, &strs(&resume)).output().unwrap(), "--resume");
-    assert_eq!(common::logged_steps(&log), 300);
-    let read = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
-    assert!(
-        read(&straight) == read(&out),
-        "the resumed job's model differs from the uninterrupted job's"
-    );
+        let mut resume = args.clone();
+        resume.push("--resume".into());
+        ok(mpirun(kd, &strs(&resume)).output().unwrap(), "--resume");
+        assert_eq!(common::logged_steps(&log), 300);
+        let read = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
+        assert!(
+            read(&straight) == read(&out),
+            "the {name} and resumed job's model differs from the uninterrupted job's"
+        );
+    }
 }
 
 #[test]

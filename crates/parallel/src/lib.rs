@@ -141,6 +141,22 @@ impl World {
         let _ = values;
     }
 
+    /// Writes into `sums` the element-wise sum over the ranks of `values` (of the same length):
+    /// [`World::sum`] without its copy of the values, for the large buffers a caller keeps.
+    pub fn sum_into<T: Summable>(&self, values: &[T], sums: &mut [T]) {
+        assert_eq!(
+            values.len(),
+            sums.len(),
+            "sum_into: buffers of different lengths"
+        );
+        #[cfg(feature = "mpi")]
+        if self.is_parallel() {
+            mpi_engine::sum_into(values, sums);
+            return;
+        }
+        sums.copy_from_slice(values);
+    }
+
     /// The sum over the ranks of one number.
     pub fn sum_one(&self, value: f64) -> f64 {
         let mut values = [value];

@@ -41,6 +41,13 @@ pub fn sum<T: Summable>(values: &mut [T]) {
     }
 }
 
+pub fn sum_into<T: Summable>(values: &[T], sums: &mut [T]) {
+    let comm = comm();
+    for (values, sums) in values.chunks(PIECE).zip(sums.chunks_mut(PIECE)) {
+        comm.all_reduce_into(values, sums, SystemOperation::sum());
+    }
+}
+
 pub fn broadcast(mut bytes: Vec<u8>) -> Vec<u8> {
     let comm = comm();
     let root = comm.process_at_rank(0);

@@ -269,9 +269,13 @@ pub fn train(
             if resume {
                 truncate_log(&out.join("log.jsonl"), state.step)?;
             }
+            // A new run starts a new log (over one that `--force` left); a resumed run goes on
+            // with its own.
             let log = std::fs::OpenOptions::new()
                 .create(true)
-                .append(true)
+                .append(resume)
+                .write(true)
+                .truncate(!resume)
                 .open(out.join("log.jsonl"))
                 .context("cannot open the run log")?;
             Some(log)
@@ -338,7 +342,17 @@ pub fn train(
                 );
             };
             let lr = schedule.lr(state.step);
+            // Timed apart: the wait for the slowest rank, then the all-reduce itself.
+            let waiting = Instant::now();
+            if world.is_parallel() {
+                world.barrier();
+            }
+            let communicating = Instant::now();
             kd_parallel::sum_gradients(&mut grads, &parameters)?;
+            let (wait, communication) = (
+                (communicating - waiting).as_secs_f64(),
+                communicating.elapsed().as_secs_f64(),
+            );
             let grad_norm = optimizer.step(&grads, lr).map_err(memory)?;
             state.train_seconds += started.elapsed().as_secs_f64();
             state.step += 1;
@@ -348,10 +362,15 @@ pub fn train(
             state.interval_loss += value;
             state.interval_steps += 1;
             if let Some(log) = &mut log {
-                let line = serde_json::json!({
+                let mut line = serde_json::json!({
                     "step": state.step, "epoch": state.epoch, "lr": lr, "loss": value,
                     "grad_norm": grad_norm, "components": components,
                 });
+                if world.is_parallel() {
+                    // The gradients' all-reduce, and the wait for the slowest rank before it.
+                    line["allreduce_s"] = communication.into();
+                    line["wait_s"] = wait.into();
+                }
                 writeln!(log, "{line}")?;
             }
             progress.step(format!(
