@@ -23,12 +23,16 @@ pub fn sum_gradients(grads: &mut GradStore, parameters: &[(String, Var)]) -> Res
     if !world.is_parallel() {
         return Ok(());
     }
-    // Through host memory (a GPU's gradients too, until NCCL sums them on the devices).
     let mut present: Vec<u32> = parameters
         .iter()
         .map(|(_, var)| u32::from(grads.get(var.as_tensor()).is_some()))
         .collect();
     world.sum(&mut present);
+    #[cfg(feature = "nccl")]
+    if parameters.iter().any(|(_, var)| var.device().is_cuda()) {
+        return crate::nccl::sum_gradients(grads, parameters, &present);
+    }
+    // Through host memory: the CPU's gradients, or a GPU's in a build without NCCL.
     let total: usize = parameters
         .iter()
         .zip(&present)

@@ -11,6 +11,8 @@
 mod gradients;
 #[cfg(feature = "mpi")]
 mod mpi_engine;
+#[cfg(feature = "nccl")]
+mod nccl;
 
 use anyhow::{Result, bail};
 use std::sync::OnceLock;
