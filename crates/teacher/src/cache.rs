@@ -53,10 +53,12 @@ impl TeacherCache {
             .read(&path)?
             .and_then(|mut tensors| tensors.remove("logits"))
             .filter(|logits| logits.dim(0).ok() == Some(examples.len()));
-        if let Some(logits) = cached.filter(|_| every_rank(true)) {
+        // One collective on every rank, whether or not this one found the file.
+        if every_rank(cached.is_some())
+            && let Some(logits) = cached
+        {
             return Ok((logits, CacheOutcome::Loaded));
         }
-        every_rank(false);
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
         let batches = this_ranks_batches(&lengths, batch_size);
         let progress = Progress::new(batches.len() as u64, "teacher logits");
@@ -167,10 +169,11 @@ impl TeacherCache {
                 names.iter().map(|name| tensors.remove(name)).collect();
             states.filter(|s| s.iter().all(|t| t.dim(0).ok() == Some(total)))
         });
-        if let Some(states) = read.filter(|_| every_rank(true)) {
+        if every_rank(read.is_some())
+            && let Some(states) = read
+        {
             return Ok((cached(states), CacheOutcome::Loaded));
         }
-        every_rank(false);
         let hidden = teacher.config.hidden_size;
         let mut buffers = vec![vec![f16::ZERO; total * hidden]; layers.len()];
         let mut logits: Vec<Option<Tensor>> = vec![None; examples.len()];
