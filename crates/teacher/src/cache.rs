@@ -6,7 +6,10 @@
 //! In a data-parallel job the ranks compute the teacher's outputs together, each every
 //! `size`-th batch of the one plan a single process follows, and put them together by a sum
 //! of disjoint bit patterns, so that every rank holds the whole cache, equal bit for bit to a
-//! single process's; rank 0 writes it.
+//! single process's; rank 0 writes it, and every rank waits for the file to be whole before
+//! going on, so that no rank reads a cache file half-written or not yet there while another
+//! has it (which would send the ranks down different paths). Ranks that do not share the
+//! leader's filesystem never find a file and always compute.
 
 use crate::task_model::TaskModel;
 use anyhow::{Context, Result};
@@ -95,7 +98,10 @@ impl TeacherCache {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create cache directory {}", self.dir.display()))?;
         let tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();
-        kd_bert::write_checked(path, &tensors, HashMap::new())
+        // Rank 0 writes; the others wait until the file is whole.
+        let written = kd_bert::write_checked(path, &tensors, HashMap::new());
+        kd_parallel::world().barrier();
+        written
     }
 }
 
@@ -216,7 +222,9 @@ impl TeacherCache {
         // The cache stays in host memory; a batch's rows move to the run's device.
         let logits = combine_rows(logits, teacher.labels.len())?;
         let logits_path = self.logits_path(key);
-        if !logits_path.is_file() {
+        // The leader's view, on every rank: writing is a collective.
+        let absent = kd_parallel::world().broadcast(vec![u8::from(!logits_path.is_file())]);
+        if absent == [1] {
             self.write(
                 &logits_path,
                 HashMap::from([("logits".to_string(), logits)]),
