@@ -27,14 +27,15 @@ def percentile(sorted_ms, q):
     return sorted_ms[min(max(int(np.ceil(n * q)), 1), n) - 1]
 
 
-def feed(encodings):
-    """The inputs of a batch, padded with zeros to its longest sentence."""
+def feed(encodings, names):
+    """The inputs `names` (those the graph takes) of a batch, padded with zeros to its longest
+    sentence."""
     width = max(len(e.ids) for e in encodings)
     arrays = {name: np.zeros((len(encodings), width), dtype=np.int64) for name in INPUTS}
     for row, e in enumerate(encodings):
         for name, values in zip(INPUTS, (e.ids, e.attention_mask, e.type_ids)):
             arrays[name][row, : len(values)] = values
-    return arrays
+    return {name: arrays[name] for name in names}
 
 
 def parameters(path):
@@ -69,6 +70,7 @@ def main():
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(model / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
 
     def encode(batch):
         return tokenizer.encode_batch([(t, p) if p is not None else t for t, p in batch])
@@ -79,13 +81,13 @@ def main():
     start = time.perf_counter()
     for first in range(0, len(order), args.batch_size):
         batch = order[first : first + args.batch_size]
-        rows = session.run(["logits"], feed([encodings[i] for i in batch]))[0]
+        rows = session.run(["logits"], feed([encodings[i] for i in batch], names))[0]
         for i, row in zip(batch, rows):
             logits[i] = row.tolist()
     throughput = len(sentences) / (time.perf_counter() - start)
 
     def answer(sentence):
-        row = session.run(["logits"], feed(encode([sentence])))[0][0]
+        row = session.run(["logits"], feed(encode([sentence]), names))[0][0]
         exps = np.exp(row - row.max())
         return exps / exps.sum()
 

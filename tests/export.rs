@@ -278,12 +278,6 @@ fn candle_transformers_bert_reads_exports_with_kds_hidden_states() {
     }
 }
 
-/// An input tensor's rows as int64, ONNX's index type.
-fn rows_i64(tensor: &Tensor) -> Vec<Vec<i64>> {
-    let rows = tensor.to_dtype(DType::I64).unwrap();
-    rows.to_vec2::<i64>().unwrap()
-}
-
 /// The logits tract computes for `input` with the exported graph.
 fn tract_logits(onnx: &Path, input: &BertInput) -> Tensor {
     use tract_onnx::prelude::{Framework, InferenceModelExt, IntoRunnable, tract_ndarray, tvec};
@@ -295,7 +289,7 @@ fn tract_logits(onnx: &Path, input: &BertInput) -> Tensor {
         .into_runnable()
         .unwrap();
     let array = |tensor: &Tensor| {
-        let rows = rows_i64(tensor);
+        let rows = common::rows_i64(tensor);
         let shape = (rows.len(), rows[0].len());
         let array = tract_ndarray::Array2::from_shape_vec(shape, rows.concat()).unwrap();
         tract_onnx::prelude::Tensor::from(array).into()
@@ -313,27 +307,6 @@ fn tract_logits(onnx: &Path, input: &BertInput) -> Tensor {
         .unwrap()
         .reshape(shape)
         .unwrap()
-}
-
-/// The logits ONNX Runtime computes for `input` with the export in `dir` (after ONNX's full
-/// checker), and ONNX Runtime's version; `None` where no Python has it (never in CI).
-fn onnx_runtime_logits(dir: &Path, input: &BertInput) -> Option<(Tensor, String)> {
-    let name = dir.file_name().unwrap().to_string_lossy();
-    let python = common::onnx_python(&format!("ONNX Runtime running {name}"))?;
-    let inputs = serde_json::json!({
-        "input_ids": rows_i64(&input.input_ids),
-        "attention_mask": rows_i64(&input.attention_mask),
-        "token_type_ids": rows_i64(&input.token_type_ids),
-    });
-    let script = common::workspace_root().join("tests/fixtures/check_onnx_ort.py");
-    let mut command = std::process::Command::new(python);
-    command.arg(script).arg(dir);
-    let output = common::run_with_stdin(command, inputs.to_string().as_bytes());
-    assert!(output.status.success(), "{}", common::stderr(&output));
-    let answer: serde_json::Value = serde_json::from_str(&common::stdout(&output)).unwrap();
-    let logits: Vec<Vec<f32>> = serde_json::from_value(answer["logits"].clone()).unwrap();
-    let version = answer["onnxruntime"].as_str().unwrap().to_string();
-    Some((Tensor::new(logits, &Device::Cpu).unwrap(), version))
 }
 
 #[test]
@@ -373,7 +346,7 @@ fn the_onnx_export_runs_in_tract_and_onnx_runtime_with_kds_logits() {
             if quantize.is_some() {
                 assert!(difference > 1e-6, "{name}: nothing was quantized");
             }
-            if let Some((theirs, version)) = onnx_runtime_logits(&onnx, &input) {
+            if let Some((theirs, version)) = common::onnx_runtime_logits(&onnx, &input) {
                 let difference = common::max_abs_diff(&theirs, &logits);
                 common::note(&format!(
                     "{name} in ONNX Runtime {version}, a batch of {n}: logits within \

@@ -408,9 +408,7 @@ fn run_export(args: ExportArgs) -> Result<()> {
         prune_vocab: args.prune_vocab,
         restore_heads: args.restore_heads,
     };
-    if options.format == kd_export::Format::Onnx {
-        kd_export::onnx::check_options(&options)?;
-    }
+    kd_export::check(&model, &options)?;
     let out = kd_train::RunDir::create(&args.out, args.force)?;
     let report = kd_export::export(&model, out.path(), &options)?;
     println!("{}", serde_json::to_string(&report)?);

@@ -119,7 +119,7 @@ pub fn run(
         let max_len = task.recipe.data.max_seq_len;
         model.tokenizer = TextTokenizer::from_dir(
             &model.tokenizer_dir,
-            max_len.min(model.config.max_position_embeddings),
+            max_len.min(model.config.max_sequence_length()),
         )?;
         examples.push(Examples::encode(
             &task.recipe,

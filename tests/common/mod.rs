@@ -3,8 +3,8 @@
 
 #![allow(dead_code)]
 
-use candle_core::Device;
-use kd_bert::{BertConfig, BertModel, Params};
+use candle_core::{DType, Device, Tensor};
+use kd_bert::{BertConfig, BertInput, BertModel, Params};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -128,6 +128,45 @@ pub fn write_tiny_model_sized(dir: &Path, hidden: usize, init_range: f64) {
         dir.join("tokenizer.json"),
     )
     .unwrap();
+}
+
+/// A tiny bare encoder of `family` (16 wide, 2 layers; ELECTRA's embeddings 8 wide) with
+/// MiniLM's WordPiece tokenizer, written as that family's HF checkpoint, in `dir`.
+pub fn write_tiny_family_model(dir: &Path, family: kd_bert::Family) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut config = serde_json::json!({
+        "model_type": family.model_type(), "vocab_size": 30522, "hidden_size": 16,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32,
+        "max_position_embeddings": 66, "type_vocab_size": 2, "hidden_act": "gelu",
+        "pad_token_id": 0, "embedding_size": 8, "layer_norm_eps": 1e-5,
+    });
+    if family == kd_bert::Family::DistilBert {
+        let json = config.as_object_mut().unwrap();
+        for (theirs, ours) in [
+            ("dim", "hidden_size"),
+            ("n_layers", "num_hidden_layers"),
+            ("n_heads", "num_attention_heads"),
+            ("hidden_dim", "intermediate_size"),
+            ("activation", "hidden_act"),
+        ] {
+            let value = json.remove(ours).unwrap();
+            json.insert(theirs.into(), value);
+        }
+    }
+    let config = BertConfig::from_json(config.as_object().unwrap().clone()).unwrap();
+    config.write(&dir.join("config.json")).unwrap();
+    let params = Params::new(&Device::Cpu).in_family(family);
+    BertModel::new(
+        &config,
+        params.var_builder().pp("bert"),
+        family.pooler_is_head(),
+    )
+    .unwrap();
+    params.init_bert(0.1, 1).unwrap();
+    params.save(&dir.join("model.safetensors")).unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(minilm_dir().join(file), dir.join(file)).unwrap();
+    }
 }
 
 /// Fine-tunes all-MiniLM-L6-v2 on 1000 SST-2 sentences for one epoch (a quick teacher, about
@@ -398,4 +437,31 @@ pub fn text_batch(
     let encoded = model.encode(&examples).unwrap();
     let indices: Vec<usize> = (0..texts.len()).collect();
     kd_data::collate(&encoded, &indices, &Device::Cpu).unwrap()
+}
+
+/// An input tensor's rows as int64, ONNX's index type.
+pub fn rows_i64(tensor: &Tensor) -> Vec<Vec<i64>> {
+    let rows = tensor.to_dtype(DType::I64).unwrap();
+    rows.to_vec2::<i64>().unwrap()
+}
+
+/// The logits ONNX Runtime computes for `input` with the export in `dir` (after ONNX's full
+/// checker), and ONNX Runtime's version; `None` where no Python has it (never in CI).
+pub fn onnx_runtime_logits(dir: &Path, input: &BertInput) -> Option<(Tensor, String)> {
+    let name = dir.file_name().unwrap().to_string_lossy();
+    let python = onnx_python(&format!("ONNX Runtime running {name}"))?;
+    let inputs = serde_json::json!({
+        "input_ids": rows_i64(&input.input_ids),
+        "attention_mask": rows_i64(&input.attention_mask),
+        "token_type_ids": rows_i64(&input.token_type_ids),
+    });
+    let script = workspace_root().join("tests/fixtures/check_onnx_ort.py");
+    let mut command = std::process::Command::new(python);
+    command.arg(script).arg(dir);
+    let output = run_with_stdin(command, inputs.to_string().as_bytes());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let logits: Vec<Vec<f32>> = serde_json::from_value(answer["logits"].clone()).unwrap();
+    let version = answer["onnxruntime"].as_str().unwrap().to_string();
+    Some((Tensor::new(logits, &Device::Cpu).unwrap(), version))
 }

@@ -12,7 +12,8 @@ use rayon::prelude::*;
 
 /// Scaled attention scores plus the mask, `[batch, heads, seq_q, seq_k]`:
 /// `scale * q_h k_h^T + mask_bias` per head, with `q` and `k` `[batch, seq, heads * head_dim]`
-/// and `mask_bias` `[batch, seq_k]` (0 for real keys, very negative for padding).
+/// and `mask_bias` `[batch, seq_k]` (0 for real keys, very negative for padding) or, with a
+/// position bias in it, `[batch, heads, seq_q, seq_k]` (then it gets its gradient).
 pub fn scores(
     q: &Tensor,
     k: &Tensor,
@@ -44,6 +45,8 @@ enum Start<'a> {
     /// Every row of example `b`'s blocks set to `row(b)` first (in the task that then adds
     /// the product to it, while the block is in cache); the blocks' rows must be contiguous.
     Rows(&'a (dyn Fn(usize) -> &'a [f32] + Sync)),
+    /// Block (`b`, `h`) set to `block(b, h)` first, `m x n` contiguous like the block.
+    Blocks(&'a (dyn Fn(usize, usize) -> &'a [f32] + Sync)),
 }
 
 /// `m x n` products, one per (example, head) in parallel, into a new buffer of `len`
@@ -67,15 +70,28 @@ fn per_head(
         let (View(d, d_rs, d_cs), View(l, l_rs, l_cs), View(r, r_rs, r_cs)) =
             (dst_at(b, h), (lhs.1)(b, h), (rhs.1)(b, h));
         let dst = (dst_ptr as *mut f32).wrapping_add(d);
-        if let Start::Rows(row) = &start {
-            let row = &row(b)[..n];
-            assert_eq!(
-                d_cs, 1,
-                "rows of a block must be contiguous to start from a row"
-            );
-            for i in 0..m {
-                // SAFETY: row `i` of this task's block, inside the buffer's capacity.
-                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst.add(i * d_rs), n) };
+        match &start {
+            Start::Empty => {}
+            Start::Rows(row) => {
+                let row = &row(b)[..n];
+                assert_eq!(
+                    d_cs, 1,
+                    "rows of a block must be contiguous to start from a row"
+                );
+                for i in 0..m {
+                    // SAFETY: row `i` of this task's block, inside the buffer's capacity.
+                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst.add(i * d_rs), n) };
+                }
+            }
+            Start::Blocks(block) => {
+                let block = &block(b, h)[..m * n];
+                assert_eq!(
+                    (d_rs, d_cs),
+                    (n, 1),
+                    "a block must be contiguous to start from one"
+                );
+                // SAFETY: this task's block, inside the buffer's capacity.
+                unsafe { std::ptr::copy_nonoverlapping(block.as_ptr(), dst, m * n) };
             }
         }
         // SAFETY: each (example, head) writes its own block of `dst`; every view lies within
@@ -84,7 +100,7 @@ fn per_head(
             product(
                 (m, n, k),
                 (dst, d_rs, d_cs),
-                matches!(start, Start::Rows(_)),
+                !matches!(start, Start::Empty),
                 (lhs.0.as_ptr().add(l), l_rs, l_cs),
                 (rhs.0.as_ptr().add(r), r_rs, r_cs),
                 beta,
@@ -166,7 +182,10 @@ impl CustomOp3 for Scores {
         let heads = self.heads;
         let (batch, seq_q, head_dim) = hidden_dims(q_layout, heads)?;
         let (k_batch, seq_k, k_head_dim) = hidden_dims(k_layout, heads)?;
-        if (k_batch, k_head_dim) != (batch, head_dim) || mask_layout.dims() != [batch, seq_k] {
+        let whole = [batch, heads, seq_q, seq_k];
+        if (k_batch, k_head_dim) != (batch, head_dim)
+            || (mask_layout.dims() != [batch, seq_k] && mask_layout.dims() != whole)
+        {
             candle_core::bail!(
                 "kd-attention-scores: queries {:?}, keys {:?}, mask {:?}",
                 q_layout.dims(),
@@ -174,14 +193,20 @@ impl CustomOp3 for Scores {
                 mask_layout.dims()
             );
         }
-        // Every row of a block starts as its example's mask; gemm adds the scaled product.
+        // Every row of a block starts as its example's mask (or the block as its bias); gemm
+        // adds the scaled product.
         let mask_row = |b: usize| &mask[b * seq_k..(b + 1) * seq_k];
+        let block = seq_q * seq_k;
+        let bias_block = |b: usize, h: usize| &mask[(b * heads + h) * block..][..block];
         let out = per_head(
             (batch, heads),
             (seq_q, seq_k, head_dim),
             batch * heads * seq_q * seq_k,
             block_of(heads, seq_q, seq_k, false),
-            Start::Rows(&mask_row),
+            match mask_layout.dims().len() {
+                2 => Start::Rows(&mask_row),
+                _ => Start::Blocks(&bias_block),
+            },
             (q, &head_of(seq_q, heads, head_dim)),
             (k, &transposed(head_of(seq_k, heads, head_dim))),
             self.scale,
@@ -196,10 +221,12 @@ impl CustomOp3 for Scores {
         &self,
         q: &Tensor,
         k: &Tensor,
-        _mask: &Tensor,
+        mask: &Tensor,
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // A whole-score bias passes its gradient through as it is; a padding mask has none.
+        let bias_grad = (mask.rank() == 4).then(|| grad.clone());
         let grad = grad.contiguous()?;
         let backward = |operand: Operand, other: &Tensor| {
             grad.apply_op2_no_bwd(
@@ -214,7 +241,7 @@ impl CustomOp3 for Scores {
         Ok((
             Some(backward(Operand::Query, k)?),
             Some(backward(Operand::Key, q)?),
-            None,
+            bias_grad,
         ))
     }
 }

@@ -18,7 +18,7 @@ impl BertForSequenceClassification {
     /// Builds the model under `vb` with HF's names: `bert.*` and `classifier.*`.
     pub fn new(config: &BertConfig, num_labels: usize, vb: VarBuilder) -> Result<Self> {
         let bert = BertModel::new(config, vb.pp("bert"), true)?;
-        let dropout = Dropout::new(config.hidden_dropout_prob, bert.dropout_rng());
+        let dropout = Dropout::new(config.classifier_dropout(), bert.dropout_rng());
         let classifier = Linear::new(config.hidden_size, num_labels, vb.pp("classifier"))?;
         Ok(Self {
             bert,

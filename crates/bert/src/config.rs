@@ -1,5 +1,7 @@
-//! `config.json` as Hugging Face writes it for BERT models.
+//! `config.json` as Hugging Face writes it for BERT models, and for the other families kd
+//! reads ([`Family`]) with their keys translated to BERT's.
 
+use crate::family::{self, Family};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -77,12 +79,105 @@ impl BertConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read model config {}", path.display()))?;
-        let config: Self = serde_json::from_str(&text)
+        let config = serde_json::from_str(&text)
+            .map_err(anyhow::Error::from)
+            .and_then(Self::from_json)
             .with_context(|| format!("malformed model config {}", path.display()))?;
         config
             .validate()
             .with_context(|| format!("invalid model config {}", path.display()))?;
         Ok(config)
+    }
+
+    /// A config from its JSON object in its family's keys (see [`family::to_bert_keys`]).
+    pub fn from_json(json: serde_json::Map<String, serde_json::Value>) -> Result<Self> {
+        Ok(serde_json::from_value(family::to_bert_keys(json)?.into())?)
+    }
+
+    /// The config as its family writes it, for `config.json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(json)) => family::from_bert_keys(json).into(),
+            _ => unreachable!("a config serialises to an object"),
+        }
+    }
+
+    /// Writes `config.json` at `path` in its family's keys, atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        crate::write_json_atomically(path, &self.to_json())
+    }
+
+    /// The encoder family (`model_type`).
+    pub fn family(&self) -> Family {
+        let model_type = self.extra.get("model_type").and_then(|v| v.as_str());
+        Family::from_model_type(model_type).unwrap_or(Family::Bert)
+    }
+
+    /// The width of the token embeddings: ELECTRA's `embedding_size` (projected to the hidden
+    /// size), else the hidden size.
+    pub fn embedding_size(&self) -> usize {
+        match self.family() {
+            Family::Electra => self.extra_usize("embedding_size"),
+            _ => None,
+        }
+        .unwrap_or(self.hidden_size)
+    }
+
+    /// MPNet's buckets of relative positions (32 by default).
+    pub fn relative_attention_buckets(&self) -> usize {
+        self.extra_usize("relative_attention_num_buckets")
+            .unwrap_or(32)
+    }
+
+    /// The padding index position ids count from, in the families that count so (RoBERTa,
+    /// XLM-R, MPNet): real tokens from the next, padding at it.
+    pub fn position_padding_index(&self) -> Option<usize> {
+        self.family().position_padding_index(self.pad_token_id)
+    }
+
+    /// The first position id of a sequence: after the padding index in the families that
+    /// count so, else 0.
+    pub fn first_position(&self) -> usize {
+        self.position_padding_index()
+            .map_or(0, |padding| padding + 1)
+    }
+
+    /// The longest sequence the position table holds.
+    pub fn max_sequence_length(&self) -> usize {
+        self.max_position_embeddings
+            .saturating_sub(self.first_position())
+    }
+
+    /// This config in BERT's architecture, as a TinyBERT-style student of a teacher of any
+    /// family has it (the teacher's vocabulary, padding id and positions): `model_type` bert,
+    /// token types (one when the family has none), no family-only keys. Its positions count
+    /// from 0, so it holds at least the sequences the teacher does.
+    pub fn in_bert_architecture(&self) -> BertConfig {
+        let mut config = self.clone();
+        config
+            .extra
+            .insert("model_type".into(), Family::Bert.model_type().into());
+        for key in ["embedding_size", "relative_attention_num_buckets"] {
+            config.extra.remove(key);
+        }
+        config.type_vocab_size = config.type_vocab_size.max(1);
+        config
+    }
+
+    /// The dropout before the task head's output layer (DistilBERT's `seq_classif_dropout`,
+    /// the others' `classifier_dropout`, else the hidden dropout).
+    pub fn classifier_dropout(&self) -> f32 {
+        ["seq_classif_dropout", "classifier_dropout"]
+            .iter()
+            .find_map(|key| self.extra.get(*key).and_then(|v| v.as_f64()))
+            .map_or(self.hidden_dropout_prob, |p| p as f32)
+    }
+
+    fn extra_usize(&self, key: &str) -> Option<usize> {
+        self.extra
+            .get(key)
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -112,10 +207,16 @@ impl BertConfig {
         if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_new" | "relu") {
             bail!("unsupported hidden_act {:?}", self.hidden_act);
         }
-        if let Some(model_type) = self.extra.get("model_type").and_then(|v| v.as_str())
-            && model_type != "bert"
-        {
-            bail!("model_type is {model_type:?}, kd loads \"bert\" models");
+        let family =
+            Family::from_model_type(self.extra.get("model_type").and_then(|v| v.as_str()))?;
+        if self.max_sequence_length() == 0 {
+            bail!(
+                "max_position_embeddings {} leaves no position for a token",
+                self.max_position_embeddings
+            );
+        }
+        if family.has_token_types() && self.type_vocab_size == 0 {
+            bail!("type_vocab_size must be positive");
         }
         Ok(())
     }
@@ -162,7 +263,8 @@ impl BertConfig {
 
     /// Records a sequence-classification head the way HF transformers expects to find it.
     pub fn set_classification_head(&mut self, labels: &[String], problem_type: ProblemType) {
-        self.architectures = Some(vec!["BertForSequenceClassification".to_string()]);
+        let family = self.family();
+        self.architectures = Some(vec![family.classification_architecture().to_string()]);
         self.id2label = Some(
             labels
                 .iter()
@@ -178,6 +280,7 @@ impl BertConfig {
                 .collect(),
         );
         self.problem_type = Some(problem_type);
-        self.extra.insert("model_type".into(), "bert".into());
+        self.extra
+            .insert("model_type".into(), family.model_type().into());
     }
 }

@@ -13,8 +13,8 @@ use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
 /// The attention's output `[batch, seq_q, heads * head_dim]` from `q` `[batch, seq_q, heads *
-/// head_dim]`, `k` and `v` `[batch, seq_k, heads * head_dim]` and `mask_bias` `[batch, seq_k]`:
-/// per head, `dropout(softmax(scale * q_h k_h^T + mask_bias)) v_h`. `dropout` is `(p, seed)`,
+/// head_dim]`, `k` and `v` `[batch, seq_k, heads * head_dim]` and `mask_bias` `[batch, seq_k]`
+/// or `[batch, heads, seq_q, seq_k]` (a position bias in it; it gets no gradient): per head, `dropout(softmax(scale * q_h k_h^T + mask_bias)) v_h`. `dropout` is `(p, seed)`,
 /// and drops what [`crate::ops::dropout`] with that seed drops from the probabilities tensor.
 /// `differentiable`: keep the probabilities for the backward pass.
 #[allow(clippy::too_many_arguments)]
@@ -89,7 +89,8 @@ impl Attention {
         let (k_batch, seq_k, k_head_dim) = hidden_dims(k, self.heads)?;
         if (k_batch, k_head_dim) != (batch, head_dim)
             || v.dims() != k.dims()
-            || self.mask_bias.dims() != [batch, seq_k]
+            || (self.mask_bias.dims() != [batch, seq_k]
+                && self.mask_bias.dims() != [batch, self.heads, seq_q, seq_k])
         {
             candle_core::bail!(
                 "{NAME}: queries {:?}, keys {:?}, values {:?}, mask {:?}",
@@ -135,10 +136,14 @@ impl Attention {
         mask: &[f32],
         probs: &mut [f32],
     ) {
-        let (b, _) = d.split(task);
-        let mask_row = &mask[b * d.seq_k..(b + 1) * d.seq_k];
-        for row in probs.chunks_exact_mut(d.seq_k) {
-            row.copy_from_slice(mask_row);
+        if mask.len() == d.batch * d.seq_k {
+            let (b, _) = d.split(task);
+            let mask_row = &mask[b * d.seq_k..(b + 1) * d.seq_k];
+            for row in probs.chunks_exact_mut(d.seq_k) {
+                row.copy_from_slice(mask_row);
+            }
+        } else {
+            probs.copy_from_slice(&mask[task * d.block()..][..d.block()]);
         }
         // SAFETY: `probs` holds `seq_q x seq_k`; the heads lie inside `q` and `k`, whose shapes
         // `dims` checked.

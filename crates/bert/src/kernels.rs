@@ -237,12 +237,14 @@ pub mod generic {
         heads: usize,
         scale: f32,
     ) -> Result<Tensor> {
-        let (batch, seq_k) = mask_bias.dims2()?;
         let keys = by_head(k, heads)?.transpose(2, 3)?.contiguous()?;
         let products = by_head(q, heads)?.matmul(&keys)?;
-        let mask = mask_bias
-            .reshape((batch, 1, 1, seq_k))?
-            .to_dtype(products.dtype())?;
+        // The padding mask, `[batch, seq_k]`, or a whole bias `[batch, heads, seq_q, seq_k]`.
+        let mask = match mask_bias.dims2() {
+            Ok((batch, seq_k)) => mask_bias.reshape((batch, 1, 1, seq_k))?,
+            Err(_) => mask_bias.clone(),
+        }
+        .to_dtype(products.dtype())?;
         (products * scale as f64)?.broadcast_add(&mask)
     }
 

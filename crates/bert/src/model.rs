@@ -1,7 +1,9 @@
 //! The BERT encoder, laid out like HF's `BertModel` so that parameter names match its
-//! checkpoints (`embeddings.*`, `encoder.layer.N.*`, `pooler.*`).
+//! checkpoints (`embeddings.*`, `encoder.layer.N.*`, `pooler.*`), and the other families'
+//! encoders with their differences as data ([`crate::family`]).
 
 use crate::config::BertConfig;
+use crate::family::{HeadActivation, relative_position_bucket};
 use crate::kernels;
 use crate::layers::{Dropout, DropoutRng, FrozenWeights, LayerNorm, Linear, Mode};
 use crate::precision::{Precision, most_negative};
@@ -84,9 +86,15 @@ impl BertOutput {
 struct Embeddings {
     word: Embedding,
     position: Embedding,
-    token_type: Embedding,
+    /// None in the families without token types; a table of one row ignores the ids.
+    token_type: Option<Embedding>,
     layer_norm: LayerNorm,
     dropout: Dropout,
+    /// ELECTRA's projection of smaller embeddings to the hidden size.
+    projection: Option<Linear>,
+    /// The padding index that position ids count from (RoBERTa, XLM-R, MPNet): real tokens
+    /// from the next, padding at it.
+    padding_position: Option<usize>,
 }
 
 fn embedding(count: usize, dim: usize, vb: VarBuilder) -> Result<Embedding> {
@@ -95,34 +103,118 @@ fn embedding(count: usize, dim: usize, vb: VarBuilder) -> Result<Embedding> {
 }
 
 impl Embeddings {
-    fn new(cfg: &BertConfig, vb: VarBuilder, rng: &DropoutRng) -> Result<Self> {
+    /// The embeddings under `vb` (`bert.embeddings`); ELECTRA's projection is its sibling
+    /// `embeddings_project`, under `encoder`.
+    fn new(
+        cfg: &BertConfig,
+        vb: VarBuilder,
+        encoder: &VarBuilder,
+        rng: &DropoutRng,
+    ) -> Result<Self> {
+        let width = cfg.embedding_size();
+        let family = cfg.family();
+        let token_type = match family.has_token_types() {
+            true => Some(embedding(
+                cfg.type_vocab_size,
+                width,
+                vb.pp("token_type_embeddings"),
+            )?),
+            false => None,
+        };
+        let projection = match width != cfg.hidden_size {
+            true => Some(Linear::new(
+                width,
+                cfg.hidden_size,
+                encoder.pp("embeddings_project"),
+            )?),
+            false => None,
+        };
         Ok(Self {
-            word: embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("word_embeddings"))?,
+            word: embedding(cfg.vocab_size, width, vb.pp("word_embeddings"))?,
             position: embedding(
                 cfg.max_position_embeddings,
-                cfg.hidden_size,
+                width,
                 vb.pp("position_embeddings"),
             )?,
-            token_type: embedding(
-                cfg.type_vocab_size,
-                cfg.hidden_size,
-                vb.pp("token_type_embeddings"),
-            )?,
-            layer_norm: LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            token_type,
+            layer_norm: LayerNorm::new(width, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
             dropout: Dropout::new(cfg.hidden_dropout_prob, rng),
+            projection,
+            padding_position: cfg.position_padding_index(),
         })
     }
 
     fn forward(&self, input: &BertInput, mode: Mode) -> Result<Tensor> {
         let seq_len = input.input_ids.dim(1)?;
-        let positions = Tensor::arange(0u32, seq_len as u32, input.input_ids.device())?;
-        let xs = self
-            .word
-            .forward(&input.input_ids)?
-            .broadcast_add(&self.position.forward(&positions)?)?
-            .add(&self.token_type.forward(&input.token_type_ids)?)?;
+        let device = input.input_ids.device();
+        let words = self.word.forward(&input.input_ids)?;
+        let xs = match self.padding_position {
+            None => {
+                let positions = Tensor::arange(0u32, seq_len as u32, device)?;
+                words.broadcast_add(&self.position.forward(&positions)?)?
+            }
+            // As transformers counts: real tokens from the padding index plus one, padding
+            // at the padding index.
+            Some(padding) => {
+                let mask = input.attention_mask.to_dtype(DType::F32)?;
+                let counted = mask.cumsum(1)?.mul(&mask)?;
+                let positions = (counted + padding as f64)?
+                    .mul(&mask)?
+                    .add(&((1.0 - &mask)? * padding as f64)?)?
+                    .to_dtype(DType::U32)?;
+                (words + self.position.forward(&positions)?)?
+            }
+        };
+        let xs = match &self.token_type {
+            Some(table) if table.embeddings().dim(0)? > 1 => {
+                (xs + table.forward(&input.token_type_ids)?)?
+            }
+            // One type: every token's, whatever ids the tokenizer gave.
+            Some(table) => xs.broadcast_add(&table.embeddings().get(0)?)?,
+            None => xs,
+        };
         let xs = self.layer_norm.forward(&xs)?;
-        self.dropout.forward(&xs, mode)
+        let xs = self.dropout.forward(&xs, mode)?;
+        match &self.projection {
+            Some(projection) => projection.forward(&xs),
+            None => Ok(xs),
+        }
+    }
+}
+
+/// MPNet's relative-position attention bias, one table of `[buckets, heads]` shared by every
+/// layer.
+struct RelativeBias {
+    table: Tensor,
+}
+
+impl RelativeBias {
+    fn new(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        let table = vb.get_with_hints(
+            (cfg.relative_attention_buckets(), cfg.num_attention_heads),
+            "weight",
+            Init::Const(0.0),
+        )?;
+        Ok(Self { table })
+    }
+
+    /// The bias of every head, `[heads, seq_q, seq_k]`, for queries at the first `seq_q`
+    /// positions.
+    fn forward(&self, seq_q: usize, seq_k: usize) -> Result<Tensor> {
+        let buckets: Vec<u32> = (0..seq_q)
+            .flat_map(|q| {
+                (0..seq_k).map(move |k| relative_position_bucket(k as i64 - q as i64) as u32)
+            })
+            .collect();
+        let buckets = Tensor::from_vec(buckets, seq_q * seq_k, self.table.device())?;
+        let heads = self.table.dim(1)?;
+        Ok(self
+            .table
+            .index_select(&buckets, 0)?
+            .reshape((seq_q, seq_k, heads))?
+            .permute((2, 0, 1))?
+            // Contiguous once here, for the layers that select their heads' rows of it.
+            .contiguous()?)
     }
 }
 
@@ -133,6 +225,9 @@ struct SelfAttention {
     num_heads: usize,
     head_dim: usize,
     dropout: Dropout,
+    /// The original indices of the heads left, where some were pruned: they choose this
+    /// layer's rows of a relative-position bias.
+    remaining_heads: Option<Tensor>,
 }
 
 /// What one attention block computes, with its scores and probabilities when kept for the
@@ -148,6 +243,17 @@ impl SelfAttention {
         let hidden = cfg.hidden_size;
         let (num_heads, head_dim) = (cfg.heads_in_layer(layer), cfg.head_dim());
         let width = num_heads * head_dim;
+        let remaining_heads = match num_heads < cfg.num_attention_heads {
+            true => {
+                let heads: Vec<u32> = cfg
+                    .remaining_heads(layer)
+                    .iter()
+                    .map(|&h| h as u32)
+                    .collect();
+                Some(Tensor::new(heads, vb.device())?)
+            }
+            false => None,
+        };
         Ok(Self {
             query: Linear::new(hidden, width, vb.pp("query"))?,
             key: Linear::new(hidden, width, vb.pp("key"))?,
@@ -155,6 +261,7 @@ impl SelfAttention {
             num_heads,
             head_dim,
             dropout: Dropout::new(cfg.attention_probs_dropout_prob, rng),
+            remaining_heads,
         })
     }
 
@@ -165,13 +272,31 @@ impl SelfAttention {
         Ok(())
     }
 
+    /// What this layer adds to its attention scores, `[batch, seq_k]` (the mask, the same
+    /// for every query and head) or `[batch, heads, seq_q, seq_q]` (with a relative-position
+    /// bias), for `seq_q` queries.
+    fn score_bias(&self, bias: &AttentionBias, seq_q: usize) -> Result<Tensor> {
+        let Some(position) = &bias.position else {
+            return Ok(bias.mask.clone());
+        };
+        let position = match &self.remaining_heads {
+            Some(heads) => position.index_select(heads, 0)?,
+            None => position.clone(),
+        };
+        let (batch, seq_k) = bias.mask.dims2()?;
+        let position = position.narrow(1, 0, seq_q)?.unsqueeze(0)?;
+        Ok(position
+            .broadcast_add(&bias.mask.reshape((batch, 1, 1, seq_k))?)?
+            .contiguous()?)
+    }
+
     /// The attention of `queries`' positions over every position of `xs`. `head_mask`,
     /// `[heads]`, scales each head's output (HF's `head_mask`: 0 removes it).
     fn forward(
         &self,
         queries: &Tensor,
         xs: &Tensor,
-        mask_bias: &Tensor,
+        bias: &AttentionBias,
         head_mask: Option<&Tensor>,
         mode: Mode,
         maps: AttentionMaps,
@@ -180,7 +305,15 @@ impl SelfAttention {
         let q = self.query.forward(queries)?;
         let k = self.key.forward(xs)?;
         let v = self.value.forward(xs)?;
-        let (mut context, maps) = match maps {
+        let mask_bias = &self.score_bias(bias, queries.dim(1)?)?;
+        // The fused attention takes a bias but gives it no gradient: a trainable relative-
+        // position bias goes through the ops that keep the maps.
+        let requested = maps;
+        let maps = match bias.position.is_some() && mode.differentiable() {
+            true => AttentionMaps::Keep,
+            false => maps,
+        };
+        let (mut context, mut maps) = match maps {
             AttentionMaps::Keep => {
                 let scores = kernels::scores(&q, &k, mask_bias, self.num_heads, scale)?;
                 let probs = kernels::softmax_last_dim(&scores)?;
@@ -202,6 +335,9 @@ impl SelfAttention {
                 (context, None)
             }
         };
+        if requested == AttentionMaps::Skip {
+            maps = None;
+        }
         if let Some(mask) = head_mask {
             let (batch, seq, width) = context.dims3()?;
             let per_head = mask
@@ -305,7 +441,7 @@ impl Layer {
         &self,
         xs: &Tensor,
         positions: LastLayer,
-        mask_bias: &Tensor,
+        bias: &AttentionBias,
         head_mask: Option<&Tensor>,
         mode: Mode,
         maps: AttentionMaps,
@@ -316,7 +452,7 @@ impl Layer {
         };
         let attention = self
             .attention
-            .forward(&queries, xs, mask_bias, head_mask, mode, maps)?;
+            .forward(&queries, xs, bias, head_mask, mode, maps)?;
         let attended = self
             .attention_output
             .forward(&attention.context, &queries, mode)?;
@@ -328,11 +464,43 @@ impl Layer {
     }
 }
 
+/// What every layer's attention scores get added: the padding mask, `[batch, seq_k]`, and
+/// MPNet's relative-position bias of every head, `[heads, seq, seq]`.
+struct AttentionBias {
+    mask: Tensor,
+    position: Option<Tensor>,
+}
+
+/// The dense layer on [CLS]: BERT's pooler, and the first layer of the other families'
+/// classification heads (see [`crate::family`]).
+struct Pooler {
+    dense: Linear,
+    activation: HeadActivation,
+    /// The dropout on [CLS] before the dense layer, in the heads that have it.
+    dropout: Option<Dropout>,
+}
+
+impl Pooler {
+    fn forward(&self, cls: &Tensor, mode: Mode) -> Result<Tensor> {
+        let cls = match &self.dropout {
+            Some(dropout) => dropout.forward(cls, mode)?,
+            None => cls.clone(),
+        };
+        let xs = self.dense.forward(&cls)?;
+        Ok(match self.activation {
+            HeadActivation::Tanh => xs.tanh()?,
+            HeadActivation::Relu => xs.relu()?,
+            HeadActivation::Gelu => kernels::gelu_erf(&xs)?,
+        })
+    }
+}
+
 /// The BERT encoder.
 pub struct BertModel {
     embeddings: Embeddings,
     layers: Vec<Layer>,
-    pooler: Option<Linear>,
+    pooler: Option<Pooler>,
+    relative_bias: Option<RelativeBias>,
     config: BertConfig,
     dropout_rng: DropoutRng,
     frozen: bool,
@@ -349,19 +517,34 @@ impl BertModel {
         let layers = (0..config.num_hidden_layers)
             .map(|i| Layer::new(config, i, vb.pp(format!("encoder.layer.{i}")), &dropout_rng))
             .collect::<Result<_>>()?;
+        let family = config.family();
         let pooler = if with_pooler {
-            Some(Linear::new(
-                config.hidden_size,
-                config.hidden_size,
-                vb.pp("pooler.dense"),
-            )?)
+            Some(Pooler {
+                dense: Linear::new(
+                    config.hidden_size,
+                    config.hidden_size,
+                    vb.pp("pooler.dense"),
+                )?,
+                activation: family.head_activation(),
+                dropout: family
+                    .dropout_before_head()
+                    .then(|| Dropout::new(config.classifier_dropout(), &dropout_rng)),
+            })
         } else {
             None
         };
+        let relative_bias = match family.relative_attention() {
+            true => Some(RelativeBias::new(
+                config,
+                vb.pp("encoder.relative_attention_bias"),
+            )?),
+            false => None,
+        };
         Ok(Self {
-            embeddings: Embeddings::new(config, vb.pp("embeddings"), &dropout_rng)?,
+            embeddings: Embeddings::new(config, vb.pp("embeddings"), &vb, &dropout_rng)?,
             layers,
             pooler,
+            relative_bias,
             config: config.clone(),
             dropout_rng,
             frozen: false,
@@ -377,7 +560,10 @@ impl BertModel {
             layer.freeze(weights)?;
         }
         if let Some(pooler) = &mut self.pooler {
-            pooler.freeze(weights)?;
+            pooler.dense.freeze(weights)?;
+        }
+        if let Some(projection) = &mut self.embeddings.projection {
+            projection.freeze(weights)?;
         }
         self.frozen = true;
         Ok(())
@@ -442,10 +628,10 @@ impl BertModel {
             bail!("a model frozen for inference cannot train");
         }
         let (_, seq_len) = input.input_ids.dims2()?;
-        if seq_len > self.config.max_position_embeddings {
+        if seq_len > self.config.max_sequence_length() {
             bail!(
-                "sequence of {seq_len} tokens exceeds max_position_embeddings {}",
-                self.config.max_position_embeddings
+                "sequence of {seq_len} tokens exceeds the {} positions of the model",
+                self.config.max_sequence_length()
             );
         }
         // Padding keys get the most negative value of the compute dtype added to their
@@ -454,6 +640,13 @@ impl BertModel {
         let mask_bias = ((1.0 - input.attention_mask.to_dtype(DType::F32)?)?
             * most_negative(compute))?
         .to_dtype(compute)?;
+        let bias = AttentionBias {
+            mask: mask_bias,
+            position: match &self.relative_bias {
+                Some(table) => Some(table.forward(seq_len, seq_len)?.to_dtype(compute)?),
+                None => None,
+            },
+        };
         // Without gradients, cutting the graph after each layer frees the layer's
         // intermediates as soon as the next one has read its output.
         let keep = |xs: Tensor| {
@@ -478,8 +671,7 @@ impl BertModel {
             } else {
                 LastLayer::AllPositions
             };
-            let (out, attention) =
-                layer.forward(&xs, positions, &mask_bias, layer_mask, mode, maps)?;
+            let (out, attention) = layer.forward(&xs, positions, &bias, layer_mask, mode, maps)?;
             let out = keep(out);
             hidden_states.push(handed_out(&out)?);
             if let Some((scores, probs)) = attention.maps {
@@ -491,7 +683,7 @@ impl BertModel {
         let pooled = match &self.pooler {
             Some(pooler) => {
                 let cls = xs.narrow(1, 0, 1)?.squeeze(1)?;
-                Some(handed_out(&pooler.forward(&cls)?.tanh()?)?)
+                Some(handed_out(&pooler.forward(&cls, mode)?)?)
             }
             None => None,
         };

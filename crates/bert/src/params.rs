@@ -1,6 +1,7 @@
 //! The trainable parameters of a model: created by the model's constructor, initialised as
 //! BERT does from a seeded generator, loaded from and saved to HF safetensors files.
 
+use crate::family::Family;
 use anyhow::{Context, Result, bail};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor, Var};
@@ -10,11 +11,13 @@ use rand_distr::{Distribution, Normal};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-/// Named variables, with HF parameter names (`bert.encoder.layer.0...`, `classifier.weight`).
+/// Named variables, with HF's BERT parameter names (`bert.encoder.layer.0...`,
+/// `classifier.weight`) whatever the family; files are read and written in the family's names.
 #[derive(Clone)]
 pub struct Params {
     varmap: VarMap,
     device: Device,
+    family: Family,
 }
 
 /// What [`Params::load`] did not take from the file.
@@ -31,7 +34,14 @@ impl Params {
         Self {
             varmap: VarMap::new(),
             device: device.clone(),
+            family: Family::Bert,
         }
+    }
+
+    /// These parameters, read from and written to files in `family`'s names.
+    pub fn in_family(mut self, family: Family) -> Self {
+        self.family = family;
+        self
     }
 
     /// Where the parameters live, and so where the model computes.
@@ -70,7 +80,7 @@ impl Params {
     /// variables, not copies, so that a model built on these (a task head on a shared
     /// encoder) trains them for both.
     pub fn sharing(other: &Params, prefix: &str) -> Self {
-        let shared = Self::new(&other.device);
+        let shared = Self::new(&other.device).in_family(other.family);
         for (name, var) in other.vars() {
             if name.starts_with(prefix) {
                 shared.insert(name, var);
@@ -126,7 +136,9 @@ impl Params {
         let mut used = BTreeSet::new();
         let mut report = LoadReport::default();
         for (name, var) in self.vars() {
-            let Some(key) = checkpoint_names(&name).find(|key| available.contains_key(key)) else {
+            let Some(key) =
+                checkpoint_names(self.family, &name).find(|key| available.contains_key(key))
+            else {
                 if may_be_missing(&name) {
                     report.initialised.push(name);
                     continue;
@@ -159,9 +171,13 @@ impl Params {
     }
 
     /// Writes every parameter to a safetensors file (with the `format: pt` metadata HF
-    /// transformers checks), atomically.
+    /// transformers checks) in the family's names, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let vars = self.vars();
+        let vars: Vec<(String, Var)> = self
+            .vars()
+            .into_iter()
+            .map(|(name, var)| (self.family.checkpoint_name(&name), var))
+            .collect();
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         write_atomically(path, |tmp| {
             let tensors = vars
@@ -196,14 +212,10 @@ fn load_f32(
     Ok(levels.broadcast_mul(&scales.unsqueeze(1)?)?)
 }
 
-/// The names a parameter may have in a checkpoint, preferred first.
-fn checkpoint_names(name: &str) -> impl Iterator<Item = String> {
-    let unprefixed = name.strip_prefix("bert.").map(str::to_string);
-    let prefixed = (!name.starts_with("bert.")).then(|| format!("bert.{name}"));
-    let plain = std::iter::once(name.to_string())
-        .chain(unprefixed)
-        .chain(prefixed)
-        .collect::<Vec<_>>();
+/// The names a parameter may have in a checkpoint of `family`, preferred first (see
+/// [`Family::checkpoint_names`]), and the legacy names of layer norms.
+fn checkpoint_names(family: Family, name: &str) -> impl Iterator<Item = String> {
+    let plain = family.checkpoint_names(name);
     let legacy = plain
         .iter()
         .filter_map(|n| {

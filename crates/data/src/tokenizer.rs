@@ -125,6 +125,46 @@ impl TextTokenizer {
         vocab
     }
 
+    /// The number of ids the tokenizer can produce (added tokens included).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Refuses a tokenizer that produces ids past a model's `vocab_size` embedding rows: it is
+    /// another model's (a model may have more rows than its tokenizer ids, never fewer).
+    pub fn check_fits(&self, vocab_size: usize, dir: &Path) -> Result<()> {
+        let size = self.vocab_size();
+        if size > vocab_size {
+            bail!(
+                "the tokenizer in {} has {size} tokens but the model's embedding matrix has                  {vocab_size} rows: it is another model's tokenizer",
+                dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The ids of the tokens the tokenizer marks special (`[CLS]`, `<s>`, `<pad>`, ...).
+    pub fn special_ids(&self) -> Vec<u32> {
+        self.inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, token)| token.special)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// The kind of the tokenizer's model, as `tokenizer.json` names it (`WordPiece`, `BPE`,
+    /// `Unigram`, `WordLevel`).
+    pub fn model_kind(&self) -> &'static str {
+        use tokenizers::models::ModelWrapper;
+        match self.inner.get_model() {
+            ModelWrapper::WordPiece(_) => "WordPiece",
+            ModelWrapper::BPE(_) => "BPE",
+            ModelWrapper::Unigram(_) => "Unigram",
+            ModelWrapper::WordLevel(_) => "WordLevel",
+        }
+    }
+
     /// The length sequences are truncated to.
     pub fn max_len(&self) -> usize {
         self.max_len

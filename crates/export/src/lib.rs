@@ -57,6 +57,18 @@ pub struct ExportReport {
     pub format: Format,
 }
 
+/// Whether `model` can be exported as `options` say, checked before anything is written.
+pub fn check(model: &ModelFiles, options: &ExportOptions) -> Result<()> {
+    BertConfig::from_file(&model.config)?;
+    if options.format == Format::Onnx {
+        onnx::check_options(options)?;
+    }
+    if !options.prune_vocab.is_empty() {
+        vocab::prunable_tokenizer(&model.dir)?;
+    }
+    Ok(())
+}
+
 /// Writes `model` into `out` (which must not hold a model already) as `options` say.
 pub fn export(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Result<ExportReport> {
     if options.format == Format::Onnx {
@@ -107,7 +119,7 @@ pub fn export(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Result
             serde_json::json!({"weights": quantization, "scales": "per row", "scale_suffix": "_scale"}),
         );
     }
-    kd_bert::write_json_atomically(&out.join("config.json"), &config)?;
+    config.write(&out.join("config.json"))?;
     Ok(ExportReport {
         weights_bytes_before: std::fs::metadata(&model.weights)?.len(),
         weights_bytes_after: std::fs::metadata(out.join("model.safetensors"))?.len(),
@@ -135,7 +147,7 @@ fn export_onnx(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Resul
         "kd_onnx".into(),
         serde_json::json!({"file": onnx::ONNX_FILE, "opset": onnx::OPSET, "int8": options.quantize}),
     );
-    kd_bert::write_json_atomically(&out.join("config.json"), &config)?;
+    config.write(&out.join("config.json"))?;
     Ok(ExportReport {
         weights_bytes_before: std::fs::metadata(&model.weights)?.len(),
         weights_bytes_after,

@@ -17,13 +17,14 @@ const LINES_PER_CHUNK: usize = 4096;
 
 /// The token ids to keep, ascending, for the texts (plain-text files, a text a line).
 pub fn kept_token_ids(model_dir: &Path, texts: &[PathBuf]) -> Result<Vec<u32>> {
-    let tokenizer = TextTokenizer::from_dir(model_dir, usize::MAX)?;
+    let tokenizer = prunable_tokenizer(model_dir)?;
     let vocab = tokenizer.vocab();
     let mut kept: BTreeSet<u32> = vocab
         .iter()
         .enumerate()
         .filter(|(_, token)| always_kept(token))
         .map(|(id, _)| id as u32)
+        .chain(tokenizer.special_ids())
         .collect();
     for path in texts {
         let file =
@@ -46,8 +47,23 @@ pub fn kept_token_ids(model_dir: &Path, texts: &[PathBuf]) -> Result<Vec<u32>> {
     Ok(kept.into_iter().collect())
 }
 
-/// Special tokens (`[CLS]`, `[MASK]`, ...; not the `[unusedN]` placeholders) and single
-/// characters, with or without the continuation prefix.
+/// The tokenizer of `model_dir`, when its vocabulary can be pruned: WordPiece's can.
+pub fn prunable_tokenizer(model_dir: &Path) -> Result<TextTokenizer> {
+    let tokenizer = TextTokenizer::from_dir(model_dir, usize::MAX)?;
+    let model = tokenizer.model_kind();
+    if model != "WordPiece" {
+        bail!(
+            "the vocabulary of a {model} tokenizer cannot be pruned (kd prunes WordPiece \
+             vocabularies; byte-level BPE, as RoBERTa's, needs every byte's merges): export \
+             without --prune-vocab"
+        );
+    }
+    Ok(tokenizer)
+}
+
+/// Special tokens by BERT's spelling (`[CLS]`, `[MASK]`, ...; not the `[unusedN]`
+/// placeholders; the tokenizer's own special tokens are kept too, whatever their spelling) and
+/// single characters, with or without the continuation prefix.
 fn always_kept(token: &str) -> bool {
     let special = token.starts_with('[') && token.ends_with(']') && !token.starts_with("[unused");
     let character = token.strip_prefix("##").unwrap_or(token).chars().count() == 1;

@@ -85,12 +85,14 @@ pub enum Quantization {
 
 impl Quantization {
     /// Whether it covers `name`: 2-D `.weight`s, of the embedding tables only the word
-    /// embeddings (by far the largest) and only when asked.
+    /// embeddings (by far the largest) and only when asked; never MPNet's relative-position
+    /// bias table, a bias rather than a product's weight.
     pub(crate) fn covers(self, name: &str, tensor: &Tensor) -> bool {
         let covered_embedding =
             self == Self::Int8Embeddings && name.ends_with("word_embeddings.weight");
         tensor.rank() == 2
             && name.ends_with(".weight")
+            && !name.ends_with("relative_attention_bias.weight")
             && (!name.contains("embeddings") || covered_embedding)
     }
 }

@@ -3,7 +3,8 @@
 //! copies them from another model that reads the same tokens at the same width, such as the
 //! teacher's pre-trained backbone (DistilBERT's students start from pre-trained BERT). A
 //! TinyBERT-style student has any depth, width, heads and FFN size, shares the teacher's
-//! vocabulary and tokenizer, and starts from BERT's random initialisation. Both are
+//! vocabulary and tokenizer, and is a BERT model from BERT's random initialisation whatever
+//! the teacher's family. Both are
 //! [`TaskModel`]s, so they save as HF directories that `kd eval` and `kd predict` load; for
 //! general distillation, both come as [`Backbone`]s without a task head. A student is built on
 //! the device of the model it is made from.
@@ -201,7 +202,8 @@ pub fn tinybert_backbone(
 }
 
 impl StudentShape {
-    /// The teacher's config in this shape.
+    /// The teacher's config in this shape, in BERT's architecture whatever the teacher's
+    /// family (TinyBERT's students are BERT models reading the teacher's tokens).
     fn config(self, teacher: &BertConfig) -> Result<BertConfig> {
         let config = BertConfig {
             num_hidden_layers: self.layers,
@@ -209,7 +211,7 @@ impl StudentShape {
             num_attention_heads: self.heads,
             intermediate_size: self.intermediate,
             pruned_heads: Default::default(),
-            ..teacher.clone()
+            ..teacher.in_bert_architecture()
         };
         config.validate()?;
         Ok(config)

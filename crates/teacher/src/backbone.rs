@@ -3,11 +3,12 @@
 
 use crate::resolve::ModelFiles;
 use crate::task_model::save_model_dir;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use kd_bert::{
-    AttentionMaps, BertConfig, BertModel, BertOutput, FrozenWeights, MaskedLmHead, Mode, Params,
+    AttentionMaps, BertConfig, BertModel, BertOutput, Family, FrozenWeights, MaskedLmHead, Mode,
+    Params,
 };
 use kd_data::{Example, TextTokenizer, collate, encode_examples};
 use std::path::{Path, PathBuf};
@@ -79,15 +80,23 @@ impl Backbone {
         max_len: usize,
         device: &Device,
     ) -> Result<Self> {
+        let family = config.family();
+        if mlm_head && family != Family::Bert {
+            bail!(
+                "kd reads masked-LM heads of BERT models only, not of {} models",
+                family.model_type()
+            );
+        }
         let architecture = if mlm_head {
-            "BertForMaskedLM"
+            "BertForMaskedLM".to_string()
         } else {
-            "BertModel"
+            family.base_architecture()
         };
-        config.architectures = Some(vec![architecture.to_string()]);
+        config.architectures = Some(vec![architecture]);
         let tokenizer =
-            TextTokenizer::from_dir(tokenizer_dir, max_len.min(config.max_position_embeddings))?;
-        let params = Params::new(device);
+            TextTokenizer::from_dir(tokenizer_dir, max_len.min(config.max_sequence_length()))?;
+        tokenizer.check_fits(config.vocab_size, tokenizer_dir)?;
+        let params = Params::new(device).in_family(family);
         let vb = params.var_builder();
         let model = BertModel::new(&config, vb.pp("bert"), false)?;
         let mlm_head = mlm_head

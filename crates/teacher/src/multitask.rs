@@ -139,7 +139,7 @@ impl MultiTaskModel {
         config
             .extra
             .insert(TASKS_KEY.into(), serde_json::to_value(self.heads())?);
-        kd_bert::write_json_atomically(&dir.join("config.json"), &config)?;
+        config.write(&dir.join("config.json"))?;
         self.params.save(&dir.join("model.safetensors"))?;
         copy_tokenizer_files(&self.tasks[0].1.tokenizer_dir, dir)
     }

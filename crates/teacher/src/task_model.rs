@@ -114,6 +114,7 @@ impl TaskModel {
         tokenizer_dir: &Path,
         max_len: usize,
     ) -> Result<Self> {
+        let params = params.in_family(config.family());
         let Some((labels, problem_type)) = config.task_head() else {
             if config.extra.contains_key(crate::multitask::TASKS_KEY) {
                 bail!("this is a multi-task model: each task's model is in its tasks/NAME folder");
@@ -122,8 +123,9 @@ impl TaskModel {
                 "the model config describes no task head (no id2label): fine-tune it first with `kd finetune`"
             );
         };
-        let max_len = max_len.min(config.max_position_embeddings);
+        let max_len = max_len.min(config.max_sequence_length());
         let tokenizer = TextTokenizer::from_dir(tokenizer_dir, max_len)?;
+        tokenizer.check_fits(config.vocab_size, tokenizer_dir)?;
         let model =
             BertForSequenceClassification::new(&config, labels.len(), params.var_builder())?;
         Ok(Self {
@@ -316,7 +318,7 @@ pub(crate) fn save_model_dir(
     params: &Params,
     tokenizer_dir: &Path,
 ) -> Result<()> {
-    kd_bert::write_json_atomically(&dir.join("config.json"), config)?;
+    config.write(&dir.join("config.json"))?;
     params.save(&dir.join("model.safetensors"))?;
     copy_tokenizer_files(tokenizer_dir, dir)
 }

@@ -1,16 +1,22 @@
-//! ONNX export of a task model: BERT's embeddings, encoder, pooler and classifier as one graph
-//! (opset 17; batch and sequence length given at run time) with its weights inline: f32, or
-//! with int8 linear layers in the form of ONNX Runtime's dynamic quantization (activations
-//! quantized per tensor at run time, DynamicQuantizeLinear + MatMulInteger, weights per output
-//! channel) and optionally an int8 word-embedding table with a scale per token. Inputs
-//! `input_ids`, `attention_mask` and `token_type_ids` (int64, `[batch, sequence]`), output
-//! `logits` (`[batch, labels]`), the names HF's ONNX exports use.
+//! ONNX export of a task model of any family kd reads: embeddings, encoder, pooler (or the
+//! first layer of the family's head) and classifier as one graph (opset 17; batch and sequence
+//! length given at run time) with its weights inline: f32, or with int8 linear layers in the
+//! form of ONNX Runtime's dynamic quantization (activations quantized per tensor at run time,
+//! DynamicQuantizeLinear + MatMulInteger, weights per output channel) and optionally an int8
+//! word-embedding table with a scale per token. Inputs `input_ids`, `attention_mask` and, for
+//! models that read token types (BERT's and ELECTRA's, two or more), `token_type_ids` (int64,
+//! `[batch, sequence]`); output `logits` (`[batch, labels]`): the names HF's ONNX exports use.
+//! What the families differ in is data here as in kd's model ([`kd_bert::Family`]): positions
+//! counted from the padding index (RoBERTa, XLM-R, MPNet), ELECTRA's embedding projection,
+//! MPNet's relative-position bias (its buckets a table of the graph, as exact as kd's), the
+//! head's activation.
 
 mod proto;
 
 use crate::{ExportOptions, Precision, Quantization};
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Tensor};
+use kd_bert::family::{HeadActivation, relative_position_bucket};
 use kd_bert::int8::quantize_rows;
 use kd_bert::{BertConfig, write_atomically};
 use kd_teacher::{ModelFiles, TaskModel};
@@ -42,6 +48,7 @@ pub const ONNX_FILE: &str = "model.onnx";
 pub fn write(model: &ModelFiles, out: &Path, quantization: Option<Quantization>) -> Result<u64> {
     let task_model = TaskModel::load(model, usize::MAX, &candle_core::Device::Cpu)
         .with_context(|| format!("cannot load {} to export it", model.dir.display()))?;
+
     ensure!(
         task_model.config.pruned_heads.is_empty(),
         "the model has pruned attention heads: export it with --restore-heads first, then \
@@ -70,27 +77,32 @@ pub fn write(model: &ModelFiles, out: &Path, quantization: Option<Quantization>)
 /// The whole model as a graph.
 fn bert_classifier(model: &TaskModel, quantization: Option<Quantization>) -> Result<GraphProto> {
     let config = &model.config;
+    let family = config.family();
     let mut graph = Graph::new(model, quantization);
     let ids = "input_ids";
+    let reads_token_types = family.has_token_types() && config.type_vocab_size > 1;
 
-    // Embeddings: words, the first `sequence` positions, token types, then the layer norm.
+    // Embeddings: words, positions, token types, the layer norm, ELECTRA's projection.
     let words = graph.word_embeddings(ids)?;
-    let sequence = graph.op(
-        "Shape",
-        &[ids],
-        &[("start", Attr::Int(1)), ("end", Attr::Int(2))],
-    );
-    let zero = graph.int64s(&[0]);
-    let position_table = graph.weight("bert.embeddings.position_embeddings.weight")?;
-    let positions = graph.op("Slice", &[&position_table, &zero, &sequence, &zero], &[]);
-    let type_table = graph.weight("bert.embeddings.token_type_embeddings.weight")?;
-    let types = graph.op("Gather", &[&type_table, "token_type_ids"], &[]);
-    let summed = graph.op("Add", &[&words, &positions], &[]);
-    let summed = graph.op("Add", &[&summed, &types], &[]);
+    let positions = graph.position_embeddings(ids)?;
+    let mut summed = graph.op("Add", &[&words, &positions], &[]);
+    if family.has_token_types() {
+        let type_table = graph.weight("bert.embeddings.token_type_embeddings.weight")?;
+        // A table of one row (RoBERTa's) adds that row whatever the ids.
+        let types = match reads_token_types {
+            true => graph.op("Gather", &[&type_table, "token_type_ids"], &[]),
+            false => type_table,
+        };
+        summed = graph.op("Add", &[&summed, &types], &[]);
+    }
     let mut hidden = graph.layer_norm(&summed, "bert.embeddings.LayerNorm")?;
+    if config.embedding_size() != config.hidden_size {
+        hidden = graph.linear(&hidden, "bert.embeddings_project")?;
+    }
 
     // The attention mask as kd's model adds it to the scores: 0 for real keys, f32::MIN for
-    // padding, `[batch, 1, 1, keys]`.
+    // padding, `[batch, 1, 1, keys]`; with MPNet's relative-position bias added,
+    // `[batch, heads, queries, keys]`.
     let mask = graph.op(
         "Cast",
         &["attention_mask"],
@@ -101,17 +113,26 @@ fn bert_classifier(model: &TaskModel, quantization: Option<Quantization>) -> Res
     let lowest = graph.float(f32::MIN);
     let bias = graph.op("Mul", &[&padding, &lowest], &[]);
     let axes = graph.int64s(&[1, 2]);
-    let bias = graph.op("Unsqueeze", &[&bias, &axes], &[]);
+    let mut bias = graph.op("Unsqueeze", &[&bias, &axes], &[]);
+    if family.relative_attention() {
+        let relative = graph.relative_position_bias(ids)?;
+        bias = graph.op("Add", &[&bias, &relative], &[]);
+    }
 
     for layer in 0..config.num_hidden_layers {
         hidden = graph.encoder_layer(&hidden, &bias, &format!("bert.encoder.layer.{layer}"))?;
     }
 
-    // The pooler reads the [CLS] position; the classifier the pooled vector.
+    // The pooler (or the head's first layer) reads the [CLS] position; the classifier the
+    // pooled vector.
     let first = graph.int64_scalar(0);
     let cls = graph.op("Gather", &[&hidden, &first], &[("axis", Attr::Int(1))]);
     let pooled = graph.linear(&cls, "bert.pooler.dense")?;
-    let pooled = graph.op("Tanh", &[&pooled], &[]);
+    let pooled = match family.head_activation() {
+        HeadActivation::Tanh => graph.op("Tanh", &[&pooled], &[]),
+        HeadActivation::Relu => graph.op("Relu", &[&pooled], &[]),
+        HeadActivation::Gelu => graph.gelu(&pooled),
+    };
     let logits = graph.linear(&pooled, "classifier")?;
     graph.rename_output(&logits, "logits");
 
@@ -141,11 +162,11 @@ fn bert_classifier(model: &TaskModel, quantization: Option<Quantization>) -> Res
         name: "bert_for_sequence_classification".into(),
         node: graph.nodes,
         initializer: graph.initializers,
-        input: vec![
-            input("input_ids"),
-            input("attention_mask"),
-            input("token_type_ids"),
-        ],
+        input: ["input_ids", "attention_mask", "token_type_ids"]
+            .into_iter()
+            .filter(|name| reads_token_types || *name != "token_type_ids")
+            .map(input)
+            .collect(),
         output: vec![value(
             "logits",
             proto::FLOAT,
@@ -303,6 +324,64 @@ impl<'a> Graph<'a> {
         Ok(self.op("Mul", &[&rows, &row_scales], &[]))
     }
 
+    /// The position embeddings of every token, `[sequence, hidden]` (the table's first rows),
+    /// or `[batch, sequence, hidden]` in the families that count positions from the padding
+    /// index as kd does: real tokens from the next index on, padding at it.
+    fn position_embeddings(&mut self, ids: &str) -> Result<String> {
+        let table = self.weight("bert.embeddings.position_embeddings.weight")?;
+        let Some(padding) = self.config().position_padding_index() else {
+            let sequence = self.sequence_length(ids);
+            let zero = self.int64s(&[0]);
+            return Ok(self.op("Slice", &[&table, &zero, &sequence, &zero], &[]));
+        };
+        let axis = self.int64_scalar(1);
+        let counted = self.op("CumSum", &["attention_mask", &axis], &[]);
+        let counted = self.op("Mul", &[&counted, "attention_mask"], &[]);
+        let padding = self.int64_scalar(padding as i64);
+        let positions = self.op("Add", &[&counted, &padding], &[]);
+        Ok(self.op("Gather", &[&table, &positions], &[]))
+    }
+
+    /// The sequence length of `ids`, a 1-D int64 tensor of one element.
+    fn sequence_length(&mut self, ids: &str) -> String {
+        self.op(
+            "Shape",
+            &[ids],
+            &[("start", Attr::Int(1)), ("end", Attr::Int(2))],
+        )
+    }
+
+    /// MPNet's relative-position bias of every head, `[1, heads, queries, keys]`: each key's
+    /// offset from each query, looked up in a table of the buckets of every offset the
+    /// position table allows, then in the model's bias table.
+    fn relative_position_bias(&mut self, ids: &str) -> Result<String> {
+        let longest = self.config().max_sequence_length() as i64;
+        let buckets: Vec<i64> = (-(longest - 1)..longest)
+            .map(|offset| relative_position_bucket(offset) as i64)
+            .collect();
+        let buckets = self.int64_constant(&[buckets.len()], &buckets);
+        let sequence = self.sequence_length(ids);
+        let sequence = self.op("Squeeze", &[&sequence], &[]);
+        let (zero, one) = (self.int64_scalar(0), self.int64_scalar(1));
+        let range = self.op("Range", &[&zero, &sequence, &one], &[]);
+        let last = self.int64s(&[-1]);
+        let first = self.int64s(&[0]);
+        let queries = self.op("Unsqueeze", &[&range, &last], &[]);
+        let keys = self.op("Unsqueeze", &[&range, &first], &[]);
+        let offsets = self.op("Sub", &[&keys, &queries], &[]);
+        let shift = self.int64_scalar(longest - 1);
+        let offsets = self.op("Add", &[&offsets, &shift], &[]);
+        let buckets = self.op("Gather", &[&buckets, &offsets], &[]);
+        let table = self.weight("bert.encoder.relative_attention_bias.weight")?;
+        let bias = self.op("Gather", &[&table, &buckets], &[]);
+        let bias = self.op(
+            "Transpose",
+            &[&bias],
+            &[("perm", Attr::Ints(vec![2, 0, 1]))],
+        );
+        Ok(self.op("Unsqueeze", &[&bias, &first], &[]))
+    }
+
     fn constant_name(&mut self) -> String {
         self.values += 1;
         format!("constant_{}", self.values)
@@ -426,16 +505,9 @@ impl<'a> Graph<'a> {
     /// The feed-forward activation of `hidden_act`, from opset-17 ops (Gelu came in 20).
     fn activation(&mut self, x: &str) -> Result<String> {
         let act = self.config().hidden_act.clone();
-        let half = self.float(0.5);
-        let one = self.float(1.0);
         let inner = match act.as_str() {
             "relu" => return Ok(self.op("Relu", &[x], &[])),
-            // 0.5 x (1 + erf(x / sqrt 2))
-            "gelu" => {
-                let root2 = self.float(std::f32::consts::SQRT_2);
-                let scaled = self.op("Div", &[x, &root2], &[]);
-                self.op("Erf", &[&scaled], &[])
-            }
+            "gelu" => return Ok(self.gelu(x)),
             // 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
             "gelu_new" => {
                 let three = self.float(3.0);
@@ -449,9 +521,24 @@ impl<'a> Graph<'a> {
             }
             other => bail!("cannot export hidden_act {other:?} to ONNX"),
         };
-        let gate = self.op("Add", &[&inner, &one], &[]);
+        Ok(self.gated(x, &inner))
+    }
+
+    /// The exact GELU, 0.5 x (1 + erf(x / sqrt 2)).
+    fn gelu(&mut self, x: &str) -> String {
+        let root2 = self.float(std::f32::consts::SQRT_2);
+        let scaled = self.op("Div", &[x, &root2], &[]);
+        let inner = self.op("Erf", &[&scaled], &[]);
+        self.gated(x, &inner)
+    }
+
+    /// 0.5 x (1 + `inner`), the form both GELUs take.
+    fn gated(&mut self, x: &str, inner: &str) -> String {
+        let half = self.float(0.5);
+        let one = self.float(1.0);
+        let gate = self.op("Add", &[inner, &one], &[]);
         let gate = self.op("Mul", &[&gate, &half], &[]);
-        Ok(self.op("Mul", &[x, &gate], &[]))
+        self.op("Mul", &[x, &gate], &[])
     }
 
     /// Gives the value `from` (the last node's output) the graph output's name.
