@@ -1,19 +1,22 @@
 //! The encoder families against transformers: a tiny random model of each family
 //! (tests/fixtures/families, made by tests/fixtures/make_family_reference.py) gives every
 //! layer's states, the attention probabilities and the logits within 1e-5 of transformers on
-//! every path (fused, frozen, generic kernels, logits at [CLS] only); every parameter gets a
-//! gradient; and what kd writes back has the family's tensor names and config keys. Through the
-//! command line, each family fine-tunes, distils (DistilBERT- and TinyBERT-style) and exports
-//! (int8 safetensors, ONNX that ONNX Runtime runs with kd's logits); bad input is refused
-//! before anything is written.
+//! every path (fused, frozen, generic kernels, logits at [CLS] only), and each masked-LM head
+//! its logits; every parameter gets a gradient; pruned heads answer as masked ones; and what kd
+//! writes back has the family's tensor names and config keys. Through the command line, each
+//! family fine-tunes, distils (DistilBERT- and TinyBERT-style, and general distillation from a
+//! masked-LM teacher), exports (int8 safetensors, ONNX that ONNX Runtime runs with kd's
+//! logits) and is looked inside (heads, pruning, attention); bad input is refused before
+//! anything is written.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use kd_bert::{
-    BertConfig, BertForSequenceClassification, BertInput, Family, FrozenWeights, Mode, Params,
+    BertConfig, BertForSequenceClassification, BertInput, BertModel, Family, FrozenWeights,
+    MaskedLmHead, Mode, Params,
 };
-use kd_teacher::{ModelFiles, TaskModel};
+use kd_teacher::{Backbone, ModelFiles, TaskModel};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
@@ -166,7 +169,7 @@ fn pruned_heads_answer_as_masked_ones_in_every_family() {
         let (config, pruned) = kd_bert::prune_heads(&full.config, &parameters, &remove).unwrap();
         let params = Params::new(&Device::Cpu).in_family(family);
         for (name, tensor) in pruned {
-            params.insert(name, candle_core::Var::from_tensor(&tensor).unwrap());
+            params.insert(name, Var::from_tensor(&tensor).unwrap());
         }
         let small = BertForSequenceClassification::new(&config, 3, params.var_builder()).unwrap();
         assert_eq!(
@@ -183,6 +186,66 @@ fn pruned_heads_answer_as_masked_ones_in_every_family() {
         assert!(
             difference(&unmasked, &masked, None) > 1e-4,
             "{family:?}: masking did nothing"
+        );
+    }
+}
+
+/// Each family's masked-LM head (every family's but ELECTRA's discriminator, which has none and
+/// is refused) gives transformers' logits over the vocabulary at every real token.
+#[test]
+fn every_familys_masked_lm_head_matches_transformers() {
+    for family in Family::ALL {
+        if family.masked_lm_architecture().is_none() {
+            let mut config = load(family).config;
+            config.vocab_size = 30522;
+            let minilm = common::minilm_dir();
+            let error = Backbone::initialised(config, &minilm, true, 1, 32, &Device::Cpu)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(error.contains("no masked-LM head"), "{family:?}: {error}");
+            continue;
+        }
+        let dir = fixture_dir(family).join("mlm");
+        let expected =
+            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+        let input = input(&expected);
+        let config = BertConfig::from_file(&dir.join("config.json")).unwrap();
+        let params = Params::new(&Device::Cpu).in_family(family);
+        let vb = params.var_builder();
+        let model = BertModel::new(&config, vb.pp("bert"), false).unwrap();
+        let head = MaskedLmHead::new(&config, vb.pp("cls").pp("predictions")).unwrap();
+        let report = params
+            .load(&dir.join("model.safetensors"), |_| false)
+            .unwrap();
+        assert!(report.unused.is_empty(), "{family:?}: {report:?}");
+        let output = model.forward(&input, Mode::Inference).unwrap();
+        let mask: Vec<u32> = input
+            .attention_mask
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let real: Vec<u32> = (0..mask.len() as u32)
+            .filter(|&i| mask[i as usize] == 1)
+            .collect();
+        let positions = Tensor::new(real, &Device::Cpu).unwrap();
+        let ours = head
+            .forward(
+                output.last_hidden_state(),
+                &positions,
+                model.word_embeddings(),
+            )
+            .unwrap();
+        let theirs = expected["mlm_logits"]
+            .reshape((mask.len(), config.vocab_size))
+            .unwrap()
+            .index_select(&positions, 0)
+            .unwrap();
+        let diff = difference(&ours, &theirs, None);
+        assert!(
+            diff <= TOLERANCE,
+            "{family:?}: masked-LM logits differ by {diff}"
         );
     }
 }
@@ -419,8 +482,8 @@ fn parameter_count(dir: &std::path::Path) -> usize {
 /// teacher in `dir`: `embed` (16 finite numbers a text), `eval` (an accuracy over the 50 dev
 /// sentences), `heads` (every head scored), `prune` (one head of 8 dimensions fewer: its query,
 /// key and value rows with their biases and its columns of the attention output, 536
-/// parameters in every family's names; then `predict` with the pruned teacher) and
-/// `attention` (maps drawn).
+/// parameters in every family's names; then `predict` and `compare` with the pruned teacher,
+/// and its export at full shape again) and `attention` (maps drawn).
 fn looks_inside(dir: &std::path::Path, data: &std::path::Path, texts: &[&str]) {
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
     let data = data.to_str().unwrap();
@@ -473,8 +536,60 @@ fn looks_inside(dir: &std::path::Path, data: &std::path::Path, texts: &[&str]) {
         parameter_count(&dir.join("teacher")) - parameter_count(&dir.join("pruned")),
         536
     );
-    let answer = common::kd_ok(&["predict", "--model", &path("pruned"), texts[0]]);
-    assert!(answer.contains("probabilities"), "{answer}");
+    // At full shape again, the pruned heads zero: the teacher's size, the pruned answers.
+    common::kd_ok(&[
+        "export",
+        "--model",
+        &path("pruned"),
+        "--restore-heads",
+        "--out",
+        &path("restored"),
+    ]);
+    assert_eq!(
+        parameter_count(&dir.join("restored")),
+        parameter_count(&dir.join("teacher"))
+    );
+    let probabilities = |model: &str| -> Vec<f64> {
+        let answer: serde_json::Value = serde_json::from_str(
+            common::kd_ok(&["predict", "--model", &path(model), texts[0]]).trim(),
+        )
+        .unwrap();
+        (0..2)
+            .map(|label| answer["probabilities"][label.to_string()].as_f64().unwrap())
+            .collect()
+    };
+    let (pruned, restored) = (probabilities("pruned"), probabilities("restored"));
+    assert!(
+        pruned
+            .iter()
+            .zip(&restored)
+            .all(|(p, r)| (p - r).abs() < 1e-6),
+        "{pruned:?} against {restored:?}"
+    );
+    common::kd_ok(&[
+        "compare",
+        "--models",
+        &path("teacher"),
+        &path("pruned"),
+        "--task",
+        "sst2",
+        "--data-dir",
+        data,
+        "--bootstrap",
+        "50",
+        "--out",
+        &path("compare"),
+    ]);
+    let rows = json_file(&dir.join("compare/compare.json"));
+    let [teacher, pruned] = rows.as_array().unwrap().as_slice() else {
+        panic!("{rows}");
+    };
+    assert_eq!(teacher["agreement"], 1.0, "{teacher}");
+    assert_eq!(
+        teacher["params"].as_u64().unwrap() - pruned["params"].as_u64().unwrap(),
+        536,
+        "{rows}"
+    );
     common::kd_ok(&[
         "attention",
         "--model",
@@ -679,9 +794,137 @@ components = [{{ kind = "soft_ce", weight = 1.0 }}, {{ kind = "cosine", weight =
     }
 }
 
+/// General distillation (DistilBERT's objective: soft cross-entropy on the masked-LM
+/// predictions, `mlm` and `cosine`) from a masked-LM teacher of each family but BERT
+/// (tests/general.rs) and ELECTRA (none): the student is a masked-LM model of the teacher's
+/// family, by its names, which transformers loads with kd's logits, and whose vocabulary
+/// prunes with its head.
+#[test]
+fn each_familys_masked_lm_teacher_distils_a_masked_lm_student() {
+    let root = tempfile::tempdir().unwrap();
+    let corpus = root.path().join("corpus");
+    common::write_corpus(&corpus);
+    let ids = [101u32, 1996, 4937, 2938, 2006, 103, 13523, 1012, 102];
+    for family in [
+        Family::Roberta,
+        Family::XlmRoberta,
+        Family::DistilBert,
+        Family::MpNet,
+    ] {
+        let dir = root.path().join(family.model_type());
+        let teacher = dir.join("teacher");
+        common::write_tiny_family_model(&teacher, family);
+        let config = BertConfig::from_file(&teacher.join("config.json")).unwrap();
+        Backbone::initialised(config, &teacher, true, 5, 32, &Device::Cpu)
+            .unwrap()
+            .save(&teacher)
+            .unwrap();
+        let recipe = dir.join("general.toml");
+        std::fs::write(
+            &recipe,
+            format!(
+                r#"name = "general-family"
+[teacher]
+model = "{}"
+[student]
+kind = "distilbert"
+layers = [1]
+[data]
+corpus = ["{}/*.txt"]
+max_seq_len = 32
+[training]
+lr = 1e-3
+batch_size = 8
+max_steps = 4
+[[stages]]
+name = "general"
+epochs = 1
+[stages.objective]
+temperature = 2.0
+components = [{{ kind = "soft_ce", weight = 5.0 }}, {{ kind = "mlm", weight = 2.0 }}, {{ kind = "cosine" }}]
+"#,
+                teacher.display(),
+                corpus.display()
+            ),
+        )
+        .unwrap();
+        let student = dir.join("student");
+        let output = distill(
+            &recipe,
+            student.to_str().unwrap(),
+            &format!("{}/cache", dir.display()),
+        );
+        assert!(
+            output.status.success(),
+            "{family:?}: {}",
+            common::stderr(&output)
+        );
+        let config = json_file(&student.join("config.json"));
+        assert_eq!(
+            config["architectures"][0].as_str(),
+            family.masked_lm_architecture().as_deref()
+        );
+        let names = tensor_names(&student);
+        let head = family.checkpoint_name("cls.predictions.transform.dense.weight");
+        assert!(names.contains(&head), "{family:?}: {names:?}");
+        // Its vocabulary pruned to the corpus's tokens: the head's bias with the embeddings.
+        let pruned = dir.join("pruned-vocabulary");
+        common::kd_ok(&[
+            "export",
+            "--model",
+            student.to_str().unwrap(),
+            "--prune-vocab",
+            corpus.join("brown.txt").to_str().unwrap(),
+            "--out",
+            pruned.to_str().unwrap(),
+        ]);
+        let smaller = Backbone::load(&ModelFiles::from_dir(&pruned).unwrap(), 32, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{family:?}: {e:#}"));
+        assert!(smaller.mlm_head.is_some() && smaller.config.vocab_size < 30522);
+        let model =
+            Backbone::load(&ModelFiles::from_dir(&student).unwrap(), 32, &Device::Cpu).unwrap();
+        let row = Tensor::new(&ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let input = BertInput {
+            token_type_ids: row.zeros_like().unwrap(),
+            attention_mask: row.ones_like().unwrap(),
+            input_ids: row,
+        };
+        let output = model.model.forward(&input, Mode::Inference).unwrap();
+        let every = Tensor::arange(0u32, ids.len() as u32, &Device::Cpu).unwrap();
+        let ours = model.mlm_logits(&output, &every).unwrap();
+        let Some(python) = common::reference_python("transformers reading a family's masked LM")
+        else {
+            continue;
+        };
+        let output = std::process::Command::new(python)
+            .arg(common::workspace_root().join("tests/fixtures/hf_mlm_logits.py"))
+            .arg(&student)
+            .arg(serde_json::to_string(&[ids]).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{family:?}: {}",
+            common::stderr(&output)
+        );
+        let theirs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let theirs: Vec<Vec<f32>> = serde_json::from_value(theirs["logits"][0].clone()).unwrap();
+        let theirs = Tensor::new(theirs, &Device::Cpu).unwrap();
+        let diff = difference(&ours, &theirs, None);
+        assert!(
+            diff < 1e-4,
+            "{family:?}: transformers' logits differ by {diff}"
+        );
+    }
+}
+
 /// A model whose tokenizer produces ids past its embedding matrix, and a TinyBERT-style student
 /// started from a checkpoint with another vocabulary than its teacher's, are refused with
-/// errors that say so before any output directory exists; so is an unsupported `model_type`.
+/// errors that say so before any output directory exists; so are an unsupported `model_type`
+/// and pruning the vocabulary of a byte-level BPE tokenizer.
 #[test]
 fn bad_family_input_is_refused_before_anything_is_written() {
     let root = tempfile::tempdir().unwrap();
@@ -754,4 +997,40 @@ fn bad_family_input_is_refused_before_anything_is_written() {
         "{error}"
     );
     assert!(!root.path().join("student").exists());
+
+    // A byte-level BPE tokenizer (RoBERTa's kind) has no vocabulary to prune.
+    let bpe = root.path().join("bpe");
+    std::fs::create_dir(&bpe).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(root.path().join("teacher").join(file), bpe.join(file)).unwrap();
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "post_processor": null, "decoder": null,
+        "pre_tokenizer": { "type": "ByteLevel", "add_prefix_space": false,
+                           "trim_offsets": true, "use_regex": true },
+        "model": { "type": "BPE", "dropout": null, "unk_token": null,
+                   "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                   "fuse_unk": false, "byte_fallback": false,
+                   "vocab": { "<s>": 0, "<pad>": 1, "</s>": 2, "g": 3, "o": 4, "d": 5 },
+                   "merges": [] },
+    });
+    std::fs::write(bpe.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    let texts = root.path().join("texts.txt");
+    std::fs::write(&texts, "good\n").unwrap();
+    let output = common::kd(&[
+        "export",
+        "--model",
+        &path("bpe"),
+        "--prune-vocab",
+        texts.to_str().unwrap(),
+        "--out",
+        &path("bpe-pruned"),
+    ]);
+    let error = common::stderr(&output);
+    assert!(
+        !output.status.success() && error.contains("BPE tokenizer cannot be pruned"),
+        "{error}"
+    );
+    assert!(!root.path().join("bpe-pruned").exists());
 }

@@ -373,7 +373,7 @@ fn check_stages(recipe: &Recipe, teacher: &Backbone) -> Result<bool> {
             if kind.compares_teacher_predictions() && teacher.mlm_head.is_none() {
                 bail!(
                     "stage {}: {kind:?} compares the teacher's masked-LM predictions, but teacher \
-                     {} has no masked-LM head (no cls.predictions.* weights); use `mlm` with \
+                     {} has no masked-LM head (no cls.predictions.* or lm_head.* weights); use `mlm` with \
                      `cosine` and layer losses, or a teacher with an MLM head",
                     stage.name,
                     recipe.main_teacher().model

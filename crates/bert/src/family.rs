@@ -15,7 +15,10 @@
 //!   XLM-R and MPNet apply dropout, dense, tanh, dropout, `out_proj` to [CLS] (`classifier.
 //!   dense`, `classifier.out_proj`); ELECTRA the same with GELU; DistilBERT `pre_classifier`,
 //!   ReLU, dropout, `classifier`. kd's `bert.pooler.dense` stands for the head's first dense
-//!   layer in each.
+//!   layer in each;
+//! - the masked-LM head, BERT's shape in every family but ELECTRA (whose discriminator has
+//!   none): `cls.predictions.*` in BERT, `lm_head.*` in RoBERTa, XLM-R and MPNet (always
+//!   GELU), `vocab_transform`, `vocab_layer_norm`, `vocab_projector` in DistilBERT.
 
 use anyhow::{Result, bail};
 use serde_json::{Map, Value};
@@ -108,6 +111,27 @@ impl Family {
         )
     }
 
+    /// HF's class for a masked-LM model of this family; none for ELECTRA, whose
+    /// discriminator has no masked-LM head.
+    pub fn masked_lm_architecture(self) -> Option<String> {
+        let class = self.classification_architecture();
+        (self != Family::Electra).then(|| {
+            format!(
+                "{}ForMaskedLM",
+                class.trim_end_matches("ForSequenceClassification")
+            )
+        })
+    }
+
+    /// The activation of the masked-LM head's transform: the encoder's `hidden_act` in BERT
+    /// and DistilBERT, GELU whatever the config says in the others.
+    pub fn masked_lm_activation(self, hidden_act: &str) -> &str {
+        match self {
+            Family::Bert | Family::DistilBert => hidden_act,
+            _ => "gelu",
+        }
+    }
+
     /// The prefix of the encoder's parameters in a task model.
     fn prefix(self) -> &'static str {
         match self {
@@ -167,6 +191,9 @@ impl Family {
             return name.to_string();
         }
         let prefix = self.prefix();
+        if let Some(rest) = name.strip_prefix("cls.predictions.") {
+            return self.masked_lm_name(rest);
+        }
         if let Some(rest) = name.strip_prefix("classifier.") {
             return match self {
                 Family::DistilBert => name.to_string(),
@@ -220,6 +247,29 @@ impl Family {
             }
         }
         names
+    }
+
+    /// The family's name for a part of the masked-LM head, `cls.predictions.{part}` in kd.
+    fn masked_lm_name(self, part: &str) -> String {
+        let renames: &[(&str, &str)] = match self {
+            Family::DistilBert => &[
+                ("transform.dense.", "vocab_transform."),
+                ("transform.LayerNorm.", "vocab_layer_norm."),
+                ("decoder.", "vocab_projector."),
+                ("bias", "vocab_projector.bias"),
+            ],
+            Family::Roberta | Family::XlmRoberta | Family::MpNet => &[
+                ("transform.dense.", "lm_head.dense."),
+                ("transform.LayerNorm.", "lm_head.layer_norm."),
+                ("decoder.", "lm_head.decoder."),
+                ("bias", "lm_head.bias"),
+            ],
+            Family::Bert | Family::Electra => &[],
+        };
+        renames
+            .iter()
+            .find_map(|(ours, theirs)| Some(format!("{theirs}{}", part.strip_prefix(ours)?)))
+            .unwrap_or_else(|| format!("cls.predictions.{part}"))
     }
 
     /// A layer parameter's name within the layer (`attention.self.query.weight` in kd).
@@ -372,6 +422,31 @@ mod tests {
                 Family::Electra,
                 "bert.embeddings_project.weight".into(),
                 "electra.embeddings_project.weight".into(),
+            ),
+            (
+                Family::DistilBert,
+                "cls.predictions.transform.LayerNorm.weight".into(),
+                "vocab_layer_norm.weight".into(),
+            ),
+            (
+                Family::DistilBert,
+                "cls.predictions.bias".into(),
+                "vocab_projector.bias".into(),
+            ),
+            (
+                Family::MpNet,
+                "cls.predictions.transform.dense.weight".into(),
+                "lm_head.dense.weight".into(),
+            ),
+            (
+                Family::XlmRoberta,
+                "cls.predictions.bias".into(),
+                "lm_head.bias".into(),
+            ),
+            (
+                Family::Bert,
+                "cls.predictions.bias".into(),
+                "cls.predictions.bias".into(),
             ),
         ];
         for (family, ours, theirs) in cases {

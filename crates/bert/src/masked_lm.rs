@@ -1,6 +1,7 @@
 //! BERT's masked-LM head, HF's `BertOnlyMLMHead` under `cls.predictions.*`: a dense transform
-//! with the encoder's activation and a layer norm, then a decoder tied to the word embeddings
-//! plus a per-token bias.
+//! with an activation and a layer norm, then a decoder tied to the word embeddings plus a
+//! per-token bias. The other families' heads have the same shape under their own names
+//! (`lm_head.*`, DistilBERT's `vocab_*`; see [`crate::family`]).
 
 use crate::config::BertConfig;
 use crate::kernels;
@@ -27,7 +28,9 @@ impl MaskedLmHead {
         let transform = vb.pp("transform");
         Ok(Self {
             transform: Linear::new(hidden, hidden, transform.pp("dense"))?,
-            activation: Activation::from_name(&config.hidden_act)?,
+            activation: Activation::from_name(
+                config.family().masked_lm_activation(&config.hidden_act),
+            )?,
             layer_norm: LayerNorm::new(hidden, config.layer_norm_eps, transform.pp("LayerNorm"))?,
             bias: vb.get_with_hints(config.vocab_size, "bias", Init::Const(0.0))?,
         })

@@ -6,10 +6,10 @@
 use crate::config::BertConfig;
 use anyhow::{Result, bail};
 use candle_core::Tensor;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// The config and parameters of the model of `config` with `parameters` (HF names, with or
-/// without the `bert.` prefix), less the heads `remove` names: layer index to original head
+/// The config and parameters of the model of `config` with `parameters` (kd's names, or the
+/// family's as a checkpoint has them), less the heads `remove` names: layer index to original head
 /// indices, as `pruned_heads` counts them. Heads already pruned, or a layer left without a
 /// head, are errors.
 pub fn prune_heads(
@@ -51,10 +51,11 @@ pub fn prune_heads(
             .insert(layer.to_string(), all.into_iter().collect());
     }
     pruned.validate()?;
+    let head_shaped = head_shaped_parameters(config);
     let head_dim = config.head_dim();
     let mut out = Vec::with_capacity(parameters.len());
     for (name, tensor) in parameters {
-        let Some((layer, part)) = attention_part(name) else {
+        let Some(&(layer, part)) = head_shaped.get(name) else {
             out.push((name.clone(), tensor.clone()));
             continue;
         };
@@ -85,10 +86,13 @@ pub fn restore_heads(
     config: &BertConfig,
     parameters: &[(String, Tensor)],
 ) -> Result<(BertConfig, Vec<(String, Tensor)>)> {
+    let head_shaped = head_shaped_parameters(config);
     let head_dim = config.head_dim();
     let mut out = Vec::with_capacity(parameters.len());
     for (name, tensor) in parameters {
-        let pruned = attention_part(name)
+        let pruned = head_shaped
+            .get(name)
+            .copied()
             .filter(|(layer, _)| config.heads_in_layer(*layer) < config.num_attention_heads);
         let Some((layer, part)) = pruned else {
             out.push((name.clone(), tensor.clone()));
@@ -115,24 +119,33 @@ pub fn restore_heads(
     Ok((restored, out))
 }
 
-/// The layer and part of an attention parameter whose shape depends on the heads:
-/// `encoder.layer.L.attention.{self.query|self.key|self.value}.{weight|bias}` or
-/// `encoder.layer.L.attention.output.dense.weight`.
-fn attention_part(name: &str) -> Option<(usize, &str)> {
-    let rest = &name[name.find("encoder.layer.")? + "encoder.layer.".len()..];
-    let (layer, rest) = rest.split_once('.')?;
-    let part = rest.strip_prefix("attention.")?;
-    let shaped = matches!(
-        part,
-        "self.query.weight"
-            | "self.query.bias"
-            | "self.key.weight"
-            | "self.key.bias"
-            | "self.value.weight"
-            | "self.value.bias"
-            | "output.dense.weight"
-    );
-    shaped.then_some((layer.parse().ok()?, part))
+/// The attention parameters whose shape depends on the heads, within a layer's attention.
+const HEAD_SHAPED: [&str; 7] = [
+    "self.query.weight",
+    "self.query.bias",
+    "self.key.weight",
+    "self.key.bias",
+    "self.value.weight",
+    "self.value.bias",
+    "output.dense.weight",
+];
+
+/// The layer and part (kd's name within `attention.`) of every parameter of `config`'s model
+/// whose shape depends on the heads, under each name a checkpoint may give it: kd's
+/// (`bert.encoder.layer.L.attention.self.query.weight`), the family's in a task model
+/// (`distilbert.transformer.layer.L.attention.q_lin.weight`) and in a bare encoder.
+fn head_shaped_parameters(config: &BertConfig) -> HashMap<String, (usize, &'static str)> {
+    let family = config.family();
+    let mut names = HashMap::new();
+    for layer in 0..config.num_hidden_layers {
+        for part in HEAD_SHAPED {
+            let ours = format!("bert.encoder.layer.{layer}.attention.{part}");
+            for name in family.checkpoint_names(&ours) {
+                names.insert(name, (layer, part));
+            }
+        }
+    }
+    names
 }
 
 #[cfg(test)]
@@ -140,20 +153,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_head_shaped_attention_parameters_are_cut() {
+    fn only_the_head_shaped_attention_parameters_are_cut_under_any_familys_names() {
+        let config = |model_type: &str| {
+            let json = serde_json::json!({
+                "model_type": model_type, "vocab_size": 10, "hidden_size": 8,
+                "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 16,
+                "max_position_embeddings": 16,
+            });
+            BertConfig::from_json(json.as_object().unwrap().clone()).unwrap()
+        };
+        let bert = head_shaped_parameters(&config("bert"));
         assert_eq!(
-            attention_part("bert.encoder.layer.3.attention.self.key.bias"),
-            Some((3, "self.key.bias"))
+            bert.get("bert.encoder.layer.3.attention.self.key.bias"),
+            Some(&(3, "self.key.bias"))
         );
         assert_eq!(
-            attention_part("encoder.layer.0.attention.output.dense.weight"),
-            Some((0, "output.dense.weight"))
+            bert.get("encoder.layer.0.attention.output.dense.weight"),
+            Some(&(0, "output.dense.weight"))
+        );
+        for name in [
+            "encoder.layer.0.attention.output.dense.bias",
+            "encoder.layer.0.output.dense.weight",
+            "bert.pooler.dense.weight",
+        ] {
+            assert_eq!(bert.get(name), None, "{name}");
+        }
+        let distilbert = head_shaped_parameters(&config("distilbert"));
+        assert_eq!(
+            distilbert.get("distilbert.transformer.layer.2.attention.q_lin.weight"),
+            Some(&(2, "self.query.weight"))
         );
         assert_eq!(
-            attention_part("encoder.layer.0.attention.output.dense.bias"),
+            distilbert.get("distilbert.transformer.layer.2.attention.out_lin.bias"),
             None
         );
-        assert_eq!(attention_part("encoder.layer.0.output.dense.weight"), None);
-        assert_eq!(attention_part("bert.pooler.dense.weight"), None);
+        let mpnet = head_shaped_parameters(&config("mpnet"));
+        assert_eq!(
+            mpnet.get("encoder.layer.1.attention.attn.o.weight"),
+            Some(&(1, "output.dense.weight"))
+        );
     }
 }

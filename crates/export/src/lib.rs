@@ -14,7 +14,7 @@ pub use weights::{Precision, Quantization};
 
 use anyhow::{Context, Result, ensure};
 use candle_core::{DType, Device, Tensor};
-use kd_bert::BertConfig;
+use kd_bert::{BertConfig, Family};
 use kd_teacher::ModelFiles;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -96,7 +96,7 @@ pub fn export(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Result
         kd_teacher::copy_tokenizer_files(&model.dir, out)?;
     } else {
         let kept = kept_token_ids(&model.dir, &options.prune_vocab)?;
-        prune_rows(&mut tensors, &kept, vocab_before)?;
+        prune_rows(&mut tensors, &kept, vocab_before, config.family())?;
         vocab::write_pruned_tokenizer(&model.dir, out, &kept)?;
         config.pad_token_id = kept
             .iter()
@@ -160,13 +160,22 @@ fn export_onnx(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Resul
 }
 
 /// Keeps the rows of `kept` ids in every tensor indexed by token: the word embeddings and a
-/// masked-LM head's output bias (and decoder, when stored untied).
-fn prune_rows(tensors: &mut BTreeMap<String, Tensor>, kept: &[u32], vocab: usize) -> Result<()> {
+/// masked-LM head's output bias (and decoder, when stored untied), by `family`'s names.
+fn prune_rows(
+    tensors: &mut BTreeMap<String, Tensor>,
+    kept: &[u32],
+    vocab: usize,
+    family: Family,
+) -> Result<()> {
+    let head: Vec<String> = ["bias", "decoder.weight", "decoder.bias"]
+        .iter()
+        .map(|part| family.checkpoint_name(&format!("cls.predictions.{part}")))
+        .collect();
     let rows = Tensor::new(kept, &Device::Cpu)?;
     let mut pruned = 0;
     for (name, tensor) in tensors.iter_mut() {
         let by_token = name.ends_with("word_embeddings.weight")
-            || name.starts_with("cls.predictions.") && tensor.dim(0)? == vocab;
+            || head.contains(name) && tensor.dim(0)? == vocab;
         if by_token && tensor.dtype() != DType::U8 {
             *tensor = tensor.index_select(&rows, 0)?;
             pruned += 1;

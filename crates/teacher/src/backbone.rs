@@ -1,19 +1,18 @@
 //! Pre-trained encoders without a task head: sentence embeddings (`kd embed`), and the teacher
-//! and student of general distillation, with BERT's masked-LM head when the checkpoint has one.
+//! and student of general distillation, with its masked-LM head when the checkpoint has one.
 
 use crate::resolve::ModelFiles;
 use crate::task_model::save_model_dir;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use kd_bert::{
-    AttentionMaps, BertConfig, BertModel, BertOutput, Family, FrozenWeights, MaskedLmHead, Mode,
-    Params,
+    AttentionMaps, BertConfig, BertModel, BertOutput, FrozenWeights, MaskedLmHead, Mode, Params,
 };
 use kd_data::{Example, TextTokenizer, collate, encode_examples};
 use std::path::{Path, PathBuf};
 
-/// A tensor every masked-LM head has, under HF's `BertForMaskedLM` names.
+/// A tensor every masked-LM head has, by kd's name (BERT's; each family has its own).
 const MLM_HEAD_TENSOR: &str = "cls.predictions.transform.dense.weight";
 
 /// How [`Backbone::embed`] turns token states into one vector.
@@ -25,7 +24,7 @@ pub enum Pooling {
     Cls,
 }
 
-/// A BERT encoder (`bert.*`) and, optionally, its masked-LM head (`cls.predictions.*`).
+/// An encoder and, optionally, its masked-LM head.
 pub struct Backbone {
     pub config: BertConfig,
     pub params: Params,
@@ -43,7 +42,11 @@ impl Backbone {
         let config = BertConfig::from_file(&files.config)?;
         let weights = unsafe { MmapedSafetensors::new(&files.weights) }
             .with_context(|| format!("cannot read weights file {}", files.weights.display()))?;
-        let has_head = weights.get(MLM_HEAD_TENSOR).is_ok();
+        let has_head = config
+            .family()
+            .checkpoint_names(MLM_HEAD_TENSOR)
+            .iter()
+            .any(|name| weights.get(name).is_ok());
         let backbone = Self::build(config, &files.dir, has_head, max_len, device)?;
         backbone.params.load(&files.weights, |_| false)?;
         Ok(backbone)
@@ -81,16 +84,15 @@ impl Backbone {
         device: &Device,
     ) -> Result<Self> {
         let family = config.family();
-        if mlm_head && family != Family::Bert {
-            bail!(
-                "kd reads masked-LM heads of BERT models only, not of {} models",
-                family.model_type()
-            );
-        }
-        let architecture = if mlm_head {
-            "BertForMaskedLM".to_string()
-        } else {
-            family.base_architecture()
+        let architecture = match mlm_head {
+            true => family.masked_lm_architecture().with_context(|| {
+                format!(
+                    "{} models have no masked-LM head (ELECTRA's discriminator predicts \
+                     replaced tokens)",
+                    family.model_type()
+                )
+            })?,
+            false => family.base_architecture(),
         };
         config.architectures = Some(vec![architecture]);
         let tokenizer =
@@ -118,7 +120,7 @@ impl Backbone {
         let head = self
             .mlm_head
             .as_ref()
-            .context("the model has no masked-LM head (cls.predictions.*)")?;
+            .context("the model has no masked-LM head")?;
         head.forward(
             output.last_hidden_state(),
             positions,
