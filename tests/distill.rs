@@ -220,13 +220,35 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
         "{error}"
     );
     let init = format!("student.init={}", general_tiny.display());
+    // Its intermediate stage with TextBrewer's Gram-matrix losses as well, on hidden states
+    // only: the teacher's compared layers (fsp's embedding output among them) are cached.
+    let intermediate = "stages.0.objective.components=[{ kind = \"embedding_mse\" }, \
+        { kind = \"hidden_mse\" }, { kind = \"fsp\" }, { kind = \"mmd\" }]";
+    let tinybert = root.path().join("tinybert");
     let task = distill(
         "sst2-tinybert-l4.toml",
-        &root.path().join("tinybert"),
+        &tinybert,
         &cache,
-        &[&teacher_set, &init, shape, "training.max_steps=3"],
+        &[
+            &teacher_set,
+            &init,
+            shape,
+            intermediate,
+            "training.max_steps=3",
+        ],
     );
     assert_eq!(task["student"]["hidden"], 48);
+    assert_eq!(
+        task["stages"][0]["teacher_cache"],
+        serde_json::json!(["computed states"])
+    );
+    for component in ["fsp", "mmd"] {
+        let values = common::logged(&tinybert.join("1-intermediate/log.jsonl"), component);
+        assert!(
+            values.len() == 3 && values.iter().all(|v| v.is_finite() && *v > 0.0),
+            "{component}: {values:?}"
+        );
+    }
 
     // Mismatches are refused before any training, the output directory untouched: a student
     // checkpoint with another vocabulary, and a later stage's layer mapping outside the teacher.

@@ -106,6 +106,28 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
         }
     }
 
+    // The masking heatmap draws points lost, all heads minus masked: redrawn from scores where
+    // masking one head costs 2 points and another's gains 1, they read 2.00 and -1.00 under a
+    // caption that says dark blue is the important end.
+    let drawn = root.path().join("drawn");
+    std::fs::create_dir(&drawn).unwrap();
+    let mut scores = report.clone();
+    scores["baseline"] = serde_json::json!(0.9);
+    scores["masked"] = serde_json::json!([[0.88, 0.9], [0.91, 0.9]]);
+    std::fs::write(drawn.join("heads.json"), scores.to_string()).unwrap();
+    common::kd_ok(&["heads", "--redraw", "--out", drawn.to_str().unwrap()]);
+    let svg = std::fs::read_to_string(drawn.join("heads-masked.svg")).unwrap();
+    let metric = report["metric"].as_str().unwrap();
+    for text in [
+        &format!("{metric} points lost with the head masked out (all heads: 90.00)"),
+        "dark blue loses most (important)",
+        "\n2.00\n",
+        "\n-1.00\n",
+    ] {
+        assert!(svg.contains(text), "{text:?} missing from the heatmap");
+    }
+    assert!(!svg.contains("-2.00"));
+
     // Pruning head 1 of layer 0: smaller attention matrices, HF's pruned_heads, the masked
     // model's logits, and the masked model's dev metric.
     let pruned = root.path().join("pruned");

@@ -130,7 +130,8 @@ struct HeadScores {
     examples: usize,
     /// The dev metric with every head.
     baseline: f64,
-    /// The dev metric with each head masked out.
+    /// The dev metric with each head masked out (the `heads-masked` heatmap draws
+    /// `baseline - masked` in points: what masking the head loses).
     masked: Matrix,
     /// The dev metric with each head the only one left in its layer.
     alone: Matrix,
@@ -216,8 +217,15 @@ fn draw(out: &Path, scores: &HeadScores, curve: Option<&[CurvePoint]>) -> Result
         row_labels: &[],
         values: true,
     };
-    let heatmap = |name: &str, title: &str, matrix: Matrix| {
-        charts::heatmaps(&out.join(name), title, &axes, &[(String::new(), matrix)])
+    // The caption says which end of the colour scale (white lowest, dark blue highest) the
+    // important heads are at.
+    let heatmap = |name: &str, title: &str, caption: &str, matrix: Matrix| {
+        charts::heatmaps(
+            &out.join(name),
+            title,
+            &axes,
+            &[(caption.to_string(), matrix)],
+        )
     };
     let (metric, baseline) = (&scores.metric, scores.baseline);
     let mut charts = heatmap(
@@ -226,16 +234,19 @@ fn draw(out: &Path, scores: &HeadScores, curve: Option<&[CurvePoint]>) -> Result
             "{metric} points lost with the head masked out (all heads: {:.2})",
             baseline * 100.0
         ),
+        "all heads minus masked: dark blue loses most (important); below 0, masking helped",
         points(&drops(baseline, &scores.masked)),
     )?;
     charts.extend(heatmap(
         "heads-alone",
         &format!("{metric} (x 100) with the head alone in its layer"),
+        "dark blue: the best alone (important)",
         points(&scores.alone),
     )?);
     charts.extend(heatmap(
         "heads-gradient",
         "gradient importance (Michel et al.), normalised per layer",
+        "dark blue: the most important",
         scores.gradient.clone(),
     )?);
     if let Some(points) = curve {

@@ -53,7 +53,9 @@ fn l2_normalize(xs: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::score_mse::attention_score_mse;
-    use crate::testing::{assert_close, check_gradient, padding_mask, random, scalar};
+    use crate::testing::{
+        assert_close, check_gradient, padded_with_garbage, padding_mask, random, scalar,
+    };
     use candle_core::{Device, Module};
     use candle_nn::Linear;
 
@@ -154,11 +156,7 @@ mod tests {
         // hold garbage (and f32::MIN for padded keys, as the encoder leaves them).
         let short = padding_mask(&[3, 2], 3);
         let long = padding_mask(&[3, 2], 5);
-        let pad = |xs: &Tensor, dim: usize, seed: u64| {
-            let mut shape = xs.dims().to_vec();
-            shape[dim] = 2;
-            Tensor::cat(&[xs, &(random(&shape, seed) * 50.0).unwrap()], dim).unwrap()
-        };
+        let pad = |xs: &Tensor, dim: usize, seed: u64| padded_with_garbage(xs, dim, 2, seed);
         let (student, teacher) = (random(&[2, 3, 4], 1), random(&[2, 3, 4], 2));
         let (padded_student, padded_teacher) = (pad(&student, 1, 3), pad(&teacher, 1, 4));
         let states = |s: &Tensor, t: &Tensor, mask: &Tensor| -> Result<[f64; 2]> {

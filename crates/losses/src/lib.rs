@@ -1,11 +1,13 @@
 //! Knowledge-distillation losses for BERT students, on the outputs of `kd_bert`'s encoder:
 //! prediction-layer losses (soft cross-entropy and KL at a temperature, hard labels, MSE),
 //! DistilBERT's cosine loss, TinyBERT's embedding, hidden-state and attention losses, MiniLM's
-//! attention KL, BERT-PKD's normalised `[CLS]` loss and MT-DNN's ensemble of teachers; layer
+//! attention KL, BERT-PKD's normalised `[CLS]` loss, FSP and NST (MMD) Gram-matrix losses as
+//! TextBrewer defines them, and MT-DNN's ensemble of teachers; layer
 //! mappings between student and teacher; and [`Objective`], a weighted, scheduled sum of them
 //! built from a recipe. Every loss is differentiable with respect to the student (and the
 //! objective's projections); the teacher side is a constant.
 
+mod gram;
 mod intermediate;
 mod mapping;
 mod mean;
@@ -16,6 +18,7 @@ mod score_mse;
 #[cfg(test)]
 mod testing;
 
+pub use gram::{fsp_loss, mmd_loss};
 pub use intermediate::{attention_kl, cosine_loss, pkd_loss};
 pub use mapping::LayerMapping;
 pub use mean::{GlobalMeans, global_means, masked_mean, mean_count, mse};

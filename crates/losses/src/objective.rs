@@ -1,6 +1,7 @@
 //! A composite distillation objective built from a recipe: named components with weights, a
 //! temperature, and schedules for both.
 
+use crate::gram::{fsp_loss, mmd_loss};
 use crate::intermediate::{attention_kl, cosine_loss, pkd_loss};
 use crate::mapping::LayerMapping;
 use crate::mean::mse;
@@ -70,9 +71,9 @@ pub struct ComponentConfig {
     pub layers: Option<LayerMapping>,
 }
 
-/// The losses an objective combines. Those on hidden states pass the student's states through
-/// a learnable projection to the teacher's width when the widths differ; those on layers sum
-/// over their layer pairs, as TinyBERT and BERT-PKD do.
+/// The losses an objective combines. Those on hidden states (all but `mmd`) pass the student's
+/// states through a learnable projection to the teacher's width when the widths differ; those
+/// on layers sum over their layer pairs, as TinyBERT and BERT-PKD do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LossKind {
@@ -99,6 +100,16 @@ pub enum LossKind {
     AttentionKl,
     /// BERT-PKD's MSE between normalised `[CLS]` states; PKD-Skip's layers by default.
     Pkd,
+    /// FSP (Yim et al.; TextBrewer's `fsp_loss`): the MSE between the student's and the
+    /// teacher's Gram matrices `h_a^T h_b / tokens` of each two consecutive entries of its
+    /// layer pairs (through W_h). By default the pairs are the embedding output followed by the
+    /// uniform mapping's, so that each student layer's flow, from its input to its output,
+    /// learns the teacher's across the layers it stands for.
+    Fsp,
+    /// NST as TextBrewer's `mmd_loss`: the MSE between the student's and the teacher's
+    /// token-token similarities `h h^T / width` over real token pairs; no projection, as the
+    /// widths may differ. Uniform layers by default.
+    Mmd,
 }
 
 impl LossKind {
@@ -115,6 +126,8 @@ impl LossKind {
             Self::AttentionMse => "attention_mse",
             Self::AttentionKl => "attention_kl",
             Self::Pkd => "pkd",
+            Self::Fsp => "fsp",
+            Self::Mmd => "mmd",
         }
     }
 
@@ -134,12 +147,24 @@ impl LossKind {
         matches!(self, Self::AttentionMse | Self::AttentionKl)
     }
 
+    /// Whether it compares states in the teacher's width, so that a student of another width
+    /// needs a projection; `mmd` compares token-token similarities, whose shape does not
+    /// depend on the width.
+    fn compares_in_teacher_width(self) -> bool {
+        matches!(
+            self,
+            Self::Cosine | Self::EmbeddingMse | Self::HiddenMse | Self::Pkd | Self::Fsp
+        )
+    }
+
     /// The layers compared unless the recipe names others; `None` for the embedding outputs,
     /// which are the only ones `embedding_mse` compares.
     fn default_layers(self) -> Option<LayerMapping> {
         match self {
             Self::Cosine => Some(LayerMapping::LastK(1)),
-            Self::HiddenMse | Self::AttentionMse | Self::AttentionKl => Some(LayerMapping::Uniform),
+            Self::HiddenMse | Self::AttentionMse | Self::AttentionKl | Self::Fsp | Self::Mmd => {
+                Some(LayerMapping::Uniform)
+            }
             Self::Pkd => Some(LayerMapping::Skip),
             _ => None,
         }
@@ -214,7 +239,8 @@ struct Component {
     name: String,
     kind: LossKind,
     weight: Schedule,
-    /// (student, teacher) layer pairs; 0 is the embedding output.
+    /// (student, teacher) layer pairs; 0 is the embedding output. `fsp` compares each two
+    /// consecutive ones.
     pairs: Vec<(usize, usize)>,
     /// Maps the student's states to the teacher's width (TinyBERT's W_e or W_h).
     projection: Option<Linear>,
@@ -473,6 +499,21 @@ impl Objective {
                     pkd_loss(&component.project(&cls(s.layer(i))?)?, &cls(t.layer(j))?)
                 })
             }
+            LossKind::Fsp => {
+                let (s, t) = states()?;
+                let project = |layer| component.project(s.layer(layer));
+                component.sum_over_consecutive_pairs(|(si, ti), (sj, tj)| {
+                    fsp_loss(
+                        [&project(si)?, &project(sj)?],
+                        [t.layer(ti), t.layer(tj)],
+                        mask,
+                    )
+                })
+            }
+            LossKind::Mmd => {
+                let (s, t) = states()?;
+                component.sum_over_pairs(|i, j| mmd_loss(s.layer(i), t.layer(j), mask))
+            }
             LossKind::AttentionMse => {
                 let (s, t) = states()?;
                 component.sum_over_pairs(|i, j| {
@@ -527,6 +568,17 @@ impl Component {
             (None, None) => vec![(0, 0)],
             (None, Some(_)) => bail!("{} takes no `layers`", kind.name()),
         };
+        if kind == LossKind::Fsp {
+            if config.layers.is_none() {
+                component.pairs.insert(0, (0, 0));
+            }
+            ensure!(
+                component.pairs.len() >= 2,
+                "fsp compares the flow between consecutive layer pairs: it needs two or more, \
+                 got {:?}",
+                component.pairs
+            );
+        }
         if kind.compares_attention() {
             ensure!(
                 student.heads == teacher.heads,
@@ -539,7 +591,7 @@ impl Component {
                 component.pairs.iter().all(|&(s, _)| s > 0),
                 "the embedding output (layer 0) has no attention"
             );
-        } else if student.hidden_size != teacher.hidden_size {
+        } else if kind.compares_in_teacher_width() && student.hidden_size != teacher.hidden_size {
             let vb = params.var_builder().pp(&component.name);
             component.projection = Some(Linear::new(student.hidden_size, teacher.hidden_size, vb)?);
         }
@@ -554,13 +606,22 @@ impl Component {
     }
 
     fn sum_over_pairs(&self, loss: impl Fn(usize, usize) -> Result<Tensor>) -> Result<Tensor> {
-        let losses = self
-            .pairs
-            .iter()
-            .map(|&(s, t)| loss(s, t))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::stack(&losses, 0)?.sum_all()?)
+        sum(self.pairs.iter().map(|&(s, t)| loss(s, t)))
     }
+
+    /// The sum of `loss(earlier, later)` over each two consecutive (student, teacher) pairs.
+    fn sum_over_consecutive_pairs(
+        &self,
+        loss: impl Fn((usize, usize), (usize, usize)) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        sum(self.pairs.windows(2).map(|pairs| loss(pairs[0], pairs[1])))
+    }
+}
+
+/// The sum of scalar losses.
+fn sum(losses: impl Iterator<Item = Result<Tensor>>) -> Result<Tensor> {
+    let losses = losses.collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&losses, 0)?.sum_all()?)
 }
 
 /// The `[CLS]` (first) position's states, `[batch, hidden]`.
@@ -605,6 +666,8 @@ mod tests {
             AttentionMse,
             AttentionKl,
             Pkd,
+            Fsp,
+            Mmd,
         ];
         for kind in kinds {
             assert_eq!(

@@ -13,6 +13,14 @@ pub(crate) fn random(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
 }
 
+/// `xs` with `extra` more positions along `dim`, holding large garbage (as padded positions
+/// may), reproducibly.
+pub(crate) fn padded_with_garbage(xs: &Tensor, dim: usize, extra: usize, seed: u64) -> Tensor {
+    let mut shape = xs.dims().to_vec();
+    shape[dim] = extra;
+    Tensor::cat(&[xs, &(random(&shape, seed) * 50.0).unwrap()], dim).unwrap()
+}
+
 /// A `[batch, seq]` attention mask whose rows have the given numbers of real tokens.
 pub(crate) fn padding_mask(real_lengths: &[usize], seq: usize) -> Tensor {
     let values: Vec<u32> = real_lengths

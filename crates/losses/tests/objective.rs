@@ -9,8 +9,8 @@ use kd_bert::{
 };
 use kd_losses::{
     ComponentConfig, DistillOutputs, EncoderShape, LayerMapping, LossBatch, LossKind, Objective,
-    ObjectiveConfig, Schedule, cosine_loss, hard_cross_entropy, mse, soft_cross_entropy,
-    soft_targets,
+    ObjectiveConfig, Schedule, cosine_loss, fsp_loss, hard_cross_entropy, mmd_loss, mse,
+    soft_cross_entropy, soft_targets,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::collections::BTreeMap;
@@ -36,6 +36,16 @@ components = [
 [prediction]
 temperature = 1.0
 components = [{ kind = "soft_ce" }]
+"#;
+
+/// TextBrewer's Gram-matrix losses: FSP on its default layer pairs (weighted) and on two
+/// named ones, and NST on the uniform mapping.
+const GRAM_MATRICES: &str = r#"
+components = [
+    { kind = "fsp", weight = 2.0 },
+    { kind = "fsp", name = "fsp_top", layers = { explicit = [[1, 2], [2, 4]] } },
+    { kind = "mmd", layers = "uniform" },
+]
 "#;
 
 const DEVICE: Device = Device::Cpu;
@@ -288,6 +298,88 @@ fn tinybert_stages_parse_round_trip_and_project_the_student() -> Result<()> {
 }
 
 #[test]
+fn fsp_and_mmd_components_compare_the_layers_their_recipe_names() -> Result<()> {
+    let config: ObjectiveConfig = toml::from_str(GRAM_MATRICES)?;
+    assert_eq!(round_trip(&config), config);
+    assert_eq!(
+        (config.components.iter().map(|c| c.kind)).collect::<Vec<_>>(),
+        [LossKind::Fsp, LossKind::Fsp, LossKind::Mmd]
+    );
+
+    // A 2-layer, 8-wide student of a 4-layer, 12-wide teacher: each fsp component projects
+    // the student's states (12×8); mmd compares token similarities across the widths.
+    let (student_shape, teacher_shape) = (shape(2, 8, 2), shape(4, 12, 2));
+    let objective = Objective::new(&config, &[teacher_shape], student_shape, &DEVICE, 7)?;
+    let names: Vec<String> = (objective.params().vars().into_iter())
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(
+        names,
+        ["fsp.bias", "fsp.weight", "fsp_top.bias", "fsp_top.weight"]
+    );
+    // fsp's default pairs: the embedding output, then the uniform mapping's (1, 2), (2, 4).
+    assert_eq!(objective.teacher_hidden_layers(), Some(vec![0, 2, 4]));
+    assert!(objective.needs_teacher_states());
+    assert_eq!(objective.attention_maps(), AttentionMaps::Skip);
+
+    let mask = padding_mask(&[4, 2], 4);
+    let (student, teacher) = (
+        encoder_outputs(student_shape, &mask, 1),
+        encoder_outputs(teacher_shape, &mask, 2),
+    );
+    let logits = random(&[2, 3], 3);
+    let breakdown = objective.compute(
+        &outputs(&logits, &student),
+        &[outputs(&logits, &teacher)],
+        &batch(&mask, None),
+        0,
+        1,
+    )?;
+    let projected = |component: &str, layer: usize| -> Result<Tensor> {
+        let weight = objective
+            .params()
+            .get(&format!("{component}.weight"))
+            .unwrap();
+        let bias = objective
+            .params()
+            .get(&format!("{component}.bias"))
+            .unwrap();
+        Ok(student
+            .layer(layer)
+            .broadcast_matmul(&weight.t()?)?
+            .broadcast_add(bias.as_tensor())?)
+    };
+    let fsp = |component: &str, (si, ti): (usize, usize), (sj, tj): (usize, usize)| {
+        let student = [projected(component, si)?, projected(component, sj)?];
+        let teacher = [teacher.layer(ti), teacher.layer(tj)];
+        anyhow::Ok(scalar(&fsp_loss(
+            [&student[0], &student[1]],
+            teacher,
+            &mask,
+        )?))
+    };
+    let expected = BTreeMap::from([
+        (
+            "fsp",
+            fsp("fsp", (0, 0), (1, 2))? + fsp("fsp", (1, 2), (2, 4))?,
+        ),
+        ("fsp_top", fsp("fsp_top", (1, 2), (2, 4))?),
+        (
+            "mmd",
+            scalar(&mmd_loss(student.layer(1), teacher.layer(2), &mask)?)
+                + scalar(&mmd_loss(student.layer(2), teacher.layer(4), &mask)?),
+        ),
+    ]);
+    for (name, value) in &expected {
+        assert!(*value > 0.0, "{name}");
+        assert_close(breakdown.components[*name], *value);
+    }
+    let weighted = 2.0 * expected["fsp"] + expected["fsp_top"] + expected["mmd"];
+    assert_close(scalar(&breakdown.total), weighted);
+    Ok(())
+}
+
+#[test]
 fn projections_are_initialised_reproducibly_from_the_seed() -> Result<()> {
     let config: ObjectiveConfig = toml::from_str(r#"components = [{ kind = "hidden_mse" }]"#)?;
     let weights = |seed| -> Result<Vec<f32>> {
@@ -432,6 +524,10 @@ fn invalid_objectives_fail_at_construction() {
             "no attention",
         ),
         (
+            r#"components = [{ kind = "fsp", layers = { last_k = 1 } }]"#,
+            "fsp compares the flow between consecutive layer pairs: it needs two or more",
+        ),
+        (
             r#"components = [{ kind = "soft_ce", layers = "uniform" }]"#,
             "takes no `layers`",
         ),
@@ -534,6 +630,8 @@ fn gradients_reach_every_student_and_projection_parameter_and_no_teacher_paramet
             { kind = "attention_kl" },
             { kind = "pkd", layers = "uniform" },
             { kind = "cosine" },
+            { kind = "fsp" },
+            { kind = "mmd" },
             { kind = "soft_ce" },
             { kind = "hard" },
         ]
@@ -761,6 +859,7 @@ fn the_generic_kernels_give_the_fused_gradients_for_every_objective_kind() -> Re
                 { kind = "hard", weight = 0.5 },
             ]"#,
         ),
+        ("FSP and NST", 1, false, GRAM_MATRICES),
         (
             "MT-DNN, two teachers",
             2,
