@@ -103,7 +103,13 @@ fn every_intermediate_matches_pytorch_on_both_paths() {
             check(format!("{case}.pooler"), fused.pooled.as_ref().unwrap());
             // The last layer at [CLS] alone: the same [CLS] state and pooled output.
             let cls_only = model
-                .forward_with_head_mask(&input, None, mode, LastLayer::ClsOnly, AttentionMaps::Skip)
+                .forward_masked(
+                    &input,
+                    Default::default(),
+                    mode,
+                    LastLayer::ClsOnly,
+                    AttentionMaps::Skip,
+                )
                 .unwrap();
             let last = cls_only.last_hidden_state();
             assert_eq!(last.dim(1).unwrap(), 1);
@@ -292,6 +298,18 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
     }
 }
 
+/// One mask variable a layer, holding `rows`.
+fn mask_variables(rows: &[impl AsRef<[f32]>]) -> Vec<Tensor> {
+    rows.iter()
+        .map(|row| {
+            candle_core::Var::new(row.as_ref(), &Device::Cpu)
+                .unwrap()
+                .as_tensor()
+                .clone()
+        })
+        .collect()
+}
+
 #[test]
 fn a_head_mask_gets_the_gradient_finite_differences_give() {
     let (_, model) = tiny_classifier();
@@ -311,17 +329,7 @@ fn a_head_mask_gets_the_gradient_finite_differences_give() {
         candle_nn::loss::cross_entropy(&logits, &labels).unwrap()
     };
     let values = [[1f32, 0.5, 1.0, 0.0], [1.0, 1.0, 0.25, 1.0]];
-    let mask = |values: [[f32; 4]; 2]| -> Vec<Tensor> {
-        values
-            .iter()
-            .map(|row| {
-                candle_core::Var::new(&row[..], &Device::Cpu)
-                    .unwrap()
-                    .as_tensor()
-                    .clone()
-            })
-            .collect()
-    };
+    let mask = |values: [[f32; 4]; 2]| mask_variables(&values);
     let variables = mask(values);
     let grads = loss(&variables, true).backward().unwrap();
     let step = 1e-2;
@@ -345,6 +353,92 @@ fn a_head_mask_gets_the_gradient_finite_differences_give() {
                 grad[head]
             );
             assert!(grad[head] != 0.0);
+        }
+    }
+}
+
+/// A feed-forward neuron mask (on the activation, the input of `output.dense`) gets the
+/// gradient finite differences give, on the fused kernels and on the generic ones; a neuron
+/// masked to 0 changes the loss.
+#[test]
+fn a_neuron_mask_gets_the_gradient_finite_differences_give() {
+    let (_, model) = tiny_classifier();
+    let (input, labels) = tiny_batch();
+    let loss = |mask: &[Tensor], cls_only: bool| {
+        let mode = Mode::Train { dropout: false };
+        let masks = kd_bert::Masks {
+            heads: None,
+            neurons: Some(mask),
+        };
+        let logits = if cls_only {
+            model.logits_masked(&input, masks, mode).unwrap()
+        } else {
+            model
+                .forward_masked(
+                    &input,
+                    masks,
+                    mode,
+                    LastLayer::AllPositions,
+                    AttentionMaps::Keep,
+                )
+                .unwrap()
+                .0
+        };
+        candle_nn::loss::cross_entropy(&logits, &labels).unwrap()
+    };
+    // Every value different, some neurons half masked and one out.
+    let values: Vec<Vec<f32>> = (0..2)
+        .map(|layer| {
+            (0..32)
+                .map(|n| match (layer + n) % 5 {
+                    0 => 0.5,
+                    3 if n == 7 => 0.0,
+                    _ => 1.0,
+                })
+                .collect()
+        })
+        .collect();
+    let mask = |values: &[Vec<f32>]| mask_variables(values);
+    for generic in [false, true] {
+        let check = || {
+            let variables = mask(&values);
+            let grads = loss(&variables, true).backward().unwrap();
+            let step = 1e-2;
+            let mut moved_most = 0f32;
+            for (layer, variable) in variables.iter().enumerate() {
+                let grad = grads.get(variable).unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(grad.len(), 32);
+                for (neuron, &analytic) in grad.iter().enumerate() {
+                    let shifted = |delta: f32| {
+                        let mut moved = values.clone();
+                        moved[layer][neuron] += delta;
+                        loss(&mask(&moved), false).to_scalar::<f32>().unwrap()
+                    };
+                    let numeric = (shifted(step) - shifted(-step)) / (2.0 * step);
+                    let difference = (numeric - analytic).abs();
+                    assert!(
+                        difference < 1e-3 + 1e-2 * numeric.abs(),
+                        "layer {layer} neuron {neuron} (generic {generic}): {analytic} \
+                         against {numeric}"
+                    );
+                    assert!(analytic.is_finite() && analytic != 0.0);
+                    moved_most = moved_most.max(numeric.abs());
+                }
+            }
+            assert!(moved_most > 1e-3, "the loss hardly depends on the neurons");
+            // Masking a neuron out changes the loss.
+            let mut out = values.clone();
+            out[0][1] = 0.0;
+            let (full, masked) = (
+                loss(&mask(&values), false).to_scalar::<f32>().unwrap(),
+                loss(&mask(&out), false).to_scalar::<f32>().unwrap(),
+            );
+            assert!((full - masked).abs() > 1e-6, "{full} against {masked}");
+        };
+        if generic {
+            kd_bert::kernels::force_generic(check)
+        } else {
+            check()
         }
     }
 }

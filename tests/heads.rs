@@ -1,13 +1,17 @@
 //! Attention heads: `kd heads` scores every head (masked out, alone in its layer, Michel et
 //! al.'s gradient) as JSON and heatmaps; `kd prune` removes heads physically, and the pruned
-//! model gives the masked model's logits in kd and in transformers.
+//! model gives the masked model's logits in kd and in transformers. `kd prune --ffn-size`
+//! (or `--ffn-keep-ratio`) removes the least important feed-forward neurons, alone or with
+//! heads, and the smaller model gives the logits of the full one with those neurons masked.
 
 mod common;
 
 use candle_core::{Device, Tensor};
+use kd_bert::{AttentionMaps, LastLayer, Masks, Mode};
 use kd_teacher::{ModelFiles, TaskModel};
 use serde_json::Value;
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 const TEXTS: [&str; 3] = [
     "rain and snow all week",
@@ -24,6 +28,28 @@ fn load(dir: &Path) -> TaskModel {
     .unwrap()
 }
 
+/// The model in `model` fine-tuned for `epochs` on the topics task (written under `root`) into
+/// `root/teacher`; that directory, the task's folder and its data flags.
+fn finetuned(root: &Path, model: &Path, epochs: usize) -> (PathBuf, PathBuf, Vec<String>) {
+    let (data, flags) = common::topic_task(root);
+    let teacher = root.join("teacher");
+    let epochs = epochs.to_string();
+    let args = [
+        "finetune",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        teacher.to_str().unwrap(),
+        "--epochs",
+        &epochs,
+        "--lr",
+        "1e-3",
+    ];
+    let data_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    common::kd_ok(&[&args[..], &data_flags].concat());
+    (teacher, data, flags)
+}
+
 /// The logits of `model` on [`TEXTS`], heads scaled by `mask` when given.
 fn logits(model: &TaskModel, mask: Option<&[Tensor]>) -> Tensor {
     outputs(model, mask).0
@@ -31,10 +57,22 @@ fn logits(model: &TaskModel, mask: Option<&[Tensor]>) -> Tensor {
 
 /// The logits and the last hidden states of `model` on [`TEXTS`], heads scaled by `mask`.
 fn outputs(model: &TaskModel, mask: Option<&[Tensor]>) -> (Tensor, Tensor) {
+    masked_outputs(model, Masks::heads(mask))
+}
+
+/// The logits and the last hidden states of `model` on [`TEXTS`], heads and feed-forward
+/// neurons scaled by `masks`.
+fn masked_outputs(model: &TaskModel, masks: Masks) -> (Tensor, Tensor) {
     let batch = common::text_batch(model, &TEXTS, None);
     let (logits, states) = model
         .model
-        .forward_with_head_mask(&batch.input, mask, kd_bert::Mode::Inference)
+        .forward_masked(
+            &batch.input,
+            masks,
+            Mode::Inference,
+            LastLayer::AllPositions,
+            AttentionMaps::Keep,
+        )
         .unwrap();
     (logits, states.last_hidden_state().clone())
 }
@@ -44,12 +82,8 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
     let root = tempfile::tempdir().unwrap();
     let tiny = root.path().join("tiny");
     common::write_tiny_model(&tiny);
-    let (_, flags) = common::topic_task(root.path());
+    let (teacher, _, flags) = finetuned(root.path(), &tiny, 2);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let teacher = root.path().join("teacher");
-    let mut args = vec!["finetune", "--model", tiny.to_str().unwrap(), "--out"];
-    args.extend([teacher.to_str().unwrap(), "--epochs", "2", "--lr", "1e-3"]);
-    common::kd_ok(&[&args[..], &flags].concat());
 
     // Every head of the 2 x 2 is scored three ways; each layer's gradient scores have unit
     // norm; the heatmaps are drawn.
@@ -275,4 +309,373 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
     let lower = |layer: usize| vec![usize::from(drop(layer, 1) < drop(layer, 0))];
     let expected = [("0".to_string(), lower(0)), ("1".to_string(), lower(1))];
     assert_eq!(load(&by_mask).config.pruned_heads, expected.into());
+}
+
+/// Each layer's `intermediate.dense` weight (`ffn.lin1` in DistilBERT) in the
+/// `model.safetensors` of `dir`, as rows.
+fn ffn_rows(dir: &Path, layers: usize) -> Vec<Vec<Vec<f32>>> {
+    let tensors =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    (0..layers)
+        .map(|layer| {
+            let suffixes = [
+                format!("layer.{layer}.intermediate.dense.weight"),
+                format!("layer.{layer}.ffn.lin1.weight"),
+            ];
+            let (_, weight) = tensors
+                .iter()
+                .find(|(name, _)| suffixes.iter().any(|s| name.ends_with(s.as_str())))
+                .unwrap_or_else(|| panic!("no feed-forward weight of layer {layer}"));
+            weight.to_vec2::<f32>().unwrap()
+        })
+        .collect()
+}
+
+/// The neurons of each layer of the model in `full` that the FFN-pruned model in `pruned`
+/// kept: those whose `intermediate.dense` row it still has, in order.
+fn kept_neurons(full: &Path, pruned: &Path, layers: usize) -> Vec<BTreeSet<usize>> {
+    let (full, pruned) = (ffn_rows(full, layers), ffn_rows(pruned, layers));
+    full.iter()
+        .zip(&pruned)
+        .map(|(full, pruned)| {
+            let kept: Vec<usize> = pruned
+                .iter()
+                .map(|row| {
+                    full.iter()
+                        .position(|r| r == row)
+                        .expect("a row not in the full model")
+                })
+                .collect();
+            assert!(kept.windows(2).all(|w| w[0] < w[1]), "{kept:?}");
+            kept.into_iter().collect()
+        })
+        .collect()
+}
+
+/// A neuron mask of `size` neurons a layer keeping those `kept` lists.
+fn neuron_mask(kept: &[BTreeSet<usize>], size: usize) -> Vec<Tensor> {
+    kept.iter()
+        .map(|kept| {
+            let values: Vec<f32> = (0..size).map(|n| f32::from(kept.contains(&n))).collect();
+            Tensor::new(values, &Device::Cpu).unwrap()
+        })
+        .collect()
+}
+
+/// The logits of `pruned` against those of `full` with the neurons `pruned` lacks (and the
+/// heads `head_mask` masks) masked out: within 1e-6, hidden states within 1e-5; and masking
+/// those neurons changes the full model's states (so that the comparison means something).
+fn assert_answers_as_masked(
+    full: &TaskModel,
+    pruned: &TaskModel,
+    kept: &[BTreeSet<usize>],
+    head_mask: Option<&[Tensor]>,
+) {
+    let neurons = neuron_mask(kept, full.config.intermediate_size);
+    let masks = Masks {
+        heads: head_mask,
+        neurons: Some(&neurons),
+    };
+    let (expected, expected_states) = masked_outputs(full, masks);
+    let (ours, our_states) = outputs(pruned, None);
+    let logits = common::max_abs_diff(&ours, &expected);
+    let states = common::max_abs_diff(&our_states, &expected_states);
+    assert!(logits < 1e-6, "logits differ by {logits}");
+    assert!(states < 1e-5, "hidden states differ by {states}");
+    let effect = common::max_abs_diff(&outputs(full, head_mask).1, &expected_states);
+    assert!(
+        effect > 1e-4,
+        "masking the neurons changed the states by {effect} only"
+    );
+}
+
+/// kd's logits of the model in `dir` on [`TEXTS`] against transformers', where the reference
+/// environment exists.
+fn assert_transformers_agree(dir: &Path) {
+    let ours = logits(&load(dir), None);
+    if let Some(theirs) = common::transformers_logits(dir, &TEXTS) {
+        for (theirs, ours) in theirs.iter().zip(ours.to_vec2::<f32>().unwrap()) {
+            for (theirs, ours) in theirs.iter().zip(ours) {
+                assert!(
+                    (theirs - ours as f64).abs() < 1e-4,
+                    "{theirs} against {ours}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn ffn_neurons_are_pruned_by_gradient_importance_alone_and_with_heads() {
+    let root = tempfile::tempdir().unwrap();
+    let tiny = root.path().join("tiny");
+    common::write_tiny_model(&tiny);
+    let (teacher, data, flags) = finetuned(root.path(), &tiny, 2);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let prune = ["prune", "--model", teacher.to_str().unwrap(), "--out"];
+
+    // Bad input: a clear error naming the flag, and no output directory.
+    let refused = root.path().join("refused");
+    let refused_args = [&prune[..], &[refused.to_str().unwrap()]].concat();
+    for (bad, message) in [
+        (
+            &["--ffn-keep-ratio", "0"][..],
+            "--ffn-keep-ratio 0 must lie in (0, 1]",
+        ),
+        (
+            &["--ffn-keep-ratio", "1.5"],
+            "--ffn-keep-ratio 1.5 must lie in (0, 1]",
+        ),
+        (&["--keep-ratio", "0"], "--keep-ratio 0 must lie in (0, 1]"),
+        (
+            &["--keep-ratio", "1.2"],
+            "--keep-ratio 1.2 must lie in (0, 1]",
+        ),
+        (&["--ffn-size", "0"], "--ffn-size 0 must lie between 1 and"),
+        (
+            &["--ffn-size", "17"],
+            "--ffn-size 17 must lie between 1 and the model's intermediate size, 16",
+        ),
+        (
+            &["--heads-per-layer", "3"],
+            "--heads-per-layer 3 must lie between 1 and the heads a layer of the model has, 2",
+        ),
+        (
+            &["--heads-per-layer", "0"],
+            "--heads-per-layer 0 must lie between 1",
+        ),
+        (
+            &["--heads-per-layer", "1", "--keep-ratio", "0.5"],
+            "--heads-per-layer",
+        ),
+        (
+            &["--ffn-size", "4", "--ffn-keep-ratio", "0.5"],
+            "--ffn-size",
+        ),
+    ] {
+        let error = common::kd_err(&[&refused_args[..], bad, &flags].concat());
+        assert!(error.contains(message), "{bad:?}: {error}");
+        assert!(!refused.exists(), "{bad:?} created the output directory");
+    }
+    let error = common::kd_err(&[&refused_args[..], &["--ffn-size", "8"]].concat());
+    assert!(
+        error.contains("--ffn-size rank the feed-forward neurons"),
+        "{error}"
+    );
+    assert!(!refused.exists());
+
+    // --ffn-size 10: every layer keeps 10 of its 16 neurons, the report says so, and the
+    // smaller model answers as the full one with the other 6 masked out.
+    let ffn = root.path().join("ffn");
+    let args = [&prune[..], &[ffn.to_str().unwrap(), "--ffn-size", "10"]].concat();
+    let report: Value =
+        serde_json::from_str(common::kd_ok(&[&args[..], &flags].concat()).trim()).unwrap();
+    assert_eq!(
+        report["ffn"],
+        serde_json::json!({ "before": 16, "after": 10 })
+    );
+    let written = std::fs::read_to_string(ffn.join("prune.json")).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&written).unwrap(), report);
+    assert_eq!(
+        report["heads"],
+        serde_json::json!({ "before": 4, "after": 4 })
+    );
+    let (before, after) = (
+        report["params"]["before"].as_u64().unwrap(),
+        report["params"]["after"].as_u64().unwrap(),
+    );
+    // Per layer and neuron: a row of 8 and a bias in, a column of 8 out.
+    assert_eq!(before - after, 2 * 6 * 17);
+    for when in ["before", "after"] {
+        assert!(report["dev"][when]["accuracy"].is_number(), "{report}");
+    }
+    let (full, small) = (load(&teacher), load(&ffn));
+    assert_eq!(small.config.intermediate_size, 10);
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(ffn.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["intermediate_size"], 10);
+    let kept = kept_neurons(&teacher, &ffn, 2);
+    assert!(kept.iter().all(|k| k.len() == 10));
+    assert_answers_as_masked(&full, &small, &kept, None);
+    // The same dev metric as the masked model.
+    let after = report["dev"]["after"]["accuracy"].as_f64().unwrap();
+    let spec = kd_data::TaskSpec::custom(
+        "topics",
+        "text",
+        None,
+        "topic",
+        kd_data::TaskKind::Classification,
+    );
+    let mut labels = full.dataset_labels();
+    let dev = full
+        .encode(&spec.read(&data.join("dev.tsv"), &mut labels).unwrap())
+        .unwrap();
+    let indices: Vec<usize> = (0..dev.len()).collect();
+    let batch = kd_data::collate(&dev, &indices, &Device::Cpu).unwrap();
+    let masked_accuracy = {
+        let neurons = neuron_mask(&kept, 16);
+        let masks = Masks {
+            heads: None,
+            neurons: Some(&neurons),
+        };
+        let logits = full
+            .model
+            .logits_masked(&batch.input, masks, Mode::Inference)
+            .unwrap();
+        let predicted = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+        let gold = batch.labels.to_vec1::<u32>().unwrap();
+        let right = predicted.iter().zip(&gold).filter(|(p, g)| p == g).count();
+        right as f64 / gold.len() as f64
+    };
+    assert!(
+        (after - masked_accuracy).abs() < 1e-9,
+        "{after} against {masked_accuracy}"
+    );
+    // The neurons kept are those with the largest mean |d loss / d mask| on the dev set (one
+    // batch of the 60 examples, as kd scored them).
+    let variables: Vec<candle_core::Var> = (0..2)
+        .map(|_| candle_core::Var::ones(16, candle_core::DType::F32, &Device::Cpu).unwrap())
+        .collect();
+    let tensors: Vec<Tensor> = variables.iter().map(|v| v.as_tensor().clone()).collect();
+    let masks = Masks {
+        heads: None,
+        neurons: Some(&tensors),
+    };
+    let logits = full
+        .model
+        .logits_masked(&batch.input, masks, Mode::Train { dropout: false })
+        .unwrap();
+    let loss =
+        kd_teacher::task_loss(kd_data::TaskKind::Classification, &logits, &batch.labels).unwrap();
+    let grads = loss.backward().unwrap();
+    for (layer, variable) in variables.iter().enumerate() {
+        let scores: Vec<f32> = grads.get(variable).unwrap().to_vec1::<f32>().unwrap();
+        let scores: Vec<f32> = scores.iter().map(|g| g.abs()).collect();
+        let lowest_kept = kept[layer]
+            .iter()
+            .map(|&n| scores[n])
+            .fold(f32::MAX, f32::min);
+        let highest_removed = (0..16)
+            .filter(|n| !kept[layer].contains(n))
+            .map(|n| scores[n])
+            .fold(0.0, f32::max);
+        assert!(
+            lowest_kept >= highest_removed * (1.0 - 1e-4),
+            "layer {layer}: kept {:?} of {scores:?}",
+            kept[layer]
+        );
+        assert!(lowest_kept > 0.0, "layer {layer}: {scores:?}");
+    }
+    // Transformers loads the smaller model (an ordinary config, intermediate_size 10) with
+    // kd's logits; kd prunes it again.
+    assert_transformers_agree(&ffn);
+    let again = root.path().join("again");
+    let args = [
+        "prune",
+        "--model",
+        ffn.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ];
+    common::kd_ok(&[&args[..], &["--ffn-keep-ratio", "0.5"], &flags].concat());
+    assert_eq!(load(&again).config.intermediate_size, 5);
+
+    // Heads and neurons in one command: one head a layer (the higher gradient score, as
+    // --keep-ratio 0.5 chooses) and half the neurons (as --ffn-keep-ratio 0.5 alone chooses).
+    let both = root.path().join("both");
+    let args = [
+        &prune[..],
+        &[
+            both.to_str().unwrap(),
+            "--heads-per-layer",
+            "1",
+            "--ffn-keep-ratio",
+            "0.5",
+        ],
+    ]
+    .concat();
+    let report: Value =
+        serde_json::from_str(common::kd_ok(&[&args[..], &flags].concat()).trim()).unwrap();
+    assert_eq!(
+        report["heads"],
+        serde_json::json!({ "before": 4, "after": 2 })
+    );
+    assert_eq!(
+        report["ffn"],
+        serde_json::json!({ "before": 16, "after": 8 })
+    );
+    let (heads_only, ffn_only) = (root.path().join("heads-only"), root.path().join("ffn-only"));
+    let args = [
+        &prune[..],
+        &[heads_only.to_str().unwrap(), "--keep-ratio", "0.5"],
+    ]
+    .concat();
+    common::kd_ok(&[&args[..], &flags].concat());
+    let args = [
+        &prune[..],
+        &[ffn_only.to_str().unwrap(), "--ffn-keep-ratio", "0.5"],
+    ]
+    .concat();
+    common::kd_ok(&[&args[..], &flags].concat());
+    let combined = load(&both);
+    assert_eq!(
+        combined.config.pruned_heads,
+        load(&heads_only).config.pruned_heads
+    );
+    assert_eq!(combined.config.pruned_heads.len(), 2);
+    assert_eq!(combined.config.intermediate_size, 8);
+    let kept = kept_neurons(&teacher, &both, 2);
+    assert_eq!(kept, kept_neurons(&teacher, &ffn_only, 2));
+    let head_mask: Vec<Tensor> = (0..2)
+        .map(|layer| {
+            let pruned = &combined.config.pruned_heads[&layer.to_string()];
+            let values: Vec<f32> = (0..2).map(|h| f32::from(!pruned.contains(&h))).collect();
+            Tensor::new(values, &Device::Cpu).unwrap()
+        })
+        .collect();
+    assert_answers_as_masked(&full, &combined, &kept, Some(&head_mask));
+}
+
+/// Another family than BERT: a DistilBERT task model loses half of its `ffn.lin1`/`ffn.lin2`
+/// neurons, its config's `hidden_dim` shrinks, and it reloads (in kd and transformers) with
+/// the masked model's logits.
+#[test]
+fn a_distilbert_model_prunes_its_feed_forward_neurons() {
+    let root = tempfile::tempdir().unwrap();
+    let tiny = root.path().join("tiny");
+    common::write_tiny_family_model(&tiny, kd_bert::Family::DistilBert);
+    let (teacher, _, flags) = finetuned(root.path(), &tiny, 1);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let pruned = root.path().join("pruned");
+    let args = [
+        "prune",
+        "--model",
+        teacher.to_str().unwrap(),
+        "--ffn-keep-ratio",
+        "0.5",
+        "--out",
+        pruned.to_str().unwrap(),
+    ];
+    let report: Value =
+        serde_json::from_str(common::kd_ok(&[&args[..], &flags].concat()).trim()).unwrap();
+    assert_eq!(
+        report["ffn"],
+        serde_json::json!({ "before": 32, "after": 16 })
+    );
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(pruned.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["hidden_dim"], 16, "{config}");
+    let tensors =
+        candle_core::safetensors::load(pruned.join("model.safetensors"), &Device::Cpu).unwrap();
+    let lin2 = tensors
+        .iter()
+        .find(|(name, _)| name.ends_with("layer.1.ffn.lin2.weight"))
+        .map(|(_, t)| t.dims().to_vec());
+    assert_eq!(lin2, Some(vec![16, 16]));
+    let (full, small) = (load(&teacher), load(&pruned));
+    assert_eq!(small.config.intermediate_size, 16);
+    let kept = kept_neurons(&teacher, &pruned, 2);
+    assert_answers_as_masked(&full, &small, &kept, None);
+    assert_transformers_agree(&pruned);
 }

@@ -53,8 +53,9 @@ enum Command {
     /// with it alone in its layer, and Michel et al.'s gradient importance) as JSON and
     /// heatmaps.
     Heads(crate::heads::HeadsArgs),
-    /// Remove attention heads for good (HF's `pruned_heads`): named ones, or the least
-    /// important down to a share kept.
+    /// Remove attention heads (HF's `pruned_heads`: named ones, or the least important down
+    /// to a share or a count a layer) and feed-forward neurons (the least important, the same
+    /// count in every layer: a smaller `intermediate_size`) for good.
     Prune(crate::heads::PruneArgs),
     /// Draw attention maps of a text (tokens on both axes): a grid of each layer's heads, or
     /// one head.

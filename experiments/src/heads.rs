@@ -58,21 +58,34 @@ pub struct PruneArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        conflicts_with = "keep_ratio",
-        required_unless_present = "keep_ratio"
+        conflicts_with = "ranked_heads",
+        required_unless_present_any = ["keep_ratio", "heads_per_layer", "ffn_keep_ratio", "ffn_size"]
     )]
     heads: Vec<String>,
-    /// Keep this share of the heads, removing the least important first (scored on the dev
-    /// set of the task given by the data flags); every layer keeps one head at least.
-    #[arg(long)]
+    /// Keep this share of the heads (in (0, 1]), removing the least important first (scored
+    /// on the dev set of the task given by the data flags); every layer keeps one head at
+    /// least.
+    #[arg(long, group = "ranked_heads")]
     keep_ratio: Option<f64>,
-    /// The importance that orders the heads for --keep-ratio.
+    /// Keep this many heads in every layer, the most important of each.
+    #[arg(long, group = "ranked_heads")]
+    heads_per_layer: Option<usize>,
+    /// The importance that orders the heads for --keep-ratio and --heads-per-layer.
     #[arg(long, value_enum, default_value = "gradient")]
     by: Importance,
     /// Take the importance from this `heads.json` (`kd heads` of the same model) instead of
     /// scoring the heads again.
-    #[arg(long, requires = "keep_ratio")]
+    #[arg(long, requires = "ranked_heads")]
     scores: Option<PathBuf>,
+    /// Keep this share (in (0, 1]) of the feed-forward neurons of every layer, the most
+    /// important by the gradient of the loss with respect to a mask on each neuron (scored on
+    /// the dev set): the model's `intermediate_size` shrinks to that share, rounded.
+    #[arg(long, conflicts_with = "ffn_size")]
+    ffn_keep_ratio: Option<f64>,
+    /// Keep this many feed-forward neurons in every layer (the new `intermediate_size`), the
+    /// most important as for --ffn-keep-ratio.
+    #[arg(long)]
+    ffn_size: Option<usize>,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     #[arg(long)]
@@ -167,7 +180,7 @@ pub fn run_heads(args: HeadsArgs) -> Result<()> {
     let (spec, _, dev) = dev_examples(&model, name, &args.data)?;
     let out = RunDir::create(&args.out, args.force)?;
     let (baseline, masked, alone) = mask_scores(&model, &spec, &dev, args.batch_size)?;
-    let gradient = gradient_scores(&model, &spec, &dev, args.batch_size)?;
+    let (gradient, _) = gradient_scores(&model, &spec, &dev, args.batch_size, false)?;
     let mut scores = HeadScores {
         model: name.to_string(),
         task: spec.name.clone(),
@@ -273,21 +286,78 @@ fn draw(out: &Path, scores: &HeadScores, curve: Option<&[CurvePoint]>) -> Result
 }
 
 pub fn run_prune(args: PruneArgs) -> Result<()> {
+    // Bad input is refused before anything is loaded, scored or written.
+    for (flag, ratio) in [
+        ("--keep-ratio", args.keep_ratio),
+        ("--ffn-keep-ratio", args.ffn_keep_ratio),
+    ] {
+        if let Some(ratio) = ratio
+            && !(ratio > 0.0 && ratio <= 1.0)
+        {
+            bail!("{flag} {ratio} must lie in (0, 1]");
+        }
+    }
     let files = ModelFiles::resolve(&args.model)?;
     let model = TaskModel::load(&files, args.data.max_seq_len, &args.device.select()?)?;
+    let config = &model.config;
+    let ffn_size = match (args.ffn_keep_ratio, args.ffn_size) {
+        (Some(ratio), _) => {
+            Some(((ratio * config.intermediate_size as f64).round() as usize).max(1))
+        }
+        (None, Some(size)) if size == 0 || size > config.intermediate_size => bail!(
+            "--ffn-size {size} must lie between 1 and the model's intermediate size, {}",
+            config.intermediate_size
+        ),
+        (None, size) => size,
+    };
+    if let Some(count) = args.heads_per_layer {
+        let fewest = (0..config.num_hidden_layers)
+            .map(|layer| config.heads_in_layer(layer))
+            .min()
+            .unwrap_or(0);
+        if count == 0 || count > fewest {
+            bail!(
+                "--heads-per-layer {count} must lie between 1 and the heads a layer of the \
+                 model has, {fewest}"
+            );
+        }
+    }
     let data_given = args.data.task.is_some() || args.data.dev.is_some();
     let dev = match data_given {
         true => Some(dev_examples(&model, &args.model, &args.data)?),
         false => None,
     };
-    let remove = match args.keep_ratio {
-        None => parse_heads(&args.heads)?,
-        Some(ratio) => {
-            if !(0.0..=1.0).contains(&ratio) {
-                bail!("--keep-ratio {ratio} must lie between 0 and 1");
-            }
-            let (baseline, masked, gradient) = match (&args.scores, &dev) {
-                (Some(path), _) => {
+    if ffn_size.is_some() && dev.is_none() {
+        bail!(
+            "--ffn-keep-ratio and --ffn-size rank the feed-forward neurons on a task's dev set: \
+             give --task (or --dev)"
+        );
+    }
+    let ranked_heads = args.keep_ratio.is_some() || args.heads_per_layer.is_some();
+    // One gradient pass scores the heads (unless read from --scores or ranked by masking)
+    // and the neurons together.
+    let gradients = match &dev {
+        Some((spec, _, dev))
+            if ffn_size.is_some()
+                || (ranked_heads
+                    && args.scores.is_none()
+                    && matches!(args.by, Importance::Gradient)) =>
+        {
+            Some(gradient_scores(
+                &model,
+                spec,
+                dev,
+                args.batch_size,
+                ffn_size.is_some(),
+            )?)
+        }
+        _ => None,
+    };
+    let remove = match ranked_heads {
+        false => parse_heads(&args.heads)?,
+        true => {
+            let (baseline, masked, gradient) = match (&args.scores, &dev, &gradients) {
+                (Some(path), _, _) => {
                     let text = std::fs::read_to_string(path)
                         .with_context(|| format!("cannot read {}", path.display()))?;
                     let scores: SavedScores = serde_json::from_str(&text).with_context(|| {
@@ -295,31 +365,41 @@ pub fn run_prune(args: PruneArgs) -> Result<()> {
                     })?;
                     (scores.baseline, scores.masked, scores.gradient)
                 }
-                (None, Some((spec, _, dev))) => match args.by {
-                    Importance::Gradient => (
-                        0.0,
-                        Vec::new(),
-                        gradient_scores(&model, spec, dev, args.batch_size)?,
-                    ),
-                    Importance::Mask => {
+                (None, Some((spec, _, dev)), gradients) => match (args.by, gradients) {
+                    (Importance::Gradient, Some((gradient, _))) => {
+                        (0.0, Vec::new(), gradient.clone())
+                    }
+                    (Importance::Gradient, None) => bail!("the heads were not scored"),
+                    (Importance::Mask, _) => {
                         let (baseline, masked, _) =
                             mask_scores(&model, spec, dev, args.batch_size)?;
                         (baseline, masked, Vec::new())
                     }
                 },
-                (None, None) => bail!(
-                    "--keep-ratio ranks heads on a task's dev set: give --task (or --dev), or \
-                     --scores from kd heads"
+                (None, None, _) => bail!(
+                    "--keep-ratio and --heads-per-layer rank heads on a task's dev set: give \
+                     --task (or --dev), or --scores from kd heads"
                 ),
             };
             let scores = match args.by {
                 Importance::Gradient => gradient,
                 Importance::Mask => drops(baseline, &masked),
             };
-            least_important(&model.config, &scores, ratio)
+            match (args.keep_ratio, args.heads_per_layer) {
+                (Some(ratio), _) => least_important(config, &scores, ratio),
+                (None, Some(count)) => outside_top(&scores, count),
+                (None, None) => unreachable!("heads ranked without a ratio or a count"),
+            }
         }
     };
-    let pruned = model.prune_heads(&remove)?;
+    let mut pruned = model.prune_heads(&remove)?;
+    if let (Some(size), Some((_, neurons))) = (ffn_size, &gradients) {
+        let keep: Vec<BTreeSet<usize>> = neurons
+            .iter()
+            .map(|layer| top(layer.iter().copied().enumerate(), size))
+            .collect();
+        pruned = pruned.prune_ffn(&keep)?;
+    }
     let out = RunDir::create(&args.out, args.force)?;
     pruned.save(out.path())?;
     let evaluate = |model: &TaskModel| {
@@ -338,17 +418,24 @@ pub fn run_prune(args: PruneArgs) -> Result<()> {
         "removed": remove,
         "pruned_heads": pruned.config.pruned_heads,
         "heads": { "before": heads(&model), "after": heads(&pruned) },
+        "ffn": {
+            "before": model.config.intermediate_size,
+            "after": pruned.config.intermediate_size,
+        },
         "params": {
             "before": model.params.num_parameters(),
             "after": pruned.params.num_parameters(),
         },
         "dev": { "before": evaluate(&model)?, "after": evaluate(&pruned)? },
     });
+    kd_bert::write_json_atomically(&out.join("prune.json"), &report)?;
     println!("{report}");
     eprintln!(
-        "{} of {} heads removed; pruned model saved to {}",
+        "{} of {} heads removed, feed-forward size {} to {}; pruned model saved to {}",
         heads(&model) - heads(&pruned),
         heads(&model),
+        model.config.intermediate_size,
+        pruned.config.intermediate_size,
         args.out.display()
     );
     Ok(())
@@ -417,7 +504,7 @@ fn pruning_curve(
             point.heads, point.metric, point.latency_ms
         );
         points.push(point);
-        let scores = gradient_scores(&current, spec, dev, batch_size)?;
+        let (scores, _) = gradient_scores(&current, spec, dev, batch_size, false)?;
         let left = heads as f64 - step as f64;
         let remove = least_important(&current.config, &scores, left.max(0.0) / heads as f64);
         if remove.is_empty() {
@@ -585,6 +672,35 @@ fn least_important(
     remove
 }
 
+/// The heads to remove so that each layer keeps its `count` highest-scoring ones.
+fn outside_top(scores: &Matrix, count: usize) -> BTreeMap<usize, BTreeSet<usize>> {
+    scores
+        .iter()
+        .enumerate()
+        .map(|(layer, row)| {
+            let present = || {
+                row.iter()
+                    .enumerate()
+                    .filter_map(|(head, score)| Some((head, (*score)?)))
+            };
+            let kept = top(present(), count);
+            let removed = present()
+                .map(|(head, _)| head)
+                .filter(|head| !kept.contains(head))
+                .collect();
+            (layer, removed)
+        })
+        .filter(|(_, removed): &(usize, BTreeSet<usize>)| !removed.is_empty())
+        .collect()
+}
+
+/// The indices of the `count` highest of `scores` (index, score); ties go to the lower index.
+fn top(scores: impl Iterator<Item = (usize, f64)>, count: usize) -> BTreeSet<usize> {
+    let mut ranked: Vec<(usize, f64)> = scores.collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.into_iter().take(count).map(|(i, _)| i).collect()
+}
+
 /// One mask tensor a layer, each head scaled by `value(layer, position)`.
 fn head_mask(model: &TaskModel, value: impl Fn(usize, usize) -> f32) -> Result<Vec<Tensor>> {
     (0..model.config.num_hidden_layers)
@@ -641,42 +757,62 @@ fn mask_scores(
 }
 
 /// Michel et al.'s importance: the mean over `dev` of |d loss / d mask| for each head's mask
-/// variable (all ones), each layer's scores divided by their L2 norm.
+/// variable (all ones), each layer's scores divided by their L2 norm; with `neurons`, also
+/// each feed-forward neuron's (a mask variable on its activation), the mean over `dev`, one
+/// list a layer (empty otherwise).
 fn gradient_scores(
     model: &TaskModel,
     spec: &TaskSpec,
     dev: &[EncodedExample],
     batch_size: usize,
-) -> Result<Matrix> {
-    let variables: Vec<Var> = (0..model.config.num_hidden_layers)
-        .map(|layer| {
-            Var::ones(
-                model.config.heads_in_layer(layer),
-                candle_core::DType::F32,
-                model.params.device(),
-            )
-        })
+    neurons: bool,
+) -> Result<(Matrix, Vec<Vec<f64>>)> {
+    let device = model.params.device();
+    let ones = |size: usize| Var::ones(size, candle_core::DType::F32, device);
+    let layers = model.config.num_hidden_layers;
+    let variables: Vec<Var> = (0..layers)
+        .map(|layer| ones(model.config.heads_in_layer(layer)))
         .collect::<candle_core::Result<_>>()?;
-    let mask: Vec<Tensor> = variables.iter().map(|v| v.as_tensor().clone()).collect();
-    let mut sums: Vec<Vec<f64>> = mask.iter().map(|m| vec![0.0; m.elem_count()]).collect();
+    let neuron_variables: Vec<Var> = match neurons {
+        true => (0..layers)
+            .map(|_| ones(model.config.intermediate_size))
+            .collect::<candle_core::Result<_>>()?,
+        false => Vec::new(),
+    };
+    let tensors =
+        |vars: &[Var]| -> Vec<Tensor> { vars.iter().map(|v| v.as_tensor().clone()).collect() };
+    let (mask, neuron_mask) = (tensors(&variables), tensors(&neuron_variables));
+    let masks = kd_bert::Masks {
+        heads: Some(&mask),
+        neurons: neurons.then_some(&neuron_mask[..]),
+    };
+    let zeros = |vars: &[Var]| -> Vec<Vec<f64>> {
+        vars.iter().map(|v| vec![0.0; v.elem_count()]).collect()
+    };
+    let (mut sums, mut neuron_sums) = (zeros(&variables), zeros(&neuron_variables));
     let lengths: Vec<usize> = dev.iter().map(|e| e.ids.len()).collect();
     let plan = batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>);
     let progress = Progress::new(plan.len() as u64, "gradients");
     for indices in plan {
-        let batch = collate(dev, &indices, model.params.device())?;
+        let batch = collate(dev, &indices, device)?;
         let logits =
             model
                 .model
-                .logits(&batch.input, Some(&mask), Mode::Train { dropout: false })?;
+                .logits_masked(&batch.input, masks, Mode::Train { dropout: false })?;
         // The batch's mean loss, times its size: per-example gradients summed.
         let loss = (task_loss(spec.kind, &logits, &batch.labels)? * indices.len() as f64)?;
         let grads = loss.backward()?;
-        for (sum, variable) in sums.iter_mut().zip(&variables) {
-            let grad = grads
-                .get(variable)
-                .context("no gradient reached a head mask")?;
-            for (total, g) in sum.iter_mut().zip(grad.to_vec1::<f32>()?) {
-                *total += g.abs() as f64;
+        for (sums, variables, what) in [
+            (&mut sums, &variables, "a head"),
+            (&mut neuron_sums, &neuron_variables, "a neuron"),
+        ] {
+            for (sum, variable) in sums.iter_mut().zip(variables) {
+                let grad = grads
+                    .get(variable)
+                    .with_context(|| format!("no gradient reached {what} mask"))?;
+                for (total, g) in sum.iter_mut().zip(grad.to_vec1::<f32>()?) {
+                    *total += g.abs() as f64;
+                }
             }
         }
         progress.step(String::new());
@@ -694,5 +830,9 @@ fn gradient_scores(
             scores[layer][head] = Some(total / norm);
         }
     }
-    Ok(scores)
+    let examples = dev.len().max(1) as f64;
+    for sum in &mut neuron_sums {
+        sum.iter_mut().for_each(|total| *total /= examples);
+    }
+    Ok((scores, neuron_sums))
 }

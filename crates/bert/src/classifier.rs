@@ -3,7 +3,7 @@
 
 use crate::config::BertConfig;
 use crate::layers::{Dropout, FrozenWeights, Linear, Mode};
-use crate::model::{AttentionMaps, BertInput, BertModel, BertOutput, LastLayer};
+use crate::model::{AttentionMaps, BertInput, BertModel, BertOutput, LastLayer, Masks};
 use anyhow::Result;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -45,20 +45,20 @@ impl BertForSequenceClassification {
         mode: Mode,
         maps: AttentionMaps,
     ) -> Result<(Tensor, BertOutput)> {
-        self.forward_at(input, None, mode, LastLayer::AllPositions, maps)
+        self.forward_masked(input, Masks::default(), mode, LastLayer::AllPositions, maps)
     }
 
     /// [`Self::forward`] with attention heads scaled by `head_mask` (see
-    /// [`BertModel::forward_with_head_mask`]).
+    /// [`BertModel::forward_masked`]).
     pub fn forward_with_head_mask(
         &self,
         input: &BertInput,
         head_mask: Option<&[Tensor]>,
         mode: Mode,
     ) -> Result<(Tensor, BertOutput)> {
-        self.forward_at(
+        self.forward_masked(
             input,
-            head_mask,
+            Masks::heads(head_mask),
             mode,
             LastLayer::AllPositions,
             AttentionMaps::Keep,
@@ -74,28 +74,27 @@ impl BertForSequenceClassification {
         head_mask: Option<&[Tensor]>,
         mode: Mode,
     ) -> Result<Tensor> {
+        self.logits_masked(input, Masks::heads(head_mask), mode)
+    }
+
+    /// [`Self::logits`] with heads and feed-forward neurons scaled by `masks`.
+    pub fn logits_masked(&self, input: &BertInput, masks: Masks, mode: Mode) -> Result<Tensor> {
         Ok(self
-            .forward_at(
-                input,
-                head_mask,
-                mode,
-                LastLayer::ClsOnly,
-                AttentionMaps::Skip,
-            )?
+            .forward_masked(input, masks, mode, LastLayer::ClsOnly, AttentionMaps::Skip)?
             .0)
     }
 
-    fn forward_at(
+    /// The logits and every encoder intermediate, heads and feed-forward neurons scaled by
+    /// `masks` (see [`BertModel::forward_masked`]), the last layer at `last`'s positions.
+    pub fn forward_masked(
         &self,
         input: &BertInput,
-        head_mask: Option<&[Tensor]>,
+        masks: Masks,
         mode: Mode,
         last: LastLayer,
         maps: AttentionMaps,
     ) -> Result<(Tensor, BertOutput)> {
-        let output = self
-            .bert
-            .forward_with_head_mask(input, head_mask, mode, last, maps)?;
+        let output = self.bert.forward_masked(input, masks, mode, last, maps)?;
         let pooled = output.pooled.as_ref().expect("built with a pooler");
         let logits = self
             .classifier

@@ -1,8 +1,9 @@
 //! The BERT encoder of kd: HF `config.json` and safetensors loading (with or without the
 //! `bert.` prefix), a forward pass that exposes every intermediate distillation losses need
 //! (embedding output, each layer's hidden states, attention scores and probabilities, pooled
-//! output), a sequence-classification head, and attention heads masked (HF's `head_mask`) or
-//! pruned away (`pruned_heads`).
+//! output), a sequence-classification head, and attention heads and feed-forward neurons
+//! masked ([`Masks`]; HF's `head_mask`) or pruned away (`pruned_heads`, a smaller
+//! `intermediate_size`).
 //!
 //! There is one model definition, on kd's fused CPU kernels ([`ops`]: softmax, layer norm and
 //! GELU, each with a hand-written backward pass) for f32 on the CPU and on candle's tensor ops
@@ -37,8 +38,8 @@ pub use family::Family;
 pub use layers::{DropoutRng, FrozenWeights, Linear, Mode};
 pub use masked_lm::MaskedLmHead;
 pub use math::vectorised;
-pub use model::{AttentionMaps, BertInput, BertModel, BertOutput, LastLayer};
+pub use model::{AttentionMaps, BertInput, BertModel, BertOutput, LastLayer, Masks};
 pub use params::{LoadReport, Params, write_atomically, write_json_atomically};
 pub use pool::with_busy_workers;
 pub use precision::Precision;
-pub use prune::{prune_heads, restore_heads};
+pub use prune::{prune_ffn, prune_heads, restore_heads};

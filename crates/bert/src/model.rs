@@ -43,6 +43,27 @@ pub enum AttentionMaps {
     Skip,
 }
 
+/// What a forward pass scales parts of the model by: 0 removes a part, 1 keeps it, and a
+/// variable gives each part's gradient (Michel et al.'s importance, 2019).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Masks<'a> {
+    /// One `[heads]` tensor a layer scaling each attention head's output (HF's `head_mask`).
+    pub heads: Option<&'a [Tensor]>,
+    /// One `[intermediate_size]` tensor a layer scaling each feed-forward neuron's activation
+    /// (the input of `output.dense`), as TextPruner's FFN mask does.
+    pub neurons: Option<&'a [Tensor]>,
+}
+
+impl<'a> Masks<'a> {
+    /// Attention heads scaled by `heads`, every neuron kept.
+    pub fn heads(heads: Option<&'a [Tensor]>) -> Self {
+        Self {
+            heads,
+            neurons: None,
+        }
+    }
+}
+
 /// Every intermediate of a forward pass.
 #[derive(Debug, Clone)]
 pub struct BertOutput {
@@ -442,7 +463,7 @@ impl Layer {
         xs: &Tensor,
         positions: LastLayer,
         bias: &AttentionBias,
-        head_mask: Option<&Tensor>,
+        masks: LayerMasks,
         mode: Mode,
         maps: AttentionMaps,
     ) -> Result<(Tensor, AttentionOutput)> {
@@ -452,16 +473,26 @@ impl Layer {
         };
         let attention = self
             .attention
-            .forward(&queries, xs, bias, head_mask, mode, maps)?;
+            .forward(&queries, xs, bias, masks.heads, mode, maps)?;
         let attended = self
             .attention_output
             .forward(&attention.context, &queries, mode)?;
-        let inner = self
+        let mut inner = self
             .activation
             .forward(&self.intermediate.forward(&attended)?)?;
+        if let Some(mask) = masks.neurons {
+            inner = inner.broadcast_mul(&mask.to_dtype(inner.dtype())?)?;
+        }
         let out = self.output.forward(&inner, &attended, mode)?;
         Ok((out, attention))
     }
+}
+
+/// One layer's share of [`Masks`].
+#[derive(Clone, Copy)]
+struct LayerMasks<'a> {
+    heads: Option<&'a Tensor>,
+    neurons: Option<&'a Tensor>,
 }
 
 /// What every layer's attention scores get added: the padding mask, `[batch, seq_k]`, and
@@ -601,27 +632,40 @@ impl BertModel {
         mode: Mode,
         maps: AttentionMaps,
     ) -> Result<BertOutput> {
-        self.forward_with_head_mask(input, None, mode, LastLayer::AllPositions, maps)
+        self.forward_masked(input, Masks::default(), mode, LastLayer::AllPositions, maps)
     }
 
-    /// [`BertModel::forward`] with each layer's heads scaled by `head_mask` (one `[heads]`
-    /// tensor a layer; 0 masks a head out, and a variable gives each head's gradient), the
-    /// last layer computed at `last`'s positions.
-    pub fn forward_with_head_mask(
+    /// [`BertModel::forward`] with each layer's heads and feed-forward neurons scaled by
+    /// `masks` (0 masks a part out, and a variable gives each part's gradient), the last
+    /// layer computed at `last`'s positions.
+    pub fn forward_masked(
         &self,
         input: &BertInput,
-        head_mask: Option<&[Tensor]>,
+        masks: Masks,
         mode: Mode,
         last: LastLayer,
         maps: AttentionMaps,
     ) -> Result<BertOutput> {
-        if let Some(mask) = head_mask
-            && mask.len() != self.layers.len()
+        for (what, mask) in [("head", masks.heads), ("neuron", masks.neurons)] {
+            if let Some(mask) = mask
+                && mask.len() != self.layers.len()
+            {
+                bail!(
+                    "a {what} mask of {} layers for {} layers",
+                    mask.len(),
+                    self.layers.len()
+                );
+            }
+        }
+        if let Some(mask) = masks.neurons
+            && let Some(wrong) = mask
+                .iter()
+                .find(|m| m.elem_count() != self.config.intermediate_size)
         {
             bail!(
-                "a head mask of {} layers for {} layers",
-                mask.len(),
-                self.layers.len()
+                "a neuron mask of {} values for {} feed-forward neurons a layer",
+                wrong.elem_count(),
+                self.config.intermediate_size
             );
         }
         if self.frozen && mode.differentiable() {
@@ -665,13 +709,16 @@ impl BertModel {
         let handed_out = |xs: &Tensor| xs.to_dtype(DType::F32);
         let mut xs = embeddings.to_dtype(compute)?;
         for (index, layer) in self.layers.iter().enumerate() {
-            let layer_mask = head_mask.map(|mask| &mask[index]);
+            let layer_masks = LayerMasks {
+                heads: masks.heads.map(|mask| &mask[index]),
+                neurons: masks.neurons.map(|mask| &mask[index]),
+            };
             let positions = if index + 1 == self.layers.len() {
                 last
             } else {
                 LastLayer::AllPositions
             };
-            let (out, attention) = layer.forward(&xs, positions, &bias, layer_mask, mode, maps)?;
+            let (out, attention) = layer.forward(&xs, positions, &bias, layer_masks, mode, maps)?;
             let out = keep(out);
             hidden_states.push(handed_out(&out)?);
             if let Some((scores, probs)) = attention.maps {

@@ -251,13 +251,31 @@ impl TaskModel {
     /// The model less the attention heads `remove` names (layer to original head indices),
     /// recorded as `pruned_heads` (see [`kd_bert::prune_heads`]).
     pub fn prune_heads(&self, remove: &BTreeMap<usize, BTreeSet<usize>>) -> Result<Self> {
+        self.rebuilt(|config, parameters| kd_bert::prune_heads(config, parameters, remove))
+    }
+
+    /// The model keeping of each layer's feed-forward neurons only those `keep` lists (the
+    /// same count in every layer), its `intermediate_size` that count (see
+    /// [`kd_bert::prune_ffn`]).
+    pub fn prune_ffn(&self, keep: &[BTreeSet<usize>]) -> Result<Self> {
+        self.rebuilt(|config, parameters| kd_bert::prune_ffn(config, parameters, keep))
+    }
+
+    /// The model that `change` makes of this one's config and parameters.
+    fn rebuilt(
+        &self,
+        change: impl FnOnce(
+            &BertConfig,
+            &[(String, Tensor)],
+        ) -> Result<(BertConfig, Vec<(String, Tensor)>)>,
+    ) -> Result<Self> {
         let parameters: Vec<(String, Tensor)> = self
             .params
             .vars()
             .into_iter()
             .map(|(name, var)| (name, var.as_tensor().clone()))
             .collect();
-        let (config, parameters) = kd_bert::prune_heads(&self.config, &parameters, remove)?;
+        let (config, parameters) = change(&self.config, &parameters)?;
         let model = Self::build(
             config,
             &self.tokenizer_dir,
