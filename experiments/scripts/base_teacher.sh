@@ -10,15 +10,18 @@
 #      (experiments/results/base-teacher-{distil6,tinybert4}.json):
 #      distil6: sst2-mpnet-distil6(-nokd), a 6-layer MPNet student of the teacher's layers;
 #      tinybert4: sst2-mpnet-tinybert4-aug/-nokd, TinyBERT-4 on the teacher's vocabulary, with
-#      one augmented sentence per training sentence (runs/base-teacher/augment-x1.tsv).
-# Usage: experiments/scripts/base_teacher.sh [teacher|distil6|tinybert4 ...]   (default: all)
+#      one augmented sentence per training sentence (runs/base-teacher/augment-x1.tsv);
+#   5. compare: the teacher and both students' seed 1 with their ONNX exports in ONNX Runtime
+#      (experiments/results/base-teacher-compare/), to run with the machine to itself.
+# Usage: experiments/scripts/base_teacher.sh [teacher|distil6|tinybert4|compare ...]
+#   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source experiments/scripts/seeds.sh
 root=runs/base-teacher
 teacher=$root/teacher
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(teacher distil6 tinybert4)
+[ ${#steps[@]} -gt 0 ] || steps=(teacher distil6 tinybert4 compare)
 
 experiments/scripts/get_mpnet.sh >/dev/null
 if [ ! -f $root/data/SST-2/dev.tsv ]; then
@@ -57,6 +60,18 @@ for step in "${steps[@]}"; do
         --data-dir $root/data/SST-2 --per-example 1 --out $root/augment-x1.tsv
       distill_seeds $root sst2-mpnet-tinybert4-aug sst2-mpnet-tinybert4-nokd
       paired sst2-mpnet-tinybert4-nokd sst2-mpnet-tinybert4-aug tinybert4 ;;
-    *) echo "unknown step $step: teacher, distil6 or tinybert4" >&2; exit 2 ;;
+    compare)
+      # The teacher and each student's seed 1, in kd and as ONNX graphs in ONNX Runtime: size,
+      # batch-1 latency, throughput, accuracy and agreement. Run it with the machine to itself.
+      models=("$teacher" "$root/sst2-mpnet-distil6-s1" "$root/sst2-mpnet-tinybert4-aug-s1")
+      graphs=()
+      for model in "${models[@]}"; do
+        graph=$root/onnx/$(basename "$model")
+        [ -d "$graph" ] || $kd export --model "$model" --format onnx --out "$graph"
+        graphs+=("$graph")
+      done
+      $kd compare --models "${models[@]}" "${graphs[@]}" --task SST-2 --data-dir $root/data/SST-2 \
+        --onnx-python .venv-ref/bin/python --out experiments/results/base-teacher-compare --force ;;
+    *) echo "unknown step $step: teacher, distil6, tinybert4 or compare" >&2; exit 2 ;;
   esac
 done
