@@ -221,6 +221,79 @@ fn tiny_batch() -> (BertInput, Tensor) {
     (input, Tensor::new(&[2u32, 0], &device).unwrap())
 }
 
+/// A tiny random encoder of `model_type` ("mpnet" adds its relative-position bias) whose
+/// first layer lost head 1 of its 4 to pruning.
+fn tiny_pruned_encoder(model_type: &str) -> (Params, BertModel) {
+    let config: BertConfig = serde_json::from_value(serde_json::json!({
+        "model_type": model_type, "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 32, "max_position_embeddings": 16,
+        "type_vocab_size": 2, "pruned_heads": { "0": [1] },
+    }))
+    .unwrap();
+    let params = Params::new(&Device::Cpu);
+    let model = BertModel::new(&config, params.var_builder(), false).unwrap();
+    params.init_bert(0.2, 7).unwrap();
+    (params, model)
+}
+
+/// MiniLM's relation losses read each layer's query, key and value projections: on both
+/// kernel paths, in both modes, with and without MPNet's relative bias, they are the layer's
+/// dense layers applied to its input (the remaining heads only where some were pruned), kept
+/// only when asked for, and keeping them changes nothing else.
+#[test]
+fn kept_projections_are_each_layers_query_key_and_value_of_its_input() {
+    use kd_bert::kernels::force_generic;
+    let (input, _) = tiny_batch();
+    for model_type in ["bert", "mpnet"] {
+        let (params, model) = tiny_pruned_encoder(model_type);
+        for (generic, mode) in [false, true].into_iter().flat_map(|generic| {
+            [Mode::Inference, Mode::Train { dropout: false }].map(|mode| (generic, mode))
+        }) {
+            let case = format!("{model_type}, generic {generic}, {mode:?}");
+            let pass = |maps| {
+                let pass = || model.forward_with(&input, mode, maps).unwrap();
+                if generic { force_generic(pass) } else { pass() }
+            };
+            let (kept, with_maps) = (
+                pass(AttentionMaps::Projections),
+                pass(AttentionMaps::KeepWithProjections),
+            );
+            assert!(kept.attention_scores.is_empty(), "{case}");
+            assert_eq!(with_maps.attention_scores.len(), 2, "{case}");
+            assert!(pass(AttentionMaps::Keep).attention_projections.is_empty());
+            assert!(pass(AttentionMaps::Skip).attention_projections.is_empty());
+            let skipped = pass(AttentionMaps::Skip);
+            let diff = common::max_abs_diff(kept.last_hidden_state(), skipped.last_hidden_state());
+            assert!(diff <= 1e-6, "{case}: {diff}");
+            assert_eq!(kept.attention_projections.len(), 2, "{case}");
+            for (layer, projections) in kept.attention_projections.iter().enumerate() {
+                let layer_input = kept.layer(layer);
+                let both = &with_maps.attention_projections[layer];
+                for (name, kept, both) in [
+                    ("query", &projections.query, &both.query),
+                    ("key", &projections.key, &both.key),
+                    ("value", &projections.value, &both.value),
+                ] {
+                    let dense = format!("encoder.layer.{layer}.attention.self.{name}");
+                    let weight = params.get(&format!("{dense}.weight")).unwrap();
+                    let bias = params.get(&format!("{dense}.bias")).unwrap();
+                    let expected = layer_input
+                        .broadcast_matmul(&weight.as_tensor().t().unwrap())
+                        .unwrap()
+                        .broadcast_add(bias.as_tensor())
+                        .unwrap();
+                    // Four heads of 4, three left in the first layer.
+                    let width = if layer == 0 { 12 } else { 16 };
+                    assert_eq!(kept.dims(), [2, 5, width], "{case}: {dense}");
+                    let diff = common::max_abs_diff(kept, &expected);
+                    assert!(diff <= 1e-5, "{case}: {dense}: {diff}");
+                    assert_eq!(common::max_abs_diff(kept, both), 0.0, "{case}: {dense}");
+                }
+            }
+        }
+    }
+}
+
 /// In f32 and in bf16 (products in bf16, the parameters f32), on every path: the bf16
 /// gradients reach the f32 parameters and follow the f32 ones.
 #[test]

@@ -636,6 +636,7 @@ fn partial_output(layers: &[usize], states: Vec<Tensor>, depth: usize) -> Result
         hidden_states: all,
         attention_scores: vec![empty; depth],
         attention_probs: Vec::new(),
+        attention_projections: Vec::new(),
         pooled: None,
     })
 }

@@ -38,7 +38,9 @@ pub use family::Family;
 pub use layers::{DropoutRng, FrozenWeights, Linear, Mode};
 pub use masked_lm::MaskedLmHead;
 pub use math::vectorised;
-pub use model::{AttentionMaps, BertInput, BertModel, BertOutput, LastLayer, Masks};
+pub use model::{
+    AttentionMaps, AttentionProjections, BertInput, BertModel, BertOutput, LastLayer, Masks,
+};
 pub use params::{LoadReport, Params, write_atomically, write_json_atomically};
 pub use pool::with_busy_workers;
 pub use precision::Precision;

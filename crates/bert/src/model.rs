@@ -32,7 +32,8 @@ pub enum LastLayer {
     ClsOnly,
 }
 
-/// Whether a forward pass keeps each layer's attention scores and probabilities.
+/// Whether a forward pass keeps each layer's attention scores and probabilities, and its
+/// query, key and value projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionMaps {
     /// Kept in [`BertOutput`], for the losses and views that read them.
@@ -41,6 +42,55 @@ pub enum AttentionMaps {
     /// in cache (less memory and memory traffic; `experiments/results/bench.md`, session 21),
     /// and [`BertOutput`]'s `attention_scores` and `attention_probs` are empty.
     Skip,
+    /// The maps skipped as with [`AttentionMaps::Skip`], each layer's projections kept in
+    /// [`BertOutput::attention_projections`] (MiniLM's relation losses read only those).
+    Projections,
+    /// The maps and the projections kept.
+    KeepWithProjections,
+}
+
+impl AttentionMaps {
+    /// What a pass keeps when its readers need the maps (`scores`) and the projections.
+    pub fn keeping(scores: bool, projections: bool) -> Self {
+        match (scores, projections) {
+            (true, true) => Self::KeepWithProjections,
+            (true, false) => Self::Keep,
+            (false, true) => Self::Projections,
+            (false, false) => Self::Skip,
+        }
+    }
+
+    /// Whether the attention scores and probabilities are kept.
+    pub fn keeps_scores(self) -> bool {
+        matches!(self, Self::Keep | Self::KeepWithProjections)
+    }
+
+    /// Whether the query, key and value projections are kept.
+    pub fn keeps_projections(self) -> bool {
+        matches!(self, Self::Projections | Self::KeepWithProjections)
+    }
+}
+
+/// One layer's query, key and value projections, after their biases and before the score
+/// product: `[batch, seq, heads * head_dim]`, the heads side by side in the layer's own order
+/// (only the heads left after pruning). The queries cover the positions the layer computes
+/// ([CLS] alone in a last layer run with [`LastLayer::ClsOnly`]).
+#[derive(Debug, Clone)]
+pub struct AttentionProjections {
+    pub query: Tensor,
+    pub key: Tensor,
+    pub value: Tensor,
+}
+
+impl AttentionProjections {
+    /// The three projections, each passed through `f`.
+    fn map(&self, f: impl Fn(&Tensor) -> candle_core::Result<Tensor>) -> Result<Self> {
+        Ok(Self {
+            query: f(&self.query)?,
+            key: f(&self.key)?,
+            value: f(&self.value)?,
+        })
+    }
 }
 
 /// What a forward pass scales parts of the model by: 0 removes a part, 1 keeps it, and a
@@ -77,6 +127,9 @@ pub struct BertOutput {
     pub attention_scores: Vec<Tensor>,
     /// Each layer's attention probabilities, `[batch, heads, seq, seq]`; empty when skipped.
     pub attention_probs: Vec<Tensor>,
+    /// Each layer's query, key and value projections; empty unless the pass kept them
+    /// ([`AttentionMaps::keeps_projections`]).
+    pub attention_projections: Vec<AttentionProjections>,
     /// `tanh(W h_[CLS] + b)`, when the model has a pooler.
     pub pooled: Option<Tensor>,
 }
@@ -251,11 +304,12 @@ struct SelfAttention {
     remaining_heads: Option<Tensor>,
 }
 
-/// What one attention block computes, with its scores and probabilities when kept for the
-/// losses.
+/// What one attention block computes, with its scores and probabilities and its projections
+/// when kept for the losses.
 struct AttentionOutput {
     context: Tensor,
     maps: Option<(Tensor, Tensor)>,
+    projections: Option<AttentionProjections>,
 }
 
 impl SelfAttention {
@@ -329,19 +383,16 @@ impl SelfAttention {
         let mask_bias = &self.score_bias(bias, queries.dim(1)?)?;
         // The fused attention takes a bias but gives it no gradient: a trainable relative-
         // position bias goes through the ops that keep the maps.
-        let requested = maps;
-        let maps = match bias.position.is_some() && mode.differentiable() {
-            true => AttentionMaps::Keep,
-            false => maps,
-        };
-        let (mut context, mut maps) = match maps {
-            AttentionMaps::Keep => {
+        let computes_maps =
+            maps.keeps_scores() || (bias.position.is_some() && mode.differentiable());
+        let (mut context, mut scores_and_probs) = match computes_maps {
+            true => {
                 let scores = kernels::scores(&q, &k, mask_bias, self.num_heads, scale)?;
                 let probs = kernels::softmax_last_dim(&scores)?;
                 let context = kernels::context(&self.dropout.forward(&probs, mode)?, &v)?;
                 (context, Some((scores, probs)))
             }
-            AttentionMaps::Skip => {
+            false => {
                 let dropout = self.dropout.draw(mode);
                 let context = kernels::attention(
                     &q,
@@ -356,8 +407,8 @@ impl SelfAttention {
                 (context, None)
             }
         };
-        if requested == AttentionMaps::Skip {
-            maps = None;
+        if !maps.keeps_scores() {
+            scores_and_probs = None;
         }
         if let Some(mask) = head_mask {
             let (batch, seq, width) = context.dims3()?;
@@ -369,7 +420,16 @@ impl SelfAttention {
                 .broadcast_mul(&per_head)?
                 .reshape((batch, seq, width))?;
         }
-        Ok(AttentionOutput { context, maps })
+        let projections = maps.keeps_projections().then_some(AttentionProjections {
+            query: q,
+            key: k,
+            value: v,
+        });
+        Ok(AttentionOutput {
+            context,
+            maps: scores_and_probs,
+            projections,
+        })
     }
 }
 
@@ -704,6 +764,7 @@ impl BertModel {
         let mut hidden_states = Vec::with_capacity(self.layers.len());
         let mut attention_scores = Vec::with_capacity(self.layers.len());
         let mut attention_probs = Vec::with_capacity(self.layers.len());
+        let mut attention_projections = Vec::new();
         // The layers compute in `compute`; what the pass hands out is f32, for the heads and
         // the losses to reduce in f32.
         let handed_out = |xs: &Tensor| xs.to_dtype(DType::F32);
@@ -725,6 +786,9 @@ impl BertModel {
                 attention_scores.push(keep(handed_out(&scores)?));
                 attention_probs.push(keep(handed_out(&probs)?));
             }
+            if let Some(projections) = &attention.projections {
+                attention_projections.push(projections.map(|xs| Ok(keep(handed_out(xs)?)))?);
+            }
             xs = out;
         }
         let pooled = match &self.pooler {
@@ -739,6 +803,7 @@ impl BertModel {
             hidden_states,
             attention_scores,
             attention_probs,
+            attention_projections,
             pooled,
         })
     }

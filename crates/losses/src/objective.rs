@@ -9,11 +9,12 @@ use crate::prediction::{
     check_weights, hard_cross_entropy, kl_divergence, soft_cross_entropy, soft_targets,
     weighted_average,
 };
+use crate::relation::relation_kl;
 use crate::schedule::Schedule;
 use crate::score_mse::attention_score_mse;
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Device, Tensor};
-use kd_bert::{AttentionMaps, BertConfig, BertOutput, Linear, Params};
+use kd_bert::{AttentionMaps, AttentionProjections, BertConfig, BertOutput, Linear, Params};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -69,6 +70,10 @@ pub struct ComponentConfig {
     /// The layers a layer-comparing kind pairs, instead of its default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<LayerMapping>,
+    /// `attention_relations`' number of relation heads; the teacher's attention heads by
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relation_heads: Option<usize>,
 }
 
 /// The losses an objective combines. Those on hidden states (all but `mmd`) pass the student's
@@ -98,6 +103,16 @@ pub enum LossKind {
     AttentionMse,
     /// MiniLM's KL between attention distributions; uniform layers by default.
     AttentionKl,
+    /// MiniLM's value relation: per attention head, `KL(R_T ‖ R_S)` between the value-value
+    /// distributions `R = softmax(V V^T / √head_dim)` over real keys, averaged over heads and
+    /// real queries; the student needs the teacher's number of heads. The last layers by
+    /// default.
+    ValueRelation,
+    /// MiniLMv2's attention relations: the value relation's KL for the queries, the keys and
+    /// the values, summed, each split into `relation_heads` chunks of the concatenated heads
+    /// (so the widths and head counts may differ). The last layers by default; MiniLMv2 also
+    /// pairs the student's last with an upper-middle teacher layer (`explicit`).
+    AttentionRelations,
     /// BERT-PKD's MSE between normalised `[CLS]` states; PKD-Skip's layers by default.
     Pkd,
     /// FSP (Yim et al.; TextBrewer's `fsp_loss`): the MSE between the student's and the
@@ -125,6 +140,8 @@ impl LossKind {
             Self::HiddenMse => "hidden_mse",
             Self::AttentionMse => "attention_mse",
             Self::AttentionKl => "attention_kl",
+            Self::ValueRelation => "value_relation",
+            Self::AttentionRelations => "attention_relations",
             Self::Pkd => "pkd",
             Self::Fsp => "fsp",
             Self::Mmd => "mmd",
@@ -143,8 +160,27 @@ impl LossKind {
         )
     }
 
-    fn compares_attention(self) -> bool {
+    /// Whether it reads the attention scores.
+    fn compares_attention_maps(self) -> bool {
         matches!(self, Self::AttentionMse | Self::AttentionKl)
+    }
+
+    /// Whether it reads the query, key and value projections.
+    fn compares_attention_projections(self) -> bool {
+        matches!(self, Self::ValueRelation | Self::AttentionRelations)
+    }
+
+    /// Whether it reads a layer's attention, which no cache of hidden states holds.
+    fn compares_attention(self) -> bool {
+        self.compares_attention_maps() || self.compares_attention_projections()
+    }
+
+    /// Whether it compares attention head by head, so that both models need as many heads.
+    fn compares_heads(self) -> bool {
+        matches!(
+            self,
+            Self::AttentionMse | Self::AttentionKl | Self::ValueRelation
+        )
     }
 
     /// Whether it compares states in the teacher's width, so that a student of another width
@@ -166,6 +202,7 @@ impl LossKind {
                 Some(LayerMapping::Uniform)
             }
             Self::Pkd => Some(LayerMapping::Skip),
+            Self::ValueRelation | Self::AttentionRelations => Some(LayerMapping::LastK(1)),
             _ => None,
         }
     }
@@ -244,6 +281,8 @@ struct Component {
     pairs: Vec<(usize, usize)>,
     /// Maps the student's states to the teacher's width (TinyBERT's W_e or W_h).
     projection: Option<Linear>,
+    /// The chunks `attention_relations` splits each projection into; unused by other kinds.
+    relation_heads: usize,
 }
 
 /// BERT's initializer range, which TinyBERT's projections are drawn with.
@@ -336,18 +375,18 @@ impl Objective {
             .any(|component| !component.kind.compares_logits())
     }
 
-    /// Whether the models' passes must keep their attention maps: only when a component
-    /// compares attention.
+    /// What the models' passes must keep: the attention maps only when a component compares
+    /// them, the query, key and value projections only when a relation component reads them.
     pub fn attention_maps(&self) -> AttentionMaps {
-        if self
-            .components
-            .iter()
-            .any(|component| component.kind.compares_attention())
-        {
-            AttentionMaps::Keep
-        } else {
-            AttentionMaps::Skip
-        }
+        let any = |reads: fn(LossKind) -> bool| {
+            self.components
+                .iter()
+                .any(|component| reads(component.kind))
+        };
+        AttentionMaps::keeping(
+            any(LossKind::compares_attention_maps),
+            any(LossKind::compares_attention_projections),
+        )
     }
 
     /// The first teacher's layers (0 = embedding output) that the layer components read, when
@@ -444,6 +483,7 @@ impl Objective {
         let teacher_distribution =
             || ensemble(&|teacher| soft_targets(teacher_logits(teacher)?, temperature));
         let mask = batch.attention_mask;
+        let (student_shape, teacher_shape) = (&self.student, &self.teachers[0]);
         let states = || -> Result<(&BertOutput, &BertOutput)> {
             let student = student
                 .encoder
@@ -534,6 +574,38 @@ impl Objective {
                     )
                 })
             }
+            LossKind::ValueRelation => {
+                let (s, t) = states()?;
+                component.sum_over_pairs(|i, j| {
+                    let student = attention_projections(s, i, "student")?;
+                    let teacher = attention_projections(t, j, "teacher")?;
+                    // Pruning may leave the paired layers different numbers of heads.
+                    let heads = attention_heads(student, student_shape)?;
+                    let teacher_heads = attention_heads(teacher, teacher_shape)?;
+                    ensure!(
+                        heads == teacher_heads,
+                        "value_relation compares head by head: student layer {i} has {heads} \
+                         heads, teacher layer {j} {teacher_heads}"
+                    );
+                    relation_kl(&student.value, &teacher.value, heads, mask)
+                })
+            }
+            LossKind::AttentionRelations => {
+                let (s, t) = states()?;
+                let relation_heads = component.relation_heads;
+                component.sum_over_pairs(|i, j| {
+                    let student = attention_projections(s, i, "student")?;
+                    let teacher = attention_projections(t, j, "teacher")?;
+                    let relations = [
+                        (&student.query, &teacher.query),
+                        (&student.key, &teacher.key),
+                        (&student.value, &teacher.value),
+                    ];
+                    sum((relations.into_iter()).map(|(student, teacher)| {
+                        relation_kl(student, teacher, relation_heads, mask)
+                    }))
+                })
+            }
         }
     }
 }
@@ -553,7 +625,13 @@ impl Component {
             weight: config.weight,
             pairs: Vec::new(),
             projection: None,
+            relation_heads: 0,
         };
+        ensure!(
+            config.relation_heads.is_none() || kind == LossKind::AttentionRelations,
+            "{} takes no `relation_heads`",
+            kind.name()
+        );
         if kind.compares_logits() {
             ensure!(config.layers.is_none(), "{} takes no `layers`", kind.name());
             return Ok(component);
@@ -579,7 +657,11 @@ impl Component {
                 component.pairs
             );
         }
-        if kind.compares_attention() {
+        if kind == LossKind::AttentionRelations {
+            component.relation_heads = config.relation_heads.unwrap_or(teacher.heads);
+            check_relation_heads(component.relation_heads, student, teacher)?;
+        }
+        if kind.compares_heads() {
             ensure!(
                 student.heads == teacher.heads,
                 "{} needs as many heads in the student ({}) as in the teacher ({})",
@@ -587,6 +669,8 @@ impl Component {
                 student.heads,
                 teacher.heads
             );
+        }
+        if kind.compares_attention() {
             ensure!(
                 component.pairs.iter().all(|&(s, _)| s > 0),
                 "the embedding output (layer 0) has no attention"
@@ -637,6 +721,47 @@ fn attention_scores<'a>(output: &'a BertOutput, layer: usize, model: &str) -> Re
     })
 }
 
+/// Layer `layer`'s query, key and value projections (layers counted from 1), or an error saying
+/// the pass skipped them.
+fn attention_projections<'a>(
+    output: &'a BertOutput,
+    layer: usize,
+    model: &str,
+) -> Result<&'a AttentionProjections> {
+    output
+        .attention_projections
+        .get(layer - 1)
+        .with_context(|| {
+            format!("the {model}'s pass kept no attention projections (AttentionMaps::Projections)")
+        })
+}
+
+/// The attention heads a layer's projections hold: the model's, or fewer where some were
+/// pruned.
+fn attention_heads(projections: &AttentionProjections, shape: &EncoderShape) -> Result<usize> {
+    let head_width = shape.hidden_size / shape.heads;
+    Ok(projections.value.dim(candle_core::D::Minus1)? / head_width)
+}
+
+/// Checks that both models' widths split into `relation_heads` equal chunks.
+fn check_relation_heads(
+    relation_heads: usize,
+    student: EncoderShape,
+    teacher: &EncoderShape,
+) -> Result<()> {
+    for (model, width) in [
+        ("student", student.hidden_size),
+        ("teacher", teacher.hidden_size),
+    ] {
+        ensure!(
+            relation_heads > 0 && width % relation_heads == 0,
+            "attention_relations splits each model's width into `relation_heads` equal chunks: \
+             the {model}'s {width} does not split into {relation_heads}"
+        );
+    }
+    Ok(())
+}
+
 fn check_depth(output: &BertOutput, shape: &EncoderShape, model: &str) -> Result<()> {
     let layers = output.hidden_states.len();
     ensure!(
@@ -665,6 +790,8 @@ mod tests {
             HiddenMse,
             AttentionMse,
             AttentionKl,
+            ValueRelation,
+            AttentionRelations,
             Pkd,
             Fsp,
             Mmd,

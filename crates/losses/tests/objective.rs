@@ -4,13 +4,13 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use kd_bert::{
-    AttentionMaps, BertConfig, BertForSequenceClassification, BertInput, BertOutput, MaskedLmHead,
-    Mode, Params,
+    AttentionMaps, AttentionProjections, BertConfig, BertForSequenceClassification, BertInput,
+    BertOutput, MaskedLmHead, Mode, Params,
 };
 use kd_losses::{
     ComponentConfig, DistillOutputs, EncoderShape, LayerMapping, LossBatch, LossKind, Objective,
     ObjectiveConfig, Schedule, cosine_loss, fsp_loss, hard_cross_entropy, mmd_loss, mse,
-    soft_cross_entropy, soft_targets,
+    relation_kl, soft_cross_entropy, soft_targets,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::collections::BTreeMap;
@@ -48,6 +48,16 @@ components = [
 ]
 "#;
 
+/// MiniLM's value relation on the last layers, and MiniLMv2's attention relations on them
+/// (weighted) and on an upper-middle teacher layer in four relation heads.
+const RELATIONS: &str = r#"
+components = [
+    { kind = "value_relation" },
+    { kind = "attention_relations", weight = 2.0 },
+    { kind = "attention_relations", name = "upper_middle", layers = { explicit = [[2, 3]] }, relation_heads = 4 },
+]
+"#;
+
 const DEVICE: Device = Device::Cpu;
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
@@ -66,8 +76,8 @@ fn padding_mask(real_lengths: &[usize], seq: usize) -> Tensor {
     Tensor::from_vec(values, (real_lengths.len(), seq), &DEVICE).unwrap()
 }
 
-/// Encoder outputs of the given shape with seeded values; padded keys' scores hold f32::MIN,
-/// as the encoder leaves them.
+/// Encoder outputs of the given shape with seeded values, the attention projections among
+/// them; padded keys' scores hold f32::MIN, as the encoder leaves them.
 fn encoder_outputs(shape: EncoderShape, mask: &Tensor, seed: u64) -> BertOutput {
     let (batch, seq) = mask.dims2().unwrap();
     let states = |seed| random(&[batch, seq, shape.hidden_size], seed);
@@ -78,12 +88,18 @@ fn encoder_outputs(shape: EncoderShape, mask: &Tensor, seed: u64) -> BertOutput 
         let keys = keys.broadcast_as(&dims).unwrap();
         keys.where_cond(&random(&dims, seed), &masked).unwrap()
     };
+    let projections = |seed| AttentionProjections {
+        query: states(seed),
+        key: states(seed + 1),
+        value: states(seed + 2),
+    };
     let layers = 1..=shape.layers as u64;
     BertOutput {
         embeddings: states(seed),
         hidden_states: layers.clone().map(|l| states(seed + 100 * l)).collect(),
-        attention_scores: layers.map(|l| scores(seed + 100 * l + 1)).collect(),
+        attention_scores: layers.clone().map(|l| scores(seed + 100 * l + 1)).collect(),
         attention_probs: Vec::new(),
+        attention_projections: layers.map(|l| projections(seed + 100 * l + 2)).collect(),
         pooled: None,
     }
 }
@@ -135,6 +151,7 @@ fn distilbert_recipe_parses_round_trips_and_weights_its_components() -> Result<(
         name: name.map(str::to_string),
         weight: Schedule::Constant(weight),
         layers: None,
+        relation_heads: None,
     };
     let expected = ObjectiveConfig {
         temperature: Schedule::Constant(2.0),
@@ -380,6 +397,93 @@ fn fsp_and_mmd_components_compare_the_layers_their_recipe_names() -> Result<()> 
 }
 
 #[test]
+fn relation_components_compare_the_projections_their_recipe_names() -> Result<()> {
+    let config: ObjectiveConfig = toml::from_str(RELATIONS)?;
+    assert_eq!(round_trip(&config), config);
+    assert_eq!(config.components[2].relation_heads, Some(4));
+
+    // A 2-layer, 8-wide student of a 4-layer, 12-wide teacher, both with two heads: no
+    // projection, the teacher live (no cache holds its projections), and the passes keep the
+    // projections without the attention maps.
+    let (student_shape, teacher_shape) = (shape(2, 8, 2), shape(4, 12, 2));
+    let objective = Objective::new(&config, &[teacher_shape], student_shape, &DEVICE, 7)?;
+    assert!(objective.params().vars().is_empty());
+    assert_eq!(objective.teacher_hidden_layers(), None);
+    assert_eq!(objective.attention_maps(), AttentionMaps::Projections);
+
+    let mask = padding_mask(&[4, 2], 4);
+    let (student, teacher) = (
+        encoder_outputs(student_shape, &mask, 1),
+        encoder_outputs(teacher_shape, &mask, 2),
+    );
+    let logits = random(&[2, 3], 3);
+    let loss_batch = batch(&mask, None);
+    let breakdown = objective.compute(
+        &outputs(&logits, &student),
+        &[outputs(&logits, &teacher)],
+        &loss_batch,
+        0,
+        1,
+    )?;
+    // Layers count from 1: the last pair is (2, 4), the explicit one (2, 3).
+    let (s, t) = (
+        &student.attention_projections,
+        &teacher.attention_projections,
+    );
+    let relation = |student: &Tensor, teacher: &Tensor, heads| {
+        anyhow::Ok(scalar(&relation_kl(student, teacher, heads, &mask)?))
+    };
+    let relations = |student: &AttentionProjections, teacher: &AttentionProjections, heads| {
+        anyhow::Ok(
+            relation(&student.query, &teacher.query, heads)?
+                + relation(&student.key, &teacher.key, heads)?
+                + relation(&student.value, &teacher.value, heads)?,
+        )
+    };
+    let expected = BTreeMap::from([
+        ("value_relation", relation(&s[1].value, &t[3].value, 2)?),
+        ("attention_relations", relations(&s[1], &t[3], 2)?),
+        ("upper_middle", relations(&s[1], &t[2], 4)?),
+    ]);
+    for (name, value) in &expected {
+        assert!(*value > 0.0, "{name}");
+        assert_close(breakdown.components[*name], *value);
+    }
+    let weighted = expected["value_relation"]
+        + 2.0 * expected["attention_relations"]
+        + expected["upper_middle"];
+    assert_close(scalar(&breakdown.total), weighted);
+
+    // Between identical models the relations of the same layers agree (the upper-middle
+    // teacher layer is another layer), and a pass that kept no projections is an error that
+    // says so.
+    let objective = Objective::new(&config, &[teacher_shape], teacher_shape, &DEVICE, 7)?;
+    let same = outputs(&logits, &teacher);
+    let breakdown = objective.compute(&same, &[same], &loss_batch, 0, 1)?;
+    for name in ["value_relation", "attention_relations"] {
+        assert_close(breakdown.components[name], 0.0);
+    }
+    let without_projections = BertOutput {
+        attention_projections: Vec::new(),
+        ..teacher.clone()
+    };
+    let error = objective
+        .compute(
+            &outputs(&logits, &without_projections),
+            &[same],
+            &loss_batch,
+            0,
+            1,
+        )
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("kept no attention projections"),
+        "{error:#}"
+    );
+    Ok(())
+}
+
+#[test]
 fn projections_are_initialised_reproducibly_from_the_seed() -> Result<()> {
     let config: ObjectiveConfig = toml::from_str(r#"components = [{ kind = "hidden_mse" }]"#)?;
     let weights = |seed| -> Result<Vec<f32>> {
@@ -528,6 +632,26 @@ fn invalid_objectives_fail_at_construction() {
             "fsp compares the flow between consecutive layer pairs: it needs two or more",
         ),
         (
+            r#"components = [{ kind = "value_relation", layers = { explicit = [[0, 0]] } }]"#,
+            "no attention",
+        ),
+        (
+            r#"components = [{ kind = "attention_relations", relation_heads = 3 }]"#,
+            "the student's 8 does not split into 3",
+        ),
+        (
+            r#"components = [{ kind = "attention_relations", relation_heads = 8 }]"#,
+            "the teacher's 12 does not split into 8",
+        ),
+        (
+            r#"components = [{ kind = "attention_relations", relation_heads = 0 }]"#,
+            "does not split into 0",
+        ),
+        (
+            r#"components = [{ kind = "value_relation", relation_heads = 2 }]"#,
+            "value_relation takes no `relation_heads`",
+        ),
+        (
             r#"components = [{ kind = "soft_ce", layers = "uniform" }]"#,
             "takes no `layers`",
         ),
@@ -560,12 +684,19 @@ fn invalid_objectives_fail_at_construction() {
         assert!(error.contains(message), "{recipe}: {error}");
     }
 
-    let attention: ObjectiveConfig =
-        toml::from_str(r#"components = [{ kind = "attention_mse" }]"#).unwrap();
-    let error = Objective::new(&attention, &[shape(4, 12, 4)], student, &DEVICE, 0)
-        .err()
-        .unwrap();
-    assert!(format!("{error:#}").contains("as many heads"), "{error:#}");
+    // Head-by-head attention losses need the teacher's head count; MiniLMv2's relations,
+    // whose relation heads split the concatenated heads, do not.
+    for kind in ["attention_mse", "value_relation"] {
+        let attention: ObjectiveConfig =
+            toml::from_str(&format!(r#"components = [{{ kind = "{kind}" }}]"#)).unwrap();
+        let error = Objective::new(&attention, &[shape(4, 12, 4)], student, &DEVICE, 0)
+            .err()
+            .unwrap();
+        assert!(format!("{error:#}").contains("as many heads"), "{error:#}");
+    }
+    let relations: ObjectiveConfig =
+        toml::from_str(r#"components = [{ kind = "attention_relations" }]"#).unwrap();
+    assert!(Objective::new(&relations, &[shape(4, 12, 4)], student, &DEVICE, 0).is_ok());
     // An ensemble's layer components pair layers with the first teacher's depth (the
     // second's does not matter; tests/distill.rs checks the values end to end).
     let hidden: ObjectiveConfig =
@@ -632,6 +763,8 @@ fn gradients_reach_every_student_and_projection_parameter_and_no_teacher_paramet
             { kind = "cosine" },
             { kind = "fsp" },
             { kind = "mmd" },
+            { kind = "value_relation" },
+            { kind = "attention_relations" },
             { kind = "soft_ce" },
             { kind = "hard" },
         ]
@@ -652,8 +785,10 @@ fn gradients_reach_every_student_and_projection_parameter_and_no_teacher_paramet
     // The teacher runs on the differentiable path too, so that only the losses keep its
     // parameters out of the gradient.
     let mode = Mode::Train { dropout: false };
-    let (student_logits, student_outputs) = student.forward(&input, mode)?;
-    let (teacher_logits, teacher_outputs) = teacher.forward(&input, mode)?;
+    let maps = objective.attention_maps();
+    assert_eq!(maps, AttentionMaps::KeepWithProjections);
+    let (student_logits, student_outputs) = student.forward_with(&input, mode, maps)?;
+    let (teacher_logits, teacher_outputs) = teacher.forward_with(&input, mode, maps)?;
     let labels = Tensor::new(&[2u32, 0], &DEVICE)?;
     let breakdown = objective.compute(
         &outputs(&student_logits, &student_outputs),
@@ -804,14 +939,16 @@ impl TinyModel {
     }
 
     /// The logits (per masked position with `positions`, else per example) and the encoder's
-    /// outputs.
+    /// outputs, with what `objective` reads of the attention.
     fn forward(
         &self,
         input: &BertInput,
         mode: Mode,
         positions: Option<&Tensor>,
+        objective: &Objective,
     ) -> Result<(Tensor, BertOutput)> {
-        let (logits, output) = self.classifier.forward(input, mode)?;
+        let maps = objective.attention_maps();
+        let (logits, output) = self.classifier.forward_with(input, mode, maps)?;
         let logits = match positions {
             Some(positions) => self.mlm.forward(
                 output.last_hidden_state(),
@@ -861,6 +998,16 @@ fn the_generic_kernels_give_the_fused_gradients_for_every_objective_kind() -> Re
         ),
         ("FSP and NST", 1, false, GRAM_MATRICES),
         (
+            "MiniLM and MiniLMv2 relations, with soft targets for the layers above",
+            1,
+            false,
+            r#"components = [
+                { kind = "value_relation", layers = "uniform" },
+                { kind = "attention_relations", relation_heads = 4 },
+                { kind = "soft_ce" },
+            ]"#,
+        ),
+        (
             "MT-DNN, two teachers",
             2,
             false,
@@ -903,10 +1050,10 @@ fn the_generic_kernels_give_the_fused_gradients_for_every_objective_kind() -> Re
         let pass = || -> Result<_> {
             student.classifier.bert.dropout_rng().reseed(7);
             let mode = Mode::Train { dropout: true };
-            let (logits, outputs) = student.forward(&input, mode, positions)?;
+            let (logits, outputs) = student.forward(&input, mode, positions, &objective)?;
             let teacher_outputs = teachers
                 .iter()
-                .map(|teacher| teacher.forward(&input, Mode::Inference, positions))
+                .map(|teacher| teacher.forward(&input, Mode::Inference, positions, &objective))
                 .collect::<Result<Vec<_>>>()?;
             let teacher_outputs: Vec<_> = teacher_outputs
                 .iter()
