@@ -11,9 +11,11 @@
 #      distil6: sst2-mpnet-distil6(-nokd), a 6-layer MPNet student of the teacher's layers;
 #      tinybert4: sst2-mpnet-tinybert4-aug/-nokd, TinyBERT-4 on the teacher's vocabulary, with
 #      one augmented sentence per training sentence (runs/base-teacher/augment-x1.tsv);
+#      tinybert4-aug4: sst2-mpnet-tinybert4-aug4 against the same baseline: two epochs of
+#      intermediate layers and three of predictions over four augmented sentences per sentence;
 #   5. compare: the teacher and both students' seed 1 with their ONNX exports in ONNX Runtime
 #      (experiments/results/base-teacher-compare/), to run with the machine to itself.
-# Usage: experiments/scripts/base_teacher.sh [teacher|distil6|tinybert4|compare ...]
+# Usage: experiments/scripts/base_teacher.sh [teacher|distil6|tinybert4|tinybert4-aug4|compare ...]
 #   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -60,6 +62,14 @@ for step in "${steps[@]}"; do
         --data-dir $root/data/SST-2 --per-example 1 --out $root/augment-x1.tsv
       distill_seeds $root sst2-mpnet-tinybert4-aug sst2-mpnet-tinybert4-nokd
       paired sst2-mpnet-tinybert4-nokd sst2-mpnet-tinybert4-aug tinybert4 ;;
+    tinybert4-aug4)
+      # The schedule of general.md's task-only TinyBERT-4 over four augmented sentences per
+      # training sentence: about 75 minutes a seed here, over more than one session.
+      require_teacher $teacher
+      [ -f $root/augment-x4.tsv ] || $kd augment --model $teacher --task SST-2 \
+        --data-dir $root/data/SST-2 --per-example 4 --out $root/augment-x4.tsv
+      distill_seeds $root sst2-mpnet-tinybert4-aug4
+      paired sst2-mpnet-tinybert4-nokd sst2-mpnet-tinybert4-aug4 tinybert4-aug4 ;;
     compare)
       # The teacher and each student's seed 1, in kd and as ONNX graphs in ONNX Runtime: size,
       # batch-1 latency, throughput, accuracy and agreement. Run it with the machine to itself.
@@ -72,6 +82,6 @@ for step in "${steps[@]}"; do
       done
       $kd compare --models "${models[@]}" "${graphs[@]}" --task SST-2 --data-dir $root/data/SST-2 \
         --onnx-python .venv-ref/bin/python --out experiments/results/base-teacher-compare --force ;;
-    *) echo "unknown step $step: teacher, distil6, tinybert4 or compare" >&2; exit 2 ;;
+    *) echo "unknown step $step: teacher, distil6, tinybert4, tinybert4-aug4 or compare" >&2; exit 2 ;;
   esac
 done
