@@ -295,6 +295,21 @@ fn general_recipes_that_cannot_run_stop_before_training_and_say_why() {
     assert!(error.contains("has no masked-LM head"), "{error}");
     let error = run(r#"[{ kind = "hard" }]"#);
     assert!(error.contains("no task labels"), "{error}");
+    // A task model taken as it is (kind = "model") is a task distillation's student.
+    write_recipe(&recipe, &minilm, &corpus, r#"[{ kind = "cosine" }]"#);
+    let error = common::kd_err(&[
+        "distill",
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        &format!(
+            "student={{ kind = \"model\", model = \"{}\" }}",
+            minilm.display()
+        ),
+    ]);
+    assert!(error.contains("kind = \"tinybert\" and `init`"), "{error}");
     assert!(!out.exists(), "nothing is written before the checks pass");
 
     std::fs::write(

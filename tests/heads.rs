@@ -679,3 +679,210 @@ fn a_distilbert_model_prunes_its_feed_forward_neurons() {
     assert_answers_as_masked(&full, &small, &kept, None);
     assert_transformers_agree(&pruned);
 }
+
+/// Writes a recipe into `path` that distils the task model in `student` as it is (`kind =
+/// "model"`) from `teacher` on the topics task in `data`: one stage of soft targets (T = 2)
+/// and every layer's hidden states.
+fn write_recovery_recipe(path: &Path, teacher: &Path, student: &Path, data: &Path) {
+    let recipe = format!(
+        "name = \"recover\"\n[teacher]\nmodel = \"{}\"\n[student]\nkind = \"model\"\n\
+         model = \"{}\"\n[data]\ntask = \"topics\"\ndata_dir = \"{}\"\ntext_column = \"text\"\n\
+         label_column = \"topic\"\nmax_seq_len = 32\n[training]\nlr = 1e-3\nbatch_size = 4\n\
+         [[stages]]\nname = \"recover\"\nepochs = 8\n[stages.objective]\ntemperature = 2.0\n\
+         components = [{{ kind = \"soft_ce\" }}, {{ kind = \"hidden_mse\", layers = \"uniform\" }}]\n",
+        teacher.display(),
+        student.display(),
+        data.display()
+    );
+    std::fs::write(path, recipe).unwrap();
+}
+
+/// `kd distill`'s arguments for `recipe` into `out`, with `--set` overrides.
+fn distill_args(recipe: &Path, out: &Path, cache: &Path, overrides: &[&str]) -> Vec<String> {
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let mut args = vec![
+        "distill".to_string(),
+        "--recipe".into(),
+        path(recipe),
+        "--out".into(),
+        path(out),
+        "--cache-dir".into(),
+        path(cache),
+    ];
+    for value in overrides {
+        args.extend(["--set".to_string(), value.to_string()]);
+    }
+    args
+}
+
+/// Runs `kd distill` with `args` and returns the summary it prints.
+fn distill(args: &[String]) -> Value {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    serde_json::from_str(common::kd_ok(&args).trim()).unwrap()
+}
+
+/// Writes a copy of the model in `from` into `to` whose tokenizer gives two tokens each
+/// other's ids: the same size of vocabulary, other words.
+fn write_swapped_vocabulary(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+    let file = to.join("tokenizer.json");
+    let mut tokenizer: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let vocab = &mut tokenizer["model"]["vocab"];
+    let (rain, snow) = (vocab["rain"].clone(), vocab["snow"].clone());
+    assert!(rain.is_u64() && snow.is_u64(), "{rain} {snow}");
+    vocab["rain"] = snow;
+    vocab["snow"] = rain;
+    std::fs::write(&file, tokenizer.to_string()).unwrap();
+}
+
+/// Recovery after pruning: a fine-tuned teacher pruned (a head and 6 of 16 FFN neurons a
+/// layer) is the student as it is, distilled from the unpruned teacher on soft targets and
+/// hidden states. It keeps its pruned heads, FFN size and parameter count through training,
+/// an interrupted run's `--resume` and the saved model, which reloads in kd with the dev
+/// metric the run reported. A student that cannot learn from the teacher (missing, another
+/// vocabulary or labels, a layer mapping beyond its depth, attention compared between layers
+/// with different head counts) is refused before the output directory exists.
+#[test]
+fn a_pruned_model_recovers_by_distillation_from_the_unpruned_one() {
+    let root = tempfile::tempdir().unwrap();
+    let tiny = root.path().join("tiny");
+    common::write_tiny_model(&tiny);
+    let (teacher, data, flags) = finetuned(root.path(), &tiny, 2);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let pruned = root.path().join("pruned");
+    let args = [
+        "prune",
+        "--model",
+        teacher.to_str().unwrap(),
+        "--heads",
+        "0:1",
+        "--ffn-size",
+        "10",
+        "--out",
+        pruned.to_str().unwrap(),
+    ];
+    let report: Value =
+        serde_json::from_str(common::kd_ok(&[&args[..], &flags].concat()).trim()).unwrap();
+    let pruned_params = report["params"]["after"].as_u64().unwrap();
+    assert!(pruned_params < report["params"]["before"].as_u64().unwrap());
+
+    let recipe = root.path().join("recover.toml");
+    write_recovery_recipe(&recipe, &teacher, &pruned, &data);
+    let cache = root.path().join("cache");
+    let out = root.path().join("recovered");
+    let summary = distill(&distill_args(&recipe, &out, &cache, &[]));
+    assert_eq!(summary["student"]["params"].as_u64(), Some(pruned_params));
+    // 240 examples in batches of 4 for 8 epochs (long enough to interrupt below), each
+    // step's loss and components logged.
+    let log = out.join("1-recover/log.jsonl");
+    let steps = summary["stages"][0]["steps"].as_u64().unwrap() as usize;
+    assert_eq!(steps, 480);
+    for name in ["loss", "soft_ce", "hidden_mse"] {
+        let values = common::logged(&log, name);
+        assert_eq!(values.len(), steps, "{name}");
+        assert!(values.iter().all(|v| v.is_finite()), "{name}: {values:?}");
+    }
+    assert!(common::logged(&log, "hidden_mse")[0] > 0.0);
+
+    // The saved student is the pruned model's shape, trained: its config keeps pruned_heads
+    // and the smaller FFN, kd reloads it with the reported dev metric, and its logits moved.
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["pruned_heads"], serde_json::json!({ "0": [1] }));
+    assert_eq!(config["intermediate_size"], 10);
+    let recovered = load(&out);
+    assert_eq!(recovered.params.num_parameters() as u64, pruned_params);
+    assert_eq!(recovered.config.heads_in_layer(0), 1);
+    let eval_args = ["eval", "--model", out.to_str().unwrap()];
+    let eval: Value =
+        serde_json::from_str(common::kd_ok(&[&eval_args[..], &flags].concat()).trim()).unwrap();
+    assert_eq!(
+        eval["metrics"]["accuracy"], summary["student"]["dev"]["accuracy"],
+        "{eval}"
+    );
+    let moved = common::max_abs_diff(&logits(&recovered, None), &logits(&load(&pruned), None));
+    assert!(
+        moved > 1e-4,
+        "training left the logits as they were ({moved})"
+    );
+    // Transformers 5 has no pruned_heads: restored to full shape, it gives kd's logits.
+    let restored = root.path().join("restored");
+    let args = [
+        "export",
+        "--model",
+        out.to_str().unwrap(),
+        "--restore-heads",
+    ];
+    common::kd_ok(&[&args[..], &["--out", restored.to_str().unwrap()]].concat());
+    let restored_logits = logits(&load(&restored), None);
+    assert!(common::max_abs_diff(&restored_logits, &logits(&recovered, None)) < 1e-6);
+    assert_transformers_agree(&restored);
+
+    // Interrupted mid-stage and resumed: the same student as the straight run.
+    let resumed = root.path().join("resumed");
+    let run = distill_args(&recipe, &resumed, &cache, &[]);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let mut command = common::kd_command(&run);
+    command.stdout(std::process::Stdio::null());
+    let resumed_log = resumed.join("1-recover/log.jsonl");
+    let output = common::interrupt_after(command, &resumed_log, 10, libc::SIGINT);
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        common::stderr(&output)
+    );
+    assert!(common::logged_steps(&resumed_log) < steps);
+    common::kd_ok(&[&run[..], &["--resume"]].concat());
+    for file in ["config.json", "model.safetensors"] {
+        let read = |dir: &Path| std::fs::read(dir.join(file)).unwrap();
+        assert!(
+            read(&out) == read(&resumed),
+            "the resumed student's {file} differs"
+        );
+    }
+
+    // Refused before anything is written, saying why.
+    let two_labels = root.path().join("two-labels");
+    std::fs::create_dir_all(&two_labels).unwrap();
+    let labels = ["a".to_string(), "b".to_string()];
+    let resolved = ModelFiles::resolve(tiny.to_str().unwrap()).unwrap();
+    let classification = kd_data::TaskKind::Classification;
+    TaskModel::from_backbone(&resolved, classification, &labels, 1, 32, &Device::Cpu)
+        .unwrap()
+        .save(&two_labels)
+        .unwrap();
+    let other_vocabulary = root.path().join("other-vocabulary");
+    write_swapped_vocabulary(&pruned, &other_vocabulary);
+    let nowhere = root.path().join("nowhere");
+    let model = |dir: &Path| format!("student.model={}", dir.display());
+    let components = |list: &str| format!("stages.0.objective.components={list}");
+    let refused = root.path().join("refused");
+    for (set, message) in [
+        (
+            model(&nowhere),
+            format!("cannot take {}", nowhere.display()),
+        ),
+        (model(&two_labels), "answers with 2 labels".to_string()),
+        (model(&other_vocabulary), "different vocabulary".to_string()),
+        (
+            components("[{ kind = \"hidden_mse\", layers = { explicit = [[7, 7]] } }]"),
+            "names student layer 7, the student has 2".to_string(),
+        ),
+        (
+            components("[{ kind = \"attention_mse\", layers = \"uniform\" }]"),
+            "student layer 1 (heads: 1) with those of teacher layer 1 (heads: 2)".to_string(),
+        ),
+    ] {
+        let args = distill_args(&recipe, &refused, &cache, &[&set]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let error = common::kd_err(&args);
+        assert!(error.contains(&message), "{set}: {error}");
+        assert!(!refused.exists(), "{set} created the output directory");
+    }
+}

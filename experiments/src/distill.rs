@@ -4,7 +4,7 @@
 use crate::recipe::{Recipe, Stage, StudentSpec, TeacherSpec};
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor, Var};
-use kd_bert::{BertOutput, Mode, Params};
+use kd_bert::{BertConfig, BertOutput, Mode, Params};
 use kd_data::{DataSpec, EncodedExample, TaskData, TaskSpec, collate};
 use kd_losses::{DistillOutputs, EncoderShape, LossBatch, LossBreakdown, Objective};
 use kd_teacher::{CacheOutcome, CachedStates, ModelFiles, TaskModel, TeacherCache};
@@ -422,14 +422,40 @@ fn stage_objective(
         .iter()
         .map(|teacher| EncoderShape::from(&teacher.config))
         .collect();
-    Objective::new(
+    let context = || format!("stage {}", stage.name);
+    let objective = Objective::new(
         &config,
         &shapes,
         EncoderShape::from(&student.config),
         student.params.device(),
         recipe.training.seed.wrapping_add(index as u64),
     )
-    .with_context(|| format!("stage {}", stage.name))
+    .with_context(context)?;
+    check_head_counts(&objective, &student.config, &teachers.main().config)
+        .with_context(context)?;
+    Ok(objective)
+}
+
+/// Refuses a component that compares attention head by head between layers left with
+/// different numbers of heads by pruning (`pruned_heads`) in the student or the teacher.
+fn check_head_counts(
+    objective: &Objective,
+    student: &BertConfig,
+    teacher: &BertConfig,
+) -> Result<()> {
+    for (name, s, t) in objective.head_pairs() {
+        let (student_heads, teacher_heads) =
+            (student.heads_in_layer(s - 1), teacher.heads_in_layer(t - 1));
+        if student_heads != teacher_heads {
+            bail!(
+                "{name} compares the attention heads of student layer {s} (heads: \
+                 {student_heads}) with those of teacher layer {t} (heads: {teacher_heads}), \
+                 which pruning left different: map layers with as many heads, or compare \
+                 hidden states instead"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Builds every stage's objective (each for `student` as `stage_of` gives it), so that a
@@ -745,7 +771,7 @@ pub(crate) fn trained_parameters(student: &Params, objective: &Objective) -> Vec
 fn check_ensemble(specs: &[TeacherSpec], teachers: &[TaskModel]) -> Result<()> {
     let (first, first_spec) = (&teachers[0], &specs[0]);
     for (teacher, spec) in teachers.iter().zip(specs).skip(1) {
-        if teacher.task_kind() != first.task_kind() || teacher.labels != first.labels {
+        if !answer_alike(first, teacher) {
             bail!(
                 "teachers {} and {} answer differently: labels {:?} and {:?}",
                 first_spec.model,
@@ -852,7 +878,43 @@ fn student_of(recipe: &Recipe, teacher: &TaskModel) -> Result<TaskModel> {
                 .with_context(|| format!("cannot start the student from {init}"))?;
             Ok(student)
         }
+        StudentSpec::Model { model } => model_student(model, recipe, teacher)
+            .with_context(|| format!("cannot take {model} as the student")),
     }
+}
+
+/// The task model in `model` as the student, as it is (a pruned model keeps its pruned heads
+/// and feed-forward size): it must read the teacher's token ids and answer with its labels.
+fn model_student(model: &str, recipe: &Recipe, teacher: &TaskModel) -> Result<TaskModel> {
+    let files = ModelFiles::resolve(model)?;
+    let student = TaskModel::load(&files, recipe.data.max_seq_len, teacher.params.device())?;
+    kd_student::check_vocabulary(&teacher.tokenizer, &student.tokenizer)?;
+    check_same_labels(teacher, &student)?;
+    Ok(student)
+}
+
+/// Whether two task models answer in the same terms: the same kind of head, the same labels
+/// in the same order.
+fn answer_alike(a: &TaskModel, b: &TaskModel) -> bool {
+    a.task_kind() == b.task_kind() && a.labels == b.labels
+}
+
+/// Refuses a student whose task head answers another task than the teacher's: another kind
+/// of head, or other labels (their count, names or order).
+fn check_same_labels(teacher: &TaskModel, student: &TaskModel) -> Result<()> {
+    if !answer_alike(teacher, student) {
+        bail!(
+            "the student's task head answers with {} labels {:?} ({:?}), the teacher's with {} \
+             labels {:?} ({:?}): distil a model fine-tuned on the teacher's task",
+            student.labels.len(),
+            student.labels,
+            student.task_kind(),
+            teacher.labels.len(),
+            teacher.labels,
+            teacher.task_kind()
+        );
+    }
+    Ok(())
 }
 
 pub(crate) fn model_summary(

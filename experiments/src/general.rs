@@ -427,6 +427,11 @@ fn build_student(recipe: &Recipe, teacher: &Backbone, mlm_head: bool) -> Result<
                 .with_context(|| format!("cannot start the student from {init}"))?;
             student
         }
+        StudentSpec::Model { model } => bail!(
+            "student kind = \"model\" ({model}) takes a task model as it is, for task \
+             distillation; general distillation (a corpus in [data]) starts a student from a \
+             checkpoint with kind = \"tinybert\" and `init`"
+        ),
     };
     student.model.set_precision(recipe.training.precision);
     Ok(student)

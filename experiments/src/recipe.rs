@@ -95,6 +95,10 @@ pub enum StudentSpec {
         #[serde(default)]
         init: Option<String>,
     },
+    /// A task model taken as it is (hub id or directory): its config, weights, task head and
+    /// tokenizer, such as one `kd prune` wrote, whose pruned heads (`pruned_heads`) and smaller
+    /// feed-forward layers (`intermediate_size`) it keeps through training and export.
+    Model { model: String },
 }
 
 fn yes() -> bool {
@@ -279,7 +283,8 @@ impl Recipe {
             }
             | StudentSpec::Tinybert {
                 init: Some(model), ..
-            } => models.push(model),
+            }
+            | StudentSpec::Model { model } => models.push(model),
             _ => {}
         }
         for spec in data {

@@ -403,6 +403,20 @@ impl Objective {
         Some(layers.into_iter().collect())
     }
 
+    /// The (component name, student layer, teacher layer) pairs whose attention heads are
+    /// compared one to one (layer 0 is the embedding output), so that a caller can check the
+    /// head counts of pruned layers, which [`EncoderShape`] does not describe.
+    pub fn head_pairs(&self) -> Vec<(&str, usize, usize)> {
+        self.components
+            .iter()
+            .filter(|component| component.kind.compares_heads())
+            .flat_map(|component| {
+                let name = component.name.as_str();
+                component.pairs.iter().map(move |&(s, t)| (name, s, t))
+            })
+            .collect()
+    }
+
     /// The projections' parameters, named `<component>.weight` and `<component>.bias`, for the
     /// optimizer and checkpoints; empty when the widths match.
     pub fn params(&self) -> &Params {
