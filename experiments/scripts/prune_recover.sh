@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Prune, then recover by distillation (#39, experiments/results/prune.md), resumable:
+#   1. the SST-2 teacher ($TEACHER, default runs/teachers/SST-2: experiments/scripts/teachers.sh
+#      makes it) pruned to $HEADS heads a layer (default 8) and FFN $FFN (default 768) by
+#      gradient importance on the dev set, into runs/pruned/sst2-h$HEADS-f$FFN, with its dev
+#      predictions (the "before recovery" row);
+#   2. for seeds $SEEDS (default 1 2 3): the pruned model distilled from the unpruned teacher by
+#      experiments/recipes/sst2-prune-recover.toml into runs/prune-recover/h$HEADS-f$FFN-sSEED,
+#      with its dev predictions.
+# Extra `kd distill` arguments (a quick setting, say) come from $DISTILL_ARGS, split on spaces;
+# $RUNS (default runs) holds the outputs.
+# Usage: [TEACHER=DIR] [HEADS=8] [FFN=768] experiments/scripts/prune_recover.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source experiments/scripts/seeds.sh
+teacher=${TEACHER:-runs/teachers/SST-2}
+heads=${HEADS:-8}
+ffn=${FFN:-768}
+require_teacher "$teacher"
+runs=${RUNS:-runs}
+pruned=$runs/pruned/sst2-h$heads-f$ffn
+if [ ! -f "$pruned/prune.json" ]; then
+  $kd prune --model "$teacher" --task SST-2 --heads-per-layer "$heads" --ffn-size "$ffn" \
+    --out "$pruned" --force
+fi
+predict_dev "$pruned"
+# shellcheck disable=SC2206 # split on purpose
+extra=(${DISTILL_ARGS:-})
+for seed in ${SEEDS:-1 2 3}; do
+  out=$runs/prune-recover/h$heads-f$ffn-s$seed
+  distill_into "$out" --recipe experiments/recipes/sst2-prune-recover.toml \
+    --set "teacher.model=$teacher" --set "student.model=$pruned" --set "training.seed=$seed" \
+    ${extra[@]+"${extra[@]}"}
+  predict_dev "$out"
+done
