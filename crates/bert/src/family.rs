@@ -104,23 +104,23 @@ impl Family {
 
     /// HF's class for a bare encoder of this family.
     pub fn base_architecture(self) -> String {
-        let class = self.classification_architecture();
-        format!(
-            "{}Model",
-            class.trim_end_matches("ForSequenceClassification")
-        )
+        self.architecture("Model")
     }
 
     /// HF's class for a masked-LM model of this family; none for ELECTRA, whose
     /// discriminator has no masked-LM head.
     pub fn masked_lm_architecture(self) -> Option<String> {
+        (self != Family::Electra).then(|| self.architecture("ForMaskedLM"))
+    }
+
+    /// HF's class of this family with `suffix` (`Model`, `ForMaskedLM`): the classification
+    /// class's name with its suffix replaced.
+    fn architecture(self, suffix: &str) -> String {
         let class = self.classification_architecture();
-        (self != Family::Electra).then(|| {
-            format!(
-                "{}ForMaskedLM",
-                class.trim_end_matches("ForSequenceClassification")
-            )
-        })
+        format!(
+            "{}{suffix}",
+            class.trim_end_matches("ForSequenceClassification")
+        )
     }
 
     /// The activation of the masked-LM head's transform: the encoder's `hidden_act` in BERT
