@@ -634,6 +634,72 @@ fn ffn_neurons_are_pruned_by_gradient_importance_alone_and_with_heads() {
         })
         .collect();
     assert_answers_as_masked(&full, &combined, &kept, Some(&head_mask));
+
+    // Iterative: --steps 2 goes half way (12 neurons, still 2 heads a layer), ranks the rest
+    // again, then goes the whole way; the same model as those two prunes run one after the
+    // other, and prune.json gives each step.
+    let error = common::kd_err(
+        &[
+            &refused_args[..],
+            &["--ffn-size", "8", "--steps", "0"],
+            &flags,
+        ]
+        .concat(),
+    );
+    assert!(error.contains("--steps 0 must be at least 1"), "{error}");
+    let error = common::kd_err(
+        &[
+            &refused_args[..],
+            &["--heads", "0:1", "--steps", "2"],
+            &flags,
+        ]
+        .concat(),
+    );
+    assert!(error.contains("--steps"), "{error}");
+    assert!(!refused.exists());
+    let goal = ["--heads-per-layer", "1", "--ffn-size", "8"];
+    let iterative = root.path().join("iterative");
+    let args = [
+        &prune[..],
+        &[iterative.to_str().unwrap(), "--steps", "2"],
+        &goal,
+    ]
+    .concat();
+    let report: Value =
+        serde_json::from_str(common::kd_ok(&[&args[..], &flags].concat()).trim()).unwrap();
+    let steps: Vec<(u64, u64)> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| {
+            assert!(step["dev"]["accuracy"].is_number(), "{step}");
+            (
+                step["heads"].as_u64().unwrap(),
+                step["ffn"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(steps, [(4, 12), (2, 8)]);
+    let (half, rest) = (root.path().join("half"), root.path().join("rest"));
+    let args = [&prune[..], &[half.to_str().unwrap(), "--ffn-size", "12"]].concat();
+    common::kd_ok(&[&args[..], &flags].concat());
+    let args = [
+        &[
+            "prune",
+            "--model",
+            half.to_str().unwrap(),
+            "--out",
+            rest.to_str().unwrap(),
+        ],
+        &goal[..],
+    ]
+    .concat();
+    common::kd_ok(&[&args[..], &flags].concat());
+    for file in ["model.safetensors", "config.json"] {
+        let read = |dir: &Path| std::fs::read(dir.join(file)).unwrap();
+        assert!(read(&iterative) == read(&rest), "{file} differs");
+    }
+    assert_eq!(load(&iterative).config.pruned_heads.len(), 2);
 }
 
 /// Another family than BERT: a DistilBERT task model loses half of its `ffn.lin1`/`ffn.lin2`

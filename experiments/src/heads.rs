@@ -86,6 +86,11 @@ pub struct PruneArgs {
     /// most important as for --ffn-keep-ratio.
     #[arg(long)]
     ffn_size: Option<usize>,
+    /// Prune in this many steps (1, at once, by default): each step goes an equal share of
+    /// the way to the heads and neurons asked for, ranking what is left again (Michel et
+    /// al.'s iterative pruning); prune.json gives each step's size and dev metric.
+    #[arg(long, conflicts_with_all = ["heads", "scores"])]
+    steps: Option<usize>,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     #[arg(long)]
@@ -297,6 +302,10 @@ pub fn run_prune(args: PruneArgs) -> Result<()> {
             bail!("{flag} {ratio} must lie in (0, 1]");
         }
     }
+    let steps = args.steps.unwrap_or(1);
+    if steps == 0 {
+        bail!("--steps 0 must be at least 1");
+    }
     let files = ModelFiles::resolve(&args.model)?;
     let model = TaskModel::load(&files, args.data.max_seq_len, &args.device.select()?)?;
     let config = &model.config;
@@ -310,11 +319,11 @@ pub fn run_prune(args: PruneArgs) -> Result<()> {
         ),
         (None, size) => size,
     };
+    let heads_in_layers: Vec<usize> = (0..config.num_hidden_layers)
+        .map(|layer| config.heads_in_layer(layer))
+        .collect();
     if let Some(count) = args.heads_per_layer {
-        let fewest = (0..config.num_hidden_layers)
-            .map(|layer| config.heads_in_layer(layer))
-            .min()
-            .unwrap_or(0);
+        let fewest = heads_in_layers.iter().copied().min().unwrap_or(0);
         if count == 0 || count > fewest {
             bail!(
                 "--heads-per-layer {count} must lie between 1 and the heads a layer of the \
@@ -334,90 +343,81 @@ pub fn run_prune(args: PruneArgs) -> Result<()> {
         );
     }
     let ranked_heads = args.keep_ratio.is_some() || args.heads_per_layer.is_some();
-    // One gradient pass scores the heads (unless read from --scores or ranked by masking)
-    // and the neurons together.
-    let gradients = match &dev {
-        Some((spec, _, dev))
-            if ffn_size.is_some()
-                || (ranked_heads
-                    && args.scores.is_none()
-                    && matches!(args.by, Importance::Gradient)) =>
-        {
-            Some(gradient_scores(
-                &model,
-                spec,
-                dev,
-                args.batch_size,
-                ffn_size.is_some(),
-            )?)
-        }
-        _ => None,
-    };
-    let remove = match ranked_heads {
-        false => parse_heads(&args.heads)?,
-        true => {
-            let (baseline, masked, gradient) = match (&args.scores, &dev, &gradients) {
-                (Some(path), _, _) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    let scores: SavedScores = serde_json::from_str(&text).with_context(|| {
-                        format!("{} is not kd heads' heads.json", path.display())
-                    })?;
-                    (scores.baseline, scores.masked, scores.gradient)
-                }
-                (None, Some((spec, _, dev)), gradients) => match (args.by, gradients) {
-                    (Importance::Gradient, Some((gradient, _))) => {
-                        (0.0, Vec::new(), gradient.clone())
-                    }
-                    (Importance::Gradient, None) => bail!("the heads were not scored"),
-                    (Importance::Mask, _) => {
-                        let (baseline, masked, _) =
-                            mask_scores(&model, spec, dev, args.batch_size)?;
-                        (baseline, masked, Vec::new())
-                    }
-                },
-                (None, None, _) => bail!(
-                    "--keep-ratio and --heads-per-layer rank heads on a task's dev set: give \
-                     --task (or --dev), or --scores from kd heads"
-                ),
-            };
-            let scores = match args.by {
-                Importance::Gradient => gradient,
-                Importance::Mask => drops(baseline, &masked),
-            };
-            match (args.keep_ratio, args.heads_per_layer) {
-                (Some(ratio), _) => least_important(config, &scores, ratio),
-                (None, Some(count)) => outside_top(&scores, count),
-                (None, None) => unreachable!("heads ranked without a ratio or a count"),
-            }
-        }
-    };
-    let mut pruned = model.prune_heads(&remove)?;
-    if let (Some(size), Some((_, neurons))) = (ffn_size, &gradients) {
-        let keep: Vec<BTreeSet<usize>> = neurons
-            .iter()
-            .map(|layer| top(layer.iter().copied().enumerate(), size))
-            .collect();
-        pruned = pruned.prune_ffn(&keep)?;
+    if ranked_heads && args.scores.is_none() && dev.is_none() {
+        bail!(
+            "--keep-ratio and --heads-per-layer rank heads on a task's dev set: give --task \
+             (or --dev), or --scores from kd heads"
+        );
     }
-    let out = RunDir::create(&args.out, args.force)?;
-    pruned.save(out.path())?;
+    let saved = args.scores.as_deref().map(read_scores).transpose()?;
+    let total_heads: usize = heads_in_layers.iter().sum();
+    let most_heads = heads_in_layers.iter().copied().max().unwrap_or(0);
+    let listed = parse_heads(&args.heads)?;
+    let dev_ref = dev.as_ref().map(|(spec, _, dev)| (spec, &dev[..]));
     let evaluate = |model: &TaskModel| {
-        dev.as_ref()
-            .map(|(spec, _, dev)| model.evaluate(spec, dev, args.batch_size))
+        dev_ref
+            .map(|(spec, dev)| model.evaluate(spec, dev, args.batch_size))
             .transpose()
     };
-    let heads = |model: &TaskModel| {
+    let count_heads = |model: &TaskModel| {
         (0..model.config.num_hidden_layers)
             .map(|layer| model.config.heads_in_layer(layer))
             .sum::<usize>()
     };
-    let report = serde_json::json!({
+    // Each step goes an equal share of the way from the model's size to the goal, ranking
+    // what is left again (Michel et al.'s iterative pruning); one step prunes at once.
+    let mut pruned = model.prune_heads(&BTreeMap::new())?;
+    let mut trajectory = Vec::new();
+    for step in 1..=steps {
+        let share = step as f64 / steps as f64;
+        let toward = |from: usize, to: usize| {
+            (from as f64 - from.saturating_sub(to) as f64 * share).round() as usize
+        };
+        let goal = match (args.keep_ratio, args.heads_per_layer) {
+            (Some(ratio), _) => HeadGoal::Keep(toward(
+                total_heads,
+                (ratio * total_heads as f64).round() as usize,
+            )),
+            (None, Some(count)) => HeadGoal::PerLayer(toward(most_heads, count)),
+            (None, None) => HeadGoal::Listed(&listed),
+        };
+        let ffn = ffn_size
+            .map(|size| toward(config.intermediate_size, size))
+            .filter(|&size| size < pruned.config.intermediate_size);
+        pruned = prune_step(&pruned, goal, ffn, dev_ref, saved.as_ref(), &args)?;
+        if steps > 1 {
+            let point = serde_json::json!({
+                "step": step,
+                "heads": count_heads(&pruned),
+                "ffn": pruned.config.intermediate_size,
+                "dev": evaluate(&pruned)?,
+            });
+            eprintln!("step {step} of {steps}: {point}");
+            trajectory.push(point);
+        }
+    }
+    let out = RunDir::create(&args.out, args.force)?;
+    pruned.save(out.path())?;
+    // The heads this run removed (the model may have come pruned).
+    let removed: BTreeMap<&String, Vec<usize>> = pruned
+        .config
+        .pruned_heads
+        .iter()
+        .map(|(layer, heads)| {
+            let before = model.config.pruned_heads.get(layer);
+            let new = heads
+                .iter()
+                .filter(|h| !before.is_some_and(|b| b.contains(h)));
+            (layer, new.copied().collect::<Vec<usize>>())
+        })
+        .filter(|(_, heads)| !heads.is_empty())
+        .collect();
+    let mut report = serde_json::json!({
         "model": args.model,
         "out": args.out,
-        "removed": remove,
+        "removed": removed,
         "pruned_heads": pruned.config.pruned_heads,
-        "heads": { "before": heads(&model), "after": heads(&pruned) },
+        "heads": { "before": count_heads(&model), "after": count_heads(&pruned) },
         "ffn": {
             "before": model.config.intermediate_size,
             "after": pruned.config.intermediate_size,
@@ -428,17 +428,91 @@ pub fn run_prune(args: PruneArgs) -> Result<()> {
         },
         "dev": { "before": evaluate(&model)?, "after": evaluate(&pruned)? },
     });
+    if steps > 1 {
+        report["steps"] = serde_json::Value::Array(trajectory);
+    }
     kd_bert::write_json_atomically(&out.join("prune.json"), &report)?;
     println!("{report}");
     eprintln!(
         "{} of {} heads removed, feed-forward size {} to {}; pruned model saved to {}",
-        heads(&model) - heads(&pruned),
-        heads(&model),
+        count_heads(&model) - count_heads(&pruned),
+        count_heads(&model),
         model.config.intermediate_size,
         pruned.config.intermediate_size,
         args.out.display()
     );
     Ok(())
+}
+
+/// The heads one pruning step leaves.
+enum HeadGoal<'a> {
+    /// These heads (layer to original indices) go.
+    Listed(&'a BTreeMap<usize, BTreeSet<usize>>),
+    /// This many heads stay in all, the least important going first.
+    Keep(usize),
+    /// Each layer keeps at most this many, its most important.
+    PerLayer(usize),
+}
+
+/// `current` less the heads `goal` asks to go and with `ffn` feed-forward neurons a layer
+/// (the most important), ranked on `dev` (or by `saved` scores from `kd heads`).
+fn prune_step(
+    current: &TaskModel,
+    goal: HeadGoal,
+    ffn: Option<usize>,
+    dev: Option<(&TaskSpec, &[EncodedExample])>,
+    saved: Option<&SavedScores>,
+    args: &PruneArgs,
+) -> Result<TaskModel> {
+    let ranked = !matches!(goal, HeadGoal::Listed(_));
+    // One gradient pass scores the heads (unless read from --scores or ranked by masking)
+    // and the neurons together.
+    let gradient_needed =
+        ffn.is_some() || (ranked && saved.is_none() && matches!(args.by, Importance::Gradient));
+    let gradients = match dev {
+        Some((spec, dev)) if gradient_needed => Some(gradient_scores(
+            current,
+            spec,
+            dev,
+            args.batch_size,
+            ffn.is_some(),
+        )?),
+        _ => None,
+    };
+    let scores = || -> Result<Matrix> {
+        match (saved, args.by, &gradients, dev) {
+            (Some(saved), Importance::Gradient, _, _) => Ok(saved.gradient.clone()),
+            (Some(saved), Importance::Mask, _, _) => Ok(drops(saved.baseline, &saved.masked)),
+            (None, Importance::Gradient, Some((gradient, _)), _) => Ok(gradient.clone()),
+            (None, Importance::Mask, _, Some((spec, dev))) => {
+                let (baseline, masked, _) = mask_scores(current, spec, dev, args.batch_size)?;
+                Ok(drops(baseline, &masked))
+            }
+            _ => bail!("the heads were not scored"),
+        }
+    };
+    let remove = match goal {
+        HeadGoal::Listed(heads) => heads.clone(),
+        HeadGoal::Keep(count) => least_important(&current.config, &scores()?, count),
+        HeadGoal::PerLayer(count) => outside_top(&scores()?, count),
+    };
+    let mut next = current.prune_heads(&remove)?;
+    if let (Some(size), Some((_, neurons))) = (ffn, &gradients) {
+        let keep: Vec<BTreeSet<usize>> = neurons
+            .iter()
+            .map(|layer| top(layer.iter().copied().enumerate(), size))
+            .collect();
+        next = next.prune_ffn(&keep)?;
+    }
+    Ok(next)
+}
+
+/// The scores of a `kd heads` run, for `kd prune --scores`.
+fn read_scores(path: &Path) -> Result<SavedScores> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not kd heads' heads.json", path.display()))
 }
 
 /// What `kd prune --scores` reads of a `heads.json`.
@@ -505,8 +579,7 @@ fn pruning_curve(
         );
         points.push(point);
         let (scores, _) = gradient_scores(&current, spec, dev, batch_size, false)?;
-        let left = heads as f64 - step as f64;
-        let remove = least_important(&current.config, &scores, left.max(0.0) / heads as f64);
+        let remove = least_important(&current.config, &scores, heads.saturating_sub(step));
         if remove.is_empty() {
             return Ok(points);
         }
@@ -635,12 +708,12 @@ fn parse_heads(heads: &[String]) -> Result<BTreeMap<usize, BTreeSet<usize>>> {
     Ok(remove)
 }
 
-/// The heads to remove so that `ratio` of the model's heads stay: the lowest `scores` first,
+/// The heads to remove so that `keep` of the model's heads stay: the lowest `scores` first,
 /// skipping a head that is the last of its layer.
 fn least_important(
     config: &kd_bert::BertConfig,
     scores: &Matrix,
-    ratio: f64,
+    keep: usize,
 ) -> BTreeMap<usize, BTreeSet<usize>> {
     let mut ranked: Vec<(f64, usize, usize)> = scores
         .iter()
@@ -655,7 +728,7 @@ fn least_important(
     let mut left: Vec<usize> = (0..config.num_hidden_layers)
         .map(|layer| config.heads_in_layer(layer))
         .collect();
-    let target = ((1.0 - ratio) * ranked.len() as f64).round() as usize;
+    let target = ranked.len().saturating_sub(keep);
     let mut remove: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
     let mut removed = 0;
     for (_, layer, head) in ranked {
