@@ -250,6 +250,39 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
         );
     }
 
+    // The shipped MiniLM recipe: the last layer's attention distributions and value relation;
+    // and MiniLMv2's relations, which a student with other head counts can learn (4 here).
+    let minilm = root.path().join("minilm");
+    distill(
+        "sst2-minilm4.toml",
+        &minilm,
+        &cache,
+        &[&teacher_set, shape, "training.max_steps=3"],
+    );
+    let minilm_v2 = root.path().join("minilm-v2");
+    distill(
+        "sst2-minilm4.toml",
+        &minilm_v2,
+        &cache,
+        &[
+            &teacher_set,
+            "student.shape={ layers = 2, hidden = 48, heads = 4, intermediate = 96 }",
+            "stages.0.objective.components=[{ kind = \"attention_relations\", relation_heads = 6 }]",
+            "training.max_steps=3",
+        ],
+    );
+    for (run, component) in [
+        (&minilm, "attention_kl"),
+        (&minilm, "value_relation"),
+        (&minilm_v2, "attention_relations"),
+    ] {
+        let values = common::logged(&run.join("1-self-attention/log.jsonl"), component);
+        assert!(
+            values.len() == 3 && values.iter().all(|v| v.is_finite() && *v > 0.0),
+            "{component}: {values:?}"
+        );
+    }
+
     // Mismatches are refused before any training, the output directory untouched: a student
     // checkpoint with another vocabulary, and a later stage's layer mapping outside the teacher.
     let other_vocabulary = root.path().join("other-vocabulary");
