@@ -75,9 +75,60 @@ pub struct BenchArgs {
     /// sentence at batch 1, loaded once.
     #[arg(long = "model")]
     pub(crate) models: Vec<String>,
-    /// The sentences of the latency case: the dev set's texts.
+    /// The read case's files, the same rows in different formats (.tsv, .csv, .jsonl,
+    /// .parquet).
+    #[arg(long, value_delimiter = ',')]
+    read_files: Vec<PathBuf>,
+    /// The sentences of the latency case: the dev set's texts; the read case's columns.
     #[command(flatten, next_help_heading = "Data")]
     pub(crate) data: DataSpec,
+}
+
+/// The read case: each of `--read-files` read whole as the task's examples, the median of
+/// `--runs` reads after `--warmup`, and its speed against the first file's.
+fn time_reading(args: &BenchArgs) -> Result<()> {
+    if args.read_files.is_empty() {
+        bail!("the read case needs --read-files");
+    }
+    let spec = args.data.task_spec()?;
+    let mut rows = Vec::new();
+    for path in &args.read_files {
+        let mut times = Vec::new();
+        let mut examples = 0;
+        for run in 0..args.warmup + args.runs {
+            let started = Instant::now();
+            examples = spec.read(path, &mut Vec::new())?.len();
+            if run >= args.warmup {
+                times.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let median_ms = times[times.len() / 2];
+        let first: f64 = rows.first().map_or(median_ms, |row: &serde_json::Value| {
+            row["median_ms"].as_f64().unwrap_or(median_ms)
+        });
+        println!(
+            "{}: {examples} examples in {median_ms:.1} ms (median of {}), {:.0} examples/s, \
+             {:.2}x the first file's time",
+            path.display(),
+            args.runs,
+            examples as f64 / median_ms * 1e3,
+            median_ms / first
+        );
+        rows.push(serde_json::json!({
+            "file": path,
+            "examples": examples,
+            "median_ms": median_ms,
+            "min_ms": times[0],
+            "max_ms": times[times.len() - 1],
+            "relative_to_first": median_ms / first,
+        }));
+    }
+    if let Some(json) = &args.json {
+        let report = serde_json::json!({ "cpu": cpu_model(), "case": "read", "files": rows });
+        kd_bert::write_json_atomically(json, &report)?;
+    }
+    Ok(())
 }
 
 /// A count that must be 1 or more: a median of no runs is no measurement.
@@ -102,6 +153,9 @@ enum Case {
     Train,
     Distill,
     Latency,
+    /// Reading the --read-files as a task's examples (the data flags' columns), each format
+    /// against the first file.
+    Read,
 }
 
 impl Shape {
@@ -156,7 +210,7 @@ impl Case {
             Case::Inference => forward(layers, true),
             Case::Train => 3.0 * forward(layers, true),
             Case::Distill => forward(layers, false) + 3.0 * forward(layers / 2, false),
-            Case::Latency => 0.0,
+            Case::Latency | Case::Read => 0.0,
         }
     }
 }
@@ -199,6 +253,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!("CPU: {}, {} threads", cpu_model(), args.threads);
+    if args.cases.contains(&Case::Read) {
+        if args.cases.len() > 1 {
+            bail!("the read case times data files: run it alone (--cases read)");
+        }
+        return time_reading(&args);
+    }
     // The children are told the device, the default included.
     let device = args.device.select()?;
     args.precision.check(&device)?;
@@ -469,7 +529,7 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs, device: &Device) -> Resul
                 Ok(())
             })
         }
-        Case::Latency => bail!("the latency case times task models, not shapes"),
+        Case::Latency | Case::Read => bail!("the {case:?} case times no shape"),
         Case::Gemm => {
             let (_, hidden, _, intermediate, _) = shape.dims();
             let xs = Tensor::randn(0f32, 1.0, (batch * args.seq_len, hidden), device)?

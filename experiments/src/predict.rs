@@ -1,17 +1,21 @@
 //! `kd predict`: a task model's labels (or scores) for texts given as arguments or read from a
-//! file or standard input, written as JSON Lines in input order. Input is read in chunks, each
-//! batched by length and written before the next is read, so a bad line stops the run with
-//! its number after everything before it has been written.
+//! file or standard input, written as JSON Lines (or Parquet) in input order. Plain text and
+//! TSV are read in chunks, each batched by length and written before the next is read, so a
+//! bad line stops the run with its number after everything before it has been written; CSV,
+//! JSON Lines and Parquet are read whole (and checked) first.
 
 use crate::cli::DeviceArg;
 use anyhow::{Context, Result, bail};
+use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, StructArray, UInt64Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use clap::Args;
-use kd_data::{DataSpec, Example, Label, TaskKind, header_column};
+use kd_data::{DataSpec, Example, Label, TableFormat, TaskKind, header_column};
 use kd_teacher::{ModelFiles, TaskModel};
 use kd_train::Progress;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Lines read, predicted and written at a time.
@@ -21,10 +25,13 @@ const CHUNK_LINES: usize = 4096;
 pub struct PredictArgs {
     #[arg(long)]
     model: String,
-    /// Read the texts from this file, or `-` for standard input.
+    /// Read the texts from this file, or `-` for standard input: plain text, or a table file
+    /// (.tsv, .csv, .jsonl, .parquet) by its text column.
     #[arg(long, conflicts_with = "texts")]
     input: Option<PathBuf>,
-    /// Write the JSON Lines here instead of standard output.
+    /// Write the predictions here instead of standard output: JSON Lines, or Parquet when
+    /// the name ends in .parquet (columns line, text, pair, then label and a struct of
+    /// probabilities by label, or score).
     #[arg(long)]
     output: Option<PathBuf>,
     /// Replace an existing --output file.
@@ -34,9 +41,9 @@ pub struct PredictArgs {
     batch_size: usize,
     #[command(flatten)]
     device: DeviceArg,
-    /// How to read the input: a TSV with a header, by its text column, when one is named
-    /// (--text-column and --pair-column, or a GLUE --task's); otherwise one text a line, a
-    /// tab separating a sentence pair.
+    /// How to read the input: a table file by its text column (--text-column and
+    /// --pair-column, or a GLUE --task's), and a TSV with a header when one is named;
+    /// otherwise one text a line, a tab separating a sentence pair.
     #[command(flatten, next_help_heading = "Data")]
     data: DataSpec,
     /// Texts to classify; a tab inside a text separates a sentence pair.
@@ -149,27 +156,89 @@ impl LineReader {
     }
 }
 
+/// Where the lines come from: read as they go (plain text, TSV) or read whole (CSV, JSON
+/// Lines, Parquet).
+enum Source {
+    Stream(LineReader),
+    Table(std::vec::IntoIter<Line>),
+}
+
+impl Source {
+    fn open(path: &PathBuf, data: &DataSpec) -> Result<Self> {
+        let streamed = path.as_os_str() == "-"
+            || matches!(TableFormat::of(path), None | Some(TableFormat::Tsv));
+        if streamed {
+            return Ok(Self::Stream(LineReader::open(path, data)?));
+        }
+        let Some((text, pair)) = data.text_columns()? else {
+            bail!(
+                "{}: which column holds the text? give --text-column",
+                path.display()
+            );
+        };
+        let rows = kd_data::read_texts(path, &text, pair.as_deref())?;
+        let lines: Vec<Line> = rows
+            .into_iter()
+            .map(|(number, text, pair)| Line {
+                number,
+                example: Example {
+                    text,
+                    pair,
+                    label: Label::Unlabeled,
+                },
+            })
+            .collect();
+        Ok(Self::Table(lines.into_iter()))
+    }
+
+    fn next(&mut self) -> Result<Option<Line>> {
+        match self {
+            Self::Stream(reader) => reader.next(),
+            Self::Table(lines) => Ok(lines.next()),
+        }
+    }
+
+    /// The lines before the one that failed, for the message (a table fails before any).
+    fn done(&self) -> usize {
+        match self {
+            Self::Stream(reader) => reader.number - 1 - usize::from(reader.columns.is_some()),
+            Self::Table(_) => 0,
+        }
+    }
+}
+
 pub fn run(args: PredictArgs) -> Result<()> {
     args.data.ensure_no_training_options("kd predict")?;
     let files = ModelFiles::resolve(&args.model)?;
     let device = args.device.select()?;
     let model = TaskModel::load_for_inference(&files, args.data.max_seq_len, &device)?;
-    // The input is opened (and its header checked) before the output is created.
+    // The input is opened (and its header checked, a table read whole) before the output
+    // is created.
     let reader = args
         .input
         .as_ref()
-        .map(|input| LineReader::open(input, &args.data))
+        .map(|input| Source::open(input, &args.data))
         .transpose()?;
-    let mut out: Box<dyn Write> = match &args.output {
+    let with_line_numbers = reader.is_some();
+    let mut out = match &args.output {
         Some(path) => {
             if path.exists() && !args.force {
                 bail!("{} exists; pass --force to replace it", path.display());
             }
-            let file =
-                File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
-            Box::new(BufWriter::new(file))
+            match TableFormat::of(path) {
+                Some(TableFormat::Parquet) => Sink::Parquet(Box::new(ParquetSink::create(
+                    path,
+                    &model,
+                    with_line_numbers,
+                )?)),
+                _ => {
+                    let file = File::create(path)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    Sink::Json(Box::new(BufWriter::new(file)))
+                }
+            }
         }
-        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+        None => Sink::Json(Box::new(BufWriter::new(std::io::stdout().lock()))),
     };
     let Some(mut reader) = reader else {
         let lines: Vec<Line> = args
@@ -181,14 +250,15 @@ pub fn run(args: PredictArgs) -> Result<()> {
                 example: unlabeled(text),
             })
             .collect();
-        return write_predictions(&model, &lines, args.batch_size, false, &mut out);
+        out.write(&model, &lines, args.batch_size, with_line_numbers)?;
+        return out.finish();
     };
     let started = Instant::now();
     let progress = Progress::unbounded("predicting");
     let mut chunk = Vec::with_capacity(CHUNK_LINES);
     let mut written = 0;
-    let mut flush = |chunk: &mut Vec<Line>| -> Result<()> {
-        write_predictions(&model, chunk, args.batch_size, true, &mut out)?;
+    let mut flush = |chunk: &mut Vec<Line>, out: &mut Sink| -> Result<()> {
+        out.write(&model, chunk, args.batch_size, with_line_numbers)?;
         progress.advance(chunk.len() as u64, "lines".into());
         written += chunk.len();
         chunk.clear();
@@ -199,20 +269,22 @@ pub fn run(args: PredictArgs) -> Result<()> {
             Ok(Some(line)) => {
                 chunk.push(line);
                 if chunk.len() == CHUNK_LINES {
-                    flush(&mut chunk)?;
+                    flush(&mut chunk, &mut out)?;
                 }
             }
             Ok(None) => break,
             Err(error) => {
-                flush(&mut chunk)?;
+                flush(&mut chunk, &mut out)?;
+                out.finish()?;
                 return Err(error.context(format!(
                     "stopped after writing the predictions of the {} lines before",
-                    reader.number - 1 - usize::from(reader.columns.is_some())
+                    reader.done()
                 )));
             }
         }
     }
-    flush(&mut chunk)?;
+    flush(&mut chunk, &mut out)?;
+    out.finish()?;
     progress.finish();
     eprintln!(
         "{written} predictions in {:.1} s",
@@ -234,20 +306,53 @@ fn unlabeled(text: &str) -> Example {
     }
 }
 
-/// Predicts `lines` (batched by length) and writes one JSON object each, in their order.
-fn write_predictions(
+/// Where predictions go.
+enum Sink {
+    /// A JSON object a line.
+    Json(Box<dyn Write>),
+    Parquet(Box<ParquetSink>),
+}
+
+impl Sink {
+    /// Predicts `lines` (batched by length) and writes them in their order.
+    fn write(
+        &mut self,
+        model: &TaskModel,
+        lines: &[Line],
+        batch_size: usize,
+        with_line_numbers: bool,
+    ) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let examples: Vec<Example> = lines.iter().map(|line| line.example.clone()).collect();
+        let logits = model
+            .logits(&model.encode(&examples)?, batch_size, None)?
+            .to_vec2::<f32>()?;
+        match self {
+            Self::Json(out) => write_json(model, lines, &logits, with_line_numbers, out),
+            Self::Parquet(sink) => sink.write(model, lines, &logits),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            Self::Json(mut out) => out.flush().context("cannot write the predictions"),
+            Self::Parquet(sink) => sink.finish(),
+        }
+    }
+}
+
+/// One JSON object a line: the line number (when read from a file), the text (and pair), then
+/// the label and the probabilities by label, or the score.
+fn write_json(
     model: &TaskModel,
     lines: &[Line],
-    batch_size: usize,
+    logits: &[Vec<f32>],
     with_line_numbers: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
-    if lines.is_empty() {
-        return Ok(());
-    }
-    let examples: Vec<Example> = lines.iter().map(|line| line.example.clone()).collect();
-    let logits = model.logits(&model.encode(&examples)?, batch_size, None)?;
-    for (line, row) in lines.iter().zip(logits.to_vec2::<f32>()?) {
+    for (line, row) in lines.iter().zip(logits) {
         let mut output = serde_json::Map::new();
         if with_line_numbers {
             output.insert("line".into(), line.number.into());
@@ -261,7 +366,7 @@ fn write_predictions(
                 output.insert("score".into(), row[0].into());
             }
             TaskKind::Classification => {
-                let probabilities = softmax(&row);
+                let probabilities = softmax(row);
                 let best = argmax(&probabilities);
                 let by_label: serde_json::Map<String, serde_json::Value> = model
                     .labels
@@ -278,6 +383,107 @@ fn write_predictions(
     }
     out.flush().context("cannot write the predictions")?;
     Ok(())
+}
+
+/// Predictions as a Parquet file, a row group a chunk, written under a temporary name and
+/// moved into place when finished.
+struct ParquetSink {
+    writer: parquet::arrow::ArrowWriter<File>,
+    schema: SchemaRef,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl ParquetSink {
+    fn create(path: &Path, model: &TaskModel, with_line_numbers: bool) -> Result<Self> {
+        let mut fields = Vec::new();
+        if with_line_numbers {
+            fields.push(Field::new("line", DataType::UInt64, false));
+        }
+        fields.push(Field::new("text", DataType::Utf8, false));
+        fields.push(Field::new("pair", DataType::Utf8, true));
+        match model.task_kind() {
+            TaskKind::Regression => fields.push(Field::new("score", DataType::Float32, false)),
+            TaskKind::Classification => {
+                let by_label: Vec<Field> = model
+                    .labels
+                    .iter()
+                    .map(|label| Field::new(label, DataType::Float32, false))
+                    .collect();
+                fields.push(Field::new("label", DataType::Utf8, false));
+                fields.push(Field::new(
+                    "probabilities",
+                    DataType::Struct(by_label.into()),
+                    false,
+                ));
+            }
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = path.with_file_name(format!(".{name}.tmp"));
+        let file = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None)?;
+        Ok(Self {
+            writer,
+            schema,
+            tmp,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn write(&mut self, model: &TaskModel, lines: &[Line], logits: &[Vec<f32>]) -> Result<()> {
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        if self.schema.field_with_name("line").is_ok() {
+            let numbers = lines.iter().map(|line| line.number as u64);
+            columns.push(Arc::new(UInt64Array::from_iter_values(numbers)));
+        }
+        let texts = lines.iter().map(|line| Some(line.example.text.as_str()));
+        columns.push(Arc::new(StringArray::from_iter(texts)));
+        let pairs = lines.iter().map(|line| line.example.pair.as_deref());
+        columns.push(Arc::new(StringArray::from_iter(pairs)));
+        match model.task_kind() {
+            TaskKind::Regression => {
+                let scores = logits.iter().map(|row| row[0]);
+                columns.push(Arc::new(Float32Array::from_iter_values(scores)));
+            }
+            TaskKind::Classification => {
+                let probabilities: Vec<Vec<f32>> = logits.iter().map(|row| softmax(row)).collect();
+                let labels = probabilities
+                    .iter()
+                    .map(|p| Some(model.labels[argmax(p)].as_str()));
+                columns.push(Arc::new(StringArray::from_iter(labels)));
+                let DataType::Struct(fields) =
+                    self.schema.field_with_name("probabilities")?.data_type()
+                else {
+                    unreachable!("probabilities is a struct column");
+                };
+                let by_label: Vec<ArrayRef> = (0..model.labels.len())
+                    .map(|class| {
+                        let values = probabilities.iter().map(|p| p[class]);
+                        Arc::new(Float32Array::from_iter_values(values)) as ArrayRef
+                    })
+                    .collect();
+                columns.push(Arc::new(StructArray::try_new(
+                    fields.clone(),
+                    by_label,
+                    None,
+                )?));
+            }
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+        self.writer.write(&batch)?;
+        // A row group a chunk: what came before a bad line is in the file.
+        self.writer.flush()?;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        self.writer
+            .close()
+            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
+        std::fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("cannot move {} into place", self.path.display()))
+    }
 }
 
 pub(crate) fn softmax(logits: &[f32]) -> Vec<f32> {

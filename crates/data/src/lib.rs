@@ -1,7 +1,8 @@
-//! Task data for kd: the WordPiece tokenizer, GLUE tasks and user TSV files, batches with
-//! dynamic padding and length bucketing, the metrics GLUE reports, TinyBERT-style data
-//! augmentation, unlabeled transfer sets, and packed, masked corpora for general distillation; [`DataSpec`] describes a task's data for the
-//! command line and recipes alike.
+//! Task data for kd: the WordPiece tokenizer, GLUE tasks and user files (TSV, CSV, JSON Lines,
+//! Parquet), batches with dynamic padding and length bucketing, the metrics GLUE reports,
+//! TinyBERT-style data augmentation, unlabeled transfer sets, and packed, masked corpora for
+//! general distillation; [`DataSpec`] describes a task's data for the command line and recipes
+//! alike.
 
 mod augment;
 mod batch;
@@ -10,9 +11,9 @@ mod masking;
 mod metrics;
 mod spec;
 mod stats;
+mod table;
 mod task;
 mod tokenizer;
-mod tsv;
 mod unlabeled;
 
 pub use augment::{AugmentConfig, WordNeighbours, augment};
@@ -24,6 +25,6 @@ pub use masking::{MaskedToken, Masking};
 pub use metrics::{Metric, Predictions, evaluate};
 pub use spec::DataSpec;
 pub use stats::{McNemar, agreement, bootstrap_interval, mcnemar};
+pub use table::{Format as TableFormat, TABLE_EXTENSIONS, header_column, read_texts};
 pub use task::{Example, Label, TaskData, TaskKind, TaskSpec};
 pub use tokenizer::{Encoded, TextTokenizer};
-pub use tsv::header_column;

@@ -2,6 +2,7 @@
 //! command-line flags (`--task`, `--train`, `--text-column`, ...) and a recipe's `[data]`
 //! table (`task`, `train`, `text_column`, ...), so that both mean the same thing.
 
+use crate::table::TABLE_EXTENSIONS;
 use crate::task::{Example, TaskData, TaskKind, TaskSpec};
 use crate::tokenizer::TextTokenizer;
 use crate::unlabeled::read_unlabeled;
@@ -16,24 +17,27 @@ use std::path::{Path, PathBuf};
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
     /// A GLUE task (SST-2, CoLA, MRPC, RTE, STS-B: its columns, metrics and files), or a name
-    /// for your own task on TSV files described by --text-column and --label-column.
+    /// for your own task on TSV, CSV, JSON Lines or Parquet files described by --text-column
+    /// and --label-column.
     #[arg(long)]
     #[serde(default)]
     pub task: Option<String>,
-    /// Directory with train.tsv and dev.tsv [default for GLUE tasks:
+    /// Directory with the train and dev files (train.tsv and dev.tsv, or .csv, .jsonl,
+    /// .parquet) [default for GLUE tasks:
     /// $KD_SHARED_DIR/data/glue/TASK, KD_SHARED_DIR defaulting to ../shared].
     #[arg(long)]
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
-    /// The training TSV (or a directory holding train.tsv) [default: DATA_DIR/train.tsv].
+    /// The training file (.tsv, .csv, .jsonl or .parquet), or a directory holding one named
+    /// train [default: DATA_DIR/train.tsv].
     #[arg(long)]
     #[serde(default)]
     pub train: Option<PathBuf>,
-    /// The dev TSV (or a directory holding dev.tsv) [default: DATA_DIR/dev.tsv].
+    /// The dev file, or a directory holding one named dev [default: DATA_DIR/dev.tsv].
     #[arg(long, visible_alias = "data")]
     #[serde(default)]
     pub dev: Option<PathBuf>,
-    /// The text column of your TSV.
+    /// The text column of your files (a key of JSON Lines).
     #[arg(long)]
     #[serde(default)]
     pub text_column: Option<String>,
@@ -41,7 +45,7 @@ pub struct DataSpec {
     #[arg(long)]
     #[serde(default)]
     pub pair_column: Option<String>,
-    /// The label column of your TSV.
+    /// The label column of your files.
     #[arg(long)]
     #[serde(default)]
     pub label_column: Option<String>,
@@ -62,7 +66,8 @@ pub struct DataSpec {
     #[serde(default)]
     pub augment: Option<PathBuf>,
     /// Unlabeled text for the teacher to label (a transfer set): plain text, one passage a
-    /// line, or a `.tsv` file read by the text (and pair) columns. Passages are split into
+    /// line, or a table file (.tsv, .csv, .jsonl, .parquet) read by the text (and pair)
+    /// columns. Passages are split into
     /// sentences, and sentences into chunks that fit --max-seq-len.
     #[arg(long, num_args = 1..)]
     #[serde(default)]
@@ -211,15 +216,15 @@ impl DataSpec {
         Ok(())
     }
 
-    /// The training file: `train` (a file, or a directory holding train.tsv), else
-    /// `train.tsv` in the data directory.
+    /// The training file: `train` (a file, or a directory holding one named train), else
+    /// the one in the data directory: `train.tsv`, or `.csv`, `.jsonl` or `.parquet`.
     pub fn train_path(&self, shared_dir: &Path) -> Result<PathBuf> {
-        self.split_path(self.train.as_deref(), "train.tsv", shared_dir)
+        self.split_path(self.train.as_deref(), "train", shared_dir)
     }
 
     /// The dev file, as [`DataSpec::train_path`] finds the training file.
     pub fn dev_path(&self, shared_dir: &Path) -> Result<PathBuf> {
-        self.split_path(self.dev.as_deref(), "dev.tsv", shared_dir)
+        self.split_path(self.dev.as_deref(), "dev", shared_dir)
     }
 
     fn split_path(&self, given: Option<&Path>, name: &str, shared_dir: &Path) -> Result<PathBuf> {
@@ -229,12 +234,26 @@ impl DataSpec {
             (None, None) => match self.task.as_deref().map(TaskSpec::glue) {
                 Some(Ok(glue)) => glue.glue_dir(&shared_dir.join("data")),
                 _ => bail!(
-                    "where is {name}? give data_dir (--data-dir) or the file itself (--{})",
-                    name.trim_end_matches(".tsv")
+                    "where is the {name} file? give data_dir (--data-dir) or the file itself \
+                     (--{name})"
                 ),
             },
         };
-        Ok(dir.join(name))
+        let present: Vec<PathBuf> = TABLE_EXTENSIONS
+            .iter()
+            .map(|extension| dir.join(format!("{name}.{extension}")))
+            .filter(|path| path.is_file())
+            .collect();
+        match &present[..] {
+            [] => Ok(dir.join(format!("{name}.tsv"))),
+            [path] => Ok(path.clone()),
+            [first, second, ..] => bail!(
+                "{} and {} are both in {}: name the one to read with --{name}",
+                first.display(),
+                second.display(),
+                dir.display()
+            ),
+        }
     }
 
     /// Every file the data is read from: a corpus's files, or the training and dev files with

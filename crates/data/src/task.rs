@@ -1,9 +1,9 @@
-//! Tasks: what to read from a TSV file (text columns, label column), whether the label is a
+//! Tasks: what to read from a table file (text columns, label column), whether the label is a
 //! class or a score, and which metrics to report. The five GLUE tasks kd ships with are
-//! predefined; any other TSV is described with [`TaskSpec::custom`].
+//! predefined; any other file is described with [`TaskSpec::custom`].
 
 use crate::metrics::Metric;
-use crate::tsv::Tsv;
+use crate::table::Table;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
@@ -116,50 +116,56 @@ impl TaskSpec {
         data_root.join("glue").join(&self.name)
     }
 
-    /// Reads examples from a TSV file. Classification labels must be among `labels`; with
-    /// `labels` empty they are discovered (sorted, numerically when all are integers) and
-    /// appended.
+    /// Reads examples from a table file (TSV, CSV, JSON Lines or Parquet, by extension).
+    /// Classification labels must be among `labels`; with `labels` empty they are discovered
+    /// (sorted, numerically when all are integers) and appended.
     pub fn read(&self, path: &Path, labels: &mut Vec<String>) -> Result<Vec<Example>> {
-        let tsv = Tsv::read(path)?;
-        let text = tsv.column(&self.text_column)?;
+        let table = Table::read(path)?;
+        let text = table.column(&self.text_column)?;
         let pair = self
             .pair_column
             .as_deref()
-            .map(|c| tsv.column(c))
+            .map(|c| table.column(c))
             .transpose()?;
-        let label = tsv.column(&self.label_column)?;
-        if tsv.rows.is_empty() {
+        let label = table.column(&self.label_column)?;
+        if table.len() == 0 {
             bail!("{} has no examples", path.display());
         }
+        let raw_labels: Vec<&str> = (0..table.len())
+            .map(|row| Ok(table.value(row, label)?.trim()))
+            .collect::<Result<_>>()?;
         if self.kind == TaskKind::Classification && labels.is_empty() {
-            *labels = discover_labels(tsv.rows.iter().map(|(_, row)| row[label].trim()));
+            *labels = discover_labels(raw_labels.iter().copied());
         }
-        tsv.rows
+        raw_labels
             .iter()
-            .map(|(line, row)| {
-                let raw = row[label].trim();
+            .enumerate()
+            .map(|(row, &raw)| {
                 let label = match self.kind {
-                    TaskKind::Classification => Label::Class(
-                        labels.iter().position(|l| l == raw).with_context(|| {
+                    TaskKind::Classification => {
+                        Label::Class(labels.iter().position(|l| l == raw).with_context(|| {
                             format!(
-                                "{}:{line}: unknown label {raw:?} in column {:?} (known labels: {})",
-                                path.display(),
+                                "{}: unknown label {raw:?} in column {:?} (known labels: {})",
+                                table.place(row),
                                 self.label_column,
                                 labels.join(", ")
                             )
-                        })?,
-                    ),
+                        })?)
+                    }
                     TaskKind::Regression => Label::Score(raw.parse().with_context(|| {
                         format!(
-                            "{}:{line}: label {raw:?} in column {:?} is not a number",
-                            path.display(),
+                            "{}: label {raw:?} in column {:?} is not a number",
+                            table.place(row),
                             self.label_column
                         )
                     })?),
                 };
                 Ok(Example {
-                    text: row[text].clone(),
-                    pair: pair.map(|p| row[p].clone()),
+                    text: table.value(row, text)?.to_string(),
+                    pair: pair
+                        .map(|p| table.value(row, p))
+                        .transpose()?
+                        .map(str::to_string),
                     label,
                 })
             })

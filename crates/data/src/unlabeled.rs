@@ -2,17 +2,18 @@
 //! or rows of a TSV column) are split into sentences, and sentences longer than the model's
 //! maximum length into chunks between words; a cap keeps a seeded random choice of passages.
 
+use crate::table::{Format, read_text, read_texts};
 use crate::task::{Example, Label};
 use crate::tokenizer::TextTokenizer;
-use crate::tsv::{Tsv, read_text};
 use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use std::path::{Path, PathBuf};
 
-/// Reads unlabeled examples from `paths`: `.tsv` files by their text column (and pair column,
-/// whose pairs are kept whole) of `columns`, other files a passage a line. At most `limit`.
+/// Reads unlabeled examples from `paths`: table files (TSV, CSV, JSON Lines, Parquet) by their
+/// text column (and pair column, whose pairs are kept whole) of `columns`, other files a
+/// passage a line. At most `limit`.
 pub fn read_unlabeled(
     paths: &[PathBuf],
     columns: Option<(String, Option<String>)>,
@@ -61,20 +62,17 @@ fn read_passages(
     path: &Path,
     columns: Option<&(String, Option<String>)>,
 ) -> Result<Vec<(String, Option<String>)>> {
-    if path.extension().is_some_and(|ext| ext == "tsv") {
+    if Format::of(path).is_some() {
         let Some((text_column, pair_column)) = columns else {
             bail!(
                 "{}: which column holds the text? give text_column",
                 path.display()
             );
         };
-        let tsv = Tsv::read(path)?;
-        let text = tsv.column(text_column)?;
-        let pair = pair_column.as_deref().map(|c| tsv.column(c)).transpose()?;
-        return Ok(tsv
-            .rows
+        let rows = read_texts(path, text_column, pair_column.as_deref())?;
+        return Ok(rows
             .into_iter()
-            .map(|(_, row)| (row[text].clone(), pair.map(|p| row[p].clone())))
+            .map(|(_, text, pair)| (text, pair))
             .collect());
     }
     let text = read_text(path).with_context(|| "cannot read the unlabeled text")?;

@@ -1,0 +1,494 @@
+//! Tables of examples from the files users have, chosen by extension: TSV (GLUE's: tab-separated
+//! with a header line, fields verbatim, quote characters being text), CSV (RFC 4180 quoting, a
+//! header line), JSON Lines (an object a line, its keys the columns) and Parquet (as pandas,
+//! pyarrow and HF `datasets` write it: text, number and boolean columns; a class-label column
+//! reads as its integer ids). Columns are found by name in every format. Reading is strict: a
+//! ragged row, a missing key or null, or a column of another type is an error naming the file
+//! and the line (or row) when the value is used.
+
+use anyhow::{Context, Result, bail};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
+    UInt32Type, UInt64Type,
+};
+use arrow_array::{Array, ArrayRef, RecordBatchReader};
+use arrow_schema::DataType;
+use std::path::{Path, PathBuf};
+
+/// The extensions of the table files kd reads.
+pub const TABLE_EXTENSIONS: [&str; 4] = ["tsv", "csv", "jsonl", "parquet"];
+
+/// A table file's format.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Format {
+    Tsv,
+    Csv,
+    JsonLines,
+    Parquet,
+}
+
+impl Format {
+    /// The format of `path` by its extension, `None` for another one.
+    pub fn of(path: &Path) -> Option<Self> {
+        let extension = path.extension()?.to_str()?.to_ascii_lowercase();
+        Some(match extension.as_str() {
+            "tsv" => Self::Tsv,
+            "csv" => Self::Csv,
+            "jsonl" => Self::JsonLines,
+            "parquet" => Self::Parquet,
+            _ => return None,
+        })
+    }
+
+    /// The format of `path`, or an error listing the extensions kd reads.
+    pub fn require(path: &Path) -> Result<Self> {
+        Self::of(path).with_context(|| {
+            format!(
+                "{}: unknown file type; kd reads {}",
+                path.display(),
+                TABLE_EXTENSIONS.map(|e| format!(".{e}")).join(", ")
+            )
+        })
+    }
+}
+
+/// One value of a table.
+#[derive(Debug, Clone, PartialEq)]
+enum Cell {
+    Value(String),
+    /// A JSON line without the key, or a null.
+    Missing,
+    /// A JSON array or object.
+    Nested,
+}
+
+/// A table read whole: its header and its rows' values as text.
+pub(crate) struct Table {
+    path: PathBuf,
+    format: Format,
+    header: Vec<String>,
+    /// Per column, the type that cannot be read as text (Parquet lists, structs...).
+    unreadable: Vec<Option<String>>,
+    /// `(line number, or row number for Parquet, from 1; values)`; TSV and CSV count the
+    /// header as line 1.
+    rows: Vec<(usize, Vec<Cell>)>,
+}
+
+impl Table {
+    /// Reads `path` in the format its extension names.
+    pub fn read(path: &Path) -> Result<Self> {
+        let format = Format::require(path)?;
+        let (header, unreadable, rows) = match format {
+            Format::Tsv => read_tsv(path)?,
+            Format::Csv => read_csv(path)?,
+            Format::JsonLines => read_json_lines(path)?,
+            Format::Parquet => read_parquet(path)?,
+        };
+        let unreadable = match unreadable.is_empty() {
+            true => vec![None; header.len()],
+            false => unreadable,
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            format,
+            header,
+            unreadable,
+            rows,
+        })
+    }
+
+    /// The index of a named column; the error lists the columns there are, or names a
+    /// column's type kd cannot read as text.
+    pub fn column(&self, name: &str) -> Result<usize> {
+        let index = header_column(&self.path.display().to_string(), &self.header, name)?;
+        if let Some(kind) = &self.unreadable[index] {
+            bail!(
+                "{}: column {name:?} holds {kind}, not text, numbers or booleans",
+                self.path.display()
+            );
+        }
+        Ok(index)
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Row `row`'s line (or row) number.
+    pub fn number(&self, row: usize) -> usize {
+        self.rows[row].0
+    }
+
+    /// Where row `row` is, for messages: `file:line`, or `file, row N` for Parquet.
+    pub fn place(&self, row: usize) -> String {
+        match self.format {
+            Format::Parquet => format!("{}, row {}", self.path.display(), self.number(row)),
+            _ => format!("{}:{}", self.path.display(), self.number(row)),
+        }
+    }
+
+    /// The value of `column` (an index from [`Table::column`]) in row `row`.
+    pub fn value(&self, row: usize, column: usize) -> Result<&str> {
+        let name = &self.header[column];
+        match &self.rows[row].1[column] {
+            Cell::Value(value) => Ok(value),
+            Cell::Missing if self.format == Format::JsonLines => {
+                bail!("{}: no value for key {name:?}", self.place(row))
+            }
+            Cell::Missing => bail!("{}: column {name:?} is null", self.place(row)),
+            Cell::Nested => bail!(
+                "{}: {name:?} is an array or object, not text or a number",
+                self.place(row)
+            ),
+        }
+    }
+}
+
+/// The texts (and pairs) of a table file by column name, each with its row's line (or row,
+/// for Parquet) number.
+pub fn read_texts(
+    path: &Path,
+    text_column: &str,
+    pair_column: Option<&str>,
+) -> Result<Vec<(usize, String, Option<String>)>> {
+    let table = Table::read(path)?;
+    let text = table.column(text_column)?;
+    let pair = pair_column.map(|c| table.column(c)).transpose()?;
+    (0..table.len())
+        .map(|row| {
+            let pair = pair.map(|p| table.value(row, p)).transpose()?;
+            Ok((
+                table.number(row),
+                table.value(row, text)?.to_string(),
+                pair.map(str::to_string),
+            ))
+        })
+        .collect()
+}
+
+type Read = (Vec<String>, Vec<Option<String>>, Vec<(usize, Vec<Cell>)>);
+
+fn read_tsv(path: &Path) -> Result<Read> {
+    let text = read_text(path)?;
+    let mut lines = text.lines().enumerate();
+    let Some((_, header)) = lines.next() else {
+        bail!("{} is empty: expected a header line", path.display());
+    };
+    let header: Vec<String> = header.split('\t').map(|s| s.trim().to_string()).collect();
+    let mut rows = Vec::new();
+    for (index, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<Cell> = line.split('\t').map(|f| Cell::Value(f.into())).collect();
+        if fields.len() != header.len() {
+            bail!(
+                "{}:{}: expected {} tab-separated fields ({}), found {}",
+                path.display(),
+                index + 1,
+                header.len(),
+                header.join(", "),
+                fields.len()
+            );
+        }
+        rows.push((index + 1, fields));
+    }
+    Ok((header, Vec::new(), rows))
+}
+
+fn read_csv(path: &Path) -> Result<Read> {
+    let mut reader = csv::ReaderBuilder::new()
+        .from_path(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let describe = |error: csv::Error| -> anyhow::Error {
+        let line = error.position().map_or(0, csv::Position::line);
+        match error.kind() {
+            csv::ErrorKind::UnequalLengths {
+                expected_len, len, ..
+            } => anyhow::anyhow!(
+                "{}:{line}: expected {expected_len} comma-separated fields, found {len}",
+                path.display()
+            ),
+            csv::ErrorKind::Utf8 { .. } => {
+                anyhow::anyhow!("{}:{line}: not valid UTF-8", path.display())
+            }
+            _ => anyhow::anyhow!("{}:{line}: {error}", path.display()),
+        }
+    };
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(describe)?
+        .iter()
+        .map(|h| h.trim().to_string())
+        .collect();
+    if header.iter().all(String::is_empty) {
+        bail!("{} is empty: expected a header line", path.display());
+    }
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(describe)?;
+        let line = record.position().map_or(0, csv::Position::line) as usize;
+        rows.push((line, record.iter().map(|f| Cell::Value(f.into())).collect()));
+    }
+    Ok((header, Vec::new(), rows))
+}
+
+fn read_json_lines(path: &Path) -> Result<Read> {
+    let text = read_text(path)?;
+    let mut header: Vec<String> = Vec::new();
+    let mut objects = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a JSON object", path.display(), index + 1))?;
+        for key in object.keys() {
+            if !header.contains(key) {
+                header.push(key.clone());
+            }
+        }
+        objects.push((index + 1, object));
+    }
+    if objects.is_empty() {
+        bail!("{} is empty: expected a JSON object a line", path.display());
+    }
+    let rows = objects
+        .into_iter()
+        .map(|(line, object)| {
+            let cells = header.iter().map(|key| match object.get(key) {
+                None | Some(serde_json::Value::Null) => Cell::Missing,
+                Some(serde_json::Value::String(text)) => Cell::Value(text.clone()),
+                Some(serde_json::Value::Array(_) | serde_json::Value::Object(_)) => Cell::Nested,
+                Some(value) => Cell::Value(value.to_string()),
+            });
+            (line, cells.collect())
+        })
+        .collect();
+    Ok((header, Vec::new(), rows))
+}
+
+fn read_parquet(path: &Path) -> Result<Read> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let not_parquet = || format!("{} is not a Parquet file kd can read", path.display());
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .with_context(not_parquet)?
+        .build()
+        .with_context(not_parquet)?;
+    let schema = reader.schema();
+    let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let unreadable: Vec<Option<String>> = schema
+        .fields()
+        .iter()
+        .map(|f| (!readable(f.data_type())).then(|| f.data_type().to_string()))
+        .collect();
+    let mut columns: Vec<Vec<Cell>> = vec![Vec::new(); header.len()];
+    for batch in reader {
+        let batch = batch.with_context(not_parquet)?;
+        for (column, array) in columns.iter_mut().zip(batch.columns()) {
+            append_cells(column, array);
+        }
+    }
+    let count = columns.first().map_or(0, Vec::len);
+    let mut columns: Vec<_> = columns.into_iter().map(Vec::into_iter).collect();
+    let rows = (1..=count)
+        .map(|row| (row, columns.iter_mut().map(|c| c.next().unwrap()).collect()))
+        .collect();
+    Ok((header, unreadable, rows))
+}
+
+/// Whether kd reads a Parquet column of this type as text.
+fn readable(kind: &DataType) -> bool {
+    match kind {
+        DataType::Dictionary(_, values) => readable(values),
+        kind => {
+            kind.is_integer()
+                || kind.is_floating()
+                || kind.is_string()
+                || *kind == DataType::Boolean
+        }
+    }
+}
+
+/// `array`'s values as text appended to `cells`; nulls (and values of unreadable types, whose
+/// column [`Table::column`] refuses) as missing.
+fn append_cells(cells: &mut Vec<Cell>, array: &ArrayRef) {
+    macro_rules! primitive {
+        ($type:ty) => {{
+            let values = array.as_primitive::<$type>();
+            (0..array.len())
+                .map(|i| values.is_valid(i).then(|| values.value(i).to_string()))
+                .collect()
+        }};
+    }
+    let values: Vec<Option<String>> = match array.data_type() {
+        DataType::Utf8 => array
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.map(str::to_string))
+            .collect(),
+        DataType::LargeUtf8 => array
+            .as_string::<i64>()
+            .iter()
+            .map(|v| v.map(str::to_string))
+            .collect(),
+        DataType::Utf8View => array
+            .as_string_view()
+            .iter()
+            .map(|v| v.map(str::to_string))
+            .collect(),
+        DataType::Boolean => array
+            .as_boolean()
+            .iter()
+            .map(|v| v.map(|b| b.to_string()))
+            .collect(),
+        DataType::Int8 => primitive!(Int8Type),
+        DataType::Int16 => primitive!(Int16Type),
+        DataType::Int32 => primitive!(Int32Type),
+        DataType::Int64 => primitive!(Int64Type),
+        DataType::UInt8 => primitive!(UInt8Type),
+        DataType::UInt16 => primitive!(UInt16Type),
+        DataType::UInt32 => primitive!(UInt32Type),
+        DataType::UInt64 => primitive!(UInt64Type),
+        DataType::Float32 => primitive!(Float32Type),
+        DataType::Float64 => primitive!(Float64Type),
+        DataType::Dictionary(..) => {
+            let dictionary = array.as_any_dictionary();
+            let mut values = Vec::new();
+            append_cells(&mut values, dictionary.values());
+            let keys = dictionary.normalized_keys();
+            (0..array.len())
+                .map(|i| match (array.is_valid(i), &values[keys[i]]) {
+                    (true, Cell::Value(value)) => Some(value.clone()),
+                    _ => None,
+                })
+                .collect()
+        }
+        _ => vec![None; array.len()],
+    };
+    cells.extend(
+        values
+            .into_iter()
+            .map(|v| v.map_or(Cell::Missing, Cell::Value)),
+    );
+}
+
+/// The index of column `name` in the header of `source`; the error lists the columns there are.
+pub fn header_column(source: &str, header: &[impl AsRef<str>], name: &str) -> Result<usize> {
+    let header: Vec<&str> = header.iter().map(AsRef::as_ref).collect();
+    header.iter().position(|h| *h == name).with_context(|| {
+        format!(
+            "{source}: no column {name:?} in the header (columns: {})",
+            header.join(", ")
+        )
+    })
+}
+
+/// A whole text file; invalid UTF-8 is an error naming the file and the line.
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|error| {
+        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        anyhow::anyhow!("{}:{line}: not valid UTF-8", path.display())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn error(path: &Path) -> String {
+        format!("{:#}", Table::read(path).err().unwrap())
+    }
+
+    #[test]
+    fn invalid_utf8_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "train.tsv",
+            b"sentence\tlabel\nfine\t1\nbad \xff\t0\n",
+        );
+        assert!(error(&path).ends_with("train.tsv:3: not valid UTF-8"));
+        let path = write(
+            dir.path(),
+            "train.csv",
+            b"sentence,label\nfine,1\nbad \xff,0\n",
+        );
+        assert!(
+            error(&path).ends_with("train.csv:3: not valid UTF-8"),
+            "{}",
+            error(&path)
+        );
+    }
+
+    #[test]
+    fn csv_quotes_and_ragged_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "sentence,label\n\"a, \"\"quoted\"\"\nline\",1\nplain,0\n";
+        let table = Table::read(&write(dir.path(), "ok.csv", text.as_bytes())).unwrap();
+        let sentence = table.column("sentence").unwrap();
+        assert_eq!(table.value(0, sentence).unwrap(), "a, \"quoted\"\nline");
+        assert_eq!(table.value(1, sentence).unwrap(), "plain");
+        // Rows are numbered by the line they start on.
+        assert_eq!((table.number(0), table.number(1)), (2, 4));
+        let path = write(
+            dir.path(),
+            "ragged.csv",
+            b"sentence,label\nfine,1\nno label\nok,0\n",
+        );
+        assert!(
+            error(&path).ends_with("ragged.csv:3: expected 2 comma-separated fields, found 1"),
+            "{}",
+            error(&path)
+        );
+    }
+
+    #[test]
+    fn json_lines_by_key_with_missing_keys_named_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "{\"text\": \"good\", \"label\": 1}\n\n{\"label\": 0, \"text\": \"bad\", \
+                    \"extra\": [1]}\n{\"text\": \"no label\"}\n";
+        let table = Table::read(&write(dir.path(), "data.jsonl", text.as_bytes())).unwrap();
+        let (text, label) = (
+            table.column("text").unwrap(),
+            table.column("label").unwrap(),
+        );
+        assert_eq!(table.value(1, text).unwrap(), "bad");
+        assert_eq!(table.value(0, label).unwrap(), "1");
+        assert_eq!(table.number(2), 4);
+        let missing = table.value(2, label).unwrap_err().to_string();
+        assert!(
+            missing.ends_with("data.jsonl:4: no value for key \"label\""),
+            "{missing}"
+        );
+        let extra = table.column("extra").unwrap();
+        let nested = table.value(1, extra).unwrap_err().to_string();
+        assert!(
+            nested.contains("data.jsonl:3: \"extra\" is an array"),
+            "{nested}"
+        );
+        let path = write(dir.path(), "broken.jsonl", b"{\"text\": \"a\"}\n[1, 2]\n");
+        assert!(error(&path).contains("broken.jsonl:2: not a JSON object"));
+    }
+
+    #[test]
+    fn an_unknown_extension_lists_the_accepted_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "train.xlsx", b"");
+        assert!(
+            error(&path).ends_with("unknown file type; kd reads .tsv, .csv, .jsonl, .parquet"),
+            "{}",
+            error(&path)
+        );
+    }
+}
