@@ -1,5 +1,5 @@
 //! Bad input at scale: arbitrary bytes and mutated valid files for every reader of user files
-//! (task TSVs, `config.json`, tokenizer files, safetensors weights, kd's checked checkpoints
+//! (task TSV, CSV, JSON Lines and Parquet files, `config.json`, tokenizer files, safetensors weights, kd's checked checkpoints
 //! and caches) give an error, never a panic or an abort. Each property runs `CASES` cases.
 
 use candle_core::Device;
@@ -47,6 +47,11 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
 
 const TSV: &[u8] = b"sentence\tlabel\na fine film\t1\nboring\t0\n\"quoted\ttab\"\t1\n";
 const OWN_TSV: &[u8] = b"id\ttext\ttopic\n1\train again\tweather\n2\tgoal!\tsport\n";
+const CSV: &[u8] = b"id,text,topic\n1,\"rain, again\",weather\n2,goal!,sport\n";
+const JSONL: &[u8] =
+    b"{\"text\": \"rain\", \"topic\": \"weather\"}\n{\"topic\": 1, \"text\": null}\n";
+/// pandas' Parquet of 30 rows (`tests/fixtures/make_table_fixtures.py`).
+const PARQUET: &[u8] = include_bytes!("fixtures/tables/topics.parquet");
 const CONFIG: &[u8] = br#"{"model_type": "bert", "vocab_size": 30, "hidden_size": 8,
 "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 16,
 "max_position_embeddings": 16, "id2label": {"0": "neg", "1": "pos"},
@@ -70,6 +75,25 @@ proptest! {
         };
         let path = write(dir.path(), "own.tsv", &own);
         let _ = spec.task_spec().unwrap().read(&path, &mut Vec::new());
+    }
+
+    #[test]
+    fn task_csv_json_lines_and_parquet_files(
+        csv in input(CSV),
+        jsonl in input(JSONL),
+        parquet in input(PARQUET),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = DataSpec {
+            task: Some("topics".into()),
+            text_column: Some("text".into()),
+            label_column: Some("topic".into()),
+            ..DataSpec::default()
+        };
+        let spec = spec.task_spec().unwrap();
+        for (name, bytes) in [("own.csv", &csv), ("own.jsonl", &jsonl), ("own.parquet", &parquet)] {
+            let _ = spec.read(&write(dir.path(), name, bytes), &mut Vec::new());
+        }
     }
 
     #[test]

@@ -9,11 +9,11 @@ use kd_teacher::{Backbone, ModelFiles, Pooling, TaskModel, finetune};
 use kd_train::{RunDir, RunInputs, TrainerConfig};
 
 use crate::bench::{self, BenchArgs};
-use crate::distill::{self, DistillOptions};
-use crate::general;
-use crate::multitask;
 use crate::predict::{self, PredictArgs};
-use crate::recipe::Recipe;
+use kd_runner::distill::{self, DistillOptions};
+use kd_runner::general;
+use kd_runner::multitask;
+use kd_runner::recipe::Recipe;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]

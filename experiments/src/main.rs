@@ -4,13 +4,9 @@ mod bench;
 mod charts;
 mod cli;
 mod compare;
-mod distill;
-mod general;
 mod heads;
 mod latency;
-mod multitask;
 mod predict;
-mod recipe;
 mod report;
 
 use std::io::Write;

@@ -269,7 +269,28 @@ fn read_json_lines(path: &Path) -> Result<Read> {
     Ok((header, Vec::new(), rows))
 }
 
+/// [`parse_parquet`], with a panic of the parquet crate on a corrupt file (it has some, found
+/// by `tests/fuzz.rs`) turned into an error naming the file.
 fn read_parquet(path: &Path) -> Result<Read> {
+    // The default hook would print the panic as if kd had crashed.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(|| parse_parquet(path));
+    std::panic::set_hook(hook);
+    result.unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        bail!(
+            "{} is not a Parquet file kd can read: {reason}",
+            path.display()
+        )
+    })
+}
+
+fn parse_parquet(path: &Path) -> Result<Read> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let not_parquet = || format!("{} is not a Parquet file kd can read", path.display());

@@ -383,7 +383,7 @@ mod tests {
             edits in proptest::collection::vec((0..4000usize, proptest::prelude::any::<u8>(), proptest::prelude::any::<bool>()), 0..8),
             set in "[a-z_.0-9]{0,20}=[a-z0-9.\\[\\]\"]{0,10}",
         ) {
-            let shipped = include_bytes!("../recipes/sst2-tinybert-l4-aug.toml");
+            let shipped = include_bytes!("../../../experiments/recipes/sst2-tinybert-l4-aug.toml");
             let mut bytes = shipped.to_vec();
             for (at, byte, insert) in edits {
                 let at = at % (bytes.len() + 1);
@@ -402,14 +402,15 @@ mod tests {
 
     #[test]
     fn a_recipe_without_stages_is_refused() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/sst2-tinybert-l4.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../experiments/recipes/sst2-tinybert-l4.toml");
         let error = Recipe::load(&path, &["stages=[]".into()]).unwrap_err();
         assert!(error.to_string().ends_with("has no stages"), "{error:#}");
     }
 
     #[test]
     fn shipped_recipes_parse() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/recipes");
         let mut count = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
