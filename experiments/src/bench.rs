@@ -6,17 +6,19 @@
 //! a time with given task models (`benches/pytorch_latency.py` beside it: PyTorch eager and
 //! ONNX Runtime on the same models and sentences).
 
-use crate::cli::DeviceArg;
+use crate::args::DeviceArg;
+use crate::bench_args::{BenchArgs, Case, Shape};
+use crate::child::{kd_child, peak_rss_mb, run_child};
 use crate::latency;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use candle_core::{DType, Device, Tensor};
-use clap::{Args, ValueEnum};
+use clap::ValueEnum;
 use kd_bert::{
     AttentionMaps, BertConfig, BertForSequenceClassification, BertInput, FrozenWeights, Mode,
     Params,
 };
 use kd_bert::{DeviceName, Precision};
-use kd_data::{DataSpec, TaskKind};
+use kd_data::TaskKind;
 use kd_losses::{DistillOutputs, LossBatch, Objective, ObjectiveConfig};
 use kd_teacher::task_loss;
 use kd_train::{AdamW, AdamWConfig};
@@ -25,64 +27,6 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
-
-#[derive(Args)]
-pub struct BenchArgs {
-    /// small: 6 layers x 384 (12 heads), batch 32; base: 12 layers x 768, batch 8.
-    #[arg(long, value_delimiter = ',', default_value = "small,base")]
-    shapes: Vec<Shape>,
-    /// `latency` needs --model and a dev set (--task or --dev and its columns).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "gemm,inference,train,distill"
-    )]
-    cases: Vec<Case>,
-    #[arg(long, default_value_t = 128)]
-    seq_len: usize,
-    /// Timed runs per case (after the warm-up runs).
-    #[arg(long, default_value_t = 5, value_parser = at_least_one())]
-    runs: usize,
-    #[arg(long, default_value_t = 2)]
-    warmup: usize,
-    /// Rounds of every case, each in fresh processes. With `--pytorch`, kd and PyTorch take
-    /// turns to go first, so that the machine's drift over a sitting falls on both alike,
-    /// and each case ends with the median and range of its rounds' ratios.
-    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
-    rounds: usize,
-    /// Threads for both kd and PyTorch.
-    #[arg(long, default_value_t = 2)]
-    pub(crate) threads: usize,
-    /// Where both run (PyTorch on the same device).
-    #[command(flatten)]
-    pub(crate) device: DeviceArg,
-    /// f32, or bf16: kd's products in bf16 with f32 master weights; PyTorch under autocast
-    /// to bf16 (its mixed precision).
-    #[arg(long, default_value_t = Precision::F32)]
-    precision: Precision,
-    /// A Python with torch and transformers (see benches/setup.sh): also time PyTorch eager
-    /// on the same cases and print the ratios.
-    #[arg(long)]
-    pub(crate) pytorch: Option<PathBuf>,
-    /// Also write every measurement as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Run the single given case in this process and print its measurement (used by `kd bench`
-    /// itself to isolate each case's memory).
-    #[arg(long, hide = true)]
-    child: bool,
-    /// Task models for the latency case (directories or hub ids), each timed on every dev
-    /// sentence at batch 1, loaded once.
-    #[arg(long = "model")]
-    pub(crate) models: Vec<String>,
-    /// The read case's files, the same rows in different formats (.tsv, .csv, .jsonl,
-    /// .parquet).
-    #[arg(long, value_delimiter = ',')]
-    read_files: Vec<PathBuf>,
-    /// The sentences of the latency case: the dev set's texts; the read case's columns.
-    #[command(flatten, next_help_heading = "Data")]
-    pub(crate) data: DataSpec,
-}
 
 /// The read case: each of `--read-files` read whole as the task's examples, the median of
 /// `--runs` reads after `--warmup`, and its speed against the first file's.
@@ -129,33 +73,6 @@ fn time_reading(args: &BenchArgs) -> Result<()> {
         kd_bert::write_json_atomically(json, &report)?;
     }
     Ok(())
-}
-
-/// A count that must be 1 or more: a median of no runs is no measurement.
-fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Shape {
-    Small,
-    Base,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Case {
-    /// The dense-layer product alone (the FFN's input projection over every token): the
-    /// ceiling the whole steps are measured against.
-    Gemm,
-    Inference,
-    Train,
-    Distill,
-    Latency,
-    /// Reading the --read-files as a task's examples (the data flags' columns), each format
-    /// against the first file.
-    Read,
 }
 
 impl Shape {
@@ -345,17 +262,6 @@ fn common_flags(shape: Shape, case: Case, args: &BenchArgs) -> Vec<String> {
     ]
 }
 
-/// `kd bench --child` with `args` after the subcommand's own flags, on `threads` threads.
-pub(crate) fn kd_child(args: impl IntoIterator<Item = String>, threads: usize) -> Result<Command> {
-    let mut command = Command::new(std::env::current_exe()?);
-    command
-        .args(["bench", "--child"])
-        .args(args)
-        // candle sizes its matmul thread pool from rayon's variable.
-        .env("RAYON_NUM_THREADS", threads.to_string());
-    Ok(command)
-}
-
 /// The command-line spelling of a shape or case.
 fn name(value: impl ValueEnum) -> String {
     value.to_possible_value().unwrap().get_name().to_string()
@@ -370,23 +276,6 @@ fn pytorch_command(python: &PathBuf, shape: Shape, case: Case, args: &BenchArgs)
     let mut command = Command::new(python);
     command.arg(script).args(common_flags(shape, case, args));
     command
-}
-
-/// Runs a child bench and reads the JSON of its last output line.
-pub(crate) fn run_child<T: serde::de::DeserializeOwned>(mut command: Command) -> Result<T> {
-    let output = command
-        .output()
-        .with_context(|| format!("cannot run {command:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{command:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let stdout = String::from_utf8(output.stdout)?;
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line)
-        .with_context(|| format!("unexpected output of {command:?}: {stdout}"))
 }
 
 /// Prints one case's row: kd's times, memory and GFLOP/s (and that rate as a share of the
@@ -607,32 +496,4 @@ fn measure(shape: Shape, case: Case, args: &BenchArgs, device: &Device) -> Resul
         peak_rss_mb: peak_rss_mb(),
         gflop_per_s: 0.0,
     })
-}
-
-/// The process's peak resident memory.
-pub(crate) fn peak_rss_mb() -> f64 {
-    // The kernel's high-water mark of this process image: getrusage's `ru_maxrss` would carry
-    // the parent's over from before `exec` (a child of `kd compare` reported its parent's).
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let peak_kb = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| {
-            value
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<f64>()
-                .ok()
-        });
-    if let Some(kb) = peak_kb {
-        return kb / 1024.0;
-    }
-    // SAFETY: getrusage fills the struct it is given.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    usage.ru_maxrss as f64 / 1024.0
 }

@@ -1,14 +1,15 @@
 //! Subcommands and their options.
 
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kd_bert::{DeviceName, Precision};
+use kd_bert::Precision;
 use kd_data::{AugmentConfig, DataSpec, WordNeighbours, augment};
 use kd_teacher::{Backbone, ModelFiles, Pooling, TaskModel, finetune};
 use kd_train::{RunDir, RunInputs, TrainerConfig};
 
-use crate::bench::{self, BenchArgs};
+use crate::args::{DeviceArg, dev_examples, shared_dir};
+use crate::bench;
+use crate::bench_args::BenchArgs;
 use crate::predict::{self, PredictArgs};
 use kd_runner::distill::{self, DistillOptions};
 use kd_runner::general;
@@ -119,29 +120,6 @@ struct DistillArgs {
     max_train_examples: Option<usize>,
     #[command(flatten)]
     device: DeviceArg,
-}
-
-/// `--device`: where a command's models run.
-#[derive(Args, Clone, Copy)]
-pub(crate) struct DeviceArg {
-    /// cpu, cuda or cuda:N [default: the first GPU when kd was built with CUDA and one is
-    /// visible, else the CPU].
-    #[arg(long = "device", value_name = "DEVICE")]
-    pub name: Option<DeviceName>,
-}
-
-impl DeviceArg {
-    /// Opens the device (printing which), before anything is written.
-    pub fn select(self) -> Result<Device> {
-        kd_bert::device::select(self.name)
-    }
-}
-
-/// The shared data and model cache: `$KD_SHARED_DIR`, or `../shared`.
-pub fn shared_dir() -> PathBuf {
-    std::env::var_os("KD_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("../shared"))
 }
 
 #[derive(Args)]
@@ -358,29 +336,6 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     });
     println!("{output}");
     Ok(())
-}
-
-/// The task `data` names, its dev file (the task's, or `--dev`) and the file's examples
-/// encoded for `model` (named `name`), which must answer that kind of task.
-pub(crate) fn dev_examples(
-    model: &TaskModel,
-    name: &str,
-    data: &DataSpec,
-) -> Result<(kd_data::TaskSpec, PathBuf, Vec<kd_data::EncodedExample>)> {
-    let spec = data.task_spec()?;
-    if model.task_kind() != spec.kind {
-        bail!(
-            "model {name} is a {:?} model but task {} is {:?}",
-            model.task_kind(),
-            spec.name,
-            spec.kind
-        );
-    }
-    let path = data.dev_path(&shared_dir())?;
-    let mut labels = model.dataset_labels();
-    let examples = spec.read(&path, &mut labels)?;
-    let encoded = model.encode(&examples)?;
-    Ok((spec, path, encoded))
 }
 
 fn run_embed(args: EmbedArgs) -> Result<()> {

@@ -3,8 +3,8 @@
 //! against the reference, size, batch-1 latency, batch-32 throughput and peak memory. ONNX
 //! exports (`kd export --format onnx`) run in ONNX Runtime, through `benches/onnx_answers.py`.
 
+use crate::args::{DeviceArg, shared_dir};
 use crate::charts;
-use crate::cli::{DeviceArg, shared_dir};
 use anyhow::{Context, Result, bail};
 use candle_core::{D, Device, Tensor};
 use clap::Args;
@@ -282,7 +282,7 @@ fn measure_onnx(name: &str, examples: &[Example], args: &CompareArgs) -> Result<
         .arg(format!("--warmup={}", crate::latency::WARMUP))
         .arg(format!("--batch-size={THROUGHPUT_BATCH}"))
         .arg(format!("--max-seq-len={}", args.data.max_seq_len));
-    let answers: Result<OnnxAnswers> = crate::bench::run_child(command);
+    let answers: Result<OnnxAnswers> = crate::child::run_child(command);
     let _ = std::fs::remove_file(&sentences);
     let answers = answers?;
     let outputs = answers.logits.first().map_or(0, Vec::len);

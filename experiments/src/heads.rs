@@ -5,8 +5,8 @@
 //! mask variable on the head, normalised per layer. Pruning removes heads physically and
 //! records them as HF's `pruned_heads`.
 
+use crate::args::{DeviceArg, dev_examples};
 use crate::charts;
-use crate::cli::{DeviceArg, dev_examples};
 use anyhow::{Context, Result, bail};
 use candle_core::{Tensor, Var};
 use clap::{Args, ValueEnum};

@@ -4,8 +4,9 @@
 //! times PyTorch eager and ONNX Runtime (the model exported by `torch.onnx`) on the same
 //! sentences.
 
-use crate::bench::{BenchArgs, kd_child, peak_rss_mb, run_child};
-use crate::cli::shared_dir;
+use crate::args::shared_dir;
+use crate::bench_args::BenchArgs;
+use crate::child::{kd_child, peak_rss_mb, run_child};
 use anyhow::{Context, Result, bail};
 use kd_bert::{DeviceName, Mode};
 use kd_data::{DataSpec, Example, collate};

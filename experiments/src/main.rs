@@ -1,7 +1,10 @@
 //! `kd`: knowledge distillation for BERT models, on the command line.
 
+mod args;
 mod bench;
+mod bench_args;
 mod charts;
+mod child;
 mod cli;
 mod compare;
 mod heads;

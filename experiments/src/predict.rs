@@ -4,7 +4,7 @@
 //! bad line stops the run with its number after everything before it has been written; CSV,
 //! JSON Lines and Parquet are read whole (and checked) first.
 
-use crate::cli::DeviceArg;
+use crate::args::DeviceArg;
 use anyhow::{Context, Result, bail};
 use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, StructArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
