@@ -46,7 +46,7 @@ enum Command {
     Compare(crate::compare::CompareArgs),
     /// Draw a run's learning curves (every loss component and dev value against the step) as
     /// PNG and SVG.
-    Report(crate::report::ReportArgs),
+    Report(ReportArgs),
     /// Write a compact copy of a model: f16 or bf16 weights, int8 dense layers, a vocabulary
     /// pruned to the tokens some texts use; or the model as an ONNX graph.
     Export(ExportArgs),
@@ -120,6 +120,15 @@ struct DistillArgs {
     max_train_examples: Option<usize>,
     #[command(flatten)]
     device: DeviceArg,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// A `kd finetune` or `kd distill` output directory.
+    run: PathBuf,
+    /// Where to write the charts [default: RUN/report].
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -239,7 +248,12 @@ pub fn run() -> Result<()> {
         Command::Augment(args) => run_augment(args),
         Command::Export(args) => run_export(args),
         Command::Compare(args) => crate::compare::run(args),
-        Command::Report(args) => crate::report::run(args),
+        Command::Report(args) => {
+            for path in kd_report::learning_curves(&args.run, args.out.as_deref())? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         Command::Bench(args) => bench::run(args),
         Command::Heads(args) => crate::heads::run_heads(args),
         Command::Prune(args) => crate::heads::run_prune(args),

@@ -4,7 +4,6 @@
 //! exports (`kd export --format onnx`) run in ONNX Runtime, through `benches/onnx_answers.py`.
 
 use crate::args::{DeviceArg, shared_dir};
-use crate::charts;
 use anyhow::{Context, Result, bail};
 use candle_core::{D, Device, Tensor};
 use clap::Args;
@@ -13,6 +12,7 @@ use kd_data::{
     DataSpec, Example, Label, McNemar, Predictions, agreement, bootstrap_interval, evaluate,
     mcnemar,
 };
+use kd_report::charts;
 use kd_teacher::{ModelFiles, TaskModel};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

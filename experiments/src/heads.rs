@@ -6,12 +6,12 @@
 //! records them as HF's `pruned_heads`.
 
 use crate::args::{DeviceArg, dev_examples};
-use crate::charts;
 use anyhow::{Context, Result, bail};
 use candle_core::{Tensor, Var};
 use clap::{Args, ValueEnum};
 use kd_bert::Mode;
 use kd_data::{DataSpec, EncodedExample, TaskSpec, batch_plan, collate};
+use kd_report::charts;
 use kd_teacher::{Backbone, ModelFiles, TaskModel, task_loss};
 use kd_train::{Progress, RunDir};
 use serde::{Deserialize, Serialize};

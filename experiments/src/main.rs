@@ -3,14 +3,12 @@
 mod args;
 mod bench;
 mod bench_args;
-mod charts;
 mod child;
 mod cli;
 mod compare;
 mod heads;
 mod latency;
 mod predict;
-mod report;
 
 use std::io::Write;
 

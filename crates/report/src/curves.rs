@@ -1,10 +1,9 @@
-//! `kd report RUN_DIR`: learning curves from a run's `log.jsonl` (a fine-tuning run's, or each
-//! stage's of a distillation run), every loss component and every dev value against the step,
-//! as PNG and SVG.
+//! Learning curves from a run's `log.jsonl` (a fine-tuning run's, or each stage's of a
+//! distillation run): every loss component and every dev value against the step, as PNG and
+//! SVG (`kd report RUN_DIR`).
 
 use crate::charts::{self, Series};
 use anyhow::{Context, Result, bail};
-use clap::Args;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,31 +12,23 @@ use std::path::{Path, PathBuf};
 /// the trend.
 const SMOOTHING_SHARE: usize = 100;
 
-#[derive(Args)]
-pub struct ReportArgs {
-    /// A `kd finetune` or `kd distill` output directory.
-    run: PathBuf,
-    /// Where to write the charts [default: RUN/report].
-    #[arg(long)]
-    out: Option<PathBuf>,
-}
-
-pub fn run(args: ReportArgs) -> Result<()> {
-    let logs = find_logs(&args.run)?;
-    let out = args.out.unwrap_or_else(|| args.run.join("report"));
+/// Draws the curves of the run in `run` into `out` (`RUN/report` by default) and returns the
+/// files written.
+pub fn learning_curves(run: &Path, out: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let logs = find_logs(run)?;
+    let out = out.map_or_else(|| run.join("report"), Path::to_path_buf);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut written = Vec::new();
     for (name, log) in logs {
         let (train, dev, window) = read_log(&log)?;
         let groups = vec![
             (format!("training losses (mean of {window} steps)"), train),
             ("held-out / dev".to_string(), dev),
         ];
-        let title = format!("{}: {name}", args.run.display());
-        for path in charts::panels(&out.join(&name), &title, "step", &groups)? {
-            println!("{}", path.display());
-        }
+        let title = format!("{}: {name}", run.display());
+        written.extend(charts::panels(&out.join(&name), &title, "step", &groups)?);
     }
-    Ok(())
+    Ok(written)
 }
 
 /// `(chart name, log)`: the run's own log, or each stage's, in stage order.
