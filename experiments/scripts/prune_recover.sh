@@ -7,9 +7,13 @@
 #   2. for seeds $SEEDS (default 1 2 3): the pruned model distilled from the unpruned teacher by
 #      experiments/recipes/sst2-prune-recover.toml into runs/prune-recover/h$HEADS-f$FFN-sSEED,
 #      with its dev predictions.
+#   3. with the argument `compare` (the machine to itself): `kd compare` of the teacher, the
+#      pruned model and seed 1's recovered one, in kd and as ONNX graphs in ONNX Runtime
+#      (size, batch-1 latency, throughput, accuracy, agreement), into
+#      experiments/results/prune-compare-h$HEADS-f$FFN.
 # Extra `kd distill` arguments (a quick setting, say) come from $DISTILL_ARGS, split on spaces;
 # $RUNS (default runs) holds the outputs.
-# Usage: [TEACHER=DIR] [HEADS=8] [FFN=768] experiments/scripts/prune_recover.sh
+# Usage: [TEACHER=DIR] [HEADS=8] [FFN=768] experiments/scripts/prune_recover.sh [compare]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source experiments/scripts/seeds.sh
@@ -24,6 +28,19 @@ if [ ! -f "$pruned/prune.json" ]; then
     --out "$pruned" --force
 fi
 predict_dev "$pruned"
+if [ "${1:-}" = compare ]; then
+  models=("$teacher" "$pruned" "$runs/prune-recover/h$heads-f$ffn-s1")
+  graphs=()
+  for model in "${models[@]}"; do
+    graph=$runs/onnx/$(basename "$model")
+    [ -d "$graph" ] || $kd export --model "$model" --format onnx --out "$graph"
+    graphs+=("$graph")
+  done
+  $kd compare --models "${models[@]}" "${graphs[@]}" --task SST-2 \
+    --onnx-python "${ONNX_PYTHON:-.venv-ref/bin/python}" \
+    --out "experiments/results/prune-compare-h$heads-f$ffn" --force
+  exit
+fi
 # shellcheck disable=SC2206 # split on purpose
 extra=(${DISTILL_ARGS:-})
 for seed in ${SEEDS:-1 2 3}; do
