@@ -14,13 +14,15 @@ Usage: paired.py --dev DEV.tsv --teacher DIR --baseline GLOB --student GLOB --ou
 import argparse
 import glob
 import json
-import math
 import os
 import platform
 import re
 import statistics
 import subprocess
 import sys
+
+import dev_predictions
+from dev_predictions import mcnemar, read_gold
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--dev", required=True)
@@ -31,30 +33,15 @@ parser.add_argument("--label-column", default="label")
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
 
-with open(args.dev, encoding="utf-8") as f:
-    header, *rows = [line for line in f.read().splitlines() if line.strip()]
-label = header.split("\t").index(args.label_column)
-gold = [row.split("\t")[label] for row in rows]
+gold = read_gold(args.dev, args.label_column)
 
 
 def predicted(model_dir):
-    with open(f"{model_dir}/dev-predictions.jsonl") as f:
-        labels = [json.loads(line)["label"] for line in f]
-    assert len(labels) == len(gold), model_dir
-    return labels
+    return dev_predictions.predicted(model_dir, len(gold))
 
 
 def correct(model_dir):
     return [p == g for p, g in zip(predicted(model_dir), gold)]
-
-
-def mcnemar(a, b):
-    """Exact two-sided McNemar test of paired right/wrong lists: (b right only, a right only, p)."""
-    only_b = sum(1 for x, y in zip(a, b) if y and not x)
-    only_a = sum(1 for x, y in zip(a, b) if x and not y)
-    n, k = only_a + only_b, min(only_a, only_b)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
-    return only_b, only_a, p
 
 
 def runs(pattern):

@@ -10,8 +10,10 @@ Usage: vs_teacher.py --dev DEV.tsv --teacher DIR MODEL_DIR... [--out FILE.json]
 import argparse
 import glob
 import json
-import math
 import statistics
+
+import dev_predictions
+from dev_predictions import mcnemar, read_gold
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--dev", required=True)
@@ -21,21 +23,11 @@ parser.add_argument("--out")
 parser.add_argument("models", nargs="+")
 args = parser.parse_args()
 
-lines = [line.rstrip("\n").split("\t") for line in open(args.dev)]
-label = lines[0].index(args.label_column)
-gold = [row[label] for row in lines[1:]]
+gold = read_gold(args.dev, args.label_column)
 
 
 def predicted(model_dir):
-    return [json.loads(line)["label"] for line in open(f"{model_dir}/dev-predictions.jsonl")]
-
-
-def mcnemar(a, b):
-    only_a = sum(1 for x, y in zip(a, b) if x and not y)
-    only_b = sum(1 for x, y in zip(a, b) if y and not x)
-    n, k = only_a + only_b, min(only_a, only_b)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
-    return only_a, only_b, p
+    return dev_predictions.predicted(model_dir, len(gold))
 
 
 def last_evaluation(model_dir):
@@ -53,7 +45,7 @@ rows = []
 for model in args.models:
     labels = predicted(model)
     right = [p == g for p, g in zip(labels, gold)]
-    only_teacher, only_model, p = mcnemar(teacher_right, right)
+    only_model, only_teacher, p = mcnemar(teacher_right, right)
     rows.append({
         "model": model,
         "accuracy": sum(right) / len(gold),

@@ -36,6 +36,7 @@ fn time_reading(args: &BenchArgs) -> Result<()> {
     }
     let spec = args.data.task_spec()?;
     let mut rows = Vec::new();
+    let mut first_ms = None;
     for path in &args.read_files {
         let mut times = Vec::new();
         let mut examples = 0;
@@ -48,9 +49,7 @@ fn time_reading(args: &BenchArgs) -> Result<()> {
         }
         times.sort_by(f64::total_cmp);
         let median_ms = times[times.len() / 2];
-        let first: f64 = rows.first().map_or(median_ms, |row: &serde_json::Value| {
-            row["median_ms"].as_f64().unwrap_or(median_ms)
-        });
+        let first = *first_ms.get_or_insert(median_ms);
         println!(
             "{}: {examples} examples in {median_ms:.1} ms (median of {}), {:.0} examples/s, \
              {:.2}x the first file's time",
