@@ -1,7 +1,8 @@
 //! Compact exports: f16, bf16 and int8 exports reload in kd with logits close to the
 //! original's; a pruned vocabulary gives the same logits on the texts it was pruned for and
 //! still tokenises any text; candle-transformers' BERT reads the exports with kd's hidden
-//! states; the ONNX export runs in tract (and ONNX Runtime) with kd's logits; files are
+//! states; the ONNX export (of a model with pruned heads too) runs in tract (and ONNX
+//! Runtime) with kd's logits; files are
 //! written 0644 and an output directory is never overwritten silently; `kd compare` puts an
 //! export beside its original.
 
@@ -13,6 +14,7 @@ use kd_bert::{BertConfig, BertInput, Mode, ProblemType};
 use kd_data::{Example, Label};
 use kd_export::{ExportOptions, Format, Precision, Quantization, export};
 use kd_teacher::{ModelFiles, TaskModel};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 const SENTENCES: [&str; 4] = [
@@ -385,6 +387,43 @@ fn the_onnx_export_runs_in_tract_and_onnx_runtime_with_kds_logits() {
     ]);
     assert!(error.contains("--dtype is for safetensors"), "{error}");
     assert!(!root.path().join("onnx-f16").exists());
+}
+
+/// A model whose heads were pruned (`kd prune`; a different count in each layer) exports to
+/// ONNX as it is, no heads restored, with kd's logits in tract and ONNX Runtime.
+#[test]
+fn a_model_with_pruned_heads_exports_to_onnx_with_kds_logits() {
+    let root = tempfile::tempdir().unwrap();
+    let original = root.path().join("original");
+    tiny_classifier(&original);
+    let files = ModelFiles::from_dir(&original).unwrap();
+    let remove = BTreeMap::from([(0, BTreeSet::from([1, 3])), (1, BTreeSet::from([0]))]);
+    let pruned = TaskModel::load(&files, 64, &Device::Cpu)
+        .unwrap()
+        .prune_heads(&remove)
+        .unwrap();
+    let model = root.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    pruned.save(&model).unwrap();
+    kd_teacher::copy_tokenizer_files(&original, &model).unwrap();
+    let options = ExportOptions {
+        format: Format::Onnx,
+        ..ExportOptions::default()
+    };
+    let onnx = exported(root.path(), "onnx", options);
+    for n in [SENTENCES.len(), 1] {
+        let (logits, _, input) = outputs_on(&model, n);
+        let difference =
+            common::max_abs_diff(&tract_logits(&onnx.join("model.onnx"), &input), &logits);
+        assert!(difference < 1e-4, "tract, {n} sentences: {difference}");
+        if let Some((theirs, version)) = common::onnx_runtime_logits(&onnx, &input) {
+            let difference = common::max_abs_diff(&theirs, &logits);
+            assert!(
+                difference < 1e-4,
+                "ONNX Runtime {version}, {n} sentences: {difference}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -49,11 +49,6 @@ pub fn write(model: &ModelFiles, out: &Path, quantization: Option<Quantization>)
     let task_model = TaskModel::load(model, usize::MAX, &candle_core::Device::Cpu)
         .with_context(|| format!("cannot load {} to export it", model.dir.display()))?;
 
-    ensure!(
-        task_model.config.pruned_heads.is_empty(),
-        "the model has pruned attention heads: export it with --restore-heads first, then \
-         --format onnx from that directory"
-    );
     let graph = bert_classifier(&task_model, quantization)?;
     let proto = ModelProto {
         ir_version: IR_VERSION,
@@ -120,7 +115,21 @@ fn bert_classifier(model: &TaskModel, quantization: Option<Quantization>) -> Res
     }
 
     for layer in 0..config.num_hidden_layers {
-        hidden = graph.encoder_layer(&hidden, &bias, &format!("bert.encoder.layer.{layer}"))?;
+        // A layer whose heads were pruned (`kd prune`) has fewer of them, and its weights
+        // fewer rows: its graph is built for its own count; MPNet's bias, one slice a head,
+        // keeps the slices of the heads left.
+        let heads = config.remaining_heads(layer);
+        let layer_bias =
+            match family.relative_attention() && heads.len() < config.num_attention_heads {
+                true => {
+                    let kept: Vec<i64> = heads.iter().map(|&head| head as i64).collect();
+                    let kept = graph.int64s(&kept);
+                    graph.op("Gather", &[&bias, &kept], &[("axis", Attr::Int(1))])
+                }
+                false => bias.clone(),
+            };
+        let prefix = format!("bert.encoder.layer.{layer}");
+        hidden = graph.encoder_layer(&hidden, &layer_bias, heads.len(), &prefix)?;
     }
 
     // The pooler (or the head's first layer) reads the [CLS] position; the classifier the
@@ -464,10 +473,16 @@ impl<'a> Graph<'a> {
         ))
     }
 
-    /// One encoder layer: self-attention with the residual and layer norm, then the
-    /// feed-forward block with its own.
-    fn encoder_layer(&mut self, x: &str, mask_bias: &str, prefix: &str) -> Result<String> {
-        let (heads, head_dim) = (self.config().num_attention_heads, self.config().head_dim());
+    /// One encoder layer with `heads` attention heads: self-attention with the residual and
+    /// layer norm, then the feed-forward block with its own.
+    fn encoder_layer(
+        &mut self,
+        x: &str,
+        mask_bias: &str,
+        heads: usize,
+        prefix: &str,
+    ) -> Result<String> {
+        let head_dim = self.config().head_dim();
         let split = self.int64s(&[0, 0, heads as i64, head_dim as i64]);
         let project = |graph: &mut Self, name: &str, perm: Vec<i64>| -> Result<String> {
             let projected = graph.linear(x, &format!("{prefix}.attention.self.{name}"))?;
