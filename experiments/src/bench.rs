@@ -6,10 +6,7 @@
 //! a time with given task models (`benches/pytorch_latency.py` beside it: PyTorch eager and
 //! ONNX Runtime on the same models and sentences).
 
-use crate::args::DeviceArg;
 use crate::bench_args::{BenchArgs, Case, Shape};
-use crate::child::{kd_child, peak_rss_mb, run_child};
-use crate::latency;
 use anyhow::{Result, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::ValueEnum;
@@ -20,6 +17,9 @@ use kd_bert::{
 use kd_bert::{DeviceName, Precision};
 use kd_data::TaskKind;
 use kd_losses::{DistillOutputs, LossBatch, Objective, ObjectiveConfig};
+use kd_report::child::{kd_child, peak_rss_mb, run_child};
+use kd_report::latency;
+use kd_runner::options::DeviceArg;
 use kd_teacher::task_loss;
 use kd_train::{AdamW, AdamWConfig};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -152,7 +152,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         };
         println!(
             "{}",
-            serde_json::to_string(&latency::measure(model, &args)?)?
+            serde_json::to_string(&latency::measure(model, &args.data, device_name(&args))?)?
         );
         return Ok(());
     }
@@ -185,7 +185,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let mut rows = Vec::new();
     if args.cases.contains(&Case::Latency) {
-        rows.extend(latency::run(&args)?);
+        rows.extend(latency_table(&args)?);
     }
     let mut header = true;
     for &shape in &args.shapes {
@@ -246,6 +246,59 @@ pub fn run(args: BenchArgs) -> Result<()> {
         kd_bert::write_json_atomically(path, &report)?;
     }
     Ok(())
+}
+
+/// Times every `--model` in a fresh process of its own (and in PyTorch and ONNX Runtime with
+/// `--pytorch`), prints the table and returns its rows.
+fn latency_table(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
+    if args.models.is_empty() {
+        bail!("the latency case needs task models: give --model DIR (repeatable)");
+    }
+    let examples = latency::dev_sentences(&args.data, "kd bench")?;
+    let sentences = std::env::temp_dir().join(format!("kd-latency-{}.jsonl", std::process::id()));
+    let mut rows = Vec::new();
+    println!(
+        "{:<40} {:<12} {:>7} {:>9} {:>9} {:>9} {:>8}",
+        "model", "runtime", "tokens", "mean ms", "p50 ms", "p95 ms", "MB"
+    );
+    for model in &args.models {
+        let mut results = vec![latency::in_child(
+            model,
+            &args.data,
+            args.threads,
+            device_name(args),
+        )?];
+        if let Some(python) = &args.pytorch {
+            latency::write_sentences(&sentences, &examples)?;
+            results.extend(latency::in_python(
+                python,
+                model,
+                &sentences,
+                args.threads,
+                args.data.max_seq_len,
+            )?);
+        }
+        for result in results {
+            println!(
+                "{:<40} {:<12} {:>7.1} {:>9.2} {:>9.2} {:>9.2} {:>8.0}",
+                result.model,
+                result.runtime,
+                result.mean_tokens,
+                result.mean_ms,
+                result.p50_ms,
+                result.p95_ms,
+                result.peak_rss_mb
+            );
+            rows.push(serde_json::to_value(result)?);
+        }
+    }
+    let _ = std::fs::remove_file(&sentences);
+    Ok(rows)
+}
+
+/// The device a child bench runs on: the one named, else the CPU.
+fn device_name(args: &BenchArgs) -> DeviceName {
+    args.device.name.unwrap_or(DeviceName::Cpu)
 }
 
 fn common_flags(shape: Shape, case: Case, args: &BenchArgs) -> Vec<String> {

@@ -1,9 +1,9 @@
 //! `kd bench`'s arguments, the shapes and the cases, which the latency case reads too.
 
-use crate::args::DeviceArg;
 use clap::{Args, ValueEnum};
 use kd_bert::Precision;
 use kd_data::DataSpec;
+use kd_runner::options::DeviceArg;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

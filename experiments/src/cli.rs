@@ -2,19 +2,21 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kd_bert::Precision;
 use kd_data::{AugmentConfig, DataSpec, WordNeighbours, augment};
-use kd_teacher::{Backbone, ModelFiles, Pooling, TaskModel, finetune};
-use kd_train::{RunDir, RunInputs, TrainerConfig};
+use kd_teacher::{Backbone, ModelFiles, Pooling};
 
-use crate::args::{DeviceArg, dev_examples, shared_dir};
 use crate::bench;
 use crate::bench_args::BenchArgs;
-use crate::predict::{self, PredictArgs};
-use kd_runner::distill::{self, DistillOptions};
+use kd_report::{attention, compare, heads, prune};
+use kd_runner::distill;
+use kd_runner::evaluate::{self, EvalArgs};
+use kd_runner::finetune::{self, FinetuneArgs};
 use kd_runner::general;
 use kd_runner::multitask;
+use kd_runner::options::{DeviceArg, shared_dir};
+use kd_runner::predict::{self, PredictArgs};
 use kd_runner::recipe::Recipe;
+use kd_runner::run::{self, RunOptions, RunSummary};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -43,7 +45,7 @@ enum Command {
     Bench(BenchArgs),
     /// Compare models with a reference (the teacher) on the same dev examples: metric with a
     /// bootstrap interval, agreement, KL, McNemar's test, size, latency, throughput, memory.
-    Compare(crate::compare::CompareArgs),
+    Compare(compare::CompareArgs),
     /// Draw a run's learning curves (every loss component and dev value against the step) as
     /// PNG and SVG.
     Report(ReportArgs),
@@ -53,14 +55,14 @@ enum Command {
     /// Score every attention head on a task's dev set (the metric with the head masked out,
     /// with it alone in its layer, and Michel et al.'s gradient importance) as JSON and
     /// heatmaps.
-    Heads(crate::heads::HeadsArgs),
+    Heads(heads::HeadsArgs),
     /// Remove attention heads (HF's `pruned_heads`: named ones, or the least important down
     /// to a share or a count a layer) and feed-forward neurons (the least important, the same
     /// count in every layer: a smaller `intermediate_size`) for good.
-    Prune(crate::heads::PruneArgs),
+    Prune(prune::PruneArgs),
     /// Draw attention maps of a text (tokens on both axes): a grid of each layer's heads, or
     /// one head.
-    Attention(crate::heads::AttentionArgs),
+    Attention(attention::AttentionArgs),
 }
 
 #[derive(Args)]
@@ -131,62 +133,6 @@ struct ReportArgs {
     out: Option<PathBuf>,
 }
 
-#[derive(Args)]
-struct FinetuneArgs {
-    /// Hub id (e.g. sentence-transformers/all-MiniLM-L6-v2) or local model directory.
-    #[arg(long)]
-    model: String,
-    /// Output directory (refused if not empty, unless --force).
-    #[arg(long)]
-    out: PathBuf,
-    #[arg(long)]
-    force: bool,
-    /// Continue the interrupted run in --out from its last checkpoint.
-    #[arg(long, conflicts_with = "force")]
-    resume: bool,
-    /// Evaluate and checkpoint every N updates, besides each epoch's end.
-    #[arg(long)]
-    eval_every: Option<usize>,
-    #[arg(long, default_value_t = 3)]
-    epochs: usize,
-    #[arg(long, default_value_t = 5e-5)]
-    lr: f64,
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Fraction of the updates spent on linear warmup.
-    #[arg(long, default_value_t = 0.1)]
-    warmup: f64,
-    #[arg(long, default_value_t = 0.01)]
-    weight_decay: f64,
-    /// Quick setting: stop after this many updates.
-    #[arg(long)]
-    max_steps: Option<usize>,
-    /// f32, or bf16: the encoder's products in bf16, with f32 master weights, loss and
-    /// optimizer state.
-    #[arg(long, default_value_t = Precision::F32)]
-    precision: Precision,
-    #[command(flatten)]
-    device: DeviceArg,
-    #[command(flatten, next_help_heading = "Data")]
-    data: DataSpec,
-}
-
-#[derive(Args)]
-struct EvalArgs {
-    /// A task model directory (with a task head).
-    #[arg(long)]
-    model: String,
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
-    #[command(flatten)]
-    device: DeviceArg,
-    /// The task; it is evaluated on its dev file (--dev, or --data, names another TSV).
-    #[command(flatten, next_help_heading = "Data")]
-    data: DataSpec,
-}
-
 #[derive(Clone, Copy, ValueEnum)]
 enum PoolingArg {
     Mean,
@@ -241,13 +187,19 @@ struct AugmentArgs {
 pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Finetune(args) => run_finetune(args),
-        Command::Eval(args) => run_eval(args),
+        Command::Eval(args) => {
+            println!("{}", evaluate::run(&args)?);
+            Ok(())
+        }
         Command::Predict(args) => predict::run(args),
         Command::Embed(args) => run_embed(args),
         Command::Distill(args) => run_distill(args),
         Command::Augment(args) => run_augment(args),
         Command::Export(args) => run_export(args),
-        Command::Compare(args) => crate::compare::run(args),
+        Command::Compare(args) => {
+            println!("{}", compare::run(&args)?.table);
+            Ok(())
+        }
         Command::Report(args) => {
             for path in kd_report::learning_curves(&args.run, args.out.as_deref())? {
                 println!("{}", path.display());
@@ -255,74 +207,16 @@ pub fn run() -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args),
-        Command::Heads(args) => crate::heads::run_heads(args),
-        Command::Prune(args) => crate::heads::run_prune(args),
-        Command::Attention(args) => crate::heads::run_attention(args),
+        Command::Heads(args) => heads::run_heads(args),
+        Command::Prune(args) => prune::run_prune(args),
+        Command::Attention(args) => attention::run_attention(args),
     }
 }
 
 fn run_finetune(args: FinetuneArgs) -> Result<()> {
-    if !args.data.unlabeled.is_empty() || args.data.max_unlabeled.is_some() {
-        bail!("kd finetune learns from labels only; unlabeled text is for kd distill's recipes");
-    }
-    let data = args.data.load(&shared_dir(), Vec::new())?;
-    let spec = &data.spec;
-    let files = ModelFiles::resolve(&args.model)?;
-    let device = args.device.select()?;
-    args.precision.check(&device)?;
-    let mut model = TaskModel::from_backbone(
-        &files,
-        spec.kind,
-        &data.labels,
-        args.seed,
-        args.data.max_seq_len,
-        &device,
-    )?;
-    model.set_precision(args.precision);
-    let config = TrainerConfig {
-        epochs: args.epochs,
-        lr: args.lr,
-        batch_size: args.batch_size,
-        seed: args.seed,
-        warmup: args.warmup,
-        weight_decay: args.weight_decay,
-        max_steps: args.max_steps,
-        eval_every: args.eval_every,
-        ..TrainerConfig::default()
-    };
-    let mut settings =
-        serde_json::json!({ "model": args.model, "data": args.data, "training": config });
-    // Named only when not f32: runs begun before the flag existed still resume.
-    if !args.precision.is_f32() {
-        settings["precision"] = serde_json::json!(args.precision);
-    }
-    let mut inputs = RunInputs::new(&settings)?;
-    for file in args
-        .data
-        .files(&shared_dir())?
-        .iter()
-        .chain([&files.config, &files.weights])
-    {
-        inputs.file(file)?;
-    }
-    // Everything is loaded and checked before the output directory is touched.
-    let out = RunDir::for_run(&args.out, args.force, args.resume, &inputs)?;
-    eprintln!(
-        "fine-tuning {} ({} parameters) on {}: {} train, {} dev examples",
-        args.model,
-        model.params.num_parameters(),
-        spec.name,
-        data.train.len(),
-        data.dev.len()
-    );
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let stop = kd_train::interrupt_flag()?;
-    let report = finetune(&model, &data, &config, &out, args.resume, stop, &command)?;
-    println!("{}", serde_json::to_string(&report)?);
-    if report.interrupted {
-        eprintln!("interrupted: checkpoint saved; continue with the same command and --resume");
-        std::process::exit(130);
-    }
+    let report = finetune::run(&args, kd_train::interrupt_flag()?, &command)?;
+    print_summary(&report, report.interrupted)?;
     eprintln!(
         "best {} {:.2}% at epoch {}, {:.0} examples/s, {:.0} s; saved to {}",
         report.metric,
@@ -330,25 +224,8 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
         report.best_epoch,
         report.examples_per_s,
         report.wall_time_s,
-        out.path().display()
+        args.out.display()
     );
-    Ok(())
-}
-
-fn run_eval(args: EvalArgs) -> Result<()> {
-    args.data.ensure_no_training_options("kd eval")?;
-    let files = ModelFiles::resolve(&args.model)?;
-    let device = args.device.select()?;
-    let model = TaskModel::load_for_inference(&files, args.data.max_seq_len, &device)?;
-    let (spec, path, examples) = dev_examples(&model, &args.model, &args.data)?;
-    let metrics = model.evaluate(&spec, &examples, args.batch_size)?;
-    let output = serde_json::json!({
-        "task": spec.name,
-        "data": path,
-        "examples": examples.len(),
-        "metrics": metrics,
-    });
-    println!("{output}");
     Ok(())
 }
 
@@ -370,7 +247,6 @@ fn run_embed(args: EmbedArgs) -> Result<()> {
 }
 
 fn run_export(args: ExportArgs) -> Result<()> {
-    let model = ModelFiles::resolve(&args.model)?;
     let options = kd_export::ExportOptions {
         format: args.format,
         precision: args.dtype,
@@ -378,13 +254,11 @@ fn run_export(args: ExportArgs) -> Result<()> {
         prune_vocab: args.prune_vocab,
         restore_heads: args.restore_heads,
     };
-    kd_export::check(&model, &options)?;
-    let out = kd_train::RunDir::create(&args.out, args.force)?;
-    let report = kd_export::export(&model, out.path(), &options)?;
+    let report = kd_runner::export::run(&args.model, &args.out, args.force, &options)?;
     println!("{}", serde_json::to_string(&report)?);
     eprintln!(
         "{} written: weights {:.1} MB -> {:.1} MB, vocabulary {} -> {} tokens",
-        out.path().display(),
+        args.out.display(),
         report.weights_bytes_before as f64 / 1e6,
         report.weights_bytes_after as f64 / 1e6,
         report.vocab_before,
@@ -448,9 +322,8 @@ fn print_summary(summary: &impl serde::Serialize, interrupted: bool) -> Result<(
     Ok(())
 }
 
-fn run_general(recipe: &Recipe, options: &DistillOptions, out: &Path) -> Result<()> {
-    let summary = general::run(recipe, options, kd_train::interrupt_flag()?)?;
-    print_summary(&summary, summary.interrupted)?;
+/// The general student and where it is.
+fn print_general(summary: &general::GeneralSummary, out: &Path) {
     eprintln!(
         "general student ({} layers x {}, {} parameters) saved to {} ({:.0} s)",
         summary.student.layers,
@@ -459,12 +332,10 @@ fn run_general(recipe: &Recipe, options: &DistillOptions, out: &Path) -> Result<
         out.display(),
         summary.wall_time_s
     );
-    Ok(())
 }
 
-fn run_multitask(recipe: &Recipe, options: &DistillOptions, out: &Path) -> Result<()> {
-    let summary = multitask::run(recipe, options, kd_train::interrupt_flag()?)?;
-    print_summary(&summary, summary.interrupted)?;
+/// Each task's teacher and student side by side, and where the student is.
+fn print_multitask(summary: &multitask::MultiTaskSummary, out: &Path) {
     eprintln!(
         "\n{:<10} {:<16} {:>9} {:>9}",
         "task", "metric", "teacher", "student"
@@ -496,44 +367,34 @@ fn run_multitask(recipe: &Recipe, options: &DistillOptions, out: &Path) -> Resul
         out.display(),
         summary.wall_time_s
     );
-    Ok(())
 }
 
 fn run_distill(args: DistillArgs) -> Result<()> {
-    let mut overrides = args.overrides.clone();
-    if let Some(steps) = args.max_steps {
-        overrides.push(format!("training.max_steps={steps}"));
-    }
-    let mut recipe = Recipe::load(&args.recipe, &overrides)?;
-    if let Some(examples) = args.max_train_examples {
-        recipe.data.max_train_examples = Some(examples);
-        for task in &mut recipe.tasks {
-            task.data.max_train_examples = Some(examples);
-        }
-    }
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(&recipe.name));
-    let device = kd_bert::device::select(args.device.name.or(recipe.training.device))?;
-    recipe.training.precision.check(&device)?;
-    let options = DistillOptions {
-        device,
-        out: &out,
+    let recipe = Recipe::load(&args.recipe, &args.overrides)?;
+    let out = run::out_dir(&recipe, args.out.as_deref());
+    let options = RunOptions {
+        out: Some(&out),
         force: args.force,
         resume: args.resume,
         cache_dir: &args.cache_dir,
         shared_dir: &shared_dir(),
+        device: args.device.name,
+        max_steps: args.max_steps,
+        max_train_examples: args.max_train_examples,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    if !recipe.data.corpus.is_empty() {
-        return run_general(&recipe, &options, &out);
+    let summary = run::run_recipe(recipe, &options, kd_train::interrupt_flag()?)?;
+    print_summary(&summary, summary.interrupted())?;
+    match &summary {
+        RunSummary::Task(summary) => print_task(summary, &out),
+        RunSummary::General(summary) => print_general(summary, &out),
+        RunSummary::MultiTask(summary) => print_multitask(summary, &out),
     }
-    if !recipe.tasks.is_empty() {
-        return run_multitask(&recipe, &options, &out);
-    }
-    let summary = distill::run(&recipe, &options, kd_train::interrupt_flag()?)?;
-    print_summary(&summary, summary.interrupted)?;
+    Ok(())
+}
+
+/// The teacher and the student side by side, and where the student is.
+fn print_task(summary: &distill::Summary, out: &Path) {
     let metric = &summary.metric;
     let row = |role: &str, model: &distill::ModelSummary| {
         format!(
@@ -555,5 +416,4 @@ fn run_distill(args: DistillArgs) -> Result<()> {
         out.display(),
         summary.wall_time_s
     );
-    Ok(())
 }

@@ -1,14 +1,8 @@
 //! `kd`: knowledge distillation for BERT models, on the command line.
 
-mod args;
 mod bench;
 mod bench_args;
-mod child;
 mod cli;
-mod compare;
-mod heads;
-mod latency;
-mod predict;
 
 use std::io::Write;
 

@@ -219,9 +219,13 @@ where
 /// How heatmaps are drawn: the axes' titles, each row's label (its index when empty; columns
 /// are numbered), and whether each cell prints its value.
 pub struct HeatmapAxes<'a> {
+    /// The x axis's title.
     pub columns: &'a str,
+    /// The y axis's title.
     pub rows: &'a str,
+    /// Each row's label, top to bottom; empty to number the rows from 0.
     pub row_labels: &'a [String],
+    /// Whether each cell prints its value.
     pub values: bool,
 }
 

@@ -2,11 +2,25 @@
 //! read back as JSON.
 
 use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
 use std::process::Command;
+
+/// The `kd` program that runs measurements in child processes: this program when it is kd,
+/// else `$KD_BIN` (a library's caller, such as the Python package, is not kd).
+pub fn kd_program() -> Option<PathBuf> {
+    let this = std::env::current_exe().ok()?;
+    if this.file_stem().is_some_and(|stem| stem == "kd") {
+        return Some(this);
+    }
+    std::env::var_os("KD_BIN").map(PathBuf::from)
+}
 
 /// `kd bench --child` with `args` after the subcommand's own flags, on `threads` threads.
 pub fn kd_child(args: impl IntoIterator<Item = String>, threads: usize) -> Result<Command> {
-    let mut command = Command::new(std::env::current_exe()?);
+    let Some(program) = kd_program() else {
+        bail!("measuring in a child process needs the kd program: set KD_BIN to its path");
+    };
+    let mut command = Command::new(program);
     command
         .args(["bench", "--child"])
         .args(args)

@@ -3,7 +3,7 @@
 //! against the reference, size, batch-1 latency, batch-32 throughput and peak memory. ONNX
 //! exports (`kd export --format onnx`) run in ONNX Runtime, through `benches/onnx_answers.py`.
 
-use crate::args::{DeviceArg, shared_dir};
+use crate::charts;
 use anyhow::{Context, Result, bail};
 use candle_core::{D, Device, Tensor};
 use clap::Args;
@@ -12,7 +12,7 @@ use kd_data::{
     DataSpec, Example, Label, McNemar, Predictions, agreement, bootstrap_interval, evaluate,
     mcnemar,
 };
-use kd_report::charts;
+use kd_runner::options::{DeviceArg, shared_dir};
 use kd_teacher::{ModelFiles, TaskModel};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -22,64 +22,86 @@ use std::time::Instant;
 const THROUGHPUT_BATCH: usize = 32;
 const INTERVAL_LEVEL: f64 = 0.95;
 
+/// The models to compare, the reference, the task, and where to write the comparison.
 #[derive(Args)]
 pub struct CompareArgs {
     /// The models (directories or hub ids); the first is the reference unless --teacher.
     #[arg(long, num_args = 1.., required = true)]
-    models: Vec<String>,
+    pub models: Vec<String>,
     /// The reference model, usually the teacher [default: the first of --models].
     #[arg(long)]
-    teacher: Option<String>,
+    pub teacher: Option<String>,
+    /// The task, whose dev file the models answer.
     #[command(flatten)]
-    data: DataSpec,
+    pub data: DataSpec,
     /// Write compare.md and compare.json into this directory.
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+    /// Write into --out even when it is not empty.
     #[arg(long, requires = "out")]
-    force: bool,
+    pub force: bool,
     /// Bootstrap resamples for the metric's 95% interval.
     #[arg(long, default_value_t = 1000)]
-    bootstrap: usize,
+    pub bootstrap: usize,
     /// Threads for the latency and throughput measurements.
     #[arg(long, default_value_t = 2)]
-    threads: usize,
+    pub threads: usize,
     /// A Python interpreter with onnxruntime, onnx and tokenizers (benches/setup.sh makes
     /// one), to run the ONNX exports among --models in ONNX Runtime.
     #[arg(long)]
-    onnx_python: Option<PathBuf>,
+    pub onnx_python: Option<PathBuf>,
     /// Where kd's models run (ONNX exports run on the CPU).
     #[command(flatten)]
-    device: DeviceArg,
+    pub device: DeviceArg,
 }
 
 /// One model's row.
 #[derive(Debug, Serialize)]
 pub struct Row {
-    model: String,
+    /// The model as given: hub id or directory.
+    pub model: String,
     /// `kd`, or `onnxruntime` for an ONNX export.
-    runtime: String,
-    metric: String,
-    value: f64,
-    interval: (f64, f64),
-    /// Against the reference (classification only).
-    agreement: Option<f64>,
-    kl_to_reference: Option<f64>,
-    mcnemar: Option<McNemar>,
-    weights_mb: f64,
+    pub runtime: String,
+    /// The name of the task's first metric.
+    pub metric: String,
+    /// That metric on the dev examples, not in percent (0.91 for 91%).
+    pub value: f64,
+    /// The metric's 95% bootstrap interval: (low, high).
+    pub interval: (f64, f64),
+    /// The share of examples on which the model's class is the reference's (classification
+    /// only).
+    pub agreement: Option<f64>,
+    /// The mean KL(reference ‖ model) of the class probabilities, in nats (classification
+    /// only).
+    pub kl_to_reference: Option<f64>,
+    /// McNemar's test on the examples only one of the model and the reference gets right
+    /// (classification only).
+    pub mcnemar: Option<McNemar>,
+    /// The size of the weights file (`model.safetensors`, or an export's `model.onnx`), in MB
+    /// of 10^6 bytes.
+    pub weights_mb: f64,
+    /// Its parameters and what answering cost it (flattened into the row's JSON).
     #[serde(flatten)]
-    costs: Costs,
+    pub costs: Costs,
 }
 
 /// A model's size in parameters and what answering cost it: batch-1 latency, batch-32
 /// throughput, peak memory.
-#[derive(Debug, Serialize, Deserialize)]
-struct Costs {
-    params: usize,
-    params_without_embeddings: usize,
-    p50_ms: f64,
-    p95_ms: f64,
-    throughput_per_s: f64,
-    peak_rss_mb: f64,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Costs {
+    /// Parameters (of an ONNX export, those its graph stores).
+    pub params: usize,
+    /// Parameters outside the embedding tables.
+    pub params_without_embeddings: usize,
+    /// Median time to answer one sentence (batch 1, text to probabilities, after a warm-up), in
+    /// milliseconds.
+    pub p50_ms: f64,
+    /// The 95th percentile of those times, in milliseconds.
+    pub p95_ms: f64,
+    /// Dev examples answered a second at batch 32, tokenising excluded.
+    pub throughput_per_s: f64,
+    /// The peak resident memory of the process that timed the model, in MiB.
+    pub peak_rss_mb: f64,
 }
 
 /// What a model answered on the dev examples and what that cost.
@@ -99,7 +121,18 @@ struct Answers {
     predictions: Predictions,
 }
 
-pub fn run(args: CompareArgs) -> Result<()> {
+/// What `kd compare` found: a row a model (the reference first) and the markdown table.
+#[derive(Debug, Serialize)]
+pub struct Comparison {
+    /// One row a model, the reference first (what `compare.json` holds).
+    pub rows: Vec<Row>,
+    /// The Markdown table (what `compare.md` holds).
+    pub table: String,
+}
+
+/// Answers the dev examples with every model and compares them with the reference; writes
+/// compare.md, compare.json and the charts into `--out` when given.
+pub fn run(args: &CompareArgs) -> Result<Comparison> {
     args.data.ensure_no_training_options("kd compare")?;
     let reference_name = args
         .teacher
@@ -133,9 +166,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let mut rows = Vec::new();
     for name in &names {
         let measured = if is_onnx_export(name) {
-            measure_onnx(name, &examples, &args)?
+            measure_onnx(name, &examples, args)?
         } else {
-            measure_kd(name, &examples, &args, &device)?
+            measure_kd(name, &examples, args, &device)?
         };
         if measured.labels != reference_labels {
             bail!(
@@ -179,7 +212,6 @@ pub fn run(args: CompareArgs) -> Result<()> {
         }
     }
     let table = markdown(&rows, &reference_name, examples.len(), &dev_path);
-    println!("{table}");
     if let Some(out) = out {
         kd_bert::write_atomically(&out.join("compare.md"), |tmp| {
             Ok(std::fs::write(tmp, &table)?)
@@ -190,7 +222,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         }
         eprintln!("written to {}", out.path().display());
     }
-    Ok(())
+    Ok(Comparison { rows, table })
 }
 
 /// A directory holding an ONNX export rather than a model kd loads.
@@ -274,7 +306,7 @@ fn measure_onnx(name: &str, examples: &[Example], args: &CompareArgs) -> Result<
     command
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../benches/onnx_answers.py"
+            "/../../benches/onnx_answers.py"
         ))
         .arg(format!("--model={name}"))
         .arg(format!("--sentences={}", sentences.display()))

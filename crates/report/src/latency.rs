@@ -4,12 +4,11 @@
 //! times PyTorch eager and ONNX Runtime (the model exported by `torch.onnx`) on the same
 //! sentences.
 
-use crate::args::shared_dir;
-use crate::bench_args::BenchArgs;
 use crate::child::{kd_child, peak_rss_mb, run_child};
 use anyhow::{Context, Result, bail};
 use kd_bert::{DeviceName, Mode};
 use kd_data::{DataSpec, Example, collate};
+use kd_runner::options::shared_dir;
 use kd_teacher::{ModelFiles, TaskModel};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -17,19 +16,27 @@ use std::process::Command;
 use std::time::Instant;
 
 /// Sentences answered before timing starts (thread pools, caches and allocator warm up).
-pub(crate) const WARMUP: usize = 16;
+pub const WARMUP: usize = 16;
 
 /// One runtime's latencies for one model, as kd and the Python script print them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Latency {
-    pub(crate) model: String,
-    pub(crate) runtime: String,
-    pub(crate) sentences: usize,
-    pub(crate) mean_tokens: f64,
-    pub(crate) mean_ms: f64,
-    pub(crate) p50_ms: f64,
-    pub(crate) p95_ms: f64,
-    pub(crate) peak_rss_mb: f64,
+    /// The model as given: hub id or directory.
+    pub model: String,
+    /// `kd`, `pytorch` or `onnxruntime`.
+    pub runtime: String,
+    /// Dev sentences timed, each once, after the warm-up.
+    pub sentences: usize,
+    /// Tokens a sentence on average, special tokens included.
+    pub mean_tokens: f64,
+    /// The mean time to answer a sentence, text to probabilities, in milliseconds.
+    pub mean_ms: f64,
+    /// The median time, in milliseconds.
+    pub p50_ms: f64,
+    /// The 95th percentile, in milliseconds.
+    pub p95_ms: f64,
+    /// The measuring process's peak resident memory, in MiB.
+    pub peak_rss_mb: f64,
 }
 
 impl Latency {
@@ -50,63 +57,29 @@ impl Latency {
     }
 }
 
-/// Times every `--model` in a fresh process of its own (and in PyTorch and ONNX Runtime with
-/// `--pytorch`), prints the table and returns its rows.
-pub fn run(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
-    if args.models.is_empty() {
-        bail!("the latency case needs task models: give --model DIR (repeatable)");
-    }
-    let examples = dev_examples(args)?;
-    let sentences = std::env::temp_dir().join(format!("kd-latency-{}.jsonl", std::process::id()));
-    let mut rows = Vec::new();
-    println!(
-        "{:<40} {:<12} {:>7} {:>9} {:>9} {:>9} {:>8}",
-        "model", "runtime", "tokens", "mean ms", "p50 ms", "p95 ms", "MB"
-    );
-    for model in &args.models {
-        let device = args.device.name.unwrap_or(DeviceName::Cpu);
-        let mut results = vec![in_child(model, &args.data, args.threads, device)?];
-        if let Some(python) = &args.pytorch {
-            write_sentences(&sentences, &examples)?;
-            results.extend(run_python(python, model, &sentences, args)?);
-        }
-        for result in results {
-            println!(
-                "{:<40} {:<12} {:>7.1} {:>9.2} {:>9.2} {:>9.2} {:>8.0}",
-                result.model,
-                result.runtime,
-                result.mean_tokens,
-                result.mean_ms,
-                result.p50_ms,
-                result.p95_ms,
-                result.peak_rss_mb
-            );
-            rows.push(serde_json::to_value(result)?);
-        }
-    }
-    let _ = std::fs::remove_file(&sentences);
-    Ok(rows)
-}
-
-/// Times `model` on the dev sentences of `data` in a fresh process of its own, whose peak
-/// memory is then the model's alone.
+/// Times `model` on the dev sentences of `data` in a fresh kd process of its own, whose peak
+/// memory is then the model's alone; in this process (on its threads, with its peak memory)
+/// when there is no kd program to start (`child::kd_program`).
 pub fn in_child(
     model: &str,
     data: &DataSpec,
     threads: usize,
     device: DeviceName,
 ) -> Result<Latency> {
+    if crate::child::kd_program().is_none() {
+        return measure(model, data, device);
+    }
     let mut flags = child_flags(model, data);
     flags.push(format!("--device={device}"));
     run_child(kd_child(flags, threads)?)
 }
 
-/// Times `model` on the dev sentences in this process.
-pub fn measure(model: &str, args: &BenchArgs) -> Result<Latency> {
-    let examples = dev_examples(args)?;
+/// Times `model` on the dev sentences of `data` in this process.
+pub fn measure(model: &str, data: &DataSpec, device: DeviceName) -> Result<Latency> {
+    let examples = dev_sentences(data, "kd bench")?;
     let model_files = ModelFiles::resolve(model)?;
-    let device = args.device.name.unwrap_or(DeviceName::Cpu).open()?;
-    let task_model = TaskModel::load_for_inference(&model_files, args.data.max_seq_len, &device)?;
+    let device = device.open()?;
+    let task_model = TaskModel::load_for_inference(&model_files, data.max_seq_len, &device)?;
     let answer = |example: &Example| -> Result<usize> {
         let encoded = task_model.encode(std::slice::from_ref(example))?;
         let batch = collate(&encoded, &[0], &device)?;
@@ -114,7 +87,7 @@ pub fn measure(model: &str, args: &BenchArgs) -> Result<Latency> {
             .model
             .logits(&batch.input, None, Mode::Inference)?;
         let logits = logits.squeeze(0)?.to_vec1::<f32>()?;
-        std::hint::black_box(crate::predict::softmax(&logits));
+        std::hint::black_box(kd_runner::predict::softmax(&logits));
         Ok(encoded[0].ids.len())
     };
     kd_bert::with_busy_workers(|| {
@@ -132,11 +105,12 @@ pub fn measure(model: &str, args: &BenchArgs) -> Result<Latency> {
     })
 }
 
-/// The dev set's texts (labels are not needed: any label is read as a placeholder).
-fn dev_examples(args: &BenchArgs) -> Result<Vec<Example>> {
-    args.data.ensure_no_training_options("kd bench")?;
-    let spec = args.data.task_spec()?;
-    let path = args.data.dev_path(&shared_dir())?;
+/// The dev set's texts, for `command` (labels are not needed: any label is read as a
+/// placeholder).
+pub fn dev_sentences(data: &DataSpec, command: &str) -> Result<Vec<Example>> {
+    data.ensure_no_training_options(command)?;
+    let spec = data.task_spec()?;
+    let path = data.dev_path(&shared_dir())?;
     let examples = spec.read(&path, &mut Vec::new())?;
     if examples.is_empty() {
         bail!("{}: no sentences to time", path.display());
@@ -174,7 +148,7 @@ fn path_string(path: PathBuf) -> String {
 }
 
 /// Writes the sentences as JSON Lines of `[text, pair]` for the Python script.
-pub(crate) fn write_sentences(path: &Path, examples: &[Example]) -> Result<()> {
+pub fn write_sentences(path: &Path, examples: &[Example]) -> Result<()> {
     let lines: Vec<String> = examples
         .iter()
         .map(|e| serde_json::to_string(&(&e.text, &e.pair)))
@@ -183,14 +157,18 @@ pub(crate) fn write_sentences(path: &Path, examples: &[Example]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// PyTorch eager and ONNX Runtime on the same model and sentences.
-fn run_python(
+/// PyTorch eager and ONNX Runtime on the same model and sentences, on `threads` threads.
+pub fn in_python(
     python: &Path,
     model: &str,
     sentences: &Path,
-    args: &BenchArgs,
+    threads: usize,
+    max_seq_len: usize,
 ) -> Result<Vec<Latency>> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/pytorch_latency.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../benches/pytorch_latency.py"
+    );
     let model_dir = ModelFiles::resolve(model)?.dir;
     let mut results = Vec::new();
     for runtime in ["pytorch", "onnxruntime"] {
@@ -201,9 +179,9 @@ fn run_python(
             .arg(format!("--name={model}"))
             .arg(format!("--sentences={}", sentences.display()))
             .arg(format!("--runtime={runtime}"))
-            .arg(format!("--threads={}", args.threads))
+            .arg(format!("--threads={threads}"))
             .arg(format!("--warmup={WARMUP}"))
-            .arg(format!("--max-seq-len={}", args.data.max_seq_len));
+            .arg(format!("--max-seq-len={max_seq_len}"));
         results.push(run_child(command)?);
     }
     Ok(results)

@@ -148,57 +148,98 @@ impl Trainable for Distillation<'_> {
 /// What `kd distill` prints and writes to `summary.json`.
 #[derive(Debug, Serialize)]
 pub struct Summary {
+    /// The recipe's `name`.
     pub recipe: String,
+    /// The task's name: GLUE's, or the recipe's own `data.task`.
     pub task: String,
+    /// The task's first metric, which chose each stage's kept model (a key of the `dev` maps).
     pub metric: String,
-    /// Labelled training examples (augmented ones included) and transfer-set sentences.
+    /// Labelled training examples, augmented ones included.
     pub train_examples: usize,
+    /// Transfer-set sentences (`data.unlabeled`) that only the teachers label; 0 without a
+    /// transfer set.
     pub unlabeled_examples: usize,
     /// The teacher (of an ensemble, the one whose layers are read).
     pub teacher: ModelSummary,
     /// An ensemble's teachers, that one first, with their weights; empty for one teacher.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ensemble: Vec<EnsembleMember>,
+    /// The student as trained, on dev.
     pub student: ModelSummary,
+    /// Each stage run, in the recipe's order (up to the interrupted one).
     pub stages: Vec<StageSummary>,
+    /// Seconds this call took, from loading the models to the final evaluations.
     pub wall_time_s: f64,
+    /// Whether a stop request ended the run early: the stage's checkpoint is saved for
+    /// `--resume`, and no final student is written.
     pub interrupted: bool,
+    /// The command line (or the caller) that started the run.
     pub command: String,
 }
 
+/// A model's shape, size and dev metrics.
 #[derive(Debug, Serialize)]
 pub struct ModelSummary {
+    /// Encoder layers.
     pub layers: usize,
+    /// Hidden size.
     pub hidden: usize,
+    /// Parameters, embeddings and task heads included.
     pub params: usize,
+    /// The task's dev metrics by name, not in percent (0.91 for 91%); empty for a multi-task
+    /// student as a whole, whose metrics are per task.
     pub dev: BTreeMap<String, f64>,
 }
 
+/// One teacher of an ensemble.
 #[derive(Debug, Serialize)]
 pub struct EnsembleMember {
+    /// The teacher as the recipe names it: hub id or directory.
     pub model: String,
+    /// Its weight in the ensemble's average as the recipe gives it (1 by default), before
+    /// normalising.
     pub weight: f64,
+    /// Its own dev metrics by name.
     pub dev: BTreeMap<String, f64>,
 }
 
+/// What one stage did.
 #[derive(Debug, Serialize)]
 pub struct StageSummary {
+    /// The stage's name; its folder is `N-name/`.
     pub name: String,
+    /// Updates trained, over every call of a resumed run.
     pub steps: usize,
+    /// The best value of the metric that chooses the kept model (the task's first metric;
+    /// `mean` for a multi-task student); `None` when the stage never evaluated.
     pub best: Option<f64>,
+    /// Training examples a second, evaluation excluded.
     pub examples_per_s: f64,
-    /// Seconds spent on the teachers' logits and cached states, and whether each came from
-    /// the cache (`computed`, `loaded`; `... states` for hidden states).
+    /// Seconds spent getting the teachers' logits and cached states, computed or loaded.
     pub teacher_seconds: f64,
+    /// Where each teacher output came from: `computed` or `loaded` (for hidden states,
+    /// `computed states` or `loaded states`), each prefixed by `TASK: ` in a multi-task run;
+    /// none for a teacher that runs live or is not read.
     pub teacher_cache: Vec<String>,
 }
 
+/// Where and how a recipe runs: its output directory, the caches, the shared data and the
+/// device.
 pub struct DistillOptions<'a> {
+    /// The run's output directory: each stage's folder `N-name/`, then the final model and
+    /// `summary.json`.
     pub out: &'a Path,
+    /// Write into `out` even when it is not empty.
     pub force: bool,
+    /// Continue the interrupted run in `out` from its checkpoints; refused when the recipe or
+    /// its files changed since it began.
     pub resume: bool,
+    /// Where teacher outputs (and tokenised corpora) are cached, shared by runs with the same
+    /// teacher and data.
     pub cache_dir: &'a Path,
+    /// The shared data (GLUE's files under `data/glue`).
     pub shared_dir: &'a Path,
+    /// The command line recorded in `summary.json`.
     pub command: String,
     /// Where the teachers and the student run.
     pub device: Device,

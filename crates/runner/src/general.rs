@@ -36,33 +36,59 @@ const HELD_OUT_SEED: u64 = 0x5EED;
 /// What a general-distillation run prints and writes to `summary.json`.
 #[derive(Debug, Serialize)]
 pub struct GeneralSummary {
+    /// The recipe's `name`.
     pub recipe: String,
+    /// The teacher backbone as the recipe names it: hub id or directory.
     pub teacher: String,
+    /// Corpus files read (`data.corpus`'s patterns expanded).
     pub corpus_files: usize,
+    /// Sequences the corpus packs into, of at most `data.max_seq_len` tokens, the held-out ones
+    /// included.
     pub sequences: usize,
+    /// Tokens in those sequences, special tokens included.
     pub tokens: usize,
+    /// Sequences set aside to measure the objective on: one in ten of the corpus, at most 256.
     pub held_out_sequences: usize,
+    /// The student backbone.
     pub student: StudentSummary,
+    /// Each stage run, in the recipe's order (up to the interrupted one).
     pub stages: Vec<GeneralStageSummary>,
+    /// Seconds this call took, from loading the teacher to the last stage's end.
     pub wall_time_s: f64,
+    /// Whether a stop request ended the run early: the stage's checkpoint is saved for
+    /// `--resume`, and no final backbone is written.
     pub interrupted: bool,
+    /// The command line (or the caller) that started the run.
     pub command: String,
 }
 
+/// A general-distilled student's shape and size.
 #[derive(Debug, Serialize)]
 pub struct StudentSummary {
+    /// Encoder layers.
     pub layers: usize,
+    /// Hidden size.
     pub hidden: usize,
+    /// Parameters, embeddings and any masked-LM head included.
     pub params: usize,
+    /// Whether it has a masked-LM head (a stage's objective reads masked-LM predictions), which
+    /// is saved with it.
     pub mlm_head: bool,
 }
 
+/// What one general-distillation stage did.
 #[derive(Debug, Serialize)]
 pub struct GeneralStageSummary {
+    /// The stage's name; its folder is `N-name/`.
     pub name: String,
+    /// Updates trained, over every call of a resumed run.
     pub steps: usize,
+    /// Passes over the training sequences: `steps` over the updates an epoch takes (below the
+    /// stage's `epochs` when `max_steps` or an interruption stopped it).
     pub epochs_done: f64,
+    /// Training tokens a second, padding and evaluation excluded.
     pub tokens_per_s: f64,
+    /// Seconds spent training, evaluation excluded.
     pub train_seconds: f64,
     /// The objective on the held-out sequences at the last evaluation, by component.
     pub held_out: BTreeMap<String, f64>,

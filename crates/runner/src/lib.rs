@@ -1,7 +1,8 @@
 //! The distillation runner: a TOML [`Recipe`] (teacher, student, data, training settings and
 //! stages, each with its objective) run by [`distill::run`] for a task, [`general::run`] for
 //! general distillation on a corpus, and [`multitask::run`] for MT-DNN's multi-task students;
-//! teacher outputs are cached when they can be. The `kd distill` command is a shell over it.
+//! teacher outputs are cached when they can be. The task model's own commands live here too:
+//! [`finetune`], [`evaluate`] and [`predict`]. The `kd` command is a shell over them.
 //!
 //! Distil the shipped SST-2 DistilBERT recipe's student (a fine-tuned teacher in
 //! `runs/teachers/SST-2`, GLUE's files in `../shared/data/glue`):
@@ -31,10 +32,19 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod distill;
+pub mod evaluate;
+pub mod export;
+pub mod finetune;
 pub mod general;
 pub mod multitask;
+pub mod options;
+pub mod predict;
 pub mod recipe;
+pub mod run;
 
 pub use distill::DistillOptions;
 pub use recipe::Recipe;
+pub use run::{RunOptions, RunSummary, run_recipe};

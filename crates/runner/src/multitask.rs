@@ -51,27 +51,45 @@ impl Task {
 /// What a multi-task `kd distill` prints and writes to `summary.json`.
 #[derive(Debug, Serialize)]
 pub struct MultiTaskSummary {
+    /// The recipe's `name`.
     pub recipe: String,
+    /// Each task, in the recipe's order.
     pub tasks: Vec<TaskSummary>,
-    /// The mean over tasks of each one's first dev metric: the student's and the teachers'.
+    /// The mean over tasks of each one's first dev metric, the student's.
     pub student_mean: f64,
+    /// The same mean for the teachers: each task's (main) teacher on its own metric.
     pub teacher_mean: f64,
     /// The whole student: one encoder, every head.
     pub student: ModelSummary,
+    /// Each stage run, in the recipe's order (up to the interrupted one).
     pub stages: Vec<StageSummary>,
+    /// Seconds this call took, from loading the models to the final evaluations.
     pub wall_time_s: f64,
+    /// Whether a stop request ended the run early: the stage's checkpoint is saved for
+    /// `--resume`, and no final student is written.
     pub interrupted: bool,
+    /// The command line (or the caller) that started the run.
     pub command: String,
 }
 
+/// One task of a multi-task run: its data, teachers and the student's head on it.
 #[derive(Debug, Serialize)]
 pub struct TaskSummary {
+    /// The head's name (the recipe's, or the task's by default); its model is `tasks/NAME/`.
     pub name: String,
+    /// The data's task name.
     pub task: String,
+    /// The task's first metric, whose mean over tasks chooses the kept model.
     pub metric: String,
+    /// Labelled training examples, augmented ones included.
     pub train_examples: usize,
+    /// Transfer-set sentences (`data.unlabeled`) that only the teachers label; 0 without a
+    /// transfer set.
     pub unlabeled_examples: usize,
+    /// The task's teacher (of an ensemble, the one whose layers are read), on the task's dev
+    /// set.
     pub teacher: ModelSummary,
+    /// An ensemble's teachers, that one first, with their weights; empty for one teacher.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ensemble: Vec<EnsembleMember>,
     /// The student's dev metrics on this task (its model is `tasks/NAME/`).

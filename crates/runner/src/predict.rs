@@ -4,7 +4,7 @@
 //! bad line stops the run with its number after everything before it has been written; CSV,
 //! JSON Lines and Parquet are read whole (and checked) first.
 
-use crate::args::DeviceArg;
+use crate::options::DeviceArg;
 use anyhow::{Context, Result, bail};
 use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, StructArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -21,34 +21,38 @@ use std::time::Instant;
 /// Lines read, predicted and written at a time.
 const CHUNK_LINES: usize = 4096;
 
+/// The model, the texts (or the file to read them from) and where the predictions go.
 #[derive(Args)]
 pub struct PredictArgs {
+    /// A task model (with a task head): hub id or directory.
     #[arg(long)]
-    model: String,
+    pub model: String,
     /// Read the texts from this file, or `-` for standard input: plain text, or a table file
     /// (.tsv, .csv, .jsonl, .parquet) by its text column.
     #[arg(long, conflicts_with = "texts")]
-    input: Option<PathBuf>,
+    pub input: Option<PathBuf>,
     /// Write the predictions here instead of standard output: JSON Lines, or Parquet when
     /// the name ends in .parquet (columns line, text, pair, then label and a struct of
     /// probabilities by label, or score).
     #[arg(long)]
-    output: Option<PathBuf>,
+    pub output: Option<PathBuf>,
     /// Replace an existing --output file.
     #[arg(long)]
-    force: bool,
+    pub force: bool,
+    /// Texts per forward pass (batched by length).
     #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    pub batch_size: usize,
+    /// Where the model runs.
     #[command(flatten)]
-    device: DeviceArg,
+    pub device: DeviceArg,
     /// How to read the input: a table file by its text column (--text-column and
     /// --pair-column, or a GLUE --task's), and a TSV with a header when one is named;
     /// otherwise one text a line, a tab separating a sentence pair.
     #[command(flatten, next_help_heading = "Data")]
-    data: DataSpec,
+    pub data: DataSpec,
     /// Texts to classify; a tab inside a text separates a sentence pair.
     #[arg(required_unless_present = "input")]
-    texts: Vec<String>,
+    pub texts: Vec<String>,
 }
 
 /// One input line: its number and its text (or sentence pair).
@@ -207,6 +211,7 @@ impl Source {
     }
 }
 
+/// Predicts the texts or the input file of `args` into `--output` or standard output.
 pub fn run(args: PredictArgs) -> Result<()> {
     args.data.ensure_no_training_options("kd predict")?;
     let files = ModelFiles::resolve(&args.model)?;
@@ -294,7 +299,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
 }
 
 /// A text to predict; a tab separates a sentence pair.
-fn unlabeled(text: &str) -> Example {
+pub fn unlabeled(text: &str) -> Example {
     let (text, pair) = match text.split_once('\t') {
         Some((text, pair)) => (text, Some(pair.to_string())),
         None => (text, None),
@@ -357,32 +362,64 @@ fn write_json(
         if with_line_numbers {
             output.insert("line".into(), line.number.into());
         }
-        output.insert("text".into(), line.example.text.clone().into());
-        if let Some(pair) = &line.example.pair {
-            output.insert("pair".into(), pair.clone().into());
-        }
-        match model.task_kind() {
-            TaskKind::Regression => {
-                output.insert("score".into(), row[0].into());
-            }
-            TaskKind::Classification => {
-                let probabilities = softmax(row);
-                let best = argmax(&probabilities);
-                let by_label: serde_json::Map<String, serde_json::Value> = model
-                    .labels
-                    .iter()
-                    .zip(&probabilities)
-                    .map(|(label, p)| (label.clone(), (*p).into()))
-                    .collect();
-                output.insert("label".into(), model.labels[best].clone().into());
-                output.insert("probabilities".into(), by_label.into());
-            }
-        }
+        output.extend(answer(model, &line.example, row));
         serde_json::to_writer(&mut *out, &output)?;
         out.write_all(b"\n")?;
     }
     out.flush().context("cannot write the predictions")?;
     Ok(())
+}
+
+/// `model`'s answers to `examples` (batched by length, `batch_size` at a time), in their
+/// order: each the text (and pair), then the label and the probabilities by label, or the
+/// score.
+pub fn predict(
+    model: &TaskModel,
+    examples: &[Example],
+    batch_size: usize,
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+    if examples.is_empty() {
+        return Ok(Vec::new());
+    }
+    let logits = model
+        .logits(&model.encode(examples)?, batch_size, None)?
+        .to_vec2::<f32>()?;
+    Ok(examples
+        .iter()
+        .zip(&logits)
+        .map(|(example, row)| answer(model, example, row))
+        .collect())
+}
+
+/// One example's answer from its logits `row`.
+fn answer(
+    model: &TaskModel,
+    example: &Example,
+    row: &[f32],
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut output = serde_json::Map::new();
+    output.insert("text".into(), example.text.clone().into());
+    if let Some(pair) = &example.pair {
+        output.insert("pair".into(), pair.clone().into());
+    }
+    match model.task_kind() {
+        TaskKind::Regression => {
+            output.insert("score".into(), row[0].into());
+        }
+        TaskKind::Classification => {
+            let probabilities = softmax(row);
+            let best = argmax(&probabilities);
+            let by_label: serde_json::Map<String, serde_json::Value> = model
+                .labels
+                .iter()
+                .zip(&probabilities)
+                .map(|(label, p)| (label.clone(), (*p).into()))
+                .collect();
+            output.insert("label".into(), model.labels[best].clone().into());
+            output.insert("probabilities".into(), by_label.into());
+        }
+    }
+    output
 }
 
 /// Predictions as a Parquet file, a row group a chunk, written under a temporary name and
@@ -486,7 +523,8 @@ impl ParquetSink {
     }
 }
 
-pub(crate) fn softmax(logits: &[f32]) -> Vec<f32> {
+/// Probabilities from logits.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
     let total: f32 = exps.iter().sum();

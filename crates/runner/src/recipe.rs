@@ -13,10 +13,13 @@ use kd_train::{Keep, RunInputs};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// A distillation recipe as its TOML file gives it: each field a top-level key or table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
+    /// The run's name: its default output folder is `runs/NAME`, and its summary records it.
     pub name: String,
+    /// Free text about the recipe; not part of what `--resume` compares.
     #[serde(default)]
     pub description: String,
     /// The teacher; or, for an ensemble, `[[teachers]]` instead.
@@ -30,6 +33,7 @@ pub struct Recipe {
     /// whose layers a DistilBERT-style student copies); the first by default.
     #[serde(default)]
     pub layers_from: usize,
+    /// How the student is built (`[student]`, by its `kind`).
     pub student: StudentSpec,
     /// The task's data (for general distillation, a corpus); absent in a multi-task recipe.
     #[serde(default)]
@@ -38,7 +42,10 @@ pub struct Recipe {
     /// with its own data and teachers, which then replace the top-level ones.
     #[serde(default)]
     pub tasks: Vec<TaskEntry>,
+    /// The optimiser's settings, shared by every stage (`[training]`).
     pub training: TrainingSpec,
+    /// The stages (`[[stages]]`, one at least), trained in order, each starting from the model
+    /// the one before kept.
     pub stages: Vec<Stage>,
 }
 
@@ -54,15 +61,21 @@ pub struct TaskEntry {
     /// taking every task's batches once.
     #[serde(default)]
     pub weight: Option<f64>,
+    /// The task's teacher; or, for an ensemble, `[[tasks.teachers]]` instead.
     #[serde(default)]
     pub teacher: Option<TeacherSpec>,
+    /// The task's ensemble, as the top-level `teachers` is.
     #[serde(default)]
     pub teachers: Vec<TeacherSpec>,
+    /// The index in this task's teachers of the one whose layers are read, as the top-level
+    /// `layers_from` is.
     #[serde(default)]
     pub layers_from: usize,
+    /// The task's data.
     pub data: DataSpec,
 }
 
+/// A teacher: the model, and its weight in an ensemble.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeacherSpec {
@@ -79,8 +92,12 @@ pub struct TeacherSpec {
 pub enum StudentSpec {
     /// A subset of the teacher's layers, copied (every other layer by default).
     Distilbert {
+        /// The teacher layers (from 0) to copy, student layer `i` from `layers[i]`: every other
+        /// one from the first by default.
         #[serde(default)]
         layers: Option<Vec<usize>>,
+        /// Copy the teacher's task head too (true by default), else start it fresh; ignored
+        /// with `from` and in general distillation.
         #[serde(default = "yes")]
         copy_head: bool,
         /// Copy the layers from this model (hub id or directory) instead, such as the
@@ -91,30 +108,46 @@ pub enum StudentSpec {
     /// Any shape, BERT-initialised, or from a checkpoint directory (a general-distilled
     /// student) when `init` is given.
     Tinybert {
+        /// The student's layers, hidden size, attention heads and feed-forward size (an `init`
+        /// checkpoint must have as many layers and the same hidden size).
         shape: StudentShape,
+        /// A checkpoint to start from (hub id or directory), such as a general-distilled
+        /// student of this shape; BERT's initialisation from `training.seed` when absent.
         #[serde(default)]
         init: Option<String>,
     },
     /// A task model taken as it is (hub id or directory): its config, weights, task head and
     /// tokenizer, such as one `kd prune` wrote, whose pruned heads (`pruned_heads`) and smaller
     /// feed-forward layers (`intermediate_size`) it keeps through training and export.
-    Model { model: String },
+    Model {
+        /// The task model: hub id or directory.
+        model: String,
+    },
 }
 
 fn yes() -> bool {
     true
 }
 
+/// How the stages train (`[training]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainingSpec {
+    /// The learning rate (AdamW's peak, after warmup, decaying linearly to 0), unless a stage
+    /// sets its own.
     pub lr: f64,
+    /// Training examples per update (32 by default).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// The share of each stage's updates spent warming the learning rate up linearly (0.1 by
+    /// default).
     #[serde(default = "default_warmup")]
     pub warmup: f64,
+    /// AdamW's decoupled weight decay, not on biases and layer norms (0.01 by default).
     #[serde(default = "default_weight_decay")]
     pub weight_decay: f64,
+    /// Seeds the student's initialisation, the data order, dropout, masking and the objective's
+    /// projections (42 by default).
     #[serde(default = "default_seed")]
     pub seed: u64,
     /// Evaluate and checkpoint every N updates, besides each epoch's end.
@@ -157,7 +190,9 @@ fn default_seed() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stage {
+    /// The stage's name, in logs and in its folder `N-name/`.
     pub name: String,
+    /// Passes over the training examples (or the corpus's training sequences).
     pub epochs: usize,
     /// This stage's learning rate, when it differs from `training.lr`.
     #[serde(default)]
@@ -165,28 +200,45 @@ pub struct Stage {
     /// The model the stage hands on: the best on dev, or the last.
     #[serde(default)]
     pub keep: Keep,
+    /// The loss: its weighted components (with their layer mappings) and the temperature.
     pub objective: ObjectiveConfig,
 }
 
 impl Recipe {
-    /// Reads a recipe, applying `key=value` overrides first.
+    /// Reads a recipe, applying `key=value` overrides first. The paths it holds (teachers,
+    /// data, the student's starting model) are taken as they are: relative ones from the
+    /// current directory, not from the recipe's folder.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read recipe {}", path.display()))?;
-        let mut value = toml::Value::Table(
-            toml::from_str(&text)
-                .with_context(|| format!("malformed recipe {}", path.display()))?,
-        );
+        let table: toml::Table = toml::from_str(&text)
+            .with_context(|| format!("malformed recipe {}", path.display()))?;
+        Self::from_toml_value(
+            toml::Value::Table(table),
+            &path.display().to_string(),
+            overrides,
+        )
+    }
+
+    /// A recipe from its TOML structure (a recipe file's table, or one built in memory, such
+    /// as a Python dict), applying `key=value` overrides first; `origin` names it in errors
+    /// ("invalid recipe {origin}"). As with [`Recipe::load`], relative paths in it are taken
+    /// from the current directory.
+    pub fn from_toml_value(
+        mut value: toml::Value,
+        origin: &str,
+        overrides: &[String],
+    ) -> Result<Self> {
         for assignment in overrides {
             apply_override(&mut value, assignment)
                 .with_context(|| format!("cannot apply --set {assignment}"))?;
         }
         let recipe: Self = value
             .try_into()
-            .with_context(|| format!("invalid recipe {}", path.display()))?;
-        let invalid = || format!("invalid recipe {}", path.display());
+            .with_context(|| format!("invalid recipe {origin}"))?;
+        let invalid = || format!("invalid recipe {origin}");
         if recipe.stages.is_empty() {
-            bail!("recipe {} has no stages", path.display());
+            bail!("recipe {origin} has no stages");
         }
         if recipe.tasks.is_empty() {
             check_teachers(&recipe.teacher, &recipe.teachers, recipe.layers_from)
@@ -198,9 +250,8 @@ impl Recipe {
                 || recipe.data != DataSpec::default();
             if top_level {
                 bail!(
-                    "recipe {}: with [[tasks]], each task names its teachers and data; \
-                     remove the top-level [teacher], [[teachers]], layers_from and [data]",
-                    path.display()
+                    "recipe {origin}: with [[tasks]], each task names its teachers and data; \
+                     remove the top-level [teacher], [[teachers]], layers_from and [data]"
                 );
             }
             for (index, task) in recipe.tasks.iter().enumerate() {
