@@ -4,7 +4,7 @@
 //! whole words of the model's own WordPiece vocabulary in its input-embedding space (cosine).
 //! Only lowercase alphabetic words that are whole vocabulary entries are replaced.
 
-use crate::task::Example;
+use crate::example::Example;
 use anyhow::{Result, bail};
 use candle_core::{D, Tensor};
 use rand::rngs::StdRng;
@@ -146,7 +146,7 @@ pub fn augment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::Label;
+    use crate::example::Label;
     use candle_core::Device;
 
     /// Words on a circle: each one's neighbours are those at the nearest angles.

@@ -1,7 +1,7 @@
 //! Batches: examples are grouped by length (bucketing) and padded only to the longest in
 //! their batch, since most GLUE sentences are far shorter than the maximum length.
 
-use crate::task::{Example, Label};
+use crate::example::{Example, Label};
 use crate::tokenizer::TextTokenizer;
 use anyhow::Result;
 use candle_core::{Device, Tensor};

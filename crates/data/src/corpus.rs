@@ -6,7 +6,7 @@
 //! so that a second epoch, run or recipe does not tokenise the text again.
 
 use crate::batch::EncodedExample;
-use crate::task::Label;
+use crate::example::Label;
 use crate::tokenizer::TextTokenizer;
 use crate::unlabeled::split_sentences;
 use anyhow::{Context, Result, bail, ensure};

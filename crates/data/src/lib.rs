@@ -7,6 +7,7 @@
 mod augment;
 mod batch;
 mod corpus;
+mod example;
 mod masking;
 mod metrics;
 mod spec;
@@ -21,10 +22,11 @@ pub use batch::{Batch, EncodedExample, batch_plan, collate, encode_examples};
 pub use corpus::{
     CorpusSource, PackedCorpus, expand_globs, for_each_chunk, hash_file, pack_corpus,
 };
+pub use example::{Example, Label};
 pub use masking::{MaskedToken, Masking};
 pub use metrics::{Metric, Predictions, evaluate};
 pub use spec::DataSpec;
 pub use stats::{McNemar, agreement, bootstrap_interval, mcnemar};
 pub use table::{Format as TableFormat, TABLE_EXTENSIONS, header_column, read_texts};
-pub use task::{Example, Label, TaskData, TaskKind, TaskSpec};
+pub use task::{TaskData, TaskKind, TaskSpec};
 pub use tokenizer::{Encoded, TextTokenizer};

@@ -80,7 +80,7 @@ impl Masking {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::Label;
+    use crate::example::Label;
     use crate::tokenizer::test_tokenizer;
     use rand::SeedableRng;
     use rand::rngs::StdRng;

@@ -1,7 +1,7 @@
 //! The metrics GLUE reports, as fractions (0.9 is 90%): accuracy, binary F1 (positive class
 //! 1), Matthews correlation, Pearson and Spearman correlation.
 
-use crate::task::Label;
+use crate::example::Label;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -2,8 +2,9 @@
 //! command-line flags (`--task`, `--train`, `--text-column`, ...) and a recipe's `[data]`
 //! table (`task`, `train`, `text_column`, ...), so that both mean the same thing.
 
+use crate::example::Example;
 use crate::table::TABLE_EXTENSIONS;
-use crate::task::{Example, TaskData, TaskKind, TaskSpec};
+use crate::task::{TaskData, TaskKind, TaskSpec};
 use crate::tokenizer::TextTokenizer;
 use crate::unlabeled::read_unlabeled;
 use anyhow::{Result, bail};
@@ -320,7 +321,7 @@ impl DataSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::Label;
+    use crate::example::Label;
 
     /// A GLUE task by name, its files in the shared folder.
     fn glue(task: &str) -> DataSpec {

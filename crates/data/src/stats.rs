@@ -1,8 +1,8 @@
 //! Statistics for comparing models on the same examples: a bootstrap interval for a metric,
 //! McNemar's exact test between two classifiers, and agreement.
 
+use crate::example::Label;
 use crate::metrics::{Metric, Predictions, evaluate};
-use crate::task::Label;
 use anyhow::Result;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

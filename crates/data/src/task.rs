@@ -2,6 +2,7 @@
 //! class or a score, and which metrics to report. The five GLUE tasks kd ships with are
 //! predefined; any other file is described with [`TaskSpec::custom`].
 
+use crate::example::{Example, Label};
 use crate::metrics::Metric;
 use crate::table::Table;
 use anyhow::{Context, Result, bail};
@@ -209,21 +210,6 @@ fn discover_labels<'a>(raw: impl Iterator<Item = &'a str>) -> Vec<String> {
         labels.sort_by_key(|l| l.parse::<i64>().unwrap());
     }
     labels
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Label {
-    Class(usize),
-    Score(f32),
-    /// Transfer-set text: the teacher's outputs are its only targets.
-    Unlabeled,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Example {
-    pub text: String,
-    pub pair: Option<String>,
-    pub label: Label,
 }
 
 /// A task's labelled training and dev examples.

@@ -2,8 +2,8 @@
 //! or rows of a TSV column) are split into sentences, and sentences longer than the model's
 //! maximum length into chunks between words; a cap keeps a seeded random choice of passages.
 
+use crate::example::{Example, Label};
 use crate::table::{Format, read_text, read_texts};
-use crate::task::{Example, Label};
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Context, Result, bail};
 use rand::SeedableRng;

@@ -3,15 +3,12 @@
 //! `kd_tasks` in `config.json`) and, for every other tool, as one HF
 //! `BertForSequenceClassification` directory per task under `tasks/NAME/`.
 
-use crate::task_model::{TaskModel, copy_tokenizer_files};
+use crate::task_model::{TASKS_KEY, TaskModel, copy_tokenizer_files};
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use kd_bert::{BertConfig, Params, Precision, ProblemType};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-
-/// The `config.json` key listing a multi-task model's heads.
-pub(crate) const TASKS_KEY: &str = "kd_tasks";
 
 /// One task's head: its name (a folder name) and what it predicts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

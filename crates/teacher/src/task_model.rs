@@ -15,6 +15,10 @@ use kd_train::Progress;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+/// The `config.json` key listing a multi-task model's heads (`MultiTaskModel`), which a
+/// task model refuses to load as one.
+pub(crate) const TASKS_KEY: &str = "kd_tasks";
+
 /// A BERT model with a sequence-classification or regression head, and its tokenizer.
 pub struct TaskModel {
     pub config: BertConfig,
@@ -116,7 +120,7 @@ impl TaskModel {
     ) -> Result<Self> {
         let params = params.in_family(config.family());
         let Some((labels, problem_type)) = config.task_head() else {
-            if config.extra.contains_key(crate::multitask::TASKS_KEY) {
+            if config.extra.contains_key(TASKS_KEY) {
                 bail!("this is a multi-task model: each task's model is in its tasks/NAME folder");
             }
             bail!(
