@@ -144,6 +144,26 @@ fn finetuned_sst2_teacher_round_trips_through_eval_and_predict() {
     let alone = &lines[0]["probabilities"]["1"].as_f64().unwrap();
     let batched = written[4]["probabilities"]["1"].as_f64().unwrap();
     assert!((alone - batched).abs() < 1e-5, "{alone} vs {batched}");
+    // A TSV read by its text column: a ragged line is named with the columns expected.
+    let input = b"sentence\tlabel\na fine film\t1\ntoo\tmany\tfields\n";
+    let output = common::kd_with_stdin(
+        &[
+            "predict",
+            "--model",
+            model,
+            "--input",
+            "-",
+            "--text-column",
+            "sentence",
+        ],
+        input,
+    );
+    let error = common::stderr(&output);
+    assert!(
+        error.contains("<stdin>:3: expected 2 tab-separated fields (sentence, label), found 3"),
+        "{error}"
+    );
+    assert_eq!(common::stdout(&output).lines().count(), 1);
 
     // The output directory is never overwritten silently.
     let error = common::kd_err(&[

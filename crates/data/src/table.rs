@@ -181,20 +181,34 @@ fn read_tsv(path: &Path) -> Result<Read> {
         if line.trim().is_empty() {
             continue;
         }
-        let fields: Vec<Cell> = line.split('\t').map(|f| Cell::Value(f.into())).collect();
-        if fields.len() != header.len() {
-            bail!(
-                "{}:{}: expected {} tab-separated fields ({}), found {}",
-                path.display(),
-                index + 1,
-                header.len(),
-                header.join(", "),
-                fields.len()
-            );
-        }
-        rows.push((index + 1, fields));
+        let place = || format!("{}:{}", path.display(), index + 1);
+        let fields = tsv_fields(line, &header, place)?;
+        rows.push((
+            index + 1,
+            fields.into_iter().map(|f| Cell::Value(f.into())).collect(),
+        ));
     }
     Ok((header, Vec::new(), rows))
+}
+
+/// A TSV line's fields, one for each column of `header`; otherwise an error naming the line
+/// (`place`: `file:line`) and the columns expected.
+pub fn tsv_fields<'a>(
+    line: &'a str,
+    header: &[String],
+    place: impl FnOnce() -> String,
+) -> Result<Vec<&'a str>> {
+    let fields: Vec<&str> = line.split('\t').collect();
+    if fields.len() != header.len() {
+        bail!(
+            "{}: expected {} tab-separated fields ({}), found {}",
+            place(),
+            header.len(),
+            header.join(", "),
+            fields.len()
+        );
+    }
+    Ok(fields)
 }
 
 fn read_csv(path: &Path) -> Result<Read> {

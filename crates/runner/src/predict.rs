@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, StructArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use clap::Args;
-use kd_data::{DataSpec, Example, Label, TableFormat, TaskKind, header_column};
+use kd_data::{DataSpec, Example, Label, TableFormat, TaskKind, header_column, tsv_fields};
 use kd_teacher::{ModelFiles, TaskModel};
 use kd_train::Progress;
 use std::fs::File;
@@ -66,8 +66,8 @@ struct LineReader {
     name: String,
     reader: Box<dyn BufRead>,
     number: usize,
-    /// With a TSV: the number of fields, and the text and pair columns' indices.
-    columns: Option<(usize, usize, Option<usize>)>,
+    /// With a TSV: its header, and the text and pair columns' indices.
+    columns: Option<(Vec<String>, usize, Option<usize>)>,
 }
 
 impl LineReader {
@@ -99,14 +99,10 @@ impl LineReader {
             let Some(header) = lines.next_line()? else {
                 bail!("{} is empty: expected a header line", lines.name);
             };
-            let header: Vec<&str> = header.split('\t').map(str::trim).collect();
+            let header: Vec<String> = header.split('\t').map(|s| s.trim().to_string()).collect();
             let find = |column: &str| header_column(&lines.name, &header, column);
-            let columns = (
-                header.len(),
-                find(&text)?,
-                pair.as_deref().map(find).transpose()?,
-            );
-            lines.columns = Some(columns);
+            let (text, pair) = (find(&text)?, pair.as_deref().map(find).transpose()?);
+            lines.columns = Some((header, text, pair));
         }
         Ok(lines)
     }
@@ -134,20 +130,13 @@ impl LineReader {
         let Some(line) = self.next_line()? else {
             return Ok(None);
         };
-        let example = match self.columns {
+        let example = match &self.columns {
             None => unlabeled(&line),
-            Some((count, text, pair)) => {
-                let fields: Vec<&str> = line.split('\t').collect();
-                if fields.len() != count {
-                    bail!(
-                        "{}:{}: expected {count} tab-separated fields, found {}",
-                        self.name,
-                        self.number,
-                        fields.len()
-                    );
-                }
+            Some((header, text, pair)) => {
+                let fields =
+                    tsv_fields(&line, header, || format!("{}:{}", self.name, self.number))?;
                 Example {
-                    text: fields[text].to_string(),
+                    text: fields[*text].to_string(),
                     pair: pair.map(|p| fields[p].to_string()),
                     label: Label::Unlabeled,
                 }
