@@ -163,7 +163,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let [case] = args.cases[..] else {
             bail!("a child bench runs one case")
         };
-        let device = args.device.name.unwrap_or(DeviceName::Cpu).open()?;
+        let device = device_name(&args).open()?;
         let measurement = measure(shape, case, &args, &device)?;
         println!("{}", serde_json::to_string(&measurement)?);
         return Ok(());
@@ -309,7 +309,7 @@ fn common_flags(shape: Shape, case: Case, args: &BenchArgs) -> Vec<String> {
         format!("--runs={}", args.runs),
         format!("--warmup={}", args.warmup),
         format!("--threads={}", args.threads),
-        format!("--device={}", args.device.name.unwrap_or(DeviceName::Cpu)),
+        format!("--device={}", device_name(args)),
         format!("--precision={}", args.precision),
     ]
 }

@@ -320,9 +320,7 @@ impl Sink {
             return Ok(());
         }
         let examples: Vec<Example> = lines.iter().map(|line| line.example.clone()).collect();
-        let logits = model
-            .logits(&model.encode(&examples)?, batch_size, None)?
-            .to_vec2::<f32>()?;
+        let logits = logit_rows(model, &examples, batch_size)?;
         match self {
             Self::Json(out) => write_json(model, lines, &logits, with_line_numbers, out),
             Self::Parquet(sink) => sink.write(model, lines, &logits),
@@ -367,17 +365,23 @@ pub fn predict(
     examples: &[Example],
     batch_size: usize,
 ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
-    if examples.is_empty() {
-        return Ok(Vec::new());
-    }
-    let logits = model
-        .logits(&model.encode(examples)?, batch_size, None)?
-        .to_vec2::<f32>()?;
+    let logits = logit_rows(model, examples, batch_size)?;
     Ok(examples
         .iter()
         .zip(&logits)
         .map(|(example, row)| answer(model, example, row))
         .collect())
+}
+
+/// `model`'s logits for `examples` (batched by length), a row an example in their order; none
+/// for none.
+fn logit_rows(model: &TaskModel, examples: &[Example], batch_size: usize) -> Result<Vec<Vec<f32>>> {
+    if examples.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(model
+        .logits(&model.encode(examples)?, batch_size, None)?
+        .to_vec2::<f32>()?)
 }
 
 /// One example's answer from its logits `row`.
