@@ -16,7 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("KD_SHARED_DIR", ROOT.parent / "shared")).resolve()
-KD_BIN = Path(os.environ.get("KD_BIN", ROOT / "target" / "release" / "kd"))
+# The kd binary cargo built: in $CARGO_TARGET_DIR when set, as cargo puts it.
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+KD_BIN = Path(os.environ.get("KD_BIN", TARGET / "release" / "kd"))
 MINILM = "models--sentence-transformers--all-MiniLM-L6-v2"
 
 # kd in this process and the kd binary read the same cache and data (before kd is imported).
