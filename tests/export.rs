@@ -282,7 +282,7 @@ fn candle_transformers_bert_reads_exports_with_kds_hidden_states() {
 
 /// The logits tract computes for `input` with the exported graph.
 fn tract_logits(onnx: &Path, input: &BertInput) -> Tensor {
-    use tract_onnx::prelude::{Framework, InferenceModelExt, IntoRunnable, tract_ndarray, tvec};
+    use tract_onnx::prelude::{Framework, InferenceModelExt, IntoRunnable, tract_ndarray};
     let model = tract_onnx::onnx()
         .model_for_path(onnx)
         .unwrap()
@@ -296,12 +296,15 @@ fn tract_logits(onnx: &Path, input: &BertInput) -> Tensor {
         let array = tract_ndarray::Array2::from_shape_vec(shape, rows.concat()).unwrap();
         tract_onnx::prelude::Tensor::from(array).into()
     };
+    // In the graph's order; MPNet's graph has no token types.
+    let inputs = [
+        &input.input_ids,
+        &input.attention_mask,
+        &input.token_type_ids,
+    ];
+    let count = model.model().inputs.len();
     let outputs = model
-        .run(tvec![
-            array(&input.input_ids),
-            array(&input.attention_mask),
-            array(&input.token_type_ids)
-        ])
+        .run(inputs[..count].iter().map(|tensor| array(tensor)).collect())
         .unwrap();
     let logits = outputs[0].to_plain_array_view::<f32>().unwrap();
     let shape = logits.shape().to_vec();
@@ -390,38 +393,76 @@ fn the_onnx_export_runs_in_tract_and_onnx_runtime_with_kds_logits() {
 }
 
 /// A model whose heads were pruned (`kd prune`; a different count in each layer) exports to
-/// ONNX as it is, no heads restored, with kd's logits in tract and ONNX Runtime.
+/// ONNX as it is, no heads restored, with kd's logits in tract and ONNX Runtime: a BERT model on
+/// sentences, and MPNet's family fixture (tests/fixtures/families/mpnet) on its reference
+/// input, whose graph takes the remaining heads' rows of the shared relative-position bias.
 #[test]
 fn a_model_with_pruned_heads_exports_to_onnx_with_kds_logits() {
     let root = tempfile::tempdir().unwrap();
-    let original = root.path().join("original");
-    tiny_classifier(&original);
-    let files = ModelFiles::from_dir(&original).unwrap();
-    let remove = BTreeMap::from([(0, BTreeSet::from([1, 3])), (1, BTreeSet::from([0]))]);
-    let pruned = TaskModel::load(&files, 64, &Device::Cpu)
-        .unwrap()
-        .prune_heads(&remove)
-        .unwrap();
-    let model = root.path().join("model");
-    std::fs::create_dir(&model).unwrap();
-    pruned.save(&model).unwrap();
-    kd_teacher::copy_tokenizer_files(&original, &model).unwrap();
-    let options = ExportOptions {
-        format: Format::Onnx,
-        ..ExportOptions::default()
+    let bert = root.path().join("bert");
+    tiny_classifier(&bert);
+    let mpnet = root.path().join("mpnet");
+    std::fs::create_dir(&mpnet).unwrap();
+    let fixture = common::workspace_root().join("tests/fixtures/families/mpnet");
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(file), mpnet.join(file)).unwrap();
+    }
+    // kd loads a model with its tokenizer, here one of the fixture's 99 tokens; the reference
+    // input is ids already.
+    let special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].map(String::from);
+    let vocab: Vec<String> = special
+        .into_iter()
+        .chain((5..99).map(|id| format!("t{id}")))
+        .collect();
+    std::fs::write(mpnet.join("vocab.txt"), vocab.join("\n")).unwrap();
+    let reference =
+        candle_core::safetensors::load(fixture.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let ids = |name: &str| reference[name].to_dtype(DType::U32).unwrap();
+    let mpnet_input = BertInput {
+        input_ids: ids("input_ids"),
+        token_type_ids: ids("token_type_ids"),
+        attention_mask: ids("attention_mask"),
     };
-    let onnx = exported(root.path(), "onnx", options);
-    for n in [SENTENCES.len(), 1] {
-        let (logits, _, input) = outputs_on(&model, n);
-        let difference =
-            common::max_abs_diff(&tract_logits(&onnx.join("model.onnx"), &input), &logits);
-        assert!(difference < 1e-4, "tract, {n} sentences: {difference}");
-        if let Some((theirs, version)) = common::onnx_runtime_logits(&onnx, &input) {
-            let difference = common::max_abs_diff(&theirs, &logits);
+    let remove = BTreeMap::from([(0, BTreeSet::from([1, 3])), (1, BTreeSet::from([0]))]);
+    for original in [bert, mpnet] {
+        let name = original.file_name().unwrap().to_string_lossy().into_owned();
+        let pruned = TaskModel::load(&ModelFiles::from_dir(&original).unwrap(), 64, &Device::Cpu)
+            .unwrap()
+            .prune_heads(&remove)
+            .unwrap();
+        let model = root.path().join(format!("{name}-pruned"));
+        std::fs::create_dir(&model).unwrap();
+        pruned.save(&model).unwrap();
+        kd_teacher::copy_tokenizer_files(&original, &model).unwrap();
+        let onnx = root.path().join(format!("{name}-onnx"));
+        let options = ExportOptions {
+            format: Format::Onnx,
+            ..ExportOptions::default()
+        };
+        export(&ModelFiles::from_dir(&model).unwrap(), &onnx, &options).unwrap();
+        let inputs = if name == "mpnet" {
+            vec![mpnet_input.clone()]
+        } else {
+            [SENTENCES.len(), 1]
+                .map(|n| common::text_batch(&pruned, &SENTENCES[..n], None).input)
+                .to_vec()
+        };
+        for input in inputs {
+            let (logits, _) = pruned.model.forward(&input, Mode::Inference).unwrap();
+            let shape = input.input_ids.dims2().unwrap();
+            let difference =
+                common::max_abs_diff(&tract_logits(&onnx.join("model.onnx"), &input), &logits);
             assert!(
                 difference < 1e-4,
-                "ONNX Runtime {version}, {n} sentences: {difference}"
+                "{name}, tract, input {shape:?}: {difference}"
             );
+            if let Some((theirs, version)) = common::onnx_runtime_logits(&onnx, &input) {
+                let difference = common::max_abs_diff(&theirs, &logits);
+                assert!(
+                    difference < 1e-4,
+                    "{name}, ONNX Runtime {version}, input {shape:?}: {difference}"
+                );
+            }
         }
     }
 }

@@ -7,13 +7,16 @@
 #   2. for seeds $SEEDS (default 1 2 3): the pruned model distilled from the unpruned teacher by
 #      experiments/recipes/sst2-prune-recover.toml into runs/prune-recover/h$HEADS-f$FFN-sSEED,
 #      with its dev predictions.
-#   3. with the argument `compare` (the machine to itself): `kd compare` of the teacher, the
-#      pruned model and seed 1's recovered one, in kd and as ONNX graphs in ONNX Runtime
-#      (size, batch-1 latency, throughput, accuracy, agreement), into
-#      experiments/results/prune-compare-h$HEADS-f$FFN.
+#   3. with the argument `tinybert`, instead: the rival of the same size, a TinyBERT-style
+#      student distilled from the same teacher by experiments/recipes/sst2-tinybert-18m.toml,
+#      seeds $SEEDS, into runs/prune-recover/sst2-tinybert-18m-sSEED;
+#   4. with the argument `compare` (the machine to itself): `kd compare` of the teacher, the
+#      pruned model, seed 1's recovered one and seed 1's TinyBERT-style one (when there), in kd
+#      and as ONNX graphs in ONNX Runtime (size, batch-1 latency, throughput, accuracy,
+#      agreement), into experiments/results/prune-compare-h$HEADS-f$FFN.
 # Extra `kd distill` arguments (a quick setting, say) come from $DISTILL_ARGS, split on spaces;
 # $RUNS (default runs) holds the outputs.
-# Usage: [TEACHER=DIR] [HEADS=8] [FFN=768] experiments/scripts/prune_recover.sh [compare]
+# Usage: [TEACHER=DIR] [HEADS=8] [FFN=768] experiments/scripts/prune_recover.sh [tinybert|compare]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source experiments/scripts/seeds.sh
@@ -28,8 +31,17 @@ if [ ! -f "$pruned/prune.json" ]; then
     --out "$pruned" --force
 fi
 predict_dev "$pruned"
+# shellcheck disable=SC2206 # split on purpose
+extra=(${DISTILL_ARGS:-})
+tinybert=sst2-tinybert-18m
+if [ "${1:-}" = tinybert ]; then
+  DISTILL_ARGS=(--set "teacher.model=$teacher" ${extra[@]+"${extra[@]}"})
+  distill_seeds "$runs/prune-recover" $tinybert
+  exit
+fi
 if [ "${1:-}" = compare ]; then
   models=("$teacher" "$pruned" "$runs/prune-recover/h$heads-f$ffn-s1")
+  [ -f "$runs/prune-recover/$tinybert-s1/summary.json" ] && models+=("$runs/prune-recover/$tinybert-s1")
   graphs=()
   for model in "${models[@]}"; do
     # Each graph as its model is: the pruned ones with 8 heads a layer (runs/onnx/NAME held,
@@ -43,8 +55,6 @@ if [ "${1:-}" = compare ]; then
     --out "experiments/results/prune-compare-h$heads-f$ffn" --force
   exit
 fi
-# shellcheck disable=SC2206 # split on purpose
-extra=(${DISTILL_ARGS:-})
 for seed in ${SEEDS:-1 2 3}; do
   out=$runs/prune-recover/h$heads-f$ffn-s$seed
   distill_into "$out" --recipe experiments/recipes/sst2-prune-recover.toml \

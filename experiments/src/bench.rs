@@ -280,14 +280,16 @@ fn latency_table(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
         }
         for result in results {
             println!(
-                "{:<40} {:<12} {:>7.1} {:>9.2} {:>9.2} {:>9.2} {:>8.0}",
+                "{:<40} {:<12} {:>7.1} {:>9.2} {:>9.2} {:>9.2} {:>8}",
                 result.model,
                 result.runtime,
                 result.mean_tokens,
                 result.mean_ms,
                 result.p50_ms,
                 result.p95_ms,
-                result.peak_rss_mb
+                result
+                    .peak_rss_mb
+                    .map_or("-".into(), |mb| format!("{mb:.0}"))
             );
             rows.push(serde_json::to_value(result)?);
         }

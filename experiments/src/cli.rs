@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kd_data::{AugmentConfig, DataSpec, WordNeighbours, augment};
-use kd_teacher::{Backbone, ModelFiles, Pooling};
+use kd_teacher::{Backbone, Pooling};
 
 use crate::bench;
 use crate::bench_args::BenchArgs;
@@ -230,9 +230,8 @@ fn run_finetune(args: FinetuneArgs) -> Result<()> {
 }
 
 fn run_embed(args: EmbedArgs) -> Result<()> {
-    let files = ModelFiles::resolve(&args.model)?;
     let device = args.device.select()?;
-    let encoder = Backbone::load_for_inference(&files, args.max_seq_len, &device)?;
+    let encoder = Backbone::open(&args.model, args.max_seq_len, &device)?;
     let pooling = match args.pooling {
         PoolingArg::Mean => Pooling::Mean,
         PoolingArg::Cls => Pooling::Cls,
@@ -281,8 +280,7 @@ fn run_augment(args: AugmentArgs) -> Result<()> {
     let spec = args.data.task_spec()?;
     let mut labels = Vec::new();
     let train = args.data.read_train(&spec, &shared_dir(), &mut labels)?;
-    let files = ModelFiles::resolve(&args.model)?;
-    let encoder = Backbone::load_for_inference(&files, 512, &args.device.select()?)?;
+    let encoder = Backbone::open(&args.model, 512, &args.device.select()?)?;
     let texts = train
         .iter()
         .flat_map(|e| std::iter::once(e.text.as_str()).chain(e.pair.as_deref()));

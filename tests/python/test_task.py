@@ -3,6 +3,7 @@
 arguments raise naming the argument, before anything is written."""
 
 import json
+import os
 
 import kd
 import pytest
@@ -70,6 +71,11 @@ def test_compare_gives_the_command_lines_figures(teacher, data, workdir):
             assert row[key] == printed[key], key
     # f16 weights answer as the f32 ones nearly everywhere.
     assert comparison["rows"][1]["agreement"] > 0.95
+    # kd compare times each model in a kd process of its own and gives its peak memory; from
+    # Python without KD_BIN the timing is in this process, whose peak is not the model's alone.
+    assert all(printed["peak_rss_mb"] > 0 for printed in cli)
+    if "KD_BIN" not in os.environ:
+        assert all(row["peak_rss_mb"] is None for row in comparison["rows"])
 
 
 def test_wrong_arguments_raise_naming_them(teacher, workdir):

@@ -286,12 +286,7 @@ fn read_json_lines(path: &Path) -> Result<Read> {
 /// [`parse_parquet`], with a panic of the parquet crate on a corrupt file (it has some, found
 /// by `tests/fuzz.rs`) turned into an error naming the file.
 fn read_parquet(path: &Path) -> Result<Read> {
-    // The default hook would print the panic as if kd had crashed.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(|| parse_parquet(path));
-    std::panic::set_hook(hook);
-    result.unwrap_or_else(|panic| {
+    quiet_catch_unwind(|| parse_parquet(path)).unwrap_or_else(|panic| {
         let reason = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -302,6 +297,32 @@ fn read_parquet(path: &Path) -> Result<Read> {
             path.display()
         )
     })
+}
+
+thread_local! {
+    /// Set while this thread runs [`quiet_catch_unwind`]'s closure.
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `catch_unwind` without the panic hook's message (it would read as if kd had crashed) for
+/// panics on this thread only: the hook in place is wrapped once, never swapped back and forth,
+/// so a panic on another thread (a Python caller's, a test harness's) is still reported.
+fn quiet_catch_unwind<T>(
+    run: impl FnOnce() -> T + std::panic::UnwindSafe,
+) -> std::thread::Result<T> {
+    static WRAP_HOOK: std::sync::Once = std::sync::Once::new();
+    WRAP_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CATCHING.get() {
+                previous(info);
+            }
+        }));
+    });
+    CATCHING.set(true);
+    let result = std::panic::catch_unwind(run);
+    CATCHING.set(false);
+    result
 }
 
 fn parse_parquet(path: &Path) -> Result<Read> {
@@ -443,6 +464,19 @@ mod tests {
 
     fn error(path: &Path) -> String {
         format!("{:#}", Table::read(path).err().unwrap())
+    }
+
+    /// A panic inside is caught and returned, silenced on this thread only while it runs: the
+    /// flag is down again afterwards, and another thread's panics meanwhile are not silenced.
+    #[test]
+    fn quiet_catch_unwind_silences_only_its_own_panic() {
+        assert_eq!(quiet_catch_unwind(|| 7).unwrap(), 7);
+        let caught = quiet_catch_unwind::<()>(|| panic!("corrupt page")).unwrap_err();
+        assert_eq!(caught.downcast_ref::<&str>(), Some(&"corrupt page"));
+        assert!(!CATCHING.get());
+        let other_thread =
+            quiet_catch_unwind(|| std::thread::spawn(|| CATCHING.get()).join().unwrap());
+        assert!(!other_thread.unwrap());
     }
 
     #[test]

@@ -136,7 +136,8 @@ impl TextTokenizer {
         let size = self.vocab_size();
         if size > vocab_size {
             bail!(
-                "the tokenizer in {} has {size} tokens but the model's embedding matrix has                  {vocab_size} rows: it is another model's tokenizer",
+                "the tokenizer in {} has {size} tokens but the model's embedding matrix has \
+                 {vocab_size} rows: it is another model's tokenizer",
                 dir.display()
             );
         }

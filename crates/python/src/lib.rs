@@ -19,7 +19,7 @@ use kd_bert::DeviceName;
 use kd_data::{DataSpec, Example, Label};
 use kd_runner::options::DeviceArg;
 use kd_runner::{Recipe, RunOptions, run};
-use kd_teacher::{ModelFiles, TaskModel};
+use kd_teacher::TaskModel;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
@@ -292,9 +292,8 @@ fn predict<'py>(
         })
         .collect();
     let answers = run_detached(py, |_stop| {
-        let files = ModelFiles::resolve(&model)?;
         let device = kd_bert::device::select(device)?;
-        let model = TaskModel::load_for_inference(&files, max_seq_len, &device)?;
+        let model = TaskModel::open(&model, max_seq_len, &device)?;
         kd_runner::predict::predict(&model, &examples, batch_size)
     })?;
     to_python(py, &answers)

@@ -7,7 +7,7 @@ use clap::Args;
 use kd_bert::Mode;
 use kd_data::{EncodedExample, collate};
 use kd_runner::options::DeviceArg;
-use kd_teacher::{Backbone, ModelFiles};
+use kd_teacher::Backbone;
 use kd_train::RunDir;
 use std::path::PathBuf;
 
@@ -40,9 +40,8 @@ pub struct AttentionArgs {
 /// `kd attention`: attention probabilities with the tokens on both axes (rows attend to
 /// columns), a grid of each layer's heads (`layer-L`) or one head (`layer-L-head-H`).
 pub fn run_attention(args: AttentionArgs) -> Result<()> {
-    let files = ModelFiles::resolve(&args.model)?;
     let device = args.device.select()?;
-    let model = Backbone::load_for_inference(&files, args.max_seq_len, &device)?;
+    let model = Backbone::open(&args.model, args.max_seq_len, &device)?;
     let encoded = model
         .tokenizer
         .encode(&args.text[0], args.text.get(1).map(String::as_str))?;

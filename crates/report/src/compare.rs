@@ -100,8 +100,9 @@ pub struct Costs {
     pub p95_ms: f64,
     /// Dev examples answered a second at batch 32, tokenising excluded.
     pub throughput_per_s: f64,
-    /// The peak resident memory of the process that timed the model, in MiB.
-    pub peak_rss_mb: f64,
+    /// The peak resident memory of the process that timed the model, in MiB; `None` when that
+    /// process held more than the model ([`crate::latency::in_child`]).
+    pub peak_rss_mb: Option<f64>,
 }
 
 /// What a model answered on the dev examples and what that cost.
@@ -388,7 +389,7 @@ fn markdown(rows: &[Row], reference: &str, examples: usize, data: &std::path::Pa
             format!("{} / {}, p = {:.3}", t.only_first, t.only_second, t.p_value)
         });
         table += &format!(
-            "| {} | {:.2} | {:.2} to {:.2} | {}% | {} | {} | {:.1}M | {:.1}M | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} |\n",
+            "| {} | {:.2} | {:.2} to {:.2} | {}% | {} | {} | {:.1}M | {:.1}M | {:.1} | {:.2} | {:.2} | {:.0} | {} |\n",
             model,
             row.value * 100.0,
             row.interval.0 * 100.0,
@@ -402,7 +403,9 @@ fn markdown(rows: &[Row], reference: &str, examples: usize, data: &std::path::Pa
             row.costs.p50_ms,
             row.costs.p95_ms,
             row.costs.throughput_per_s,
-            row.costs.peak_rss_mb,
+            row.costs
+                .peak_rss_mb
+                .map_or("-".into(), |mb| format!("{mb:.0}")),
         );
     }
     table

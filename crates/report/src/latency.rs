@@ -35,8 +35,9 @@ pub struct Latency {
     pub p50_ms: f64,
     /// The 95th percentile, in milliseconds.
     pub p95_ms: f64,
-    /// The measuring process's peak resident memory, in MiB.
-    pub peak_rss_mb: f64,
+    /// The measuring process's peak resident memory, in MiB; `None` when the model was timed in
+    /// a process that holds more than it (a Python caller's, with the other models compared).
+    pub peak_rss_mb: Option<f64>,
 }
 
 impl Latency {
@@ -52,7 +53,7 @@ impl Latency {
             mean_ms: times_ms.iter().sum::<f64>() / n as f64,
             p50_ms: quantile(0.5),
             p95_ms: quantile(0.95),
-            peak_rss_mb: peak_rss_mb(),
+            peak_rss_mb: Some(peak_rss_mb()),
         }
     }
 }
@@ -67,7 +68,10 @@ pub fn in_child(
     device: DeviceName,
 ) -> Result<Latency> {
     if crate::child::kd_program().is_none() {
-        return measure(model, data, device);
+        return Ok(Latency {
+            peak_rss_mb: None,
+            ..measure(model, data, device)?
+        });
     }
     let mut flags = child_flags(model, data);
     flags.push(format!("--device={device}"));
@@ -77,9 +81,8 @@ pub fn in_child(
 /// Times `model` on the dev sentences of `data` in this process.
 pub fn measure(model: &str, data: &DataSpec, device: DeviceName) -> Result<Latency> {
     let examples = dev_sentences(data, "kd bench")?;
-    let model_files = ModelFiles::resolve(model)?;
     let device = device.open()?;
-    let task_model = TaskModel::load_for_inference(&model_files, data.max_seq_len, &device)?;
+    let task_model = TaskModel::open(model, data.max_seq_len, &device)?;
     let answer = |example: &Example| -> Result<usize> {
         let encoded = task_model.encode(std::slice::from_ref(example))?;
         let batch = collate(&encoded, &[0], &device)?;

@@ -4,7 +4,7 @@ use crate::options::{DeviceArg, dev_examples};
 use anyhow::Result;
 use clap::Args;
 use kd_data::DataSpec;
-use kd_teacher::{ModelFiles, TaskModel};
+use kd_teacher::TaskModel;
 
 /// The model and the data to evaluate it on.
 #[derive(Args, Clone)]
@@ -26,9 +26,8 @@ pub struct EvalArgs {
 /// The task, the file, its number of examples and the metrics by name, as JSON.
 pub fn run(args: &EvalArgs) -> Result<serde_json::Value> {
     args.data.ensure_no_training_options("kd eval")?;
-    let files = ModelFiles::resolve(&args.model)?;
     let device = args.device.select()?;
-    let model = TaskModel::load_for_inference(&files, args.data.max_seq_len, &device)?;
+    let model = TaskModel::open(&args.model, args.data.max_seq_len, &device)?;
     let (spec, path, examples) = dev_examples(&model, &args.model, &args.data)?;
     let metrics = model.evaluate(&spec, &examples, args.batch_size)?;
     Ok(serde_json::json!({

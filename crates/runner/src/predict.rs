@@ -10,7 +10,7 @@ use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, StructArray,
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use clap::Args;
 use kd_data::{DataSpec, Example, Label, TableFormat, TaskKind, header_column, tsv_fields};
-use kd_teacher::{ModelFiles, TaskModel};
+use kd_teacher::TaskModel;
 use kd_train::Progress;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -203,9 +203,8 @@ impl Source {
 /// Predicts the texts or the input file of `args` into `--output` or standard output.
 pub fn run(args: PredictArgs) -> Result<()> {
     args.data.ensure_no_training_options("kd predict")?;
-    let files = ModelFiles::resolve(&args.model)?;
     let device = args.device.select()?;
-    let model = TaskModel::load_for_inference(&files, args.data.max_seq_len, &device)?;
+    let model = TaskModel::open(&args.model, args.data.max_seq_len, &device)?;
     // The input is opened (and its header checked, a table read whole) before the output
     // is created.
     let reader = args

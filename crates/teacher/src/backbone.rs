@@ -59,6 +59,12 @@ impl Backbone {
         Ok(backbone)
     }
 
+    /// The encoder `model` names (a directory or a hub id, [`ModelFiles::resolve`]), loaded
+    /// to answer with ([`Self::load_for_inference`]).
+    pub fn open(model: &str, max_len: usize, device: &Device) -> Result<Self> {
+        Self::load_for_inference(&ModelFiles::resolve(model)?, max_len, device)
+    }
+
     /// A backbone for `config`, with a masked-LM head if asked, BERT-initialised from `seed`,
     /// with the tokenizer of `tokenizer_dir`.
     pub fn initialised(

@@ -57,6 +57,13 @@ impl TaskModel {
         Ok(model)
     }
 
+    /// The task model `model` names (a directory or a hub id, [`ModelFiles::resolve`]),
+    /// loaded to answer with ([`Self::load_for_inference`]): what every command that only reads
+    /// a model starts with.
+    pub fn open(model: &str, max_len: usize, device: &Device) -> Result<Self> {
+        Self::load_for_inference(&ModelFiles::resolve(model)?, max_len, device)
+    }
+
     /// Loads an encoder checkpoint and adds a new head for `labels` (or one regression
     /// output), initialised as BERT does from `seed`.
     pub fn from_backbone(

@@ -149,7 +149,7 @@ def compare(
         metric and interval, agreement, KL and McNemar's test against the reference, size,
         p50 and p95 latency at batch 1, throughput and peak memory; and the markdown table.
         Latency is timed in a fresh kd process when ``$KD_BIN`` names the kd program, else in
-        this process.
+        this process, whose peak memory is not the model's alone: ``peak_rss_mb`` is then None.
 
     Raises:
         KdError: kd refused or failed.
