@@ -50,6 +50,11 @@ fn finetuned(root: &Path, model: &Path, epochs: usize) -> (PathBuf, PathBuf, Vec
     (teacher, data, flags)
 }
 
+/// The JSON report kd prints for the arguments `parts` make in turn.
+fn kd_report(parts: &[&[&str]]) -> Value {
+    serde_json::from_str(common::kd_ok(&parts.concat()).trim()).unwrap()
+}
+
 /// The logits of `model` on [`TEXTS`], heads scaled by `mask` when given.
 fn logits(model: &TaskModel, mask: Option<&[Tensor]>) -> Tensor {
     outputs(model, mask).0
@@ -95,10 +100,7 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
         teacher.to_str().unwrap(),
         "--out",
     ];
-    let report: Value = serde_json::from_str(
-        common::kd_ok(&[&args[..], &[scored.to_str().unwrap()], &flags].concat()).trim(),
-    )
-    .unwrap();
+    let report = kd_report(&[&args[..], &[scored.to_str().unwrap()], &flags]);
     let written: Value =
         serde_json::from_str(&std::fs::read_to_string(scored.join("heads.json")).unwrap()).unwrap();
     assert_eq!(report, written);
@@ -173,10 +175,7 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
         "0:1",
         "--out",
     ];
-    let report: Value = serde_json::from_str(
-        common::kd_ok(&[&args[..], &[pruned.to_str().unwrap()], &flags].concat()).trim(),
-    )
-    .unwrap();
+    let report = kd_report(&[&args[..], &[pruned.to_str().unwrap()], &flags]);
     assert_eq!(
         report["heads"],
         serde_json::json!({ "before": 4, "after": 3 })
@@ -468,8 +467,7 @@ fn ffn_neurons_are_pruned_by_gradient_importance_alone_and_with_heads() {
     // smaller model answers as the full one with the other 6 masked out.
     let ffn = root.path().join("ffn");
     let args = [&prune[..], &[ffn.to_str().unwrap(), "--ffn-size", "10"]].concat();
-    let report: Value =
-        serde_json::from_str(common::kd_ok(&[&args[..], &flags].concat()).trim()).unwrap();
+    let report = kd_report(&[&args[..], &flags]);
     assert_eq!(
         report["ffn"],
         serde_json::json!({ "before": 16, "after": 10 })
@@ -594,8 +592,7 @@ fn ffn_neurons_are_pruned_by_gradient_importance_alone_and_with_heads() {
         ],
     ]
     .concat();
-    let report: Value =
-        serde_json::from_str(common::kd_ok(&[&args[..], &flags].concat()).trim()).unwrap();
+    let report = kd_report(&[&args[..], &flags]);
     assert_eq!(
         report["heads"],
         serde_json::json!({ "before": 4, "after": 2 })
@@ -665,8 +662,7 @@ fn ffn_neurons_are_pruned_by_gradient_importance_alone_and_with_heads() {
         &goal,
     ]
     .concat();
-    let report: Value =
-        serde_json::from_str(common::kd_ok(&[&args[..], &flags].concat()).trim()).unwrap();
+    let report = kd_report(&[&args[..], &flags]);
     let steps: Vec<(u64, u64)> = report["steps"]
         .as_array()
         .unwrap()
@@ -722,8 +718,7 @@ fn a_distilbert_model_prunes_its_feed_forward_neurons() {
         "--out",
         pruned.to_str().unwrap(),
     ];
-    let report: Value =
-        serde_json::from_str(common::kd_ok(&[&args[..], &flags].concat()).trim()).unwrap();
+    let report = kd_report(&[&args[..], &flags]);
     assert_eq!(
         report["ffn"],
         serde_json::json!({ "before": 32, "after": 16 })
@@ -784,7 +779,7 @@ fn distill_args(recipe: &Path, out: &Path, cache: &Path, overrides: &[&str]) -> 
 /// Runs `kd distill` with `args` and returns the summary it prints.
 fn distill(args: &[String]) -> Value {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    serde_json::from_str(common::kd_ok(&args).trim()).unwrap()
+    kd_report(&[&args])
 }
 
 /// Writes a copy of the model in `from` into `to` whose tokenizer gives two tokens each
@@ -832,8 +827,7 @@ fn a_pruned_model_recovers_by_distillation_from_the_unpruned_one() {
         "--out",
         pruned.to_str().unwrap(),
     ];
-    let report: Value =
-        serde_json::from_str(common::kd_ok(&[&args[..], &flags].concat()).trim()).unwrap();
+    let report = kd_report(&[&args[..], &flags]);
     let pruned_params = report["params"]["after"].as_u64().unwrap();
     assert!(pruned_params < report["params"]["before"].as_u64().unwrap());
 
@@ -865,8 +859,7 @@ fn a_pruned_model_recovers_by_distillation_from_the_unpruned_one() {
     assert_eq!(recovered.params.num_parameters() as u64, pruned_params);
     assert_eq!(recovered.config.heads_in_layer(0), 1);
     let eval_args = ["eval", "--model", out.to_str().unwrap()];
-    let eval: Value =
-        serde_json::from_str(common::kd_ok(&[&eval_args[..], &flags].concat()).trim()).unwrap();
+    let eval = kd_report(&[&eval_args[..], &flags]);
     assert_eq!(
         eval["metrics"]["accuracy"], summary["student"]["dev"]["accuracy"],
         "{eval}"
