@@ -17,8 +17,12 @@ from conftest import ROOT, comparable
 SETTINGS = {"training.batch_size": 2, "stages.0.epochs": 4, "training.eval_every": 100}
 STEPS = 1024
 
+# The child restores Python's own Ctrl-C handler: started from a background job (`cmd &` in a
+# script, as CI may be), it inherits SIGINT ignored, which Python keeps, and the signal would
+# never reach kd (session 32's CI run: the run finished and exited 0).
 CALL = """
-import sys, kd
+import signal, sys, kd
+signal.signal(signal.SIGINT, signal.default_int_handler)
 kd.distill(sys.argv[1], {settings!r}, sys.argv[2], cache_dir=sys.argv[3], resume={resume})
 """
 
