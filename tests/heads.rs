@@ -175,7 +175,13 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
         "0:1",
         "--out",
     ];
-    let report = kd_report(&[&args[..], &[pruned.to_str().unwrap()], &flags]);
+    let output = common::kd(&[&args[..], &[pruned.to_str().unwrap()], &flags].concat());
+    let error = common::stderr(&output);
+    assert!(output.status.success(), "{error}");
+    // transformers 5 reads no pruned_heads: kd says which export it loads.
+    let hint = format!("kd export --model {} --restore-heads", pruned.display());
+    assert!(error.contains(&hint), "{error}");
+    let report: Value = serde_json::from_str(common::stdout(&output).trim()).unwrap();
     assert_eq!(
         report["heads"],
         serde_json::json!({ "before": 4, "after": 3 })

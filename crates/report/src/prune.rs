@@ -235,6 +235,14 @@ pub fn run_prune(args: PruneArgs) -> Result<()> {
         pruned.config.intermediate_size,
         args.out.display()
     );
+    // transformers 5 refuses the pruned directory with a shape-mismatch report that does not
+    // say why: pruned_heads is a key it no longer reads.
+    if !pruned.config.pruned_heads.is_empty() {
+        eprintln!(
+            "for transformers 5, which has no pruned_heads: kd export --model {} --restore-heads --out DIR",
+            args.out.display()
+        );
+    }
     Ok(())
 }
 
