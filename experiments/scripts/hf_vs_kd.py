@@ -3,9 +3,10 @@
 (with the reference environment's Python) on the texts of MODEL_DIR/dev-predictions.jsonl
 (`kd predict` output) and prints how many labels agree and the largest difference between the
 two sets of class probabilities. A pruned model needs `kd export --restore-heads` first
-(transformers 5 has no pruned_heads); copy its dev-predictions.jsonl beside the export.
+(transformers 5 has no pruned_heads): give the pruned model's predictions with --predictions.
 
-Usage: hf_vs_kd.py MODEL_DIR [--python .venv-ref/bin/python]   (from the repository root)
+Usage: hf_vs_kd.py MODEL_DIR [--predictions FILE.jsonl] [--python .venv-ref/bin/python]
+(from the repository root; FILE defaults to MODEL_DIR/dev-predictions.jsonl)
 """
 import argparse
 import json
@@ -15,10 +16,12 @@ import sys
 
 parser = argparse.ArgumentParser()
 parser.add_argument("model")
+parser.add_argument("--predictions")
 parser.add_argument("--python", default=".venv-ref/bin/python")
 args = parser.parse_args()
 
-rows = [json.loads(line) for line in open(f"{args.model}/dev-predictions.jsonl")]
+with open(args.predictions or f"{args.model}/dev-predictions.jsonl") as f:
+    rows = [json.loads(line) for line in f]
 run = subprocess.run(
     [args.python, "tests/fixtures/check_hf_load.py", args.model] + [row["text"] for row in rows],
     capture_output=True, text=True)
