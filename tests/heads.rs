@@ -28,11 +28,25 @@ fn load(dir: &Path) -> TaskModel {
     .unwrap()
 }
 
-/// The model in `model` fine-tuned for `epochs` on the topics task (written under `root`) into
-/// `root/teacher`; that directory, the task's folder and its data flags.
-fn finetuned(root: &Path, model: &Path, epochs: usize) -> (PathBuf, PathBuf, Vec<String>) {
-    let (data, flags) = common::topic_task(root);
-    let teacher = root.join("teacher");
+/// A tiny model fine-tuned on the topics task, everything in its own temporary directory.
+struct Finetuned {
+    root: tempfile::TempDir,
+    /// The model before fine-tuning (`root/tiny`).
+    model: PathBuf,
+    /// The fine-tuned model (`root/teacher`).
+    teacher: PathBuf,
+    /// The task's folder and its data flags.
+    data: PathBuf,
+    flags: Vec<String>,
+}
+
+/// The tiny model `write` writes, fine-tuned for `epochs` on the topics task.
+fn finetuned(write: impl FnOnce(&Path), epochs: usize) -> Finetuned {
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("tiny");
+    write(&model);
+    let (data, flags) = common::topic_task(root.path());
+    let teacher = root.path().join("teacher");
     let epochs = epochs.to_string();
     let args = [
         "finetune",
@@ -47,7 +61,13 @@ fn finetuned(root: &Path, model: &Path, epochs: usize) -> (PathBuf, PathBuf, Vec
     ];
     let data_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     common::kd_ok(&[&args[..], &data_flags].concat());
-    (teacher, data, flags)
+    Finetuned {
+        root,
+        model,
+        teacher,
+        data,
+        flags,
+    }
 }
 
 /// The JSON report kd prints for the arguments `parts` make in turn.
@@ -84,10 +104,12 @@ fn masked_outputs(model: &TaskModel, masks: Masks) -> (Tensor, Tensor) {
 
 #[test]
 fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
-    let root = tempfile::tempdir().unwrap();
-    let tiny = root.path().join("tiny");
-    common::write_tiny_model(&tiny);
-    let (teacher, _, flags) = finetuned(root.path(), &tiny, 2);
+    let Finetuned {
+        root,
+        teacher,
+        flags,
+        ..
+    } = finetuned(common::write_tiny_model, 2);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
 
     // Every head of the 2 x 2 is scored three ways; each layer's gradient scores have unit
@@ -412,10 +434,13 @@ fn assert_transformers_agree(dir: &Path) {
 
 #[test]
 fn ffn_neurons_are_pruned_by_gradient_importance_alone_and_with_heads() {
-    let root = tempfile::tempdir().unwrap();
-    let tiny = root.path().join("tiny");
-    common::write_tiny_model(&tiny);
-    let (teacher, data, flags) = finetuned(root.path(), &tiny, 2);
+    let Finetuned {
+        root,
+        teacher,
+        data,
+        flags,
+        ..
+    } = finetuned(common::write_tiny_model, 2);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let prune = ["prune", "--model", teacher.to_str().unwrap(), "--out"];
 
@@ -709,10 +734,13 @@ fn ffn_neurons_are_pruned_by_gradient_importance_alone_and_with_heads() {
 /// the masked model's logits.
 #[test]
 fn a_distilbert_model_prunes_its_feed_forward_neurons() {
-    let root = tempfile::tempdir().unwrap();
-    let tiny = root.path().join("tiny");
-    common::write_tiny_family_model(&tiny, kd_bert::Family::DistilBert);
-    let (teacher, _, flags) = finetuned(root.path(), &tiny, 1);
+    let distilbert = |dir: &Path| common::write_tiny_family_model(dir, kd_bert::Family::DistilBert);
+    let Finetuned {
+        root,
+        teacher,
+        flags,
+        ..
+    } = finetuned(distilbert, 1);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let pruned = root.path().join("pruned");
     let args = [
@@ -816,10 +844,13 @@ fn write_swapped_vocabulary(from: &Path, to: &Path) {
 /// with different head counts) is refused before the output directory exists.
 #[test]
 fn a_pruned_model_recovers_by_distillation_from_the_unpruned_one() {
-    let root = tempfile::tempdir().unwrap();
-    let tiny = root.path().join("tiny");
-    common::write_tiny_model(&tiny);
-    let (teacher, data, flags) = finetuned(root.path(), &tiny, 2);
+    let Finetuned {
+        root,
+        model: tiny,
+        teacher,
+        data,
+        flags,
+    } = finetuned(common::write_tiny_model, 2);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let pruned = root.path().join("pruned");
     let args = [

@@ -175,7 +175,7 @@ fn read_tsv(path: &Path) -> Result<Read> {
     let Some((_, header)) = lines.next() else {
         bail!("{} is empty: expected a header line", path.display());
     };
-    let header: Vec<String> = header.split('\t').map(|s| s.trim().to_string()).collect();
+    let header = tsv_header(header);
     let mut rows = Vec::new();
     for (index, line) in lines {
         if line.trim().is_empty() {
@@ -189,6 +189,11 @@ fn read_tsv(path: &Path) -> Result<Read> {
         ));
     }
     Ok((header, Vec::new(), rows))
+}
+
+/// A TSV header line's column names, trimmed.
+pub fn tsv_header(line: &str) -> Vec<String> {
+    line.split('\t').map(|s| s.trim().to_string()).collect()
 }
 
 /// A TSV line's fields, one for each column of `header`; otherwise an error naming the line

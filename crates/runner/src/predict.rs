@@ -9,7 +9,9 @@ use anyhow::{Context, Result, bail};
 use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, StructArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use clap::Args;
-use kd_data::{DataSpec, Example, Label, TableFormat, TaskKind, header_column, tsv_fields};
+use kd_data::{
+    DataSpec, Example, Label, TableFormat, TaskKind, header_column, tsv_fields, tsv_header,
+};
 use kd_teacher::TaskModel;
 use kd_train::Progress;
 use std::fs::File;
@@ -99,7 +101,7 @@ impl LineReader {
             let Some(header) = lines.next_line()? else {
                 bail!("{} is empty: expected a header line", lines.name);
             };
-            let header: Vec<String> = header.split('\t').map(|s| s.trim().to_string()).collect();
+            let header = tsv_header(&header);
             let find = |column: &str| header_column(&lines.name, &header, column);
             let (text, pair) = (find(&text)?, pair.as_deref().map(find).transpose()?);
             lines.columns = Some((header, text, pair));
