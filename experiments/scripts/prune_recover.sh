@@ -11,7 +11,7 @@
 #      student distilled from the same teacher by experiments/recipes/sst2-tinybert-18m.toml,
 #      seeds $SEEDS, into runs/prune-recover/sst2-tinybert-18m-sSEED;
 #   4. with the argument `compare` (the machine to itself): `kd compare` of the teacher, the
-#      pruned model, seed 1's recovered one and seed 1's TinyBERT-style one (when there), in kd
+#      pruned model, seed 1's recovered one and seed 1's TinyBERT-style one (each when there), in kd
 #      and as ONNX graphs in ONNX Runtime (size, batch-1 latency, throughput, accuracy,
 #      agreement), into experiments/results/prune-compare-h$HEADS-f$FFN.
 # Extra `kd distill` arguments (a quick setting, say) come from $DISTILL_ARGS, split on spaces;
@@ -40,8 +40,10 @@ if [ "${1:-}" = tinybert ]; then
   exit
 fi
 if [ "${1:-}" = compare ]; then
-  models=("$teacher" "$pruned" "$runs/prune-recover/h$heads-f$ffn-s1")
-  [ -f "$runs/prune-recover/$tinybert-s1/summary.json" ] && models+=("$runs/prune-recover/$tinybert-s1")
+  models=("$teacher" "$pruned")
+  for model in "$runs/prune-recover/h$heads-f$ffn-s1" "$runs/prune-recover/$tinybert-s1"; do
+    [ -f "$model/summary.json" ] && models+=("$model")
+  done
   graphs=()
   for model in "${models[@]}"; do
     # Each graph as its model is: the pruned ones with 8 heads a layer (runs/onnx/NAME held,
