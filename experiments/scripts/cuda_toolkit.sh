@@ -15,7 +15,8 @@
 #
 # Usage: experiments/scripts/cuda_toolkit.sh [--env]
 #   --env  print `export ...` lines for the build (and for running the binary) on stdout:
-#          eval "$(experiments/scripts/cuda_toolkit.sh --env)"
+#          eval "$(experiments/scripts/cuda_toolkit.sh --env)"; KD_CUDA_STUBS names the stub
+#          libcuda's folder where one was built
 # Everything else (what was found, progress) goes to stderr.
 # Environment: KD_CUDA_PREFIX (where the wheels go), CUDA_COMPUTE_CAP (default 90: H100/H200;
 # candle-kernels compiles its kernels for this one architecture, e.g. 80 for an A100),
@@ -139,6 +140,9 @@ else
     gcc -shared -fPIC -O0 -Wl,-soname,libcuda.so.1 -o "$stubs/libcuda.so" "$stubs/libcuda.c"
     touch "$stubs/.kd-stub"
   fi
+  # The name the binary asks for at start-up, in a folder of its own (KD_CUDA_STUBS below).
+  mkdir -p "$stubs/run"
+  ln -sfn ../libcuda.so "$stubs/run/libcuda.so.1"
 fi
 
 # --- Driver and GPU (informational: building needs neither) ----------------------------------------
@@ -176,6 +180,11 @@ if ((env_mode)); then
   fi
   if [[ -n "$lib_dir" ]]; then
     echo "export LD_LIBRARY_PATH='$lib_dir'\"\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}\""
+  fi
+  # Where the stub is, for starting a CUDA build of kd on this machine without a driver (on the
+  # CPU, e.g. cuda_bundle.sh's f16 export): never on a machine with one, where it would hide it.
+  if [[ -n "$stubs" ]]; then
+    echo "export KD_CUDA_STUBS='$stubs/run'"
   fi
 else
   say "ready; for a shell: eval \"\$($0 --env)\""

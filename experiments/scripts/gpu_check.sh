@@ -1,58 +1,99 @@
 #!/usr/bin/env bash
-# kd on one NVIDIA GPU, in one command (about 8 minutes on an H100/H200 with kd prebuilt):
-#  1. the machine: GPU, driver (CUDA 13 needs 580 or later) and toolkit found;
-#  2. kd built with CUDA (experiments/scripts/build_cuda.sh), unless KD names a prebuilt one;
+# kd on one NVIDIA GPU, in one command, each stage in order of what matters most:
+#  1. the machine: GPU, driver (CUDA 13 needs 580 or later), the CUDA libraries kd loads;
+#  2. kd built with CUDA (experiments/scripts/build_cuda.sh), unless KD_BUNDLE or KD names one;
 #  3. tests/gpu.rs with KD_REQUIRE_GPU=1: MiniLM's logits and intermediates, one step's
 #     gradients and AdamW's update on the GPU against the CPU, and bf16 logits against f32;
-#  4. `kd bench --device cuda` (small and base shapes; gemm, inference, train, distill), f32 and
-#     bf16, beside PyTorch eager on the same GPU when PYTHON has torch with CUDA;
-#  5. the SST-2 DistilBERT recipe for 300 steps on the GPU (its teacher fine-tuned there from
-#     all-MiniLM-L6-v2 first), beside benches/pytorch_distill_sst2.py --group-by-length.
+#  4. `kd bench --device cuda` in f32 (small and base shapes; gemm, inference, train, distill),
+#     beside PyTorch eager on the same GPU when PYTHON has torch with CUDA;
+#  5. the SST-2 DistilBERT recipe for STEPS steps (its teacher fine-tuned there from
+#     all-MiniLM-L6-v2 first, for TEACHER_STEPS), beside pytorch_distill_sst2.py
+#     --group-by-length;
+#  6. the same benchmarks in bf16;
+#  7. general-tinybert-l4's general stage for GENERAL_STEPS steps on one corpus file, from which
+#     gpu_report.py projects a pass over the shared corpus (5,362 steps).
 # Everything lands in OUT (default experiments/results/gpu-<date>): gpu.md (the figures, to copy
-# into experiments/results/gpu.md), gpu.json, and each step's own output.
+# into experiments/results/gpu.md), gpu.json, and each stage's own output (runs/ holds the
+# models: leave it out of what is kept). A stage that fails or runs past KD_DEADLINE is named in
+# the report and the next one starts; the report is written in any case.
 #
 # Usage: experiments/scripts/gpu_check.sh [OUT]
 # Environment:
-#   KD_BUNDLE    a folder from experiments/scripts/cuda_bundle.sh (kd and the tests/gpu.rs
-#                binary, built with CUDA on a CPU machine, gzipped): no build here, so that the
-#                GPU's minutes go to measuring
+#   KD_BUNDLE    a folder from experiments/scripts/cuda_bundle.sh (kd and the tests/gpu.rs binary
+#                built with CUDA on a CPU machine, and the slice of ../shared the check reads):
+#                no build and no ../shared needed here
 #   KD           or a kd built with --features cuda beforehand (build_cuda.sh) ...
 #   KD_GPU_TEST  ... and the tests/gpu.rs binary built with it
-#   PYTHON       a Python with torch (CUDA) and transformers (default .venv-ref/bin/python);
-#                without one, the PyTorch columns say so
-#   STEPS        the recipe's steps (default 300)
+#   PYTHON       a Python with torch (CUDA) and transformers (default .venv-ref/bin/python, else
+#                python3); without one, the PyTorch columns say so
+#   KD_DEADLINE  seconds the whole check may take (default 3600): each stage is cut there, and
+#                those left are skipped
+#   STEPS, TEACHER_STEPS, GENERAL_STEPS  300, 600 and 250 by default; SHAPES (small,base)
+#   KD_CHECK_DEVICE  cuda, or cpu for a rehearsal on a machine without a GPU: every stage runs its
+#                own commands on the CPU (the parity test skips), so the script, the bundle and
+#                the report are checked before a GPU's minutes are spent on them
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-experiments/results/gpu-$(date -u +%Y-%m-%dT%H%M)}
+device=${KD_CHECK_DEVICE:-cuda}
 steps=${STEPS:-300}
-shared=${KD_SHARED_DIR:-../shared}
-export HF_HOME=${HF_HOME:-$shared/hf-cache}
+teacher_steps=${TEACHER_STEPS:-600}
+general_steps=${GENERAL_STEPS:-250}
+shapes=${SHAPES:-small,base}
+started=$(date +%s)
+deadline=$(( started + ${KD_DEADLINE:-3600} ))
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 say() { echo "gpu_check: $*" >&2; }
 fail() { say "$*"; exit 1; }
-started=$(date +%s)
+
+# A command under what is left of the deadline (exit 124 when it is cut there).
+limited() {
+  local left=$(( deadline - $(date +%s) ))
+  (( left >= 15 )) || return 124
+  timeout "$left" "$@"
+}
+# Runs one stage (a name, then a command or function that runs its commands through `limited`,
+# output to OUT/NAME.log) and notes in OUT/stages.tsv how it ended and how long it took.
+stage() {
+  local name=$1 begun=$(date +%s) rc=0 status=passed
+  shift
+  if (( deadline - begun < 15 )); then
+    status="skipped (past the deadline)"
+  else
+    "$@" >"$out/$name.log" 2>&1 || rc=$?
+    (( rc == 0 )) || status="FAILED (exit $rc)"
+    (( rc != 124 )) || status="cut at the deadline"
+  fi
+  printf '%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - begun ))" >>"$out/stages.tsv"
+  say "$name: $status ($(( $(date +%s) - begun )) s)"
+}
+: >"$out/stages.tsv"
 
 # 1. The machine.
-command -v nvidia-smi >/dev/null || fail "no nvidia-smi: this machine has no NVIDIA driver"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1 \
-  >"$out/gpu.txt" || fail "nvidia-smi found no GPU"
-IFS=, read -r gpu_name driver memory <"$out/gpu.txt"
-driver=${driver// /}
-say "GPU:${gpu_name}, driver ${driver},${memory}"
-[ "${driver%%.*}" -ge 580 ] || fail "driver $driver: CUDA 13 (kd's toolkit) needs 580 or later"
-eval "$(experiments/scripts/cuda_toolkit.sh --env)"
-toolkit=$("$CUDA_HOME/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')
-say "toolkit: CUDA $toolkit in $CUDA_HOME"
-
-# 2. kd with CUDA, and the parity test's binary.
-target=${CARGO_TARGET_DIR:-$HOME/.cache/kd-cuda-target}
-if [ -n "${KD_BUNDLE:-}" ]; then
-  bin=$(mktemp -d)  # not under $out: the results are committed, the binaries are not
-  for name in kd gpu-test; do
-    gunzip -c "$KD_BUNDLE/$name.gz" >"$bin/$name" && chmod +x "$bin/$name"
-  done
-  KD=$bin/kd KD_GPU_TEST=$bin/gpu-test
+if [ "$device" = cuda ]; then
+  command -v nvidia-smi >/dev/null || fail "no nvidia-smi: this machine has no NVIDIA driver"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1 \
+    >"$out/gpu.txt" || fail "nvidia-smi found no GPU"
+  IFS=, read -r gpu_name driver memory <"$out/gpu.txt"
+  driver=${driver// /}
+  say "GPU:${gpu_name}, driver ${driver},${memory}"
+  [ "${driver%%.*}" -ge 580 ] || fail "driver $driver: CUDA 13 (kd's toolkit) needs 580 or later"
+else
+  echo "no GPU: a rehearsal on the CPU ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1))" \
+    >"$out/gpu.txt"
 fi
+
+# 2. kd with CUDA, the parity test's binary, and what they read.
+shared=${KD_SHARED_DIR:-../shared}
+if [ -n "${KD_BUNDLE:-}" ]; then
+  unpacked=$(mktemp -d)  # not under $out: the results are kept, the binaries are not
+  trap 'rm -rf "$unpacked"' EXIT
+  for archive in bin shared; do tar -C "$unpacked" -xJf "$KD_BUNDLE/$archive.tar.xz"; done
+  KD=$unpacked/bin/kd KD_GPU_TEST=$unpacked/bin/gpu-test shared=$unpacked/shared
+fi
+export KD_SHARED_DIR=$shared HF_HOME=$shared/hf-cache
+target=${CARGO_TARGET_DIR:-$HOME/.cache/kd-cuda-target}
 if [ -z "${KD:-}" ]; then
   experiments/scripts/build_cuda.sh
   KD=$target/release/kd
@@ -66,43 +107,79 @@ for line in sys.stdin:
     if m.get("executable") and m.get("target", {}).get("name") == "gpu": print(m["executable"])')
 fi
 [ -x "$KD" ] || fail "no kd binary at $KD"
+# The CUDA libraries kd loads (cuBLAS, cuRAND, NVRTC, the runtime) from the machine's toolkit,
+# wherever it keeps them: lib64 of a system toolkit, or the nvidia wheels of a Python.
+# A rehearsal starts kd on the link's stub libcuda (cuda_toolkit.sh), which makes it see no GPU.
+if [ "$device" = cpu ]; then
+  eval "$(experiments/scripts/cuda_toolkit.sh --env)"
+  export LD_LIBRARY_PATH=${KD_CUDA_STUBS:+$KD_CUDA_STUBS:}$LD_LIBRARY_PATH
+fi
+for lib in $(ldd "$KD" | awk '/not found/ {print $1}'); do
+  # Never a stub, nor a forward-compatibility libcuda, which fails beside another driver.
+  found=$(find /usr/local /usr/lib /opt "$HOME/.cache/kd-cuda" -name "$lib" -not -path '*/stubs/*' \
+    -not -path '*/compat/*' -print -quit 2>/dev/null || true)
+  [ -n "$found" ] && export LD_LIBRARY_PATH=$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+done
+missing=$(ldd "$KD" | awk '/not found/ {print $1}' | tr '\n' ' ')
+[ -z "$missing" ] || fail "kd needs libraries this machine lacks: $missing"
+toolkit=$(ldd "$KD" | sed -n 's/.*libcublas\.so\.[0-9]* => \([^ ]*\).*/cuBLAS from \1/p' | head -1)
+toolkit=${toolkit:-no cuBLAS linked}
+say "$toolkit"
 
-# 3. Parity.
-parity=passed
-KD_REQUIRE_GPU=1 "$KD_GPU_TEST" --nocapture >"$out/parity.txt" 2>&1 || parity=FAILED
-say "parity (tests/gpu.rs): $parity"
+# 3. Parity (on the CPU, the test only says it skipped).
+require_gpu=$([ "$device" = cuda ] && echo 1 || true)
+stage parity limited env ${require_gpu:+KD_REQUIRE_GPU=1} "$KD_GPU_TEST" --nocapture
 
-# 4. Steps beside PyTorch.
-python=${PYTHON:-.venv-ref/bin/python}
+# 4. to 7.
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  python=python3
+  [ -x .venv-ref/bin/python ] && python=.venv-ref/bin/python
+fi
 torch_flags=()
-if [ -x "$python" ] && "$python" -c 'import torch, transformers; assert torch.cuda.is_available()' 2>/dev/null; then
+torch_device=$([ "$device" = cuda ] && echo 'torch.cuda.is_available()' || echo True)
+if "$python" -c "import torch, transformers; assert $torch_device" 2>/dev/null; then
   torch_flags=(--pytorch "$python")
-  torch_note="PyTorch $("$python" -c 'import torch; print(torch.__version__)') on the same GPU"
+  torch_note="PyTorch $("$python" -c 'import torch; print(torch.__version__)') on the same $device"
 else
-  torch_note="no PyTorch with CUDA here ($python): kd alone"
+  torch_note="no PyTorch with $device here ($python): kd alone"
 fi
 say "$torch_note"
-for precision in f32 bf16; do
-  "$KD" bench --device cuda --precision "$precision" --shapes small,base \
+bench() {
+  limited "$KD" bench --device "$device" --precision "$1" --shapes "$shapes" \
     --cases gemm,inference,train,distill --runs 10 --warmup 3 "${torch_flags[@]}" \
-    --json "$out/bench-$precision.json" | tee "$out/bench-$precision.txt"
-done
+    --json "$out/bench-$1.json"
+}
+stage bench-f32 bench f32
 
-# 5. The recipe, 300 steps, with its teacher fine-tuned here.
 runs=$out/runs
-"$KD" finetune --device cuda --model sentence-transformers/all-MiniLM-L6-v2 --task sst2 \
-  --epochs 1 --lr 1e-4 --out "$runs/teacher" --force >"$out/teacher.json" 2>"$out/teacher.log"
-recipe_started=$(date +%s%N)
-"$KD" distill --device cuda --recipe experiments/recipes/sst2-distilbert-l3.toml \
-  --set teacher.model="$runs/teacher" --set training.eval_every="$steps" --max-steps "$steps" \
-  --cache-dir "$runs/cache" --out "$runs/student" --force >"$out/student.json" 2>"$out/student.log"
-recipe_wall=$(( ($(date +%s%N) - recipe_started) / 1000000 ))
-if [ ${#torch_flags[@]} -gt 0 ]; then
-  "$python" benches/pytorch_distill_sst2.py --device cuda --teacher "$runs/teacher" \
-    --data "$shared/data/glue/SST-2" --group-by-length --max-steps "$steps" \
-    --eval-every "$steps" >"$out/pytorch-distill.jsonl"
-fi
+recipe() {
+  limited "$KD" finetune --device "$device" --model sentence-transformers/all-MiniLM-L6-v2 \
+    --task sst2 --epochs 1 --max-steps "$teacher_steps" --lr 1e-4 --out "$runs/teacher" --force \
+    >"$out/teacher.json" || return
+  local begun
+  begun=$(date +%s%N)
+  limited "$KD" distill --device "$device" --recipe experiments/recipes/sst2-distilbert-l3.toml \
+    --set teacher.model="$runs/teacher" --set training.eval_every="$steps" --max-steps "$steps" \
+    --cache-dir "$runs/cache" --out "$runs/student" --force >"$out/student.json" || return
+  echo $(( ($(date +%s%N) - begun) / 1000000 )) >"$out/recipe-wall-ms.txt"
+  if [ ${#torch_flags[@]} -gt 0 ]; then
+    limited "$python" benches/pytorch_distill_sst2.py --device "$device" --teacher "$runs/teacher" \
+      --data "$shared/data/glue/SST-2" --group-by-length --max-steps "$steps" \
+      --eval-every "$steps" >"$out/pytorch-distill.jsonl"
+  fi
+}
+stage recipe recipe
+stage bench-bf16 bench bf16
 
-python3 experiments/scripts/gpu_report.py "$out" "$parity" "$torch_note" "$toolkit" "$recipe_wall" \
-  "$steps" "$(( $(date +%s) - started ))"
+# The general stage's sample, on one corpus file (passes over it as needed): evaluations every
+# 50 steps time it past the first (warm-up) ones.
+corpus=("$shared"/data/corpus/*.txt)
+stage general limited "$KD" distill --device "$device" --recipe experiments/recipes/general-tinybert-l4.toml \
+  --set "data.corpus=[\"${corpus[0]}\"]" --set stages.0.epochs=10 \
+  --set training.eval_every=50 --max-steps "$general_steps" --cache-dir "$runs/cache" \
+  --out "$runs/general" --force
+
+python3 experiments/scripts/gpu_report.py "$out" "$torch_note" "$toolkit" "$steps" \
+  "$(( $(date +%s) - started ))"
 say "written: $out/gpu.md, $out/gpu.json"
