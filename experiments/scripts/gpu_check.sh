@@ -11,7 +11,8 @@
 #     --group-by-length;
 #  6. the same benchmarks in bf16;
 #  7. general-tinybert-l4's general stage for GENERAL_STEPS steps on one corpus file, from which
-#     gpu_report.py projects a pass over the shared corpus (5,362 steps).
+#     gpu_report.py projects a pass over the shared corpus (5,362 steps);
+#  8. a batch past the GPU's memory, which must stop with the batch size to lower.
 # Everything lands in OUT (default experiments/results/gpu-<date>): gpu.md (the figures, to copy
 # into experiments/results/gpu.md), gpu.json, and each stage's own output (runs/ holds the
 # models: leave it out of what is kept). A stage that fails or runs past KD_DEADLINE is named in
@@ -179,6 +180,30 @@ stage general limited "$KD" distill --device "$device" --recipe experiments/reci
   --set "data.corpus=[\"${corpus[0]}\"]" --set stages.0.epochs=10 \
   --set training.eval_every=50 --max-steps "$general_steps" --cache-dir "$runs/cache" \
   --out "$runs/general" --force
+
+# Out of GPU memory: a batch past any GPU's memory (4,096 sequences of 512 tokens; one layer's
+# attention scores alone take 51 GB) must stop with the batch size to lower. GPU only: on the
+# CPU such a batch would take the machine's memory, not fail.
+long_texts() {
+  python3 -c 'import sys
+print("text\tlabel")
+for i in range(4096): print(" ".join(["word"] * 600) + f"\t{i % 2}")' >"$1"
+}
+out_of_memory() {
+  mkdir -p "$runs" && long_texts "$runs/long.tsv"
+  if limited "$KD" finetune --device "$device" --model sentence-transformers/all-MiniLM-L6-v2 \
+    --train "$runs/long.tsv" --dev "$runs/long.tsv" --text-column text --label-column label \
+    --max-seq-len 512 --batch-size 4096 --max-steps 1 --out "$runs/oom" --force; then
+    echo "gpu_check: no out-of-memory error at batch size 4096"
+    return 1
+  fi
+  grep -q "out of memory at batch size 4096" "$out/oom.log"
+}
+if [ "$device" = cuda ]; then
+  stage oom out_of_memory
+else
+  printf 'oom\tskipped (GPU only)\t0\n' >>"$out/stages.tsv"
+fi
 
 python3 experiments/scripts/gpu_report.py "$out" "$torch_note" "$toolkit" "$steps" \
   "$(( $(date +%s) - started ))"
