@@ -53,7 +53,8 @@ cp "$work/minilm-f16/model.safetensors" "$snapshot/"
 XZ_OPT=-9 tar -C "$work" -cJf "$dir/shared.tar.xz" shared
 
 ls -l "$dir" >&2
-tree=$(git ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1)
+# What travels with it: the tracked files and the untracked ones git does not ignore.
+tree=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- | tail -1 | cut -f1)
 total=$(( tree + $(du -cb "$dir"/*.tar.xz | tail -1 | cut -f1) ))
-echo "the checkout's tracked files and $dir: $(( total / 1048576 )) MiB of the device tool's 64" >&2
+echo "the checkout and $dir: $(( total / 1048576 )) MiB of the device tool's 64" >&2
 (( total < 64 * 1048576 )) || { echo "cuda_bundle: over 64 MiB: it would not travel" >&2; exit 1; }
