@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../.."
 dir=${1:?usage: $0 DIR}
 shared=${KD_SHARED_DIR:-../shared}
 minilm=hub/models--sentence-transformers--all-MiniLM-L6-v2
-corpus=nltk_state_union.txt  # 2 MB: a few hundred of the general stage's steps a pass
+corpus=nltk_state_union.txt  # 2 MB: 109 of the general stage's steps a pass
 mkdir -p "$dir"
 eval "$(experiments/scripts/cuda_toolkit.sh --env)"
 target=${CARGO_TARGET_DIR:-$HOME/.cache/kd-cuda-target}
