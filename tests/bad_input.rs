@@ -212,7 +212,7 @@ fn missing_model_directory_and_uncached_hub_id_are_named() {
 #[test]
 fn an_output_directory_that_cannot_be_written_is_named_before_any_work() {
     let case = Case::new();
-    let finetune = |out: &str, force: bool| {
+    let finetune = |out: &str, flag: Option<&str>| {
         let (model, data) = (case.model(), case.data());
         let mut args = vec![
             "finetune",
@@ -225,20 +225,24 @@ fn an_output_directory_that_cannot_be_written_is_named_before_any_work() {
             "--out",
             out,
         ];
-        if force {
-            args.push("--force");
-        }
+        args.extend(flag);
         common::kd_err(&args)
     };
     // /proc refuses new entries even to root, for whom permission bits mean nothing.
-    let error = finetune("/proc/kd-run", false);
+    let error = finetune("/proc/kd-run", None);
     assert!(
         error.contains("cannot create output directory /proc/kd-run"),
         "{error}"
     );
-    let error = finetune("/proc", true);
+    let error = finetune("/proc", Some("--resume"));
     assert!(
         error.contains("cannot write in output directory /proc"),
+        "{error}"
+    );
+    // --force clears an earlier kd run only: a directory of other files stays as it is.
+    let error = finetune("/proc", Some("--force"));
+    assert!(
+        error.contains("/proc is not empty and holds no earlier kd run"),
         "{error}"
     );
 }

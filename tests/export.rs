@@ -467,39 +467,69 @@ fn a_model_with_pruned_heads_exports_to_onnx_with_kds_logits() {
     }
 }
 
+/// `kd export` writes its directory whole: a non-empty one is refused without `--force`, and
+/// with it an earlier model is replaced (none of its files left beside the new ones) while a
+/// directory of other files is kept; an export that fails (texts that prune the vocabulary to
+/// nothing) leaves nothing behind.
 #[test]
-fn kd_export_refuses_a_non_empty_output_and_reports_what_it_wrote() {
+fn kd_export_replaces_an_earlier_model_whole_and_reports_what_it_wrote() {
     let root = tempfile::tempdir().unwrap();
     let model = root.path().join("model");
     tiny_classifier(&model);
-    let out = root.path().join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("keep.txt"), "mine").unwrap();
-    let args = [
-        "export",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--dtype",
-        "f16",
-        "--quantize",
-        "int8",
-    ];
-    let error = common::kd_err(&args);
+    let mine = root.path().join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("keep.txt"), "mine").unwrap();
+    let export_to = |out: &Path, options: &[&str]| {
+        let mut args = vec!["export", "--model", model.to_str().unwrap()];
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(options);
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    fn as_str(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
+    }
+    let error = common::kd_err(&as_str(&export_to(&mine, &[])));
     assert!(error.contains("not empty"), "{error}");
+    let error = common::kd_err(&as_str(&export_to(&mine, &["--force"])));
+    assert!(error.contains("holds no model"), "{error}");
     assert_eq!(
-        std::fs::read_to_string(out.join("keep.txt")).unwrap(),
+        std::fs::read_to_string(mine.join("keep.txt")).unwrap(),
         "mine"
     );
-    let mut forced = args.to_vec();
-    forced.push("--force");
-    let report: serde_json::Value = serde_json::from_str(common::kd_ok(&forced).trim()).unwrap();
+
+    let out = root.path().join("out");
+    common::kd_ok(&as_str(&export_to(&out, &["--format", "onnx"])));
+    assert!(out.join("model.onnx").is_file());
+    let report = common::kd_ok(&as_str(&export_to(
+        &out,
+        &["--dtype", "f16", "--quantize", "int8", "--force"],
+    )));
+    let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
     assert_eq!(report["precision"], "f16");
     assert_eq!(report["quantized_tensors"], 2 * 6 + 2);
     assert!(report["weights_bytes_after"].as_u64() < report["weights_bytes_before"].as_u64());
+    assert!(
+        !out.join("model.onnx").exists(),
+        "the earlier export's graph is gone"
+    );
     let eval = common::kd_ok(&["eval", "--model", out.to_str().unwrap(), "--task", "sst2"]);
     assert!(eval.contains("accuracy"), "{eval}");
+
+    let blank = root.path().join("blank.txt");
+    std::fs::write(&blank, "\n  \n").unwrap();
+    let failed = root.path().join("failed");
+    let error = common::kd_err(&as_str(&export_to(
+        &failed,
+        &["--prune-vocab", blank.to_str().unwrap()],
+    )));
+    assert!(error.contains("hold no text"), "{error}");
+    assert!(!failed.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[test]
@@ -585,8 +615,17 @@ fn kd_compare_puts_an_export_beside_its_original() {
     };
     let onnx = exported(root.path(), "onnx", onnx_options);
     let mut args = compare(&onnx);
-    let error = common::kd_err(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // Refused before any model is timed or the output directory made.
+    let refused_out = root.path().join("refused");
+    let mut refused = args.clone();
+    refused.extend(["--out".to_string(), refused_out.display().to_string()]);
+    let error = common::kd_err(&refused.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(error.contains("--onnx-python"), "{error}");
+    assert!(!refused_out.exists());
+    let mut few = compare(&small);
+    *few.last_mut().unwrap() = "5".into();
+    let error = common::kd_err(&few.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(error.contains("too few resamples"), "{error}");
     if let Some(python) = common::onnx_python("kd compare --onnx-python") {
         args.extend(["--onnx-python".to_string(), python.display().to_string()]);
         let table = common::kd_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());

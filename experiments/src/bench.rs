@@ -255,6 +255,27 @@ fn latency_table(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
         bail!("the latency case needs task models: give --model DIR (repeatable)");
     }
     let examples = latency::dev_sentences(&args.data, "kd bench")?;
+    // Every model is checked before any is timed; those PyTorch cannot load as kd does are
+    // timed in kd alone.
+    let mut kd_only = Vec::new();
+    for model in &args.models {
+        let config = BertConfig::from_file(&kd_teacher::ModelFiles::resolve(model)?.config)?;
+        let reason = match (
+            config.extra.contains_key("kd_quantization"),
+            config.pruned_heads.is_empty(),
+        ) {
+            (true, _) => Some("kd's int8 layout, which transformers does not read"),
+            (false, false) => Some(
+                "pruned heads, which transformers 5 no longer reads (kd export --restore-heads \
+                 writes a copy it loads)",
+            ),
+            (false, true) => None,
+        };
+        if let (Some(reason), Some(_)) = (reason, &args.pytorch) {
+            eprintln!("{model}: timed in kd only: it has {reason}");
+            kd_only.push(model);
+        }
+    }
     let sentences = std::env::temp_dir().join(format!("kd-latency-{}.jsonl", std::process::id()));
     let mut rows = Vec::new();
     println!(
@@ -268,7 +289,7 @@ fn latency_table(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
             args.threads,
             device_name(args),
         )?];
-        if let Some(python) = &args.pytorch {
+        if let Some(python) = args.pytorch.as_ref().filter(|_| !kd_only.contains(&model)) {
             latency::write_sentences(&sentences, &examples)?;
             results.extend(latency::in_python(
                 python,

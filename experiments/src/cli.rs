@@ -267,6 +267,12 @@ fn run_export(args: ExportArgs) -> Result<()> {
 }
 
 fn run_augment(args: AugmentArgs) -> Result<()> {
+    if kd_data::TableFormat::of(&args.out) != Some(kd_data::TableFormat::Tsv) {
+        bail!(
+            "{}: kd augment writes TSV; name the output file.tsv",
+            args.out.display()
+        );
+    }
     if args.out.exists() && !args.force {
         bail!("{} exists; pass --force to replace it", args.out.display());
     }

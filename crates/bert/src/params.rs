@@ -167,6 +167,21 @@ impl Params {
             .filter(|key| !used.contains(key))
             .collect();
         report.unused.sort();
+        // Layers past the config's: a config and weights of two different models (an export
+        // over another's directory), which would run silently on the first layers alone.
+        let deepest = |names: &mut dyn Iterator<Item = &str>| names.filter_map(layer_index).max();
+        let configured = deepest(&mut self.vars().iter().map(|(name, _)| name.as_str()));
+        let stored = deepest(&mut report.unused.iter().map(String::as_str));
+        if let (Some(configured), Some(stored)) = (configured, stored)
+            && stored > configured
+        {
+            bail!(
+                "weights file {} holds layer {stored}, but its config describes {} layers: the \
+                 config and the weights are of different models",
+                path.display(),
+                configured + 1
+            );
+        }
         Ok(report)
     }
 
@@ -187,6 +202,12 @@ impl Params {
             Ok(())
         })
     }
+}
+
+/// The encoder layer a parameter belongs to (`encoder.layer.3.output.dense.weight`: 3).
+fn layer_index(name: &str) -> Option<usize> {
+    let (_, rest) = name.split_once(".layer.")?;
+    rest.split('.').next()?.parse().ok()
 }
 
 /// A tensor of the file in f32: floats converted, int8 weights (kd's exports) dequantized by
@@ -261,4 +282,38 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot move {} into place", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BertConfig, BertModel};
+
+    fn encoder(layers: usize) -> Params {
+        let config: BertConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "bert", "vocab_size": 12, "hidden_size": 4, "num_hidden_layers": layers,
+            "num_attention_heads": 2, "intermediate_size": 8, "max_position_embeddings": 8,
+            "type_vocab_size": 2, "hidden_act": "gelu",
+        }))
+        .unwrap();
+        let params = Params::new(&Device::Cpu);
+        BertModel::new(&config, params.var_builder(), true).unwrap();
+        params.init_bert(0.02, 1).unwrap();
+        params
+    }
+
+    /// A config over another model's weights (fewer layers than they hold) is an error, not a
+    /// model that runs on the first layers alone.
+    #[test]
+    fn weights_deeper_than_the_config_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        encoder(3).save(&path).unwrap();
+        encoder(3).load(&path, |_| false).unwrap();
+        let error = encoder(2).load(&path, |_| false).unwrap_err().to_string();
+        assert!(
+            error.contains("holds layer 2, but its config describes 2 layers"),
+            "{error}"
+        );
+    }
 }

@@ -116,7 +116,12 @@ pub fn augment(
 ) -> Vec<Example> {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut out = Vec::with_capacity(examples.len() * config.per_example);
+    // A variant is its words joined by single spaces: an original with other whitespace (a
+    // newline, two spaces) is the same example when no word was replaced.
+    let spaced = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
     for example in examples {
+        let (original_text, original_pair) =
+            (spaced(&example.text), example.pair.as_deref().map(spaced));
         for _ in 0..config.per_example {
             let mut vary = |text: &str| -> String {
                 text.split_whitespace()
@@ -131,7 +136,7 @@ pub fn augment(
             };
             let text = vary(&example.text);
             let pair = example.pair.as_deref().map(&mut vary);
-            if text != example.text || pair != example.pair {
+            if text != original_text || pair != original_pair {
                 out.push(Example {
                     text,
                     pair,
@@ -214,5 +219,17 @@ mod tests {
             "rate {rate}"
         );
         assert_eq!(made, augment(&[example], &neighbours, &config), "seeded");
+        // An original whose words are spaced otherwise (a newline, which the TSV written
+        // cannot hold) is not repeated either.
+        let spaced = Example {
+            text: "good\n bad".into(),
+            pair: None,
+            label: Label::Class(0),
+        };
+        let unchanged = AugmentConfig {
+            replace_prob: 0.0,
+            ..config
+        };
+        assert!(augment(&[spaced], &neighbours, &unchanged).is_empty());
     }
 }

@@ -28,7 +28,8 @@ pub use metrics::{Metric, Predictions, evaluate};
 pub use spec::DataSpec;
 pub use stats::{McNemar, agreement, bootstrap_interval, mcnemar};
 pub use table::{
-    Format as TableFormat, TABLE_EXTENSIONS, header_column, read_texts, tsv_fields, tsv_header,
+    BYTE_ORDER_MARK, Format as TableFormat, TABLE_EXTENSIONS, header_column, read_texts,
+    tsv_fields, tsv_header,
 };
 pub use task::{TaskData, TaskKind, TaskSpec};
 pub use tokenizer::{Encoded, TextTokenizer};

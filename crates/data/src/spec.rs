@@ -294,6 +294,9 @@ impl DataSpec {
     ) -> Result<Vec<Example>> {
         let mut train = spec.read(&self.train_path(shared_dir)?, labels)?;
         if let Some(limit) = self.max_train_examples {
+            if limit == 0 {
+                bail!("max_train_examples (--max-train-examples) is 0: nothing to train on");
+            }
             train.truncate(limit);
         }
         if let Some(path) = &self.augment {

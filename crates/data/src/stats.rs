@@ -18,6 +18,7 @@ pub fn bootstrap_interval(
     level: f64,
     seed: u64,
 ) -> Result<(f64, f64)> {
+    anyhow::ensure!(resamples > 0, "a bootstrap interval needs resamples");
     let mut rng = StdRng::seed_from_u64(seed);
     let n = gold.len();
     let mut values = Vec::with_capacity(resamples);
@@ -120,5 +121,9 @@ mod tests {
         assert!((high - low - 0.157).abs() < 0.04, "({low}, {high})");
         let (low_big, high_big) = interval(2500);
         assert!(high_big - low_big < (high - low) / 3.0);
+        let none = Predictions::Classes(vec![0, 1]);
+        let gold = [Label::Class(0), Label::Class(1)];
+        let error = bootstrap_interval(Metric::Accuracy, &none, &gold, 0, 0.95, 1).unwrap_err();
+        assert!(error.to_string().contains("needs resamples"), "{error}");
     }
 }

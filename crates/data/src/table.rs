@@ -102,6 +102,12 @@ impl Table {
     /// column's type kd cannot read as text.
     pub fn column(&self, name: &str) -> Result<usize> {
         let index = header_column(&self.path.display().to_string(), &self.header, name)?;
+        if self.header[index + 1..].iter().any(|h| h == name) {
+            bail!(
+                "{}: two columns are named {name:?}: rename one",
+                self.path.display()
+            );
+        }
         if let Some(kind) = &self.unreadable[index] {
             bail!(
                 "{}: column {name:?} holds {kind}, not text, numbers or booleans",
@@ -217,23 +223,30 @@ pub fn tsv_fields<'a>(
 }
 
 fn read_csv(path: &Path) -> Result<Read> {
+    let text = read_text(path)?;
+    // Rows are numbered by the line they start on, counted from their byte offsets: the csv
+    // crate's own line count skips blank lines, and a record's offset is where the blank
+    // lines before it begin.
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let line_of = |position: Option<&csv::Position>| {
+        position.map_or(0, |p| {
+            let start = p.byte() as usize;
+            let blank = text.as_bytes()[start.min(text.len())..]
+                .iter()
+                .take_while(|&&b| b == b'\n' || b == b'\r')
+                .count();
+            line_starts.partition_point(|&line| line <= start + blank)
+        })
+    };
+    // Flexible, so that a line of spaces (which pandas skips, as kd does in TSV) is told
+    // apart from a ragged row here.
     let mut reader = csv::ReaderBuilder::new()
-        .from_path(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+        .flexible(true)
+        .from_reader(text.as_bytes());
     let describe = |error: csv::Error| -> anyhow::Error {
-        let line = error.position().map_or(0, csv::Position::line);
-        match error.kind() {
-            csv::ErrorKind::UnequalLengths {
-                expected_len, len, ..
-            } => anyhow::anyhow!(
-                "{}:{line}: expected {expected_len} comma-separated fields, found {len}",
-                path.display()
-            ),
-            csv::ErrorKind::Utf8 { .. } => {
-                anyhow::anyhow!("{}:{line}: not valid UTF-8", path.display())
-            }
-            _ => anyhow::anyhow!("{}:{line}: {error}", path.display()),
-        }
+        anyhow::anyhow!("{}:{}: {error}", path.display(), line_of(error.position()))
     };
     let header: Vec<String> = reader
         .headers()
@@ -247,7 +260,18 @@ fn read_csv(path: &Path) -> Result<Read> {
     let mut rows = Vec::new();
     for record in reader.records() {
         let record = record.map_err(describe)?;
-        let line = record.position().map_or(0, csv::Position::line) as usize;
+        let line = line_of(record.position());
+        if record.len() == 1 && record[0].trim().is_empty() {
+            continue;
+        }
+        if record.len() != header.len() {
+            bail!(
+                "{}:{line}: expected {} comma-separated fields, found {}",
+                path.display(),
+                header.len(),
+                record.len()
+            );
+        }
         rows.push((line, record.iter().map(|f| Cell::Value(f.into())).collect()));
     }
     Ok((header, Vec::new(), rows))
@@ -447,15 +471,24 @@ pub fn header_column(source: &str, header: &[impl AsRef<str>], name: &str) -> Re
     })
 }
 
-/// A whole text file; invalid UTF-8 is an error naming the file and the line.
+/// A whole text file, without the byte-order mark that Windows tools put first (it would
+/// stick to the first column's name or text, unseen); invalid UTF-8 is an error naming the
+/// file and the line.
 pub(crate) fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    String::from_utf8(bytes).map_err(|error| {
+    let mut text = String::from_utf8(bytes).map_err(|error| {
         let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
         let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
         anyhow::anyhow!("{}:{line}: not valid UTF-8", path.display())
-    })
+    })?;
+    if text.starts_with(BYTE_ORDER_MARK) {
+        text.drain(..BYTE_ORDER_MARK.len_utf8());
+    }
+    Ok(text)
 }
+
+/// U+FEFF at the start of a file: a UTF-8 byte-order mark.
+pub const BYTE_ORDER_MARK: char = '\u{feff}';
 
 #[cfg(test)]
 mod tests {
@@ -469,6 +502,12 @@ mod tests {
 
     fn error(path: &Path) -> String {
         format!("{:#}", Table::read(path).err().unwrap())
+    }
+
+    /// Reading the file `name` with `bytes` in `dir` fails with a message ending in `ending`.
+    fn assert_refused(dir: &Path, name: &str, bytes: &[u8], ending: &str) {
+        let error = error(&write(dir, name, bytes));
+        assert!(error.ends_with(ending), "{error}");
     }
 
     /// A panic inside is caught and returned, silenced on this thread only while it runs: the
@@ -493,15 +532,11 @@ mod tests {
             b"sentence\tlabel\nfine\t1\nbad \xff\t0\n",
         );
         assert!(error(&path).ends_with("train.tsv:3: not valid UTF-8"));
-        let path = write(
+        assert_refused(
             dir.path(),
             "train.csv",
             b"sentence,label\nfine,1\nbad \xff,0\n",
-        );
-        assert!(
-            error(&path).ends_with("train.csv:3: not valid UTF-8"),
-            "{}",
-            error(&path)
+            "train.csv:3: not valid UTF-8",
         );
     }
 
@@ -515,15 +550,11 @@ mod tests {
         assert_eq!(table.value(1, sentence).unwrap(), "plain");
         // Rows are numbered by the line they start on.
         assert_eq!((table.number(0), table.number(1)), (2, 4));
-        let path = write(
+        assert_refused(
             dir.path(),
             "ragged.csv",
             b"sentence,label\nfine,1\nno label\nok,0\n",
-        );
-        assert!(
-            error(&path).ends_with("ragged.csv:3: expected 2 comma-separated fields, found 1"),
-            "{}",
-            error(&path)
+            "ragged.csv:3: expected 2 comma-separated fields, found 1",
         );
     }
 
@@ -555,14 +586,58 @@ mod tests {
         assert!(error(&path).contains("broken.jsonl:2: not a JSON object"));
     }
 
+    /// What spreadsheets and Windows tools write: a byte-order mark first, blank lines and
+    /// lines of spaces; rows keep the numbers of the lines they stand on.
+    #[test]
+    fn byte_order_marks_and_blank_lines_are_passed_over_in_every_text_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = [
+            ("bom.tsv", "\u{feff}text\tlabel\ngood\t1\n\n   \nbad\t0\n"),
+            ("bom.csv", "\u{feff}text,label\ngood,1\n\n   \nbad,0\n"),
+            (
+                "bom.jsonl",
+                "\u{feff}{\"text\": \"good\", \"label\": 1}\n\n  \n{\"text\": \"bad\", \"label\": 0}\n",
+            ),
+        ];
+        for (name, text) in files {
+            let table = Table::read(&write(dir.path(), name, text.as_bytes())).unwrap();
+            let column = table.column("text").unwrap();
+            let rows: Vec<(usize, &str)> = (0..table.len())
+                .map(|row| (table.number(row), table.value(row, column).unwrap()))
+                .collect();
+            let first = usize::from(!name.ends_with(".jsonl")) + 1;
+            assert_eq!(rows, [(first, "good"), (first + 3, "bad")], "{name}");
+        }
+        // A ragged CSV row after blank lines is named by its own line.
+        assert_refused(
+            dir.path(),
+            "late.csv",
+            b"text,label\ngood,1\n\n\nugly\nbad,0\n",
+            "late.csv:5: expected 2 comma-separated fields, found 1",
+        );
+    }
+
+    #[test]
+    fn a_column_named_twice_is_refused_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "twice.csv", b"text,text,label\na,b,1\n");
+        let table = Table::read(&path).unwrap();
+        let error = table.column("text").unwrap_err().to_string();
+        assert!(
+            error.ends_with("two columns are named \"text\": rename one"),
+            "{error}"
+        );
+        assert_eq!(table.column("label").unwrap(), 2);
+    }
+
     #[test]
     fn an_unknown_extension_lists_the_accepted_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(dir.path(), "train.xlsx", b"");
-        assert!(
-            error(&path).ends_with("unknown file type; kd reads .tsv, .csv, .jsonl, .parquet"),
-            "{}",
-            error(&path)
+        assert_refused(
+            dir.path(),
+            "train.xlsx",
+            b"",
+            "unknown file type; kd reads .tsv, .csv, .jsonl, .parquet",
         );
     }
 }

@@ -137,6 +137,14 @@ impl TaskSpec {
             .collect::<Result<_>>()?;
         if self.kind == TaskKind::Classification && labels.is_empty() {
             *labels = discover_labels(raw_labels.iter().copied());
+            if let [only] = labels.as_slice() {
+                bail!(
+                    "{}: every example has the label {only:?} (column {:?}): a classifier needs \
+                     two classes or more",
+                    path.display(),
+                    self.label_column
+                );
+            }
         }
         raw_labels
             .iter()
@@ -144,7 +152,7 @@ impl TaskSpec {
             .map(|(row, &raw)| {
                 let label = match self.kind {
                     TaskKind::Classification => {
-                        Label::Class(labels.iter().position(|l| l == raw).with_context(|| {
+                        Label::Class(class_of(labels, raw).with_context(|| {
                             format!(
                                 "{}: unknown label {raw:?} in column {:?} (known labels: {})",
                                 table.place(row),
@@ -153,13 +161,18 @@ impl TaskSpec {
                             )
                         })?)
                     }
-                    TaskKind::Regression => Label::Score(raw.parse().with_context(|| {
-                        format!(
-                            "{}: label {raw:?} in column {:?} is not a number",
-                            table.place(row),
-                            self.label_column
-                        )
-                    })?),
+                    TaskKind::Regression => Label::Score(
+                        raw.parse::<f32>()
+                            .ok()
+                            .filter(|score| score.is_finite())
+                            .with_context(|| {
+                                format!(
+                                    "{}: label {raw:?} in column {:?} is not a finite number",
+                                    table.place(row),
+                                    self.label_column
+                                )
+                            })?,
+                    ),
                 };
                 Ok(Example {
                     text: table.value(row, text)?.to_string(),
@@ -200,6 +213,24 @@ impl TaskSpec {
             std::fs::write(tmp, &out).with_context(|| format!("cannot write {}", tmp.display()))
         })
     }
+}
+
+/// The class of label `raw` among `labels`: the same text, or the same number or boolean
+/// written another way, as formats write them (`1` in Parquet's integers, `1.0` in pandas'
+/// CSV of floats, `True` and `true`).
+fn class_of(labels: &[String], raw: &str) -> Option<usize> {
+    let number = |text: &str| text.parse::<f64>().ok();
+    let boolean = |text: &str| match text.to_ascii_lowercase().as_str() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    };
+    labels.iter().position(|l| l == raw).or_else(|| {
+        labels.iter().position(|l| {
+            matches!((number(l), number(raw)), (Some(a), Some(b)) if a == b)
+                || matches!((boolean(l), boolean(raw)), (Some(a), Some(b)) if a == b)
+        })
+    })
 }
 
 fn discover_labels<'a>(raw: impl Iterator<Item = &'a str>) -> Vec<String> {
@@ -294,9 +325,53 @@ mod tests {
         let bad = write(dir.path(), "bad.tsv", "s1\ts2\tscore\na\tb\thigh\n");
         let error = spec.read(&bad, &mut Vec::new()).unwrap_err().to_string();
         assert!(
-            error.contains("bad.tsv:2") && error.contains("not a number"),
+            error.contains("bad.tsv:2") && error.contains("not a finite number"),
             "{error}"
         );
+    }
+
+    /// Labels as other formats write them match the classes (`1.0` in pandas' CSV of floats,
+    /// `True`); a score must be a finite number; a training file needs two classes.
+    #[test]
+    fn labels_match_across_formats_and_bad_labels_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = TaskSpec::custom("mine", "t", None, "y", TaskKind::Classification);
+        let mut labels = vec!["0".to_string(), "1".to_string()];
+        let path = write(dir.path(), "floats.csv", "t,y\na,1.0\nb,0.0\n");
+        let read = spec.read(&path, &mut labels).unwrap();
+        assert_eq!(
+            (read[0].label, read[1].label),
+            (Label::Class(1), Label::Class(0))
+        );
+        let mut booleans = vec!["false".to_string(), "true".to_string()];
+        let path = write(dir.path(), "pandas.csv", "t,y\na,True\n");
+        assert_eq!(
+            spec.read(&path, &mut booleans).unwrap()[0].label,
+            Label::Class(1)
+        );
+        let path = write(dir.path(), "other.csv", "t,y\na,2.0\n");
+        let error = spec.read(&path, &mut labels).unwrap_err().to_string();
+        assert!(
+            error.contains("other.csv:2: unknown label \"2.0\""),
+            "{error}"
+        );
+
+        let one = write(dir.path(), "one.csv", "t,y\na,pos\nb,pos\n");
+        let error = spec.read(&one, &mut Vec::new()).unwrap_err().to_string();
+        assert!(
+            error.contains("every example has the label \"pos\""),
+            "{error}"
+        );
+
+        let scores = TaskSpec::custom("sts", "t", None, "y", TaskKind::Regression);
+        for bad in ["nan", "inf", "1e40"] {
+            let path = write(dir.path(), "scores.csv", &format!("t,y\na,1\nb,{bad}\n"));
+            let error = scores.read(&path, &mut Vec::new()).unwrap_err().to_string();
+            assert!(
+                error.contains("scores.csv:3") && error.contains("not a finite number"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

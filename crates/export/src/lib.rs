@@ -60,6 +60,16 @@ pub struct ExportReport {
 /// Whether `model` can be exported as `options` say, checked before anything is written.
 pub fn check(model: &ModelFiles, options: &ExportOptions) -> Result<()> {
     BertConfig::from_file(&model.config)?;
+    // An export is for other tools to load, and none loads a model without its tokenizer.
+    ensure!(
+        ["tokenizer.json", "vocab.txt"]
+            .iter()
+            .any(|file| model.dir.join(file).is_file()),
+        "{} has no tokenizer: expected {} or {}",
+        model.dir.display(),
+        model.dir.join("tokenizer.json").display(),
+        model.dir.join("vocab.txt").display()
+    );
     if options.format == Format::Onnx {
         onnx::check_options(options)?;
     }
@@ -137,7 +147,7 @@ fn export_onnx(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Resul
     let mut config = BertConfig::from_file(&model.config)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     kd_teacher::copy_tokenizer_files(&model.dir, out)?;
-    let weights_bytes_after = onnx::write(model, out, options.quantize)?;
+    let (weights_bytes_after, quantized_tensors) = onnx::write(model, out, options.quantize)?;
     config.extra.remove("kd_quantization");
     config
         .extra
@@ -153,7 +163,7 @@ fn export_onnx(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Resul
         weights_bytes_after,
         vocab_before: config.vocab_size,
         vocab_after: config.vocab_size,
-        quantized_tensors: 0,
+        quantized_tensors,
         precision: Precision::F32,
         format: Format::Onnx,
     })

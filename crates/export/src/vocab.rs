@@ -26,6 +26,7 @@ pub fn kept_token_ids(model_dir: &Path, texts: &[PathBuf]) -> Result<Vec<u32>> {
         .map(|(id, _)| id as u32)
         .chain(tokenizer.special_ids())
         .collect();
+    let always = kept.len();
     for path in texts {
         let file =
             std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -43,6 +44,19 @@ pub fn kept_token_ids(model_dir: &Path, texts: &[PathBuf]) -> Result<Vec<u32>> {
             let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
             kept.extend(tokenizer.piece_ids(&texts)?.into_iter().flatten());
         }
+    }
+    // Texts that add no token would leave single characters for every word: a model that
+    // spells, not one that reads.
+    if kept.len() == always {
+        bail!(
+            "the --prune-vocab files ({}) hold no text that needs a token beyond the special \
+             and single-character ones: give the texts the model will read",
+            texts
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     Ok(kept.into_iter().collect())
 }

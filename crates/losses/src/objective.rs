@@ -307,7 +307,7 @@ impl Objective {
         ensure!(!teachers.is_empty(), "an objective needs a teacher");
         ensure!(
             config.temperature.min() > 0.0,
-            "the temperature must stay positive, got {:?}",
+            "the temperature must stay positive, got {}",
             config.temperature
         );
         let teacher_weights = match &config.teacher_weights {
@@ -328,6 +328,11 @@ impl Objective {
                 ensure!(
                     names.insert(name.clone()),
                     "two components are named {name}; give one a `name`"
+                );
+                ensure!(
+                    component.weight.min() >= 0.0,
+                    "objective component {name}: its weight must not be negative, got {}",
+                    component.weight
                 );
                 Component::new(name.clone(), component, teachers, student, &params)
                     .with_context(|| format!("objective component {name}"))

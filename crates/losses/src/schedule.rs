@@ -21,6 +21,16 @@ impl Default for Schedule {
     }
 }
 
+/// As a recipe gives it: `2`, or `8 to 2` for a ramp.
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Constant(value) => write!(f, "{value}"),
+            Self::Linear { from, to } => write!(f, "{from} to {to}"),
+        }
+    }
+}
+
 impl Schedule {
     /// The value at `step` (from 0) of `total_steps`; a ramp holds its end value past the end.
     pub fn at(&self, step: usize, total_steps: usize) -> f64 {
@@ -55,5 +65,9 @@ mod tests {
         let cooling = Schedule::Linear { from: 8.0, to: 2.0 };
         assert_eq!(cooling.at(1, 4), 6.5);
         assert_eq!(cooling.min(), 2.0);
+        assert_eq!(
+            (cooling.to_string(), decay.at(0, 1).to_string()),
+            ("8 to 2".into(), "1".into())
+        );
     }
 }

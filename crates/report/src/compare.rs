@@ -105,10 +105,15 @@ pub struct Costs {
     pub peak_rss_mb: Option<f64>,
 }
 
+/// The fewest bootstrap resamples that leave a 95% interval at least one draw beyond each end.
+const MIN_RESAMPLES: usize = 40;
+
+const ONNX_PYTHON_NEEDED: &str = "give --onnx-python PYTHON (an interpreter with onnxruntime, \
+     onnx and tokenizers, as benches/setup.sh makes) to run it in ONNX Runtime";
+
 /// What a model answered on the dev examples and what that cost.
 struct Measured {
     runtime: &'static str,
-    labels: Vec<String>,
     problem_type: ProblemType,
     /// `[examples, outputs]`.
     logits: Tensor,
@@ -135,6 +140,13 @@ pub struct Comparison {
 /// compare.md, compare.json and the charts into `--out` when given.
 pub fn run(args: &CompareArgs) -> Result<Comparison> {
     args.data.ensure_no_training_options("kd compare")?;
+    if args.bootstrap < MIN_RESAMPLES {
+        bail!(
+            "--bootstrap {}: too few resamples for a 95% interval; give {MIN_RESAMPLES} or more \
+             (1000 by default)",
+            args.bootstrap
+        );
+    }
     let reference_name = args
         .teacher
         .clone()
@@ -147,12 +159,6 @@ pub fn run(args: &CompareArgs) -> Result<Comparison> {
             .cloned(),
     );
     let device = args.device.select()?;
-    let out = args
-        .out
-        .as_ref()
-        .map(|out| kd_train::RunDir::create(out, args.force))
-        .transpose()?;
-
     let spec = args.data.task_spec()?;
     let dev_path = args.data.dev_path(&shared_dir())?;
     let (reference_labels, reference_type) = task_head(&reference_name)?;
@@ -161,6 +167,24 @@ pub fn run(args: &CompareArgs) -> Result<Comparison> {
     if examples.is_empty() {
         bail!("{}: no examples to compare on", dev_path.display());
     }
+    // Every model answers in the reference's labels: checked before any is timed, and the
+    // output directory made only then, so that refused inputs leave nothing behind.
+    for name in &names {
+        if is_onnx_export(name) && args.onnx_python.is_none() {
+            bail!("{name} is an ONNX export: {ONNX_PYTHON_NEEDED}");
+        }
+        let (labels, _) = task_head(name)?;
+        if labels != reference_labels {
+            bail!(
+                "{name} predicts {labels:?}, the reference {reference_name} {reference_labels:?}"
+            );
+        }
+    }
+    let out = args
+        .out
+        .as_ref()
+        .map(|out| kd_train::RunDir::create(out, args.force))
+        .transpose()?;
     let gold: Vec<Label> = examples.iter().map(|e| e.label).collect();
     let metric = spec.metrics[0];
     let mut reference_answers: Option<Answers> = None;
@@ -171,12 +195,6 @@ pub fn run(args: &CompareArgs) -> Result<Comparison> {
         } else {
             measure_kd(name, &examples, args, &device)?
         };
-        if measured.labels != reference_labels {
-            bail!(
-                "{name} predicts {:?}, the reference {reference_name} {reference_labels:?}",
-                measured.labels,
-            );
-        }
         let predictions = kd_teacher::predictions(measured.problem_type, &measured.logits)?;
         let answers = Answers {
             probabilities: match predictions {
@@ -264,7 +282,6 @@ fn measure_kd(
     let vars = model.params.vars();
     Ok(Measured {
         runtime: "kd",
-        labels: model.labels.clone(),
         problem_type: model.problem_type,
         logits,
         weights_mb: std::fs::metadata(&files.weights)?.len() as f64 / 1e6,
@@ -294,12 +311,9 @@ struct OnnxAnswers {
 /// An ONNX export, run in ONNX Runtime by `--onnx-python` in a process of its own.
 fn measure_onnx(name: &str, examples: &[Example], args: &CompareArgs) -> Result<Measured> {
     let Some(python) = &args.onnx_python else {
-        bail!(
-            "{name} is an ONNX export: give --onnx-python PYTHON (an interpreter with onnxruntime, \
-             onnx and tokenizers, as benches/setup.sh makes) to run it in ONNX Runtime"
-        );
+        bail!("{name} is an ONNX export: {ONNX_PYTHON_NEEDED}");
     };
-    let (labels, problem_type) = task_head(name)?;
+    let (_, problem_type) = task_head(name)?;
     let sentences = std::env::temp_dir().join(format!("kd-compare-{}.jsonl", std::process::id()));
     crate::latency::write_sentences(&sentences, examples)?;
     eprintln!("{name}: running in ONNX Runtime");
@@ -327,7 +341,6 @@ fn measure_onnx(name: &str, examples: &[Example], args: &CompareArgs) -> Result<
     let onnx_file = Path::new(name).join(kd_export::onnx::ONNX_FILE);
     Ok(Measured {
         runtime: "onnxruntime",
-        labels,
         problem_type,
         logits,
         weights_mb: std::fs::metadata(onnx_file)?.len() as f64 / 1e6,

@@ -144,6 +144,25 @@ pub fn run_prune(args: PruneArgs) -> Result<()> {
         );
     }
     let saved = args.scores.as_deref().map(read_scores).transpose()?;
+    if let (Some(saved), Some(path)) = (&saved, &args.scores) {
+        // Rows a layer, a column a head of the layer's full count (removed ones null).
+        let shape =
+            |matrix: &Matrix| (matrix.len(), matrix.iter().map(Vec::len).max().unwrap_or(0));
+        let scored = shape(&saved.masked);
+        let model_shape = (config.num_hidden_layers, config.num_attention_heads);
+        if scored != model_shape || shape(&saved.gradient) != model_shape {
+            bail!(
+                "{} scores {} layers of {} heads, but {} has {} layers of {}: score this model \
+                 with kd heads",
+                path.display(),
+                scored.0,
+                scored.1,
+                args.model,
+                model_shape.0,
+                model_shape.1
+            );
+        }
+    }
     let total_heads: usize = heads_in_layers.iter().sum();
     let most_heads = heads_in_layers.iter().copied().max().unwrap_or(0);
     let listed = parse_heads(&args.heads)?;

@@ -764,19 +764,9 @@ pub(crate) fn train_stage(
     stop: &AtomicBool,
 ) -> Result<TrainState> {
     let done = dir.join("stage.json");
-    let training = &recipe.training;
     let config = TrainerConfig {
-        epochs: stage.epochs,
-        batch_size: training.batch_size,
-        lr: stage.lr.unwrap_or(training.lr),
-        warmup: training.warmup,
-        weight_decay: training.weight_decay,
-        max_steps: training.max_steps,
-        seed: training.seed,
-        eval_every: training.eval_every,
-        keep: stage.keep,
         minimize,
-        ..TrainerConfig::default()
+        ..recipe.trainer_config(stage)
     };
     if resume && done.is_file() {
         eprintln!("stage {}: already complete", stage.name);

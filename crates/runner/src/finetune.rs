@@ -93,6 +93,7 @@ pub fn run(args: &FinetuneArgs, stop: &AtomicBool, command: &str) -> Result<Fine
         eval_every: args.eval_every,
         ..TrainerConfig::default()
     };
+    config.check()?;
     let mut settings =
         serde_json::json!({ "model": args.model, "data": args.data, "training": config });
     // Named only when not f32: runs begun before the flag existed still resume.

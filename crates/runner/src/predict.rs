@@ -10,7 +10,8 @@ use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, StructArray,
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use clap::Args;
 use kd_data::{
-    DataSpec, Example, Label, TableFormat, TaskKind, header_column, tsv_fields, tsv_header,
+    BYTE_ORDER_MARK, DataSpec, Example, Label, TableFormat, TaskKind, header_column, tsv_fields,
+    tsv_header,
 };
 use kd_teacher::TaskModel;
 use kd_train::Progress;
@@ -63,11 +64,14 @@ struct Line {
     example: Example,
 }
 
-/// Reads lines one at a time, as plain texts or as TSV rows by column name.
+/// Reads lines one at a time, as plain texts or as TSV rows by column name; blank lines are
+/// passed over, as in every table kd reads.
 struct LineReader {
     name: String,
     reader: Box<dyn BufRead>,
     number: usize,
+    /// The lines handed out so far.
+    handed_out: usize,
     /// With a TSV: its header, and the text and pair columns' indices.
     columns: Option<(Vec<String>, usize, Option<usize>)>,
 }
@@ -85,6 +89,7 @@ impl LineReader {
             name,
             reader,
             number: 0,
+            handed_out: 0,
             columns: None,
         };
         let columns = match data.text_columns()? {
@@ -102,7 +107,16 @@ impl LineReader {
                 bail!("{} is empty: expected a header line", lines.name);
             };
             let header = tsv_header(&header);
-            let find = |column: &str| header_column(&lines.name, &header, column);
+            let hint = match path.as_os_str() == "-" {
+                true => {
+                    " (standard input is read as TSV: give a CSV, JSON Lines or Parquet file by its path)"
+                }
+                false => "",
+            };
+            let find = |column: &str| {
+                header_column(&lines.name, &header, column)
+                    .map_err(|e| anyhow::anyhow!("{e}{hint}"))
+            };
             let (text, pair) = (find(&text)?, pair.as_deref().map(find).transpose()?);
             lines.columns = Some((header, text, pair));
         }
@@ -123,14 +137,21 @@ impl LineReader {
         while bytes.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
             bytes.pop();
         }
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| anyhow::anyhow!("{}:{}: not valid UTF-8", self.name, self.number))
+        let mut line = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("{}:{}: not valid UTF-8", self.name, self.number))?;
+        if self.number == 1 && line.starts_with(BYTE_ORDER_MARK) {
+            line.drain(..BYTE_ORDER_MARK.len_utf8());
+        }
+        Ok(Some(line))
     }
 
     fn next(&mut self) -> Result<Option<Line>> {
-        let Some(line) = self.next_line()? else {
-            return Ok(None);
+        let line = loop {
+            match self.next_line()? {
+                None => return Ok(None),
+                Some(line) if line.trim().is_empty() => continue,
+                Some(line) => break line,
+            }
         };
         let example = match &self.columns {
             None => unlabeled(&line),
@@ -144,6 +165,7 @@ impl LineReader {
                 }
             }
         };
+        self.handed_out += 1;
         Ok(Some(Line {
             number: self.number,
             example,
@@ -196,7 +218,7 @@ impl Source {
     /// The lines before the one that failed, for the message (a table fails before any).
     fn done(&self) -> usize {
         match self {
-            Self::Stream(reader) => reader.number - 1 - usize::from(reader.columns.is_some()),
+            Self::Stream(reader) => reader.handed_out,
             Self::Table(_) => 0,
         }
     }
@@ -531,4 +553,49 @@ fn argmax(values: &[f32]) -> usize {
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map_or(0, |(index, _)| index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(path: &PathBuf, data: &DataSpec) -> Vec<(usize, String)> {
+        let mut source = Source::open(path, data).unwrap();
+        let mut lines = Vec::new();
+        while let Some(line) = source.next().unwrap() {
+            lines.push((line.number, line.example.text));
+        }
+        lines
+    }
+
+    /// Streamed input reads as tables do: the byte-order mark dropped, blank lines passed over
+    /// (each text keeping its line number), and a bad line's count of lines before it right.
+    #[test]
+    fn streamed_input_drops_the_byte_order_mark_and_blank_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("texts.txt");
+        std::fs::write(&plain, "\u{feff}a fine film\n\n  \nnot good\n\n").unwrap();
+        let expected = [(1, "a fine film".to_string()), (4, "not good".to_string())];
+        assert_eq!(texts(&plain, &DataSpec::default()), expected);
+
+        let table = dir.path().join("texts.tsv");
+        std::fs::write(
+            &table,
+            "\u{feff}id\treview\n1\ta fine film\n\n2\tnot good\n3\n",
+        )
+        .unwrap();
+        let data = DataSpec {
+            text_column: Some("review".into()),
+            ..DataSpec::default()
+        };
+        let mut source = Source::open(&table, &data).unwrap();
+        assert_eq!(source.next().unwrap().unwrap().number, 2);
+        assert_eq!(source.next().unwrap().unwrap().number, 4);
+        let error = source.next().err().unwrap().to_string();
+        assert!(
+            error.ends_with("texts.tsv:5: expected 2 tab-separated fields (id, review), found 1"),
+            "{error}"
+        );
+        assert_eq!(source.done(), 2);
+    }
 }

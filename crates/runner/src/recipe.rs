@@ -9,7 +9,7 @@ use kd_data::DataSpec;
 use kd_losses::ObjectiveConfig;
 use kd_student::StudentShape;
 use kd_teacher::ModelFiles;
-use kd_train::{Keep, RunInputs};
+use kd_train::{Keep, RunInputs, TrainerConfig};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -240,6 +240,7 @@ impl Recipe {
         if recipe.stages.is_empty() {
             bail!("recipe {origin} has no stages");
         }
+        recipe.check_training().with_context(invalid)?;
         if recipe.tasks.is_empty() {
             check_teachers(&recipe.teacher, &recipe.teachers, recipe.layers_from)
                 .with_context(invalid)?;
@@ -261,6 +262,34 @@ impl Recipe {
             }
         }
         Ok(recipe)
+    }
+
+    /// Refuses a stage that would train nothing or the wrong way ([`TrainerConfig::check`]).
+    pub fn check_training(&self) -> Result<()> {
+        for stage in &self.stages {
+            self.trainer_config(stage)
+                .check()
+                .with_context(|| format!("stage {}", stage.name))?;
+        }
+        Ok(())
+    }
+
+    /// How `stage` trains: its epochs, learning rate and model to keep, with the recipe's
+    /// `training` settings.
+    pub fn trainer_config(&self, stage: &Stage) -> TrainerConfig {
+        let training = &self.training;
+        TrainerConfig {
+            epochs: stage.epochs,
+            batch_size: training.batch_size,
+            lr: stage.lr.unwrap_or(training.lr),
+            warmup: training.warmup,
+            weight_decay: training.weight_decay,
+            max_steps: training.max_steps,
+            seed: training.seed,
+            eval_every: training.eval_every,
+            keep: stage.keep,
+            ..TrainerConfig::default()
+        }
     }
 
     /// A multi-task recipe's tasks, each as a single-task recipe (its data and teachers,

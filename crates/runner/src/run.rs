@@ -76,6 +76,7 @@ pub fn run_recipe(
 ) -> Result<RunSummary> {
     if let Some(steps) = options.max_steps {
         recipe.training.max_steps = Some(steps);
+        recipe.check_training()?;
     }
     if let Some(examples) = options.max_train_examples {
         recipe.data.max_train_examples = Some(examples);

@@ -33,7 +33,17 @@ impl ModelFiles {
         if looks_like_path(model) {
             bail!("model directory {model} does not exist");
         }
-        Self::from_hub(model)
+        // `runs/teacher` reads as a hub id too: where its first part is a directory here, a
+        // mistyped path is the likelier mistake, and the message says so first.
+        let local_parent = path
+            .parent()
+            .is_some_and(|p| p.is_dir() && p != Path::new(""));
+        Self::from_hub(model).map_err(|error| match local_parent {
+            true => error.context(format!(
+                "model directory {model} does not exist (nor does a hub model of that id)"
+            )),
+            false => error,
+        })
     }
 
     pub fn from_dir(dir: &Path) -> Result<Self> {
@@ -108,7 +118,10 @@ pub(crate) fn tokenizer_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn looks_like_path(model: &str) -> bool {
-    model.starts_with(['.', '/', '~']) || model.matches('/').count() > 1 || model.contains('\\')
+    model.starts_with(['.', '/', '~'])
+        || model.ends_with('/')
+        || model.matches('/').count() > 1
+        || model.contains('\\')
 }
 
 /// The hub cache `hf-hub` reads, for error messages.

@@ -30,6 +30,9 @@ impl RunDir {
     }
 
     fn checked_for_run(path: &Path, force: bool, resume: bool, inputs: &RunInputs) -> Result<Self> {
+        if force && !resume {
+            Self::clear_earlier_run(path)?;
+        }
         let dir = match resume {
             true => Self::open_here(path)?,
             false => Self::create_here(path, force)?,
@@ -58,31 +61,108 @@ impl RunDir {
         }
     }
 
+    /// Before a run with `--force`: an earlier run in `path` is removed whole, so that none of
+    /// its checkpoints, finished stages or logs can pass for the new run's (a `--resume` after
+    /// an interruption would take them up). A non-empty directory that holds no kd run is
+    /// refused: kd deletes only what it wrote.
+    fn clear_earlier_run(path: &Path) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return Ok(()); // none yet, or not a directory: create_here says which
+        };
+        let entries: Vec<PathBuf> = entries
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if !RUN_MARKERS.iter().any(|marker| path.join(marker).exists()) {
+            bail!(
+                "output directory {} is not empty and holds no earlier kd run (no {}): kd \
+                 replaces only its own runs; choose another directory or empty it",
+                path.display(),
+                RUN_MARKERS.join(" or ")
+            );
+        }
+        for entry in entries {
+            let removed = match entry.is_dir() && !entry.is_symlink() {
+                true => std::fs::remove_dir_all(&entry),
+                false => std::fs::remove_file(&entry),
+            };
+            removed
+                .with_context(|| format!("cannot remove {} of the earlier run", entry.display()))?;
+        }
+        Ok(())
+    }
+
     pub fn create(path: &Path, force: bool) -> Result<Self> {
         on_leader(path, || Self::create_here(path, force))
     }
 
     fn create_here(path: &Path, force: bool) -> Result<Self> {
-        let non_empty = path.is_dir()
-            && std::fs::read_dir(path)
-                .with_context(|| format!("cannot read {}", path.display()))?
-                .next()
-                .is_some();
-        if non_empty && !force {
-            bail!(
-                "output directory {} is not empty: choose another or pass --force to overwrite it",
-                path.display()
-            );
-        }
-        if path.exists() && !path.is_dir() {
-            bail!(
-                "output path {} exists and is not a directory",
-                path.display()
-            );
-        }
+        refuse_occupied(path, force)?;
         std::fs::create_dir_all(path)
             .with_context(|| format!("cannot create output directory {}", path.display()))?;
         Self::writable(path)
+    }
+
+    /// Writes a model directory at `path` as a unit: `write` fills a fresh folder beside it,
+    /// which then takes `path`'s place. An error leaves nothing behind, and `force` replaces
+    /// an earlier model directory whole, so that none of its files (a `model.onnx` beside new
+    /// weights) can pass for the new one's; a directory that holds no model is refused even
+    /// so, as kd replaces only what it wrote.
+    pub fn replace_whole<T>(
+        path: &Path,
+        force: bool,
+        write: impl FnOnce(&Path) -> Result<T>,
+    ) -> Result<T> {
+        refuse_occupied(path, force)?;
+        let occupied = path.is_dir() && std::fs::read_dir(path)?.next().is_some();
+        if occupied && !MODEL_MARKERS.iter().any(|file| path.join(file).is_file()) {
+            bail!(
+                "output directory {} is not empty and holds no model (no {}): kd replaces only \
+                 a model directory; choose another directory or empty it",
+                path.display(),
+                MODEL_MARKERS.join(" or ")
+            );
+        }
+        let absolute = std::path::absolute(path)
+            .with_context(|| format!("cannot resolve {}", path.display()))?;
+        let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
+            bail!("{} cannot be replaced: name a directory", path.display());
+        };
+        let beside = |role: &str| {
+            parent.join(format!(
+                ".{}.kd-{role}-{}",
+                name.to_string_lossy(),
+                std::process::id()
+            ))
+        };
+        let staging = beside("new");
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging)
+            .with_context(|| format!("cannot create output directory {}", staging.display()))?;
+        let value = match write(&staging) {
+            Ok(value) => value,
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(error);
+            }
+        };
+        let moved = |from: &Path, to: &Path| {
+            std::fs::rename(from, to)
+                .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))
+        };
+        if absolute.exists() {
+            let earlier = beside("old");
+            moved(&absolute, &earlier)?;
+            moved(&staging, &absolute)?;
+            std::fs::remove_dir_all(&earlier)
+                .with_context(|| format!("cannot remove {}", earlier.display()))?;
+        } else {
+            moved(&staging, &absolute)?;
+        }
+        Ok(value)
     }
 
     /// An existing run directory, to resume the run in it.
@@ -94,6 +174,7 @@ impl RunDir {
         if !path.is_dir() {
             bail!("cannot resume: {} is not a directory", path.display());
         }
+        remove_stale_temporaries(path)?;
         Self::writable(path)
     }
 
@@ -133,6 +214,55 @@ fn on_leader(path: &Path, prepare: impl FnOnce() -> Result<RunDir>) -> Result<Ru
 }
 
 const INPUTS: &str = "inputs.json";
+/// Refuses `path` when it is not a directory, or one with files in it unless `force`.
+fn refuse_occupied(path: &Path, force: bool) -> Result<()> {
+    if path.exists() && !path.is_dir() {
+        bail!(
+            "output path {} exists and is not a directory",
+            path.display()
+        );
+    }
+    let non_empty = path.is_dir()
+        && std::fs::read_dir(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .next()
+            .is_some();
+    if non_empty && !force {
+        bail!(
+            "output directory {} is not empty: choose another or pass --force to overwrite it",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Removes what an atomic write of a killed process left in `dir`: the temporary files of
+/// [`kd_bert::write_atomically`] (`.NAME.tmp`) and of the safetensors writer inside it
+/// (`.tmpXXXXXX`), whole models' worth of bytes that nothing names or reads.
+fn remove_stale_temporaries(dir: &Path) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let stale = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| {
+                name.starts_with(".tmp") || (name.starts_with('.') && name.ends_with(".tmp"))
+            });
+        if stale && path.is_file() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Files that only a kd run writes at the top of its directory: its inputs, and its log (in
+/// runs older than `inputs.json`).
+const RUN_MARKERS: [&str; 2] = [INPUTS, "log.jsonl"];
+/// Files every model directory kd writes holds.
+const MODEL_MARKERS: [&str; 1] = ["config.json"];
 
 /// What a run is made from: its settings (a recipe, or a command's options) and a checksum of
 /// every file it reads (data, teachers, the model it starts from). Kept as `inputs.json` in the
@@ -349,6 +479,93 @@ mod tests {
         // A new run records the new inputs.
         RunDir::for_run(&out, true, false, &now).unwrap();
         RunDir::for_run(&out, false, true, &now).unwrap();
+    }
+
+    /// `--force` replaces an earlier run whole: none of its checkpoints or finished stages is
+    /// left for a `--resume` of the new run to take up. A directory kd did not write is kept.
+    #[test]
+    fn force_removes_an_earlier_run_and_only_a_run() {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("run");
+        let inputs = RunInputs::new(&serde_json::json!({ "lr": 1e-4 })).unwrap();
+        RunDir::for_run(&out, false, false, &inputs).unwrap();
+        std::fs::create_dir_all(out.join("checkpoint")).unwrap();
+        std::fs::write(out.join("checkpoint/state.json"), b"{}").unwrap();
+        std::fs::create_dir_all(out.join("1-distill")).unwrap();
+        std::fs::write(out.join("1-distill/stage.json"), b"{}").unwrap();
+        RunDir::for_run(&out, true, false, &inputs).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [INPUTS], "only the new run's record");
+
+        let other = root.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("notes.txt"), b"mine").unwrap();
+        let error = RunDir::for_run(&other, true, false, &inputs)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("holds no earlier kd run"), "{error}");
+        assert!(other.join("notes.txt").exists());
+    }
+
+    /// A model directory is written whole: a failed write leaves nothing (and an earlier
+    /// directory as it was), a forced one replaces every file of the earlier one, and a
+    /// directory that holds no model is refused.
+    #[test]
+    fn a_model_directory_is_replaced_whole_or_not_at_all() {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("export");
+        let write = |files: &'static [&'static str]| {
+            move |dir: &Path| -> Result<()> {
+                for file in files {
+                    std::fs::write(dir.join(file), file)?;
+                }
+                Ok(())
+            }
+        };
+        let failed = RunDir::replace_whole(&out, false, |dir| -> Result<()> {
+            write(&["config.json"])(dir)?;
+            bail!("graph failed")
+        });
+        assert!(failed.is_err() && !out.exists());
+        RunDir::replace_whole(&out, false, write(&["config.json", "model.onnx"])).unwrap();
+        let refused = RunDir::replace_whole(&out, false, write(&["config.json"]));
+        assert!(refused.unwrap_err().to_string().contains("--force"));
+        RunDir::replace_whole(&out, true, write(&["config.json", "model.safetensors"])).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["config.json", "model.safetensors"]);
+        let leftovers = std::fs::read_dir(root.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "no staging or earlier folder left beside it");
+
+        let other = root.path().join("notes");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("notes.txt"), b"mine").unwrap();
+        let refused = RunDir::replace_whole(&other, true, write(&["config.json"]));
+        assert!(refused.unwrap_err().to_string().contains("holds no model"));
+        assert!(other.join("notes.txt").exists());
+    }
+
+    #[test]
+    fn a_resume_removes_what_a_killed_write_left() {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("run");
+        std::fs::create_dir_all(&out).unwrap();
+        for stale in [".tmpAb12Cd", ".model.safetensors.tmp"] {
+            std::fs::write(out.join(stale), b"partial").unwrap();
+        }
+        std::fs::write(out.join("model.safetensors"), b"whole").unwrap();
+        RunDir::open(&out).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["model.safetensors"]);
     }
 
     #[test]

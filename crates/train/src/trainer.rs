@@ -66,6 +66,42 @@ impl Default for TrainerConfig {
     }
 }
 
+impl TrainerConfig {
+    /// Refuses settings that would train nothing or the wrong way (no epochs or steps, an
+    /// empty batch, a learning rate that is not positive, warmup beyond the whole run), each
+    /// named as recipes and the command line name it; before any output is written.
+    pub fn check(&self) -> Result<()> {
+        let at_least_one = [
+            ("epochs", Some(self.epochs)),
+            ("batch_size", Some(self.batch_size)),
+            ("max_steps", self.max_steps),
+            ("eval_every", self.eval_every),
+        ];
+        for (name, value) in at_least_one {
+            if value == Some(0) {
+                bail!("{name} (--{}) must be at least 1", name.replace('_', "-"));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("lr (--lr) must be a positive number, got {}", self.lr);
+        }
+        if !(0.0..=1.0).contains(&self.warmup) {
+            bail!(
+                "warmup (--warmup) is the fraction of the updates spent warming up: it must lie \
+                 in [0, 1], got {}",
+                self.warmup
+            );
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!(
+                "weight_decay (--weight-decay) must not be negative, got {}",
+                self.weight_decay
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The loss of one batch: the total to minimise and each component's value, for the log.
 pub struct StepLoss {
     pub total: Tensor,
@@ -333,12 +369,25 @@ pub fn train(
                 (values[0], loss.components, grads)
             };
             let Some(mut grads) = grads else {
+                // Models and checkpoints are written at evaluations: say what there is.
+                let kept = match (state.evaluations.last(), config.keep) {
+                    (None, _) => "nothing is saved: no evaluation came before it".to_string(),
+                    (Some(last), Keep::Best) => format!(
+                        "the best model (step {}) and the checkpoint of step {} are kept in {}",
+                        state.best_step,
+                        last.step,
+                        out.path().display()
+                    ),
+                    (Some(last), Keep::Last) => format!(
+                        "the model and the checkpoint of step {} are kept in {}",
+                        last.step,
+                        out.path().display()
+                    ),
+                };
                 bail!(
-                    "loss is {value} at step {} ({}): stopping; the best model and the last \
-                     checkpoint are kept in {}",
-                    state.step,
+                    "loss is {value} at step {} ({}): stopping; {kept}",
+                    state.step + 1,
                     format_components(&components),
-                    out.path().display()
                 );
             };
             let lr = schedule.lr(state.step);
@@ -603,6 +652,78 @@ pub fn interrupt_flag() -> Result<&'static AtomicBool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_that_train_nothing_or_the_wrong_way_are_refused_by_name() {
+        TrainerConfig::default().check().unwrap();
+        let refused = |config: TrainerConfig| config.check().unwrap_err().to_string();
+        let base = TrainerConfig::default;
+        for (config, expected) in [
+            (
+                TrainerConfig {
+                    epochs: 0,
+                    ..base()
+                },
+                "epochs (--epochs) must be at least 1",
+            ),
+            (
+                TrainerConfig {
+                    batch_size: 0,
+                    ..base()
+                },
+                "batch_size (--batch-size)",
+            ),
+            (
+                TrainerConfig {
+                    max_steps: Some(0),
+                    ..base()
+                },
+                "max_steps (--max-steps)",
+            ),
+            (
+                TrainerConfig {
+                    eval_every: Some(0),
+                    ..base()
+                },
+                "eval_every (--eval-every)",
+            ),
+            (
+                TrainerConfig { lr: 0.0, ..base() },
+                "lr (--lr) must be a positive number, got 0",
+            ),
+            (
+                TrainerConfig {
+                    lr: -1e-4,
+                    ..base()
+                },
+                "got -0.0001",
+            ),
+            (
+                TrainerConfig {
+                    lr: f64::NAN,
+                    ..base()
+                },
+                "got NaN",
+            ),
+            (
+                TrainerConfig {
+                    warmup: 2.0,
+                    ..base()
+                },
+                "in [0, 1], got 2",
+            ),
+            (
+                TrainerConfig {
+                    weight_decay: -0.1,
+                    ..base()
+                },
+                "weight_decay",
+            ),
+        ] {
+            let error = refused(config);
+            assert!(error.contains(expected), "{error}");
+        }
+    }
 
     #[test]
     fn a_device_out_of_memory_names_the_batch_size_and_the_checkpoint() {

@@ -44,12 +44,16 @@ pub const ONNX_FILE: &str = "model.onnx";
 
 /// Writes `model` (a task model in any format kd loads, its weights read as f32) as
 /// `out/model.onnx`, atomically, the weights `quantization` covers as int8. Returns the file's
-/// size in bytes.
-pub fn write(model: &ModelFiles, out: &Path, quantization: Option<Quantization>) -> Result<u64> {
+/// size in bytes and the number of weights stored as int8.
+pub fn write(
+    model: &ModelFiles,
+    out: &Path,
+    quantization: Option<Quantization>,
+) -> Result<(u64, usize)> {
     let task_model = TaskModel::load(model, usize::MAX, &candle_core::Device::Cpu)
         .with_context(|| format!("cannot load {} to export it", model.dir.display()))?;
 
-    let graph = bert_classifier(&task_model, quantization)?;
+    let (graph, quantized_tensors) = bert_classifier(&task_model, quantization)?;
     let proto = ModelProto {
         ir_version: IR_VERSION,
         opset_import: vec![OperatorSetIdProto {
@@ -66,11 +70,14 @@ pub fn write(model: &ModelFiles, out: &Path, quantization: Option<Quantization>)
         std::fs::write(tmp, proto.encode_to_vec())
             .with_context(|| format!("cannot write {}", tmp.display()))
     })?;
-    Ok(std::fs::metadata(&path)?.len())
+    Ok((std::fs::metadata(&path)?.len(), quantized_tensors))
 }
 
-/// The whole model as a graph.
-fn bert_classifier(model: &TaskModel, quantization: Option<Quantization>) -> Result<GraphProto> {
+/// The whole model as a graph, and how many of its parameters it stores as int8.
+fn bert_classifier(
+    model: &TaskModel,
+    quantization: Option<Quantization>,
+) -> Result<(GraphProto, usize)> {
     let config = &model.config;
     let family = config.family();
     let mut graph = Graph::new(model, quantization);
@@ -167,7 +174,8 @@ fn bert_classifier(model: &TaskModel, quantization: Option<Quantization>) -> Res
     let labels = Dimension {
         value: Some(DimensionValue::DimValue(model.labels.len() as i64)),
     };
-    Ok(GraphProto {
+    let quantized_tensors = graph.quantized_tensors;
+    let graph = GraphProto {
         name: "bert_for_sequence_classification".into(),
         node: graph.nodes,
         initializer: graph.initializers,
@@ -181,7 +189,8 @@ fn bert_classifier(model: &TaskModel, quantization: Option<Quantization>) -> Res
             proto::FLOAT,
             vec![dynamic("batch"), labels],
         )],
-    })
+    };
+    Ok((graph, quantized_tensors))
 }
 
 /// A node attribute's value.
@@ -199,6 +208,8 @@ struct Graph<'a> {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     values: usize,
+    /// The parameters stored as int8 so far.
+    quantized_tensors: usize,
 }
 
 impl<'a> Graph<'a> {
@@ -209,6 +220,7 @@ impl<'a> Graph<'a> {
             nodes: Vec::new(),
             initializers: Vec::new(),
             values: 0,
+            quantized_tensors: 0,
         }
     }
 
@@ -307,9 +319,11 @@ impl<'a> Graph<'a> {
         Ok(self.f32_values(name.into(), tensor.dims(), &values))
     }
 
-    /// Whether the parameter `name` is exported as int8.
-    fn quantized(&self, name: &str, tensor: &Tensor) -> bool {
-        self.quantization.is_some_and(|q| q.covers(name, tensor))
+    /// Whether the parameter `name` is exported as int8 (then counted, for the report).
+    fn quantized(&mut self, name: &str, tensor: &Tensor) -> bool {
+        let quantized = self.quantization.is_some_and(|q| q.covers(name, tensor));
+        self.quantized_tensors += usize::from(quantized);
+        quantized
     }
 
     /// The rows of the word-embedding table for `ids`, `[batch, sequence, hidden]`; from int8
