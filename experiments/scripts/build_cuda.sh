@@ -11,6 +11,8 @@
 # Environment: CUDA_COMPUTE_CAP (default 90: H100/H200), KD_CUDA_PREFIX, CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# --features nccl (data parallelism on GPUs) links NCCL as well.
+[[ " $* " == *nccl* ]] && export KD_NCCL=1
 eval "$(experiments/scripts/cuda_toolkit.sh --env)"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kd-cuda-target}
 cargo build --release --features cuda -p kd-experiments "$@"

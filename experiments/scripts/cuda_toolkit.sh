@@ -18,9 +18,9 @@
 #          eval "$(experiments/scripts/cuda_toolkit.sh --env)"; KD_CUDA_STUBS names the stub
 #          libcuda's folder where one was built
 # Everything else (what was found, progress) goes to stderr.
-# Environment: KD_CUDA_PREFIX (where the wheels go), CUDA_COMPUTE_CAP (default 90: H100/H200;
-# candle-kernels compiles its kernels for this one architecture, e.g. 80 for an A100),
-# PYTHON (default python3, with pip).
+# Environment: KD_CUDA_PREFIX (where the wheels go), KD_NCCL=1 (NCCL too, for --features nccl),
+# CUDA_COMPUTE_CAP (default 90: H100/H200; candle-kernels compiles its kernels for this one
+# architecture, e.g. 80 for an A100), PYTHON (default python3, with pip).
 set -euo pipefail
 shopt -s nullglob
 
@@ -35,6 +35,21 @@ prefix=${KD_CUDA_PREFIX:-$HOME/.cache/kd-cuda}
 compute_cap=${CUDA_COMPUTE_CAP:-90}
 python=${PYTHON:-python3}
 say() { echo "cuda_toolkit: $*" >&2; }
+# Wheels into a folder (pip --target: no virtual environment to keep, only files). A stamp with
+# the pinned list makes a rerun skip this; a changed list installs afresh beside the old one and
+# swaps it in, so an interrupted install never leaves half a folder behind.
+install_wheels() { # folder wheels...
+  local folder=$1
+  shift
+  [[ -f "$folder/.kd-wheels" && "$(cat "$folder/.kd-wheels")" == "$*" ]] && return
+  say "installing $* into $folder"
+  mkdir -p "$(dirname "$folder")"
+  rm -rf "$folder.new"
+  "$python" -m pip install --quiet --disable-pip-version-check --no-cache-dir \
+    --only-binary=:all: --target "$folder.new" "$@" >&2
+  echo "$*" >"$folder.new/.kd-wheels"
+  rm -rf "$folder" && mv "$folder.new" "$folder"
+}
 
 # The CUDA 13.0 (update 2) wheels: cudarc 0.19 knows CUDA 11.4 to 13.4 and reads the version from
 # `nvcc --version`, so the newest wheels (13.5) would fail its build script; exact pins keep the
@@ -70,20 +85,8 @@ fi
 if ((system)); then
   say "system CUDA toolkit: $cuda_home"
 else
-  # Wheels into $prefix/site (pip --target: no virtual environment to keep, only files). A stamp
-  # with the pinned list makes a rerun skip this; a changed list installs afresh beside the old
-  # one and swaps it in, so an interrupted install never leaves a half toolkit behind.
   site=$prefix/site
-  stamp=$site/.kd-wheels
-  if [[ ! -f "$stamp" || "$(cat "$stamp")" != "${wheels[*]}" ]]; then
-    say "installing the CUDA 13.0 wheels into $site"
-    mkdir -p "$prefix"
-    rm -rf "$site.new"
-    "$python" -m pip install --quiet --disable-pip-version-check --no-cache-dir \
-      --only-binary=:all: --target "$site.new" "${wheels[@]}" >&2
-    echo "${wheels[*]}" >"$site.new/.kd-wheels"
-    rm -rf "$site" && mv "$site.new" "$site"
-  fi
+  install_wheels "$site" "${wheels[@]}"
   cu13=$site/nvidia/cu13
   [[ -x "$cu13/bin/nvcc" ]] || { say "no nvcc in $cu13/bin after the install"; exit 1; }
 
@@ -145,6 +148,20 @@ else
   ln -sfn ../libcuda.so "$stubs/run/libcuda.so.1"
 fi
 
+# --- NCCL for the link (KD_NCCL=1: kd with --features nccl) ----------------------------------------
+# cudarc links NCCL dynamically too: the link needs a libnccl.so. A system NCCL serves as it is;
+# otherwise NVIDIA's NCCL wheel (200 MB, fetched only when asked) in $prefix/nccl, with the
+# unversioned name the linker wants. The binary then asks for libnccl.so.2, which the GPU
+# machine's own NCCL provides at run time (PyTorch's CUDA wheels bring one).
+nccl_lib=""
+if [[ ${KD_NCCL:-0} == 1 ]] && ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so ' &&
+  [[ ! -e "$cuda_home/lib64/libnccl.so" ]]; then
+  install_wheels "$prefix/nccl" nvidia-nccl-cu13==2.27.7
+  nccl_lib=$prefix/nccl/nvidia/nccl/lib
+  ln -sfn libnccl.so.2 "$nccl_lib/libnccl.so"
+  say "NCCL for the link: $nccl_lib"
+fi
+
 # --- Driver and GPU (informational: building needs neither) ----------------------------------------
 if command -v nvidia-smi >/dev/null 2>&1 &&
   gpu=$(nvidia-smi --query-gpu=driver_version,name,compute_cap --format=csv,noheader 2>/dev/null); then
@@ -173,13 +190,15 @@ if ((env_mode)); then
   echo "export CUDA_COMPUTE_CAP='$compute_cap'"
   # cudarc's build script runs `nvcc --version` from PATH.
   echo "export PATH='$cuda_home/bin':\"\$PATH\""
-  link_path=${stubs:+$stubs:}$lib_dir
+  link_path=${stubs:+$stubs:}${nccl_lib:+$nccl_lib:}$lib_dir
   link_path=${link_path%:}
   if [[ -n "$link_path" ]]; then
     echo "export LIBRARY_PATH='$link_path'\"\${LIBRARY_PATH:+:\$LIBRARY_PATH}\""
   fi
-  if [[ -n "$lib_dir" ]]; then
-    echo "export LD_LIBRARY_PATH='$lib_dir'\"\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}\""
+  run_path=${nccl_lib:+$nccl_lib:}$lib_dir
+  run_path=${run_path%:}
+  if [[ -n "$run_path" ]]; then
+    echo "export LD_LIBRARY_PATH='$run_path'\"\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}\""
   fi
   # Where the stub is, for starting a CUDA build of kd on this machine without a driver (on the
   # CPU, e.g. cuda_bundle.sh's f16 export): never on a machine with one, where it would hide it.

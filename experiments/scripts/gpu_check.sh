@@ -45,87 +45,24 @@ started=$(date +%s)
 deadline=$(( started + ${KD_DEADLINE:-3600} ))
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-say() { echo "gpu_check: $*" >&2; }
-fail() { say "$*"; exit 1; }
-
-# A command under what is left of the deadline (exit 124 when it is cut there).
-limited() {
-  local left=$(( deadline - $(date +%s) ))
-  (( left >= 15 )) || return 124
-  timeout "$left" "$@"
-}
-# Runs one stage (a name, then a command or function that runs its commands through `limited`,
-# output to OUT/NAME.log) and notes in OUT/stages.tsv how it ended and how long it took.
-stage() {
-  local name=$1 begun=$(date +%s) rc=0 status=passed
-  shift
-  if (( deadline - begun < 15 )); then
-    status="skipped (past the deadline)"
-  else
-    "$@" >"$out/$name.log" 2>&1 || rc=$?
-    (( rc == 0 )) || status="FAILED (exit $rc)"
-    (( rc != 124 )) || status="cut at the deadline"
-  fi
-  printf '%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - begun ))" >>"$out/stages.tsv"
-  say "$name: $status ($(( $(date +%s) - begun )) s)"
-}
+name=gpu_check
+source experiments/scripts/gpu_common.sh
 : >"$out/stages.tsv"
 
 # 1. The machine.
-if [ "$device" = cuda ]; then
-  command -v nvidia-smi >/dev/null || fail "no nvidia-smi: this machine has no NVIDIA driver"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1 \
-    >"$out/gpu.txt" || fail "nvidia-smi found no GPU"
-  IFS=, read -r gpu_name driver memory <"$out/gpu.txt"
-  driver=${driver// /}
-  say "GPU:${gpu_name}, driver ${driver},${memory}"
-  [ "${driver%%.*}" -ge 580 ] || fail "driver $driver: CUDA 13 (kd's toolkit) needs 580 or later"
-else
-  echo "no GPU: a rehearsal on the CPU ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1))" \
-    >"$out/gpu.txt"
-fi
+check_machine
 
 # 2. kd with CUDA, the parity test's binary, and what they read.
 shared=${KD_SHARED_DIR:-../shared}
-if [ -n "${KD_BUNDLE:-}" ]; then
-  unpacked=$(mktemp -d)  # not under $out: the results are kept, the binaries are not
-  trap 'rm -rf "$unpacked"' EXIT
-  for archive in bin shared; do tar -C "$unpacked" -xJf "$KD_BUNDLE/$archive.tar.xz"; done
-  KD=$unpacked/bin/kd KD_GPU_TEST=$unpacked/bin/gpu-test shared=$unpacked/shared
-fi
+[ -z "${KD_BUNDLE:-}" ] || unpack_bundle
 export KD_SHARED_DIR=$shared HF_HOME=$shared/hf-cache
 target=${CARGO_TARGET_DIR:-$HOME/.cache/kd-cuda-target}
 if [ -z "${KD:-}" ]; then
   experiments/scripts/build_cuda.sh
   KD=$target/release/kd
 fi
-if [ -z "${KD_GPU_TEST:-}" ]; then
-  KD_GPU_TEST=$(CARGO_TARGET_DIR=$target cargo test --release --features cuda -p kd-experiments \
-    --test gpu --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("executable") and m.get("target", {}).get("name") == "gpu": print(m["executable"])')
-fi
-[ -x "$KD" ] || fail "no kd binary at $KD"
-# The CUDA libraries kd loads (cuBLAS, cuRAND, NVRTC, the runtime) from the machine's toolkit,
-# wherever it keeps them: lib64 of a system toolkit, or the nvidia wheels of a Python.
-# A rehearsal starts kd on the link's stub libcuda (cuda_toolkit.sh), which makes it see no GPU.
-if [ "$device" = cpu ]; then
-  eval "$(experiments/scripts/cuda_toolkit.sh --env)"
-  export LD_LIBRARY_PATH=${KD_CUDA_STUBS:+$KD_CUDA_STUBS:}$LD_LIBRARY_PATH
-fi
-for lib in $(ldd "$KD" | awk '/not found/ {print $1}'); do
-  # Never a stub, nor a forward-compatibility libcuda, which fails beside another driver.
-  found=$(find /usr/local /usr/lib /opt "$HOME/.cache/kd-cuda" -name "$lib" -not -path '*/stubs/*' \
-    -not -path '*/compat/*' -print -quit 2>/dev/null || true)
-  [ -n "$found" ] && export LD_LIBRARY_PATH=$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-done
-missing=$(ldd "$KD" | awk '/not found/ {print $1}' | tr '\n' ' ')
-[ -z "$missing" ] || fail "kd needs libraries this machine lacks: $missing"
-toolkit=$(ldd "$KD" | sed -n 's/.*libcublas\.so\.[0-9]* => \([^ ]*\).*/cuBLAS from \1/p' | head -1)
-toolkit=${toolkit:-no cuBLAS linked}
-say "$toolkit"
+[ -n "${KD_GPU_TEST:-}" ] || KD_GPU_TEST=$(gpu_test_binary "$target")
+cuda_libraries
 
 # 3. Parity (on the CPU, the test only says it skipped).
 require_gpu=$([ "$device" = cuda ] && echo 1 || true)

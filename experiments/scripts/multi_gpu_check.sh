@@ -1,35 +1,60 @@
 #!/usr/bin/env bash
 # Data parallelism on a machine with 2 or more GPUs (experiments/results/scale.md, pending a
-# device), in one run:
+# device), in one command:
 #   1. equality: `kd finetune` of all-MiniLM-L6-v2 (dropout off) on 2,000 SST-2 sentences for 40
 #      steps on one GPU, then under `mpirun -np 2` (NCCL): the weights' largest relative difference;
 #   2. timing: the same for 200 steps on 1 GPU and on every count up to the GPUs there are
 #      (2, 4, 8): steps/s, and the all-reduce's milliseconds a step from the log.
-# Writes $OUT/multi_gpu.json and prints it.
-# Needs: mpirun (Open MPI), and kd built with `--features cuda,nccl` (KD=path, or it builds one
-# with experiments/scripts/build_cuda.sh --features nccl; NCCL's library on LIBRARY_PATH and
-# LD_LIBRARY_PATH). DEVICE=cpu runs the same steps on the CPU, to check the script without GPUs.
+# Everything lands in OUT (default runs/multi-gpu): multi_gpu.json (printed at the end),
+# stages.tsv (each run: how it ended, seconds), each run's output (runs/ holds the models: leave
+# it out of what is kept). A run that fails or runs past KD_DEADLINE is named there and the next
+# one starts; the report is written in any case.
+#
+# Usage: experiments/scripts/multi_gpu_check.sh [OUT]
+# Environment:
+#   KD_BUNDLE    a folder from `experiments/scripts/cuda_bundle.sh --multi-gpu` (kd built with CUDA
+#                and NCCL, Open MPI, the slice of ../shared): nothing to build or install here
+#   KD           or a kd built with --features nccl beforehand (else build_cuda.sh --features nccl
+#                builds one), launched by the machine's mpirun (Open MPI)
+#   KD_DEADLINE  seconds the whole check may take (default 3600)
+#   TIME_STEPS   the timing runs' steps (default 200)
+#   KD_CHECK_DEVICE  cuda, or cpu for a rehearsal on a machine without GPUs: the same runs on the
+#                CPU with 2 ranks (KD defaults to target/mpi/release/kd, a CPU build with MPI)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-out=${OUT:-runs/multi-gpu}
-device=${DEVICE:-cuda}
+out=${1:-runs/multi-gpu}
+device=${KD_CHECK_DEVICE:-cuda}
+started=$(date +%s)
+deadline=$(( started + ${KD_DEADLINE:-3600} ))
 mkdir -p "$out"
-export HF_HOME=${HF_HOME:-../shared/hf-cache} OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-if [[ $device == cuda ]]; then
-    gpus=$(nvidia-smi -L | grep -c '^GPU')
-    ((gpus >= 2)) || { echo "multi_gpu_check: $gpus GPU(s); data parallelism needs 2 or more" >&2; exit 1; }
-    nvidia-smi -L >&2
-    if [[ -z ${KD:-} ]]; then
-        experiments/scripts/build_cuda.sh --features nccl
-        KD=$HOME/.cache/kd-cuda-target/release/kd
-        eval "$(experiments/scripts/cuda_toolkit.sh --env)"
-    fi
+out=$(cd "$out" && pwd)
+name=multi_gpu_check
+source experiments/scripts/gpu_common.sh
+: >"$out/stages.tsv"
+
+check_machine
+if [ "$device" = cuda ]; then
+  (( gpus >= 2 )) || fail "$gpus GPU(s); data parallelism needs 2 or more"
 else
-    gpus=2
-    KD=${KD:-target/mpi/release/kd}
+  gpus=2
 fi
+shared=${KD_SHARED_DIR:-../shared}
+[ -z "${KD_BUNDLE:-}" ] || unpack_bundle
+export HF_HOME=$shared/hf-cache OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+if [ -z "${KD:-}" ] && [ "$device" = cuda ]; then
+  experiments/scripts/build_cuda.sh --features nccl
+  KD=${CARGO_TARGET_DIR:-$HOME/.cache/kd-cuda-target}/release/kd
+fi
+KD=${KD:-target/mpi/release/kd}
+# A kd with CUDA needs the machine's CUDA libraries and NCCL (a CPU build with MPI, none).
+if ldd "$KD" | grep -q libcuda; then cuda_libraries; fi
+command -v mpirun >/dev/null || fail "no mpirun here (KD_BUNDLE brings Open MPI)"
+say "$(mpirun --version | head -1); $(ldd "$KD" | sed -n 's/.*\(libnccl[^ ]*\) => \([^ ]*\).*/\1 from \2/p')"
+
 # all-MiniLM-L6-v2 without dropout: ranks draw their own dropout masks, a single device its one.
-model=$out/minilm-no-dropout
+runs=$out/runs
+model=$runs/minilm-no-dropout
+mkdir -p "$runs"
 python3 - "$model" <<'PY'
 import json, os, shutil, sys, glob
 src = glob.glob(os.path.expanduser(os.environ["HF_HOME"]) + "/hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/*/")[0]
@@ -39,41 +64,55 @@ config = json.load(open(path))
 config["hidden_dropout_prob"] = config["attention_probs_dropout_prob"] = 0.0
 os.remove(path); json.dump(config, open(path, "w"))
 PY
-data=$out/data
+data=$runs/data
 mkdir -p "$data"
-head -2001 ../shared/data/glue/SST-2/train.tsv >"$data/train.tsv"
-cp ../shared/data/glue/SST-2/dev.tsv "$data/dev.tsv"
-finetune() { # ranks steps out
-    local launch=()
-    (($1 > 1)) && launch=(mpirun -np "$1" -x RAYON_NUM_THREADS=1)
-    "${launch[@]}" "$KD" finetune --model "$model" --task sst2 --data-dir "$data" --device "$device" \
-        --max-steps "$2" --eval-every 100000 --lr 1e-4 --batch-size 32 --out "$3" --force >/dev/null 2>"$3.err"
+head -2001 "$shared/data/glue/SST-2/train.tsv" >"$data/train.tsv"
+cp "$shared/data/glue/SST-2/dev.tsv" "$data/dev.tsv"
+finetune() { # ranks steps run-name
+  local launch=()
+  (( $1 == 1 )) || launch=(mpirun -np "$1" -x RAYON_NUM_THREADS=1)
+  limited "${launch[@]}" "$KD" finetune --model "$model" --task sst2 --data-dir "$data" \
+    --device "$device" --max-steps "$2" --eval-every 100000 --lr 1e-4 --batch-size 32 \
+    --out "$runs/$3" --force
 }
-finetune 1 40 "$out/equal-1"
-finetune 2 40 "$out/equal-2"
+stage equal-1 finetune 1 40 equal-1
+stage equal-2 finetune 2 40 equal-2
 ranks=(1)
-for n in 2 4 8; do ((n <= gpus)) && ranks+=("$n"); done
-for n in "${ranks[@]}"; do finetune "$n" 200 "$out/time-$n"; done
-python3 - "$out" "${ranks[@]}" <<'PY'
+for n in 2 4 8; do (( n > gpus )) || ranks+=("$n"); done
+for n in "${ranks[@]}"; do stage "time-$n" finetune "$n" "${TIME_STEPS:-200}" "time-$n"; done
+
+python3 - "$out" "$(( $(date +%s) - started ))" "${ranks[@]}" <<'PY'
 import json, struct, sys, array
-out, ranks = sys.argv[1], sys.argv[2:]
+from pathlib import Path
+out, seconds, ranks = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 def tensors(path):
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(n)); data = f.read()
     return {k: array.array("f", data[v["data_offsets"][0]:v["data_offsets"][1]])
             for k, v in header.items() if k != "__metadata__" and v["dtype"] == "F32"}
-one, two = (tensors(f"{out}/equal-{n}/model.safetensors") for n in (1, 2))
-worst = max(max(abs(x - y) for x, y in zip(one[k], two[k])) / max(max(map(abs, one[k])), 1e-12)
-            for k in one if not k.endswith("key.bias"))
+worst = None
+models = [out / f"runs/equal-{n}/model.safetensors" for n in (1, 2)]
+if all(m.exists() for m in models):
+    one, two = map(tensors, models)
+    worst = max(max(abs(x - y) for x, y in zip(one[k], two[k])) / max(max(map(abs, one[k])), 1e-12)
+                for k in one if not k.endswith("key.bias"))
 runs = {}
 for n in ranks:
-    log = [json.loads(l) for l in open(f"{out}/time-{n}/log.jsonl")]
+    log_path = out / f"runs/time-{n}/log.jsonl"
+    if not log_path.exists():
+        continue
+    log = [json.loads(line) for line in open(log_path)]
     steps = [e for e in log if "step" in e]
-    seconds = [e["evaluation"]["train_seconds"] for e in log if "evaluation" in e][-1]
-    runs[n] = {"steps_per_s": round(len(steps) / seconds, 3),
+    evaluations = [e["evaluation"]["train_seconds"] for e in log if "evaluation" in e]
+    if not (steps and evaluations):
+        continue
+    runs[n] = {"steps_per_s": round(len(steps) / evaluations[-1], 3),
                "allreduce_ms_per_step": round(1000 * sum(e.get("allreduce_s", 0) for e in steps) / len(steps), 3)}
-report = {"largest_relative_difference_2_ranks_vs_1": worst, "timing": runs}
-json.dump(report, open(f"{out}/multi_gpu.json", "w"), indent=1)
+stages = [line.split("\t") for line in (out / "stages.tsv").read_text().splitlines()]
+report = {"machine": (out / "gpu.txt").read_text().strip(), "check_seconds": seconds,
+          "stages": {name: {"status": status, "seconds": int(took)} for name, status, took in stages},
+          "largest_relative_difference_2_ranks_vs_1": worst, "timing": runs}
+json.dump(report, open(out / "multi_gpu.json", "w"), indent=1)
 print(json.dumps(report, indent=1))
 PY
