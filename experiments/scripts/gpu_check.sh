@@ -41,20 +41,13 @@ steps=${STEPS:-300}
 teacher_steps=${TEACHER_STEPS:-600}
 general_steps=${GENERAL_STEPS:-250}
 shapes=${SHAPES:-small,base}
-started=$(date +%s)
-deadline=$(( started + ${KD_DEADLINE:-3600} ))
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
 name=gpu_check
 source experiments/scripts/gpu_common.sh
-: >"$out/stages.tsv"
 
-# 1. The machine.
-check_machine
+# 1. The machine, and what the check reads.
+begin_check "$out"
 
-# 2. kd with CUDA, the parity test's binary, and what they read.
-shared=${KD_SHARED_DIR:-../shared}
-[ -z "${KD_BUNDLE:-}" ] || unpack_bundle
+# 2. kd with CUDA, the parity test's binary.
 export KD_SHARED_DIR=$shared HF_HOME=$shared/hf-cache
 target=${CARGO_TARGET_DIR:-$HOME/.cache/kd-cuda-target}
 if [ -z "${KD:-}" ]; then

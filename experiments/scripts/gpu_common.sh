@@ -1,7 +1,7 @@
 # Sourced by the GPU scripts (gpu_check.sh, multi_gpu_check.sh, cuda_bundle.sh): what they do
-# alike, before and around the checks' stages. The stage functions read `out` (the results
-# folder, absolute), `deadline` (epoch seconds), `device` (cuda, or cpu for a rehearsal), KD and
-# `shared` (../shared or KD_SHARED_DIR); `name` (the script's) starts their messages.
+# alike, before and around the checks' stages. The caller sets `device` (cuda, or cpu for a
+# rehearsal) and `name` (the script's, which starts the messages); begin_check sets `started`,
+# `deadline`, `out` and `shared`, which the stage functions read, and KD when a bundle brings it.
 
 say() { echo "${name:-gpu}: $*" >&2; }
 fail() { say "$*"; exit 1; }
@@ -27,6 +27,20 @@ stage() {
   fi
   printf '%s\t%s\t%s\n' "$stage_name" "$status" "$(( $(date +%s) - begun ))" >>"$out/stages.tsv"
   say "$stage_name: $status ($(( $(date +%s) - begun )) s)"
+}
+
+# The start of a check, into the folder $1: the deadline from KD_DEADLINE (default an hour),
+# `out` made absolute with its list of stages begun, the machine checked, and `shared` (what
+# the check reads: ../shared, or KD_BUNDLE's slice, unpacked with the bundle's binaries).
+begin_check() {
+  started=$(date +%s)
+  deadline=$(( started + ${KD_DEADLINE:-3600} ))
+  mkdir -p "$1"
+  out=$(cd "$1" && pwd)
+  : >"$out/stages.tsv"
+  check_machine
+  shared=${KD_SHARED_DIR:-../shared}
+  [ -z "${KD_BUNDLE:-}" ] || unpack_bundle
 }
 
 # The machine's GPUs and driver into OUT/gpu.txt (one line a GPU), or the CPU a rehearsal runs

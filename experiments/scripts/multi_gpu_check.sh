@@ -24,22 +24,15 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-runs/multi-gpu}
 device=${KD_CHECK_DEVICE:-cuda}
-started=$(date +%s)
-deadline=$(( started + ${KD_DEADLINE:-3600} ))
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
 name=multi_gpu_check
 source experiments/scripts/gpu_common.sh
-: >"$out/stages.tsv"
 
-check_machine
+begin_check "$out"
 if [ "$device" = cuda ]; then
   (( gpus >= 2 )) || fail "$gpus GPU(s); data parallelism needs 2 or more"
 else
   gpus=2
 fi
-shared=${KD_SHARED_DIR:-../shared}
-[ -z "${KD_BUNDLE:-}" ] || unpack_bundle
 export HF_HOME=$shared/hf-cache OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 if [ -z "${KD:-}" ] && [ "$device" = cuda ]; then
   experiments/scripts/build_cuda.sh --features nccl

@@ -260,10 +260,7 @@ fn latency_table(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
     let mut kd_only = Vec::new();
     for model in &args.models {
         let config = BertConfig::from_file(&kd_teacher::ModelFiles::resolve(model)?.config)?;
-        let reason = match (
-            config.extra.contains_key("kd_quantization"),
-            config.pruned_heads.is_empty(),
-        ) {
+        let reason = match (config.int8_weights(), config.pruned_heads.is_empty()) {
             (true, _) => Some("kd's int8 layout, which transformers does not read"),
             (false, false) => Some(
                 "pruned heads, which transformers 5 no longer reads (kd export --restore-heads \

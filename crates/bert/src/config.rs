@@ -73,6 +73,9 @@ pub struct BertConfig {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The config key of kd's int8 exports: how their weights are stored.
+pub const INT8_KEY: &str = "kd_quantization";
+
 impl BertConfig {
     /// Reads and validates a `config.json`; errors name the file and, for syntax or type
     /// errors, the line and column.
@@ -247,6 +250,12 @@ impl BertConfig {
             .collect();
         labels.sort();
         Some(labels.into_iter().map(|(_, label)| label).collect())
+    }
+
+    /// Whether the weights are kd's int8 export ([`INT8_KEY`] in the config), a layout only kd
+    /// reads.
+    pub fn int8_weights(&self) -> bool {
+        self.extra.contains_key(INT8_KEY)
     }
 
     /// The task head's labels and problem type (regression for one output when the config

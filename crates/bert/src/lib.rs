@@ -32,7 +32,7 @@ mod prune;
 
 pub use checked::{CheckedFile, read_checked, write_checked};
 pub use classifier::BertForSequenceClassification;
-pub use config::{BertConfig, ProblemType};
+pub use config::{BertConfig, INT8_KEY, ProblemType};
 pub use device::DeviceName;
 pub use family::Family;
 pub use layers::{DropoutRng, FrozenWeights, Linear, Mode};

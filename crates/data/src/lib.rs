@@ -28,7 +28,7 @@ pub use metrics::{Metric, Predictions, evaluate};
 pub use spec::DataSpec;
 pub use stats::{McNemar, agreement, bootstrap_interval, mcnemar};
 pub use table::{
-    BYTE_ORDER_MARK, Format as TableFormat, TABLE_EXTENSIONS, header_column, read_texts,
+    Format as TableFormat, TABLE_EXTENSIONS, header_column, read_texts, strip_byte_order_mark,
     tsv_fields, tsv_header,
 };
 pub use task::{TaskData, TaskKind, TaskSpec};

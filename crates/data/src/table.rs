@@ -481,14 +481,17 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
         let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
         anyhow::anyhow!("{}:{line}: not valid UTF-8", path.display())
     })?;
-    if text.starts_with(BYTE_ORDER_MARK) {
-        text.drain(..BYTE_ORDER_MARK.len_utf8());
-    }
+    strip_byte_order_mark(&mut text);
     Ok(text)
 }
 
-/// U+FEFF at the start of a file: a UTF-8 byte-order mark.
-pub const BYTE_ORDER_MARK: char = '\u{feff}';
+/// Drops the UTF-8 byte-order mark (U+FEFF) from the start of a file's text, where there is one.
+pub fn strip_byte_order_mark(text: &mut String) {
+    const BYTE_ORDER_MARK: char = '\u{feff}';
+    if text.starts_with(BYTE_ORDER_MARK) {
+        text.drain(..BYTE_ORDER_MARK.len_utf8());
+    }
+}
 
 #[cfg(test)]
 mod tests {

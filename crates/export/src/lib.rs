@@ -60,23 +60,14 @@ pub struct ExportReport {
 /// Whether `model` can be exported as `options` say, checked before anything is written.
 pub fn check(model: &ModelFiles, options: &ExportOptions) -> Result<()> {
     BertConfig::from_file(&model.config)?;
-    // An export is for other tools to load, and none loads a model without its tokenizer.
-    ensure!(
-        ["tokenizer.json", "vocab.txt"]
-            .iter()
-            .any(|file| model.dir.join(file).is_file()),
-        "{} has no tokenizer: expected {} or {}",
-        model.dir.display(),
-        model.dir.join("tokenizer.json").display(),
-        model.dir.join("vocab.txt").display()
-    );
     if options.format == Format::Onnx {
         onnx::check_options(options)?;
     }
-    if !options.prune_vocab.is_empty() {
-        vocab::prunable_tokenizer(&model.dir)?;
+    // An export is for other tools to load, and none loads a model without its tokenizer.
+    match options.prune_vocab.is_empty() {
+        true => kd_data::TextTokenizer::from_dir(&model.dir, usize::MAX).map(drop),
+        false => vocab::prunable_tokenizer(&model.dir).map(drop),
     }
-    Ok(())
 }
 
 /// Writes `model` into `out` (which must not hold a model already) as `options` say.
@@ -125,7 +116,7 @@ pub fn export(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Result
         .insert("torch_dtype".into(), options.precision.torch_name().into());
     if let Some(quantization) = options.quantize {
         config.extra.insert(
-            "kd_quantization".into(),
+            kd_bert::INT8_KEY.into(),
             serde_json::json!({"weights": quantization, "scales": "per row", "scale_suffix": "_scale"}),
         );
     }
@@ -148,7 +139,7 @@ fn export_onnx(model: &ModelFiles, out: &Path, options: &ExportOptions) -> Resul
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     kd_teacher::copy_tokenizer_files(&model.dir, out)?;
     let (weights_bytes_after, quantized_tensors) = onnx::write(model, out, options.quantize)?;
-    config.extra.remove("kd_quantization");
+    config.extra.remove(kd_bert::INT8_KEY);
     config
         .extra
         .insert("torch_dtype".into(), Precision::F32.torch_name().into());

@@ -68,6 +68,19 @@ pub fn run(args: &FinetuneArgs, stop: &AtomicBool, command: &str) -> Result<Fine
     if !args.data.unlabeled.is_empty() || args.data.max_unlabeled.is_some() {
         bail!("kd finetune learns from labels only; unlabeled text is for kd distill's recipes");
     }
+    let config = TrainerConfig {
+        epochs: args.epochs,
+        lr: args.lr,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        warmup: args.warmup,
+        weight_decay: args.weight_decay,
+        max_steps: args.max_steps,
+        eval_every: args.eval_every,
+        ..TrainerConfig::default()
+    };
+    // Settings first: a refusal should not wait for the data and the model to load.
+    config.check()?;
     let data = args.data.load(&shared_dir(), Vec::new())?;
     let spec = &data.spec;
     let files = ModelFiles::resolve(&args.model)?;
@@ -82,18 +95,6 @@ pub fn run(args: &FinetuneArgs, stop: &AtomicBool, command: &str) -> Result<Fine
         &device,
     )?;
     model.set_precision(args.precision);
-    let config = TrainerConfig {
-        epochs: args.epochs,
-        lr: args.lr,
-        batch_size: args.batch_size,
-        seed: args.seed,
-        warmup: args.warmup,
-        weight_decay: args.weight_decay,
-        max_steps: args.max_steps,
-        eval_every: args.eval_every,
-        ..TrainerConfig::default()
-    };
-    config.check()?;
     let mut settings =
         serde_json::json!({ "model": args.model, "data": args.data, "training": config });
     // Named only when not f32: runs begun before the flag existed still resume.

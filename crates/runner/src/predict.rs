@@ -10,8 +10,8 @@ use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, StructArray,
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use clap::Args;
 use kd_data::{
-    BYTE_ORDER_MARK, DataSpec, Example, Label, TableFormat, TaskKind, header_column, tsv_fields,
-    tsv_header,
+    DataSpec, Example, Label, TableFormat, TaskKind, header_column, strip_byte_order_mark,
+    tsv_fields, tsv_header,
 };
 use kd_teacher::TaskModel;
 use kd_train::Progress;
@@ -139,8 +139,8 @@ impl LineReader {
         }
         let mut line = String::from_utf8(bytes)
             .map_err(|_| anyhow::anyhow!("{}:{}: not valid UTF-8", self.name, self.number))?;
-        if self.number == 1 && line.starts_with(BYTE_ORDER_MARK) {
-            line.drain(..BYTE_ORDER_MARK.len_utf8());
+        if self.number == 1 {
+            strip_byte_order_mark(&mut line);
         }
         Ok(Some(line))
     }

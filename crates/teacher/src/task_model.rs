@@ -45,10 +45,10 @@ impl TaskModel {
 
     /// Loads a task model to answer with, never to train: frozen (see
     /// [`BertForSequenceClassification::freeze`]), which speeds up small batches most. An int8
-    /// export (`kd_quantization` in its config) computes in int8 where the CPU can.
+    /// export ([`kd_bert::BertConfig::int8_weights`]) computes in int8 where the CPU can.
     pub fn load_for_inference(files: &ModelFiles, max_len: usize, device: &Device) -> Result<Self> {
         let mut model = Self::load(files, max_len, device)?;
-        let weights = if model.config.extra.contains_key("kd_quantization") {
+        let weights = if model.config.int8_weights() {
             FrozenWeights::Int8
         } else {
             FrozenWeights::F32

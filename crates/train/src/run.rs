@@ -76,14 +76,7 @@ impl RunDir {
         if entries.is_empty() {
             return Ok(());
         }
-        if !RUN_MARKERS.iter().any(|marker| path.join(marker).exists()) {
-            bail!(
-                "output directory {} is not empty and holds no earlier kd run (no {}): kd \
-                 replaces only its own runs; choose another directory or empty it",
-                path.display(),
-                RUN_MARKERS.join(" or ")
-            );
-        }
+        refuse_foreign(path, &RUN_MARKERS, "earlier kd run")?;
         for entry in entries {
             let removed = match entry.is_dir() && !entry.is_symlink() {
                 true => std::fs::remove_dir_all(&entry),
@@ -116,15 +109,8 @@ impl RunDir {
         force: bool,
         write: impl FnOnce(&Path) -> Result<T>,
     ) -> Result<T> {
-        refuse_occupied(path, force)?;
-        let occupied = path.is_dir() && std::fs::read_dir(path)?.next().is_some();
-        if occupied && !MODEL_MARKERS.iter().any(|file| path.join(file).is_file()) {
-            bail!(
-                "output directory {} is not empty and holds no model (no {}): kd replaces only \
-                 a model directory; choose another directory or empty it",
-                path.display(),
-                MODEL_MARKERS.join(" or ")
-            );
+        if refuse_occupied(path, force)? {
+            refuse_foreign(path, &MODEL_MARKERS, "model")?;
         }
         let absolute = std::path::absolute(path)
             .with_context(|| format!("cannot resolve {}", path.display()))?;
@@ -214,8 +200,9 @@ fn on_leader(path: &Path, prepare: impl FnOnce() -> Result<RunDir>) -> Result<Ru
 }
 
 const INPUTS: &str = "inputs.json";
-/// Refuses `path` when it is not a directory, or one with files in it unless `force`.
-fn refuse_occupied(path: &Path, force: bool) -> Result<()> {
+/// Refuses `path` when it is not a directory, or one with files in it unless `force`; returns
+/// whether it has files in it.
+fn refuse_occupied(path: &Path, force: bool) -> Result<bool> {
     if path.exists() && !path.is_dir() {
         bail!(
             "output path {} exists and is not a directory",
@@ -231,6 +218,20 @@ fn refuse_occupied(path: &Path, force: bool) -> Result<()> {
         bail!(
             "output directory {} is not empty: choose another or pass --force to overwrite it",
             path.display()
+        );
+    }
+    Ok(non_empty)
+}
+
+/// Refuses the non-empty directory `path` when it holds none of `markers`, the files an
+/// earlier `what` of kd's would have left: kd replaces only what it wrote.
+fn refuse_foreign(path: &Path, markers: &[&str], what: &str) -> Result<()> {
+    if !markers.iter().any(|marker| path.join(marker).exists()) {
+        bail!(
+            "output directory {} is not empty and holds no {what} (no {}): kd replaces only \
+             what it wrote; choose another directory or empty it",
+            path.display(),
+            markers.join(" or ")
         );
     }
     Ok(())
