@@ -68,4 +68,21 @@ fn augmented_sentences_swap_words_of_an_original_and_keep_its_label() {
     let error = common::kd_err(&args);
     assert!(error.contains("--force"), "{error}");
     assert_eq!(std::fs::read(&out).unwrap(), before);
+
+    // Settings that would write a file of no examples are refused before it is written.
+    let none = dir.path().join("none.tsv");
+    for flag in ["--per-example", "--candidates"] {
+        let mut args = args.to_vec();
+        args[6] = none.to_str().unwrap();
+        match flag {
+            "--per-example" => args[8] = "0",
+            _ => args.extend([flag, "0"]),
+        }
+        let error = common::kd_err(&args);
+        assert!(
+            error.contains(&format!("{flag} 0 would write no")),
+            "{error}"
+        );
+        assert!(!none.exists());
+    }
 }

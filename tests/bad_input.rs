@@ -193,6 +193,14 @@ fn missing_model_directory_and_uncached_hub_id_are_named() {
         error.contains("model directory ./no/such/dir does not exist"),
         "{error}"
     );
+    // An empty name, or one with a stray space, is no hub id to ask the network for.
+    for model in ["", "runs/teacher "] {
+        let error = common::kd_err(&["embed", "--model", model, "x"]);
+        assert!(
+            error.contains("is empty or has spaces around it"),
+            "{error}"
+        );
+    }
     // A hub id absent from the cache, with the hub unreachable (a closed local port).
     let empty_cache = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_kd"))

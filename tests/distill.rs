@@ -45,6 +45,38 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
     let teacher_set = format!("teacher.model={}", teacher.display());
     let cache = root.path().join("cache");
 
+    // A stop raised while the teacher's outputs are computed (Ctrl-C before the first step)
+    // ends the run there: nothing cached, no stage kept; a resumed run does the stage whole.
+    let recipe = kd_runner::Recipe::load(
+        &common::workspace_root().join("experiments/recipes/sst2-distilbert-l3.toml"),
+        &[teacher_set.clone(), "training.max_steps=2".into()],
+    )
+    .unwrap();
+    let stopped = root.path().join("stopped");
+    let mut options = kd_runner::DistillOptions {
+        device: candle_core::Device::Cpu,
+        out: &stopped,
+        force: false,
+        resume: false,
+        cache_dir: &cache,
+        shared_dir: &common::shared_dir(),
+        command: "test".into(),
+    };
+    let summary =
+        kd_runner::distill::run(&recipe, &options, &std::sync::atomic::AtomicBool::new(true))
+            .unwrap();
+    assert!(summary.interrupted && summary.stages.is_empty());
+    assert!(!cache.exists() && !stopped.join("model.safetensors").exists());
+    options.resume = true;
+    let summary = kd_runner::distill::run(
+        &recipe,
+        &options,
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(!summary.interrupted && summary.stages[0].steps == 2);
+    std::fs::remove_dir_all(&cache).unwrap();
+
     let out = root.path().join("student");
     let summary = distill(
         "sst2-distilbert-l3.toml",
@@ -241,6 +273,23 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
     assert_eq!(
         task["stages"][0]["teacher_cache"],
         serde_json::json!(["computed states"])
+    );
+    // A checkpoint of another shape than the recipe's (its heads here) is refused, where it
+    // would train under the recipe's description.
+    let other_heads = "student.shape={ layers = 2, hidden = 48, heads = 6, intermediate = 96 }";
+    let args = distill_args(
+        "sst2-tinybert-l4.toml",
+        &root.path().join("other-heads"),
+        &cache,
+        &[&teacher_set, &init, other_heads],
+    );
+    let error = common::kd_err(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        error.contains(
+            "is 2 layers x 48, 12 heads, feed-forward 96; the recipe's shape says \
+             2 layers x 48, 6 heads"
+        ),
+        "{error}"
     );
     for component in ["fsp", "mmd"] {
         let values = common::logged(&tinybert.join("1-intermediate/log.jsonl"), component);

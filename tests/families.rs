@@ -733,6 +733,8 @@ components = [{{ kind = "soft_ce", weight = 1.0 }}, {{ kind = "cosine", weight =
         assert!(output.status.success(), "{}", common::stderr(&output));
         let tiny_config = json_file(&dir.join("tiny").join("config.json"));
         assert_eq!(tiny_config["model_type"], "bert", "{family:?}");
+        let class = &tiny_config["architectures"][0];
+        assert_eq!(class, "BertForSequenceClassification", "{family:?}");
         assert_eq!(tiny_config["vocab_size"], 30522, "{family:?}");
         common::kd_ok(&[
             "export",

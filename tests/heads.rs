@@ -302,8 +302,16 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
     ] {
         assert!(maps.join(map).is_file(), "{map}");
     }
-    let error = common::kd_err(&attention(&["--force", "--layer", "1", "--head", "0"]));
+    let unwritten = root.path().join("unwritten");
+    let error = common::kd_err(
+        &[
+            &args[..],
+            &[unwritten.to_str().unwrap(), "--layer", "1", "--head", "0"],
+        ]
+        .concat(),
+    );
     assert!(error.contains("layer 1 has no head 0"), "{error}");
+    assert!(!unwritten.exists(), "nothing written");
 
     // --keep-ratio 0.5 keeps one head a layer, the one with the higher gradient score.
     let half = root.path().join("half");
@@ -336,6 +344,21 @@ fn heads_are_scored_and_pruned_heads_answer_as_masked_ones() {
     let lower = |layer: usize| vec![usize::from(drop(layer, 1) < drop(layer, 0))];
     let expected = [("0".to_string(), lower(0)), ("1".to_string(), lower(1))];
     assert_eq!(load(&by_mask).config.pruned_heads, expected.into());
+    // The scores of the model before a pruning are refused on the pruned one.
+    let again = root.path().join("again");
+    let error = common::kd_err(&[
+        "prune",
+        "--model",
+        half.to_str().unwrap(),
+        "--heads-per-layer",
+        "1",
+        "--scores",
+        scores.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(error.contains("scores other heads than"), "{error}");
+    assert!(!again.exists());
 }
 
 /// Each layer's `intermediate.dense` weight (`ffn.lin1` in DistilBERT) in the
@@ -457,6 +480,11 @@ fn ffn_neurons_are_pruned_by_gradient_importance_alone_and_with_heads() {
             "--ffn-keep-ratio 1.5 must lie in (0, 1]",
         ),
         (&["--keep-ratio", "0"], "--keep-ratio 0 must lie in (0, 1]"),
+        (
+            &["--keep-ratio", "-0.5"],
+            "--keep-ratio -0.5 must lie in (0, 1]",
+        ),
+        (&[], "<--heads <HEADS>|--keep-ratio <KEEP_RATIO>|"),
         (
             &["--keep-ratio", "1.2"],
             "--keep-ratio 1.2 must lie in (0, 1]",

@@ -461,6 +461,10 @@ fn bad_launches_are_refused_and_a_world_of_one_is_a_single_process() {
         &strs(&run("tiny-batch", &["--set", "training.batch_size=1"])),
     ));
     assert!(error.contains("cannot be shared by 2 ranks"), "{error}");
+    assert!(
+        !root.path().join("tiny-batch").exists(),
+        "refused before writing"
+    );
 
     // Ranks started with different settings (Open MPI's MPMD form: one command a rank).
     let mut differing = mpirun(kd, &strs(&run("differing", &[])));

@@ -282,6 +282,14 @@ fn run_augment(args: AugmentArgs) -> Result<()> {
             args.replace_prob
         );
     }
+    for (flag, value) in [
+        ("--per-example", args.per_example),
+        ("--candidates", args.candidates),
+    ] {
+        if value == 0 {
+            bail!("{flag} 0 would write no augmented examples: it must be at least 1");
+        }
+    }
     // Only the training file is read: augmentation needs no dev set.
     let spec = args.data.task_spec()?;
     let mut labels = Vec::new();
@@ -316,12 +324,15 @@ fn run_augment(args: AugmentArgs) -> Result<()> {
     Ok(())
 }
 
-/// Prints a run's summary as JSON; an interrupted run then exits 130 with how to go on.
+/// Prints a run's summary as JSON; an interrupted run then exits as the signal's (130 for
+/// Ctrl-C) with how to go on.
 fn print_summary(summary: &impl serde::Serialize, interrupted: bool) -> Result<()> {
     println!("{}", serde_json::to_string(summary)?);
     if interrupted {
-        eprintln!("interrupted: checkpoint saved; continue with the same command and --resume");
-        std::process::exit(130);
+        eprintln!(
+            "interrupted: the work done is kept; continue with the same command and --resume"
+        );
+        std::process::exit(kd_train::interrupted_exit_code());
     }
     Ok(())
 }

@@ -66,7 +66,7 @@ def test_kd_errors_raise_kd_error_and_write_nothing(recipe, workdir):
                     "training": {"lr": 1e-4}, "stages": []}, out=out)
     with pytest.raises(kd.KdError, match="invalid recipe given as a dict: missing field `student`"):
         kd.distill({"name": "x"}, out=out)
-    with pytest.raises(kd.KdError, match="cannot apply --set stages.5.epochs=1: no field 5"):
+    with pytest.raises(kd.KdError, match="cannot apply the override stages.5.epochs=1: no field"):
         kd.distill(recipe, {"stages.5.epochs": 1}, out)
     with pytest.raises(kd.KdError, match=r"model directory .*no-such-teacher does not exist"):
         kd.distill(recipe, {"teacher.model": str(workdir / "no-such-teacher")}, out)

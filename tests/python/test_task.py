@@ -91,3 +91,103 @@ def test_wrong_arguments_raise_naming_them(teacher, workdir):
     with pytest.raises(kd.KdError, match="no such task|unknown task|task"):
         kd.evaluate(teacher, task="no-such-task")
     assert not out.exists()
+
+
+def test_an_empty_path_is_refused_naming_it(teacher, recipe, workdir, monkeypatch):
+    # "" would be the current directory: finetune's run files among the user's.
+    here = workdir / "empty-path-cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for argument, call in [
+        ("out", lambda: kd.finetune(teacher, "", task="sst2")),
+        ("model", lambda: kd.finetune("", here / "out", task="sst2")),
+        ("out", lambda: kd.distill(recipe, out="")),
+        ("recipe", lambda: kd.distill("", out=here / "out")),
+        ("cache_dir", lambda: kd.distill(recipe, out=here / "out", cache_dir="")),
+        ("out", lambda: kd.compare([teacher], task="sst2", out="")),
+        ("models", lambda: kd.compare([teacher, ""], task="sst2")),
+        ("teacher", lambda: kd.compare([teacher], teacher="", task="sst2")),
+        ("onnx_python", lambda: kd.compare([teacher], task="sst2", onnx_python="")),
+        ("out", lambda: kd.export(teacher, "")),
+        ("prune_vocab", lambda: kd.export(teacher, here / "out", prune_vocab=[""])),
+        ("model", lambda: kd.predict("", ["a movie ."])),
+        ("model", lambda: kd.evaluate("", task="sst2")),
+    ]:
+        with pytest.raises(ValueError, match=f"^argument '{argument}' is an empty path"):
+            call()
+    for key in ["data_dir", "train", "dev", "augment"]:
+        with pytest.raises(ValueError, match=f"argument 'data': \"{key}\" is an empty path"):
+            kd.finetune(teacher, here / "out", task="sst2", data={key: ""})
+    with pytest.raises(ValueError, match="argument 'data': \"unlabeled\" is an empty path"):
+        kd.finetune(teacher, here / "out", task="sst2", data={"unlabeled": ["a.txt", ""]})
+    assert list(here.iterdir()) == []
+
+
+def test_force_with_resume_is_refused(teacher, recipe, workdir):
+    out = workdir / "never-forced"
+    message = "^force=True cannot be used with resume=True"
+    with pytest.raises(ValueError, match=message):
+        kd.finetune(teacher, out, task="sst2", force=True, resume=True)
+    with pytest.raises(ValueError, match=message):
+        kd.distill(recipe, out=out, force=True, resume=True)
+    assert not out.exists()
+
+
+def test_wrong_values_and_types_name_the_argument_in_the_message(teacher, recipe, workdir):
+    out = workdir / "never-negative"
+    # str(e) names the argument: Python 3.9 and 3.10 print no exception notes.
+    for argument, call in [
+        ("epochs", lambda: kd.finetune(teacher, out, task="sst2", epochs=-1)),
+        ("batch_size", lambda: kd.finetune(teacher, out, task="sst2", batch_size=-1)),
+        ("seed", lambda: kd.finetune(teacher, out, task="sst2", seed=-1)),
+        ("max_steps", lambda: kd.distill(recipe, out=out, max_steps=-1)),
+        ("batch_size", lambda: kd.predict(teacher, ["a movie ."], batch_size=-1)),
+        ("bootstrap", lambda: kd.compare([teacher], task="sst2", bootstrap=-5)),
+    ]:
+        with pytest.raises(ValueError) as error:
+            call()
+        assert str(error.value).startswith(f"argument '{argument}' must not be negative, not -")
+    with pytest.raises(ValueError, match="argument 'seed': 1267650600228229401496703205376 is too"):
+        kd.finetune(teacher, out, task="sst2", seed=2**100)
+    for argument, call in [
+        ("epochs", lambda: kd.finetune(teacher, out, task="sst2", epochs="3")),
+        ("lr", lambda: kd.finetune(teacher, out, task="sst2", lr="fast")),
+        ("data", lambda: kd.evaluate(teacher, data=["dev.tsv"])),
+        ("overrides", lambda: kd.distill(recipe, ["stages.0.epochs=1"], out)),
+        ("force", lambda: kd.export(teacher, out, force="yes")),
+        ("texts", lambda: kd.predict(teacher, [1, 2])),
+    ]:
+        with pytest.raises(TypeError) as error:
+            call()
+        assert str(error.value).startswith(f"argument '{argument}': "), str(error.value)
+    # One str where a list is meant is refused, not read as a list of letters.
+    for argument, call in [
+        ("texts", lambda: kd.predict(teacher, "a movie .")),
+        ("models", lambda: kd.compare(str(teacher), task="sst2")),
+        ("models", lambda: kd.compare(teacher, task="sst2")),
+        ("prune_vocab", lambda: kd.export(teacher, out, prune_vocab="texts.txt")),
+    ]:
+        with pytest.raises(TypeError, match=f"^argument '{argument}': expected a list, not one"):
+            call()
+    assert not out.exists()
+
+
+def test_kd_messages_speak_of_keyword_arguments_not_flags(teacher, data, workdir):
+    out = workdir / "occupied"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(kd.KdError) as error:
+        kd.export(teacher, out)
+    assert "pass force=True to overwrite it" in str(error.value)
+    assert "--" not in str(error.value)
+    # A run's directory may hold an interrupted run, which force=True would delete.
+    with pytest.raises(kd.KdError) as error:
+        kd.finetune(teacher, out, task="sst2", data={"data_dir": str(data)})
+    assert "resume=True to continue the run it holds, or force=True" in str(error.value)
+    with pytest.raises(kd.KdError, match="^bootstrap=10: too few resamples"):
+        kd.compare([teacher], task="sst2", data={"data_dir": str(data)}, bootstrap=10)
+    # A "--" inside a name is no flag (the hub cache's models--org--name).
+    with pytest.raises(kd.KdError) as error:
+        kd.evaluate(workdir / "models--no--such", task="sst2")
+    assert str(workdir / "models--no--such") in str(error.value)
+    assert (out / "notes.txt").read_text() == "mine"

@@ -157,6 +157,18 @@ impl BertConfig {
     /// from 0, so it holds at least the sequences the teacher does.
     pub fn in_bert_architecture(&self) -> BertConfig {
         let mut config = self.clone();
+        // `XLMRobertaForSequenceClassification` becomes `BertForSequenceClassification`: tools
+        // that build a model by its class read `architectures`, not `model_type`.
+        let family = self.family().architecture("");
+        config.architectures = self.architectures.as_ref().map(|classes| {
+            classes
+                .iter()
+                .map(|class| match class.strip_prefix(&family) {
+                    Some(suffix) => Family::Bert.architecture(suffix),
+                    None => class.clone(),
+                })
+                .collect()
+        });
         config
             .extra
             .insert("model_type".into(), Family::Bert.model_type().into());

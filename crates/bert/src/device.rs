@@ -101,9 +101,17 @@ pub fn select(asked: Option<DeviceName>) -> Result<Device> {
         None => Device::Cpu,
     };
     let name = DeviceName::of(&device);
-    match asked {
-        Some(_) => eprintln!("device: {name}"),
-        None => eprintln!("device: {name} (the default; --device picks another)"),
+    let line = match asked {
+        Some(_) => format!("device: {name}"),
+        None => format!("device: {name} (the default; --device picks another)"),
+    };
+    // Said once while it stays the same: a process calling kd many times (from Python) is
+    // not told before every call.
+    static LAST: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if *last != line {
+        eprintln!("{line}");
+        *last = line;
     }
     Ok(device)
 }

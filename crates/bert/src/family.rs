@@ -115,7 +115,7 @@ impl Family {
 
     /// HF's class of this family with `suffix` (`Model`, `ForMaskedLM`): the classification
     /// class's name with its suffix replaced.
-    fn architecture(self, suffix: &str) -> String {
+    pub(crate) fn architecture(self, suffix: &str) -> String {
         let class = self.classification_architecture();
         format!(
             "{}{suffix}",

@@ -130,12 +130,27 @@ impl Params {
     /// `weight`/`bias`. A parameter the file lacks is an error naming it, unless
     /// `may_be_missing` accepts its name.
     pub fn load(&self, path: &Path, may_be_missing: impl Fn(&str) -> bool) -> Result<LoadReport> {
+        self.load_except(path, may_be_missing, |_| false)
+    }
+
+    /// [`Params::load`], leaving the parameters `kept` accepts as they are (initialised) even
+    /// where the file has them: a task head that answers another task.
+    pub fn load_except(
+        &self,
+        path: &Path,
+        may_be_missing: impl Fn(&str) -> bool,
+        kept: impl Fn(&str) -> bool,
+    ) -> Result<LoadReport> {
         let file = unsafe { MmapedSafetensors::new(path) }
             .with_context(|| format!("cannot read weights file {}", path.display()))?;
         let available: HashMap<String, _> = file.tensors().into_iter().collect();
         let mut used = BTreeSet::new();
         let mut report = LoadReport::default();
         for (name, var) in self.vars() {
+            if kept(&name) {
+                report.initialised.push(name);
+                continue;
+            }
             let Some(key) =
                 checkpoint_names(self.family, &name).find(|key| available.contains_key(key))
             else {

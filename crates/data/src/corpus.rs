@@ -122,11 +122,11 @@ pub fn expand_globs(patterns: &[String]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for pattern in patterns {
         let mut matched: Vec<PathBuf> = glob::glob(pattern)
-            .with_context(|| format!("invalid corpus glob {pattern:?}"))?
+            .with_context(|| format!("invalid glob {pattern:?}"))?
             .filter_map(|entry| entry.ok().filter(|path| path.is_file()))
             .collect();
         if matched.is_empty() {
-            bail!("corpus glob {pattern:?} matches no file");
+            bail!("{pattern:?} matches no file");
         }
         matched.sort();
         files.extend(matched);

@@ -32,4 +32,4 @@ pub use table::{
     tsv_fields, tsv_header,
 };
 pub use task::{TaskData, TaskKind, TaskSpec};
-pub use tokenizer::{Encoded, TextTokenizer};
+pub use tokenizer::{Encoded, TOKENIZER_FILES, TextTokenizer};

@@ -7,7 +7,7 @@ use crate::table::TABLE_EXTENSIONS;
 use crate::task::{TaskData, TaskKind, TaskSpec};
 use crate::tokenizer::TextTokenizer;
 use crate::unlabeled::read_unlabeled;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -265,8 +265,18 @@ impl DataSpec {
         }
         let mut files = vec![self.train_path(shared_dir)?, self.dev_path(shared_dir)?];
         files.extend(self.augment.iter().cloned());
-        files.extend(self.unlabeled.iter().cloned());
+        files.extend(self.unlabeled_files()?);
         Ok(files)
+    }
+
+    /// The unlabeled files, each entry a path or a glob (`corpus/*.txt`) as a corpus's are.
+    fn unlabeled_files(&self) -> Result<Vec<PathBuf>> {
+        let patterns: Vec<String> = self
+            .unlabeled
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect();
+        crate::expand_globs(&patterns).context("unlabeled")
     }
 
     /// Reads the training and dev examples with the class names `labels` (a teacher's, in its
@@ -312,7 +322,7 @@ impl DataSpec {
             return Ok(Vec::new());
         }
         read_unlabeled(
-            &self.unlabeled,
+            &self.unlabeled_files()?,
             self.text_columns()?,
             tokenizer,
             self.max_unlabeled,

@@ -56,6 +56,14 @@ const GLUE: &[(&str, bool, TaskKind, &[Metric])] = &[
     ),
 ];
 
+/// The GLUE classification tasks' classes in their `label` column.
+const GLUE_LABELS: &[(&str, &[&str])] = &[
+    ("SST-2", &["0", "1"]),
+    ("CoLA", &["0", "1"]),
+    ("MRPC", &["0", "1"]),
+    ("RTE", &["entailment", "not_entailment"]),
+];
+
 fn normalize_name(name: &str) -> String {
     name.to_ascii_lowercase().replace(['-', '_'], "")
 }
@@ -112,6 +120,12 @@ impl TaskSpec {
         }
     }
 
+    /// A GLUE classification task's classes, when its own label column is read.
+    fn glue_labels(&self) -> Option<&'static [&'static str]> {
+        let (_, labels) = GLUE_LABELS.iter().find(|(task, _)| *task == self.name)?;
+        (self.label_column == "label").then_some(*labels)
+    }
+
     /// Where a GLUE task's files are under a data root (`<root>/glue/<task>`).
     pub fn glue_dir(&self, data_root: &Path) -> PathBuf {
         data_root.join("glue").join(&self.name)
@@ -135,8 +149,22 @@ impl TaskSpec {
         let raw_labels: Vec<&str> = (0..table.len())
             .map(|row| Ok(table.value(row, label)?.trim()))
             .collect::<Result<_>>()?;
+        if let Some(row) = raw_labels.iter().position(|raw| raw.is_empty()) {
+            bail!(
+                "{}: the label (column {:?}) is empty",
+                table.place(row),
+                self.label_column
+            );
+        }
         if self.kind == TaskKind::Classification && labels.is_empty() {
             *labels = discover_labels(raw_labels.iter().copied());
+            // GLUE's classes and more are GLUE's file with a mistyped label: the row check
+            // below names it, where the extra would become a class of its own.
+            if let Some(glue) = self.glue_labels()
+                && glue.iter().all(|class| labels.contains(&class.to_string()))
+            {
+                *labels = glue.iter().map(|class| class.to_string()).collect();
+            }
             if let [only] = labels.as_slice() {
                 bail!(
                     "{}: every example has the label {only:?} (column {:?}): a classifier needs \
@@ -284,6 +312,35 @@ mod tests {
         spec.write(&path, &examples, &labels).unwrap();
         let mut read_labels = labels.clone();
         assert_eq!(spec.read(&path, &mut read_labels).unwrap(), examples);
+    }
+
+    /// An empty label is no class, and a mistyped one in a GLUE file is refused where it would
+    /// become a class of its own; another set of classes under a GLUE task's name is the
+    /// user's own.
+    #[test]
+    fn empty_labels_and_mistyped_glue_labels_are_refused_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = TaskSpec::glue("SST-2").unwrap();
+        let read = |text: &str| {
+            let path = write(dir.path(), "train.tsv", text);
+            let mut labels = Vec::new();
+            spec.read(&path, &mut labels).map(|_| labels)
+        };
+        let error = read("sentence\tlabel\ngood\t1\nbad\t\n").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .ends_with(":3: the label (column \"label\") is empty"),
+            "{error}"
+        );
+        let error = read("sentence\tlabel\ngood\t1\nbad\t0\nmeh\tpos\n").unwrap_err();
+        assert!(
+            format!("{error:#}")
+                .contains(":4: unknown label \"pos\" in column \"label\" (known labels: 0, 1)"),
+            "{error:#}"
+        );
+        let labels = read("sentence\tlabel\ngood\tpos\nbad\tneg\n").unwrap();
+        assert_eq!(labels, ["neg", "pos"]);
     }
 
     #[test]

@@ -8,6 +8,19 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
+/// A model directory's tokenizer files, as the hub and kd's outputs hold them: a tokenizer
+/// needs one of the first two.
+pub const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+/// The shortest sequences a tokenizer makes: a token of each sentence of a pair, with its
+/// `[CLS]` and two `[SEP]`.
+const MIN_LEN: usize = 5;
+
 /// Token ids of one example, with `[CLS]`/`[SEP]` and segment ids, unpadded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
@@ -26,6 +39,12 @@ impl TextTokenizer {
     /// Loads the tokenizer of a model directory, truncating to `max_len` tokens (longest
     /// sequence first for pairs, as HF does). Padding is left to the batcher.
     pub fn from_dir(dir: &Path, max_len: usize) -> Result<Self> {
+        if max_len < MIN_LEN {
+            bail!(
+                "max_seq_len {max_len} leaves no room for text: a sentence pair's [CLS] and two \
+                 [SEP] take three tokens ({MIN_LEN} at least; 128 by default)"
+            );
+        }
         let json = dir.join("tokenizer.json");
         let vocab = dir.join("vocab.txt");
         let mut inner = if json.is_file() {
@@ -219,4 +238,22 @@ pub(crate) fn test_tokenizer(dir: &Path, words: &[&str], max_len: usize) -> Text
         .fold(String::new(), |vocab, token| vocab + token + "\n");
     std::fs::write(dir.join("vocab.txt"), vocab).unwrap();
     TextTokenizer::from_dir(dir, max_len).unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_too_short_for_text_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let shortest = test_tokenizer(dir.path(), &["ok"], MIN_LEN);
+        assert_eq!(shortest.encode("ok", Some("ok")).unwrap().ids.len(), 5);
+        let error = TextTokenizer::from_dir(dir.path(), 2).err().unwrap();
+        assert!(
+            error
+                .to_string()
+                .starts_with("max_seq_len 2 leaves no room for text")
+        );
+    }
 }

@@ -21,9 +21,16 @@ pub fn read_unlabeled(
     limit: Option<usize>,
     seed: u64,
 ) -> Result<Vec<Example>> {
+    if limit == Some(0) {
+        bail!("max_unlabeled = 0 keeps no unlabeled text: raise it, or name no unlabeled files");
+    }
     let mut passages = Vec::new();
     for path in paths {
-        passages.extend(read_passages(path, columns.as_ref())?);
+        let read = read_passages(path, columns.as_ref())?;
+        if read.is_empty() {
+            bail!("unlabeled file {} holds no text", path.display());
+        }
+        passages.extend(read);
     }
     // A seeded random choice of passages when capped, kept in file order: the same files
     // give the same examples (and teacher-cache key) under any seed when nothing is dropped.
@@ -214,6 +221,16 @@ mod tests {
             "other seeds choose others"
         );
         assert!(three.iter().all(|text| all.contains(text)));
+
+        // A file of no text is a mistake, not a transfer set; so is keeping none.
+        std::fs::write(&text, "\n \n").unwrap();
+        let error = read_unlabeled(&paths, columns.clone(), &tokenizer, None, 1).unwrap_err();
+        assert!(
+            error.to_string().ends_with("corpus.txt holds no text"),
+            "{error}"
+        );
+        let error = read_unlabeled(&paths, columns.clone(), &tokenizer, Some(0), 1).unwrap_err();
+        assert!(error.to_string().contains("max_unlabeled = 0"), "{error}");
 
         std::fs::write(&text, b"fine\n\xfe\n").unwrap();
         let error = read_unlabeled(&paths, columns, &tokenizer, None, 1).unwrap_err();

@@ -24,6 +24,21 @@ pub enum LayerMapping {
     Explicit(Vec<(usize, usize)>),
 }
 
+/// As a recipe writes it: `"uniform"`, `{ last_k = 1 }`.
+impl std::fmt::Display for LayerMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Uniform => f.write_str("\"uniform\""),
+            Self::Skip => f.write_str("\"skip\""),
+            Self::LastK(k) => write!(f, "{{ last_k = {k} }}"),
+            Self::Explicit(pairs) => {
+                let pairs: Vec<String> = pairs.iter().map(|(s, t)| format!("[{s}, {t}]")).collect();
+                write!(f, "{{ explicit = [{}] }}", pairs.join(", "))
+            }
+        }
+    }
+}
+
 impl LayerMapping {
     /// The (student, teacher) layer pairs, checked against the models' depths so that a
     /// mapping naming a layer either model lacks fails when the objective is built.
@@ -48,19 +63,19 @@ impl LayerMapping {
         };
         if pairs.is_empty() {
             bail!(
-                "layer mapping {self:?} pairs no layers of a {m}-layer student and a {n}-layer teacher"
+                "layer mapping {self} pairs no layers of a {m}-layer student and a {n}-layer teacher"
             );
         }
         for &(s, t) in &pairs {
             if s > m {
-                bail!("layer mapping {self:?} names student layer {s}, the student has {m}");
+                bail!("layer mapping {self} names student layer {s}, the student has {m}");
             }
             if t > n {
-                bail!("layer mapping {self:?} names teacher layer {t}, the teacher has {n}");
+                bail!("layer mapping {self} names teacher layer {t}, the teacher has {n}");
             }
             if (s == 0) != (t == 0) {
                 bail!(
-                    "layer mapping {self:?} pairs student layer {s} with teacher layer {t}: the \
+                    "layer mapping {self} pairs student layer {s} with teacher layer {t}: the \
                      embedding output (layer 0) pairs only with the embedding output"
                 );
             }
@@ -94,7 +109,7 @@ mod tests {
         let cases = [
             (
                 Explicit(vec![(7, 12)]),
-                "student layer 7, the student has 6",
+                "layer mapping { explicit = [[7, 12]] } names student layer 7, the student has 6",
             ),
             (
                 Explicit(vec![(1, 13)]),
@@ -102,7 +117,7 @@ mod tests {
             ),
             (Explicit(vec![(0, 3)]), "embedding output"),
             (Explicit(vec![]), "pairs no layers"),
-            (LastK(0), "pairs no layers"),
+            (LastK(0), "layer mapping { last_k = 0 } pairs no layers"),
             (LastK(7), "last_k = 7"),
         ];
         for (mapping, message) in cases {

@@ -128,7 +128,8 @@ pub enum LossKind {
 }
 
 impl LossKind {
-    fn name(self) -> &'static str {
+    /// The kind as a recipe names it (`soft_ce`).
+    pub fn name(self) -> &'static str {
         match self {
             Self::SoftCe => "soft_ce",
             Self::Kl => "kl",
@@ -315,6 +316,14 @@ impl Objective {
             None => vec![1.0; teachers.len()],
         };
         check_weights(&teacher_weights, teachers.len())?;
+        let zero = |weight: &Schedule| *weight == Schedule::Constant(0.0);
+        ensure!(
+            !config
+                .components
+                .iter()
+                .all(|component| zero(&component.weight)),
+            "every component's weight is 0: the objective would train nothing"
+        );
         let params = Params::new(device);
         let mut names = BTreeSet::new();
         let components = config

@@ -674,6 +674,10 @@ fn invalid_objectives_fail_at_construction() {
             "temperature must stay positive",
         ),
         ("components = []", "needs components"),
+        (
+            r#"components = [{ kind = "soft_ce", weight = 0.0 }, { kind = "hard", weight = 0 }]"#,
+            "every component's weight is 0",
+        ),
     ];
     for (recipe, message) in cases {
         let config: ObjectiveConfig = toml::from_str(recipe).unwrap();

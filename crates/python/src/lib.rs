@@ -6,15 +6,20 @@
 //! `crates/python/python/kd/`, its tests in `tests/python/`.
 //!
 //! Every command follows [`distill`]'s and [`export`]'s pattern: the arguments typed in the
-//! `#[pyfunction]` signature (pyo3 raises TypeError naming a wrong one), checked and converted
-//! while the GIL is held, the work in a closure given to [`bridge::run_detached`] (GIL
-//! released, Ctrl-C stopping it with a checkpoint, kd's errors as `kd.KdError`), its result
-//! handed back by [`bridge::to_python`]. Add the function to [`kd_native`], its stub to
+//! `#[pyfunction]` signature, each taken by its extractor in [`arguments`] (which names it in
+//! a TypeError or ValueError, and refuses an empty path), checked and converted while the GIL
+//! is held, the work in a closure given to [`bridge::run_detached`] with the [`Call`] that
+//! says how it stops (GIL released, Ctrl-C stopping it, kd's errors as `kd.KdError`), its
+//! result handed back by [`bridge::to_python`]. Add the function to [`kd_native`], its stub to
 //! `kd/_native.pyi` and its name to `kd/__init__.py`.
 
+mod arguments;
 mod bridge;
 
-use bridge::{Interrupted, KdError, run_detached, to_python, to_toml, type_name};
+use arguments::refuse_empty_path;
+use bridge::{
+    Call, Interrupted, KdError, Stops, kd_error, run_detached, to_python, to_toml, type_name,
+};
 use kd_bert::DeviceName;
 use kd_data::{DataSpec, Example, Label};
 use kd_runner::options::DeviceArg;
@@ -25,6 +30,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 /// kd (knowledge distillation for BERT-family models) from Python.
 #[pymodule(name = "_native")]
@@ -83,31 +89,38 @@ fn fix_thread_count(py: Python<'_>) -> PyResult<()> {
 fn distill<'py>(
     py: Python<'py>,
     recipe: &Bound<'py, PyAny>,
-    overrides: Option<&Bound<'py, PyDict>>,
-    out: Option<PathBuf>,
-    force: bool,
-    resume: bool,
-    cache_dir: PathBuf,
-    device: Option<String>,
-    max_steps: Option<usize>,
-    max_train_examples: Option<usize>,
+    #[pyo3(from_py_with = arguments::overrides)] overrides: Option<Bound<'py, PyDict>>,
+    #[pyo3(from_py_with = arguments::out)] out: Option<PathBuf>,
+    #[pyo3(from_py_with = arguments::force)] force: bool,
+    #[pyo3(from_py_with = arguments::resume)] resume: bool,
+    #[pyo3(from_py_with = arguments::cache_dir)] cache_dir: PathBuf,
+    #[pyo3(from_py_with = arguments::device)] device: Option<String>,
+    #[pyo3(from_py_with = arguments::max_steps)] max_steps: Option<usize>,
+    #[pyo3(from_py_with = arguments::max_train_examples)] max_train_examples: Option<usize>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    refuse_force_with_resume(force, resume)?;
     let recipe = RecipeSource::from_python(recipe)?;
     let overrides = match overrides {
-        Some(overrides) => assignments(overrides)?,
+        Some(overrides) => assignments(&overrides)?,
         None => Vec::new(),
     };
     let device = parse_device(device)?;
     let command = python_command(py, "kd.distill");
     let shared_dir = kd_runner::options::shared_dir();
-    let summary = run_detached(py, |stop| {
-        let recipe = match recipe {
-            RecipeSource::File(path) => Recipe::load(&path, &overrides)?,
-            RecipeSource::Dict(value) => {
-                Recipe::from_toml_value(value, "given as a dict", &overrides)?
-            }
-        };
-        let out = run::out_dir(&recipe, out.as_deref());
+    let mut call = Call {
+        name: "kd.distill",
+        stops: Stops::AtNextStep,
+        output: None,
+    };
+    // Read before the work, for the call's output: where the recipe puts it unless `out` does.
+    let recipe = match recipe {
+        RecipeSource::File(path) => Recipe::load(&path, &overrides),
+        RecipeSource::Dict(value) => Recipe::from_toml_value(value, "given as a dict", &overrides),
+    }
+    .map_err(|error| kd_error(&error, &call))?;
+    let out = run::out_dir(&recipe, out.as_deref());
+    call.output = Some(&out);
+    let summary = run_detached(py, &call, |stop| {
         let options = RunOptions {
             out: Some(&out),
             force,
@@ -121,7 +134,7 @@ fn distill<'py>(
         };
         let summary = run::run_recipe(recipe, &options, stop)?;
         if summary.interrupted() {
-            return Err(interrupted("kd.distill", &out).into());
+            return Err(interrupted(call.name, &out).into());
         }
         Ok(summary)
     })?;
@@ -132,7 +145,8 @@ fn distill<'py>(
 /// layers (`quantize="int8"`, or `"int8-embeddings"` with the word embeddings), a vocabulary
 /// pruned to the tokens some text files use, or (`format="onnx"`) a task model's ONNX graph.
 /// `model` is a hub id or a model directory; `out` must be empty unless `force`. Returns the
-/// export's report as a dict. kd's errors raise kd.KdError, before anything is written.
+/// export's report as a dict. kd's errors raise kd.KdError, before anything is written. An
+/// export cannot stop part-way: at Ctrl-C it finishes, then raises KeyboardInterrupt.
 #[pyfunction]
 #[pyo3(signature = (
     model, out, *, dtype = "f32".to_string(), quantize = None,
@@ -142,14 +156,14 @@ fn distill<'py>(
 #[allow(clippy::too_many_arguments)]
 fn export<'py>(
     py: Python<'py>,
-    model: PathBuf,
-    out: PathBuf,
-    dtype: String,
-    quantize: Option<String>,
-    format: String,
-    prune_vocab: Option<Vec<PathBuf>>,
-    restore_heads: bool,
-    force: bool,
+    #[pyo3(from_py_with = arguments::model)] model: PathBuf,
+    #[pyo3(from_py_with = arguments::out)] out: PathBuf,
+    #[pyo3(from_py_with = arguments::dtype)] dtype: String,
+    #[pyo3(from_py_with = arguments::quantize)] quantize: Option<String>,
+    #[pyo3(from_py_with = arguments::format)] format: String,
+    #[pyo3(from_py_with = arguments::prune_vocab)] prune_vocab: Option<Vec<PathBuf>>,
+    #[pyo3(from_py_with = arguments::restore_heads)] restore_heads: bool,
+    #[pyo3(from_py_with = arguments::force)] force: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let model = utf8(model, "model")?;
     let options = kd_export::ExportOptions {
@@ -159,7 +173,12 @@ fn export<'py>(
         prune_vocab: prune_vocab.unwrap_or_default(),
         restore_heads,
     };
-    let report = run_detached(py, |_stop| {
+    let call = Call {
+        name: "kd.export",
+        stops: Stops::WhenDone,
+        output: Some(&out),
+    };
+    let report = run_detached(py, &call, |_stop| {
         kd_runner::export::run(&model, &out, force, &options)
     })?;
     to_python(py, &report)
@@ -177,28 +196,31 @@ fn export<'py>(
 #[pyo3(signature = (
     model, out, *, task = None, data = None, epochs = 3, lr = 5e-5, batch_size = 32, seed = 42,
     warmup = 0.1, weight_decay = 0.01, eval_every = None, max_steps = None,
-    precision = "f32", device = None, force = false, resume = false,
-))]
+    precision = "f32".to_string(), device = None, force = false, resume = false,
+), text_signature = "(model, out, *, task=None, data=None, epochs=3, lr=5e-5, batch_size=32, \
+    seed=42, warmup=0.1, weight_decay=0.01, eval_every=None, max_steps=None, precision='f32', \
+    device=None, force=False, resume=False)")]
 #[allow(clippy::too_many_arguments)]
 fn finetune<'py>(
     py: Python<'py>,
-    model: PathBuf,
-    out: PathBuf,
-    task: Option<String>,
-    data: Option<&Bound<'py, PyDict>>,
-    epochs: usize,
-    lr: f64,
-    batch_size: usize,
-    seed: u64,
-    warmup: f64,
-    weight_decay: f64,
-    eval_every: Option<usize>,
-    max_steps: Option<usize>,
-    precision: &str,
-    device: Option<String>,
-    force: bool,
-    resume: bool,
+    #[pyo3(from_py_with = arguments::model)] model: PathBuf,
+    #[pyo3(from_py_with = arguments::out)] out: PathBuf,
+    #[pyo3(from_py_with = arguments::task)] task: Option<String>,
+    #[pyo3(from_py_with = arguments::data)] data: Option<Bound<'py, PyDict>>,
+    #[pyo3(from_py_with = arguments::epochs)] epochs: usize,
+    #[pyo3(from_py_with = arguments::lr)] lr: f64,
+    #[pyo3(from_py_with = arguments::batch_size)] batch_size: usize,
+    #[pyo3(from_py_with = arguments::seed)] seed: u64,
+    #[pyo3(from_py_with = arguments::warmup)] warmup: f64,
+    #[pyo3(from_py_with = arguments::weight_decay)] weight_decay: f64,
+    #[pyo3(from_py_with = arguments::eval_every)] eval_every: Option<usize>,
+    #[pyo3(from_py_with = arguments::max_steps)] max_steps: Option<usize>,
+    #[pyo3(from_py_with = arguments::precision)] precision: String,
+    #[pyo3(from_py_with = arguments::device)] device: Option<String>,
+    #[pyo3(from_py_with = arguments::force)] force: bool,
+    #[pyo3(from_py_with = arguments::resume)] resume: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
+    refuse_force_with_resume(force, resume)?;
     let args = kd_runner::finetune::FinetuneArgs {
         model: utf8(model, "model")?,
         out,
@@ -218,13 +240,18 @@ fn finetune<'py>(
         device: DeviceArg {
             name: parse_device(device)?,
         },
-        data: data_spec(task, data)?,
+        data: data_spec(task, data.as_ref())?,
     };
     let command = python_command(py, "kd.finetune");
-    let report = run_detached(py, |stop| {
+    let call = Call {
+        name: "kd.finetune",
+        stops: Stops::AtNextStep,
+        output: Some(&args.out),
+    };
+    let report = run_detached(py, &call, |stop| {
         let report = kd_runner::finetune::run(&args, stop, &command)?;
         if report.interrupted {
-            return Err(interrupted("kd.finetune", &args.out).into());
+            return Err(interrupted(call.name, &args.out).into());
         }
         Ok(report)
     })?;
@@ -232,16 +259,17 @@ fn finetune<'py>(
 }
 
 /// Evaluate a task model on a task's dev file (or `data`'s `dev` file), as `kd eval` does;
-/// returns the task, the file, the number of examples and the metrics by name.
+/// returns the task, the file, the number of examples and the metrics by name. It cannot stop
+/// part-way: at Ctrl-C it finishes, then raises KeyboardInterrupt.
 #[pyfunction]
 #[pyo3(signature = (model, *, task = None, data = None, batch_size = 128, device = None))]
 fn evaluate<'py>(
     py: Python<'py>,
-    model: PathBuf,
-    task: Option<String>,
-    data: Option<&Bound<'py, PyDict>>,
-    batch_size: usize,
-    device: Option<String>,
+    #[pyo3(from_py_with = arguments::model)] model: PathBuf,
+    #[pyo3(from_py_with = arguments::task)] task: Option<String>,
+    #[pyo3(from_py_with = arguments::data)] data: Option<Bound<'py, PyDict>>,
+    #[pyo3(from_py_with = arguments::batch_size)] batch_size: usize,
+    #[pyo3(from_py_with = arguments::device)] device: Option<String>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let args = kd_runner::evaluate::EvalArgs {
         model: utf8(model, "model")?,
@@ -249,31 +277,57 @@ fn evaluate<'py>(
         device: DeviceArg {
             name: parse_device(device)?,
         },
-        data: data_spec(task, data)?,
+        data: data_spec(task, data.as_ref())?,
     };
-    let metrics = run_detached(py, |_stop| kd_runner::evaluate::run(&args))?;
+    let call = Call {
+        name: "kd.evaluate",
+        stops: Stops::WhenDone,
+        output: None,
+    };
+    let metrics = run_detached(py, &call, |_stop| kd_runner::evaluate::run(&args))?;
     to_python(py, &metrics)
 }
 
+/// Batches kd.predict answers between two looks at Ctrl-C's flag.
+const PREDICT_BATCHES: usize = 8;
+
 /// A text to predict: one sentence, or a pair.
-#[derive(FromPyObject)]
 enum Text {
     One(String),
     Pair(String, String),
 }
 
+/// Said in one line (a derived extraction says why each variant failed).
+impl<'a, 'py> FromPyObject<'a, 'py> for Text {
+    type Error = PyErr;
+
+    fn extract(text: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if let Ok(one) = text.extract() {
+            return Ok(Self::One(one));
+        }
+        let (text, pair) = text.extract().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "each text must be a str or a (text, pair) tuple of str, not {}",
+                type_name(&text)
+            ))
+        })?;
+        Ok(Self::Pair(text, pair))
+    }
+}
+
 /// A task model's answers to `texts` (each a str, or a (text, pair) tuple for a sentence-pair
 /// task), in their order, as `kd predict` writes them: a dict a text with the text (and
-/// pair), then the label and the probabilities by label, or the score.
+/// pair), then the label and the probabilities by label, or the score. Ctrl-C stops it
+/// between batches and raises KeyboardInterrupt.
 #[pyfunction]
 #[pyo3(signature = (model, texts, *, batch_size = 64, max_seq_len = 128, device = None))]
 fn predict<'py>(
     py: Python<'py>,
-    model: PathBuf,
-    texts: Vec<Text>,
-    batch_size: usize,
-    max_seq_len: usize,
-    device: Option<String>,
+    #[pyo3(from_py_with = arguments::model)] model: PathBuf,
+    #[pyo3(from_py_with = arguments::texts)] texts: Vec<Text>,
+    #[pyo3(from_py_with = arguments::batch_size)] batch_size: usize,
+    #[pyo3(from_py_with = arguments::max_seq_len)] max_seq_len: usize,
+    #[pyo3(from_py_with = arguments::device)] device: Option<String>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let model = utf8(model, "model")?;
     let device = parse_device(device)?;
@@ -291,10 +345,29 @@ fn predict<'py>(
             }
         })
         .collect();
-    let answers = run_detached(py, |_stop| {
+    let call = Call {
+        name: "kd.predict",
+        stops: Stops::BetweenBatches,
+        output: None,
+    };
+    let answers = run_detached(py, &call, |stop| {
         let device = kd_bert::device::select(device)?;
         let model = TaskModel::open(&model, max_seq_len, &device)?;
-        kd_runner::predict::predict(&model, &examples, batch_size)
+        // A piece at a time, so that Ctrl-C stops it promptly; each piece batched by length.
+        let mut answers = Vec::with_capacity(examples.len());
+        for piece in examples.chunks(PREDICT_BATCHES * batch_size.max(1)) {
+            if stop.load(Ordering::SeqCst) {
+                return Err(Interrupted(format!(
+                    "interrupted: {} stopped after {} of {} texts; their answers are dropped",
+                    call.name,
+                    answers.len(),
+                    examples.len()
+                ))
+                .into());
+            }
+            answers.extend(kd_runner::predict::predict(&model, piece, batch_size)?);
+        }
+        Ok(answers)
     })?;
     to_python(py, &answers)
 }
@@ -304,7 +377,8 @@ fn predict<'py>(
 /// else the first of `models`), size, batch-1 latency, throughput and peak memory. Returns
 /// `{"rows": [...], "table": markdown}`; with `out`, also writes compare.md, compare.json and
 /// the charts there. Latency is timed in a child `kd` process when `$KD_BIN` names the kd
-/// program, else in this process.
+/// program, else in this process. It cannot stop part-way: at Ctrl-C it finishes, then raises
+/// KeyboardInterrupt.
 #[pyfunction]
 #[pyo3(signature = (
     models, *, teacher = None, task = None, data = None, out = None, force = false,
@@ -313,16 +387,16 @@ fn predict<'py>(
 #[allow(clippy::too_many_arguments)]
 fn compare<'py>(
     py: Python<'py>,
-    models: Vec<PathBuf>,
-    teacher: Option<PathBuf>,
-    task: Option<String>,
-    data: Option<&Bound<'py, PyDict>>,
-    out: Option<PathBuf>,
-    force: bool,
-    bootstrap: usize,
-    threads: usize,
-    onnx_python: Option<PathBuf>,
-    device: Option<String>,
+    #[pyo3(from_py_with = arguments::models)] models: Vec<PathBuf>,
+    #[pyo3(from_py_with = arguments::teacher)] teacher: Option<PathBuf>,
+    #[pyo3(from_py_with = arguments::task)] task: Option<String>,
+    #[pyo3(from_py_with = arguments::data)] data: Option<Bound<'py, PyDict>>,
+    #[pyo3(from_py_with = arguments::out)] out: Option<PathBuf>,
+    #[pyo3(from_py_with = arguments::force)] force: bool,
+    #[pyo3(from_py_with = arguments::bootstrap)] bootstrap: usize,
+    #[pyo3(from_py_with = arguments::threads)] threads: usize,
+    #[pyo3(from_py_with = arguments::onnx_python)] onnx_python: Option<PathBuf>,
+    #[pyo3(from_py_with = arguments::device)] device: Option<String>,
 ) -> PyResult<Bound<'py, PyAny>> {
     if models.is_empty() {
         return Err(PyValueError::new_err(
@@ -335,7 +409,7 @@ fn compare<'py>(
             .map(|model| utf8(model, "models"))
             .collect::<PyResult<_>>()?,
         teacher: teacher.map(|model| utf8(model, "teacher")).transpose()?,
-        data: data_spec(task, data)?,
+        data: data_spec(task, data.as_ref())?,
         out,
         force,
         bootstrap,
@@ -345,29 +419,52 @@ fn compare<'py>(
             name: parse_device(device)?,
         },
     };
-    let comparison = run_detached(py, |_stop| kd_report::compare::run(&args))?;
+    let call = Call {
+        name: "kd.compare",
+        stops: Stops::WhenDone,
+        output: args.out.as_deref(),
+    };
+    let comparison = run_detached(py, &call, |_stop| kd_report::compare::run(&args))?;
     to_python(py, &comparison)
 }
 
-/// kd's data description from `task` and the `data` dict (DataSpec's fields by name).
+/// kd's data description from `task` and the `data` dict (DataSpec's fields by name), none
+/// of its paths "" (which kd would take as the current directory).
 fn data_spec(task: Option<String>, data: Option<&Bound<'_, PyDict>>) -> PyResult<DataSpec> {
     let mut spec = match data {
         Some(data) => DataSpec::deserialize(to_toml(data.as_any(), "data")?)
             .map_err(|error| PyValueError::new_err(format!("argument 'data': {error}")))?,
         None => DataSpec::default(),
     };
+    let paths = [
+        ("data_dir", &spec.data_dir),
+        ("train", &spec.train),
+        ("dev", &spec.dev),
+        ("augment", &spec.augment),
+    ];
+    let paths = paths
+        .into_iter()
+        .filter_map(|(key, path)| Some((key, path.as_ref()?)))
+        .chain(spec.unlabeled.iter().map(|path| ("unlabeled", path)));
+    for (key, path) in paths {
+        if path.as_os_str().is_empty() {
+            return Err(PyValueError::new_err(format!(
+                "argument 'data': {key:?} is an empty path"
+            )));
+        }
+    }
     if task.is_some() {
         spec.task = task;
     }
     Ok(spec)
 }
 
-/// What an interrupted `call` raises (as KeyboardInterrupt): where its checkpoint is and how to
+/// What an interrupted `call` raises (as KeyboardInterrupt): where its work is kept and how to
 /// go on.
 fn interrupted(call: &str, out: &Path) -> Interrupted {
     Interrupted(format!(
-        "interrupted: checkpoint saved in {}; call {call} again with the same arguments and \
-         resume=True to continue",
+        "interrupted: the work done is kept in {}; call {call} again with the same arguments \
+         and resume=True to continue",
         out.display()
     ))
 }
@@ -383,6 +480,7 @@ impl RecipeSource {
         if recipe.is_instance_of::<PyDict>() {
             return Ok(Self::Dict(to_toml(recipe, "recipe")?));
         }
+        refuse_empty_path(recipe, "recipe")?;
         recipe.extract().map(Self::File).map_err(|_| {
             PyTypeError::new_err(format!(
                 "argument 'recipe': expected a path (str or os.PathLike) or a dict, not {}",
@@ -411,6 +509,18 @@ fn assignments(overrides: &Bound<'_, PyDict>) -> PyResult<Vec<String>> {
             Ok(format!("{key}={value}"))
         })
         .collect()
+}
+
+/// `force=True` would delete the run that `resume=True` asks to continue: the kd command refuses
+/// the pair too ("--force cannot be used with --resume").
+fn refuse_force_with_resume(force: bool, resume: bool) -> PyResult<()> {
+    match force && resume {
+        true => Err(PyValueError::new_err(
+            "force=True cannot be used with resume=True: force starts the run again, deleting \
+             what resume would continue",
+        )),
+        false => Ok(()),
+    }
 }
 
 fn parse_device(device: Option<String>) -> PyResult<Option<DeviceName>> {

@@ -2,7 +2,7 @@
 
 use crate::charts;
 use crate::heads::{Matrix, describe};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use kd_bert::Mode;
 use kd_data::{EncodedExample, collate};
@@ -69,6 +69,21 @@ pub fn run_attention(args: AttentionArgs) -> Result<()> {
         Some(layer) => vec![layer],
         None => (0..layers).collect(),
     };
+    // The head asked for, by its place among each layer's remaining heads: checked before
+    // anything is written.
+    let head_places: Vec<Option<(usize, usize)>> = chosen
+        .iter()
+        .map(|&layer| {
+            let Some(head) = args.head else {
+                return Ok(None);
+            };
+            let heads = model.config.remaining_heads(layer);
+            let place = heads.iter().position(|&h| h == head);
+            let place = place
+                .with_context(|| format!("layer {layer} has no head {head} (it has {heads:?})"))?;
+            anyhow::Ok(Some((head, place)))
+        })
+        .collect::<Result<_>>()?;
     let out = RunDir::create(&args.out, args.force)?;
     // Rows name their token; columns, too narrow for words, its number.
     let rows: Vec<String> = tokens
@@ -83,7 +98,7 @@ pub fn run_attention(args: AttentionArgs) -> Result<()> {
         values: tokens.len() <= 12,
     };
     let mut written = Vec::new();
-    for layer in chosen {
+    for (layer, head_place) in chosen.into_iter().zip(head_places) {
         // [heads, tokens, tokens]
         let probs = output.attention_probs[layer].squeeze(0)?.to_vec3::<f32>()?;
         let heads = model.config.remaining_heads(layer);
@@ -93,16 +108,11 @@ pub fn run_attention(args: AttentionArgs) -> Result<()> {
                 .map(|row| row.iter().map(|&p| Some(p as f64)).collect())
                 .collect()
         };
-        let (stem, panels) = match args.head {
-            Some(head) => {
-                let Some(position) = heads.iter().position(|&h| h == head) else {
-                    bail!("layer {layer} has no head {head} (it has {heads:?})");
-                };
-                (
-                    format!("layer-{layer}-head-{head}"),
-                    vec![(String::new(), panel(position))],
-                )
-            }
+        let (stem, panels) = match head_place {
+            Some((head, place)) => (
+                format!("layer-{layer}-head-{head}"),
+                vec![(String::new(), panel(place))],
+            ),
             None => {
                 let panels = heads
                     .iter()

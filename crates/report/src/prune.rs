@@ -6,7 +6,7 @@ use crate::heads::{
     Matrix, drops, gradient_scores, least_important, mask_scores, outside_top, top,
 };
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
+use clap::{ArgGroup, Args, ValueEnum};
 use kd_data::{DataSpec, EncodedExample, TaskSpec};
 use kd_runner::options::{DeviceArg, dev_examples};
 use kd_teacher::{ModelFiles, TaskModel};
@@ -17,6 +17,12 @@ use std::path::{Path, PathBuf};
 
 /// The model, what to remove from it, and where to write the pruned model.
 #[derive(Args)]
+#[command(group(
+    ArgGroup::new("pruning")
+        .required(true)
+        .multiple(true)
+        .args(["heads", "keep_ratio", "heads_per_layer", "ffn_keep_ratio", "ffn_size"])
+))]
 pub struct PruneArgs {
     /// A task model (with a task head): hub id or directory.
     #[arg(long)]
@@ -25,17 +31,12 @@ pub struct PruneArgs {
     #[arg(long)]
     out: PathBuf,
     /// Heads to remove, `LAYER:HEAD` with the original head indices from 0, comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        conflicts_with = "ranked_heads",
-        required_unless_present_any = ["keep_ratio", "heads_per_layer", "ffn_keep_ratio", "ffn_size"]
-    )]
+    #[arg(long, value_delimiter = ',', conflicts_with = "ranked_heads")]
     heads: Vec<String>,
     /// Keep this share of the heads (in (0, 1]), removing the least important first (scored
     /// on the dev set of the task given by the data flags); every layer keeps one head at
     /// least.
-    #[arg(long, group = "ranked_heads")]
+    #[arg(long, group = "ranked_heads", allow_negative_numbers = true)]
     keep_ratio: Option<f64>,
     /// Keep this many heads in every layer, the most important of each.
     #[arg(long, group = "ranked_heads")]
@@ -50,7 +51,7 @@ pub struct PruneArgs {
     /// Keep this share (in (0, 1]) of the feed-forward neurons of every layer, the most
     /// important by the gradient of the loss with respect to a mask on each neuron (scored on
     /// the dev set): the model's `intermediate_size` shrinks to that share, rounded.
-    #[arg(long, conflicts_with = "ffn_size")]
+    #[arg(long, conflicts_with = "ffn_size", allow_negative_numbers = true)]
     ffn_keep_ratio: Option<f64>,
     /// Keep this many feed-forward neurons in every layer (the new `intermediate_size`), the
     /// most important as for --ffn-keep-ratio.
@@ -100,6 +101,7 @@ pub fn run_prune(args: PruneArgs) -> Result<()> {
     if steps == 0 {
         bail!("--steps 0 must be at least 1");
     }
+    RunDir::check_replaceable(&args.out, args.force)?;
     let files = ModelFiles::resolve(&args.model)?;
     let model = TaskModel::load(&files, args.data.max_seq_len, &args.device.select()?)?;
     let config = &model.config;
@@ -162,6 +164,25 @@ pub fn run_prune(args: PruneArgs) -> Result<()> {
                 model_shape.1
             );
         }
+        // The heads scored must be the model's: scores of the model before an earlier pruning
+        // rank heads it no longer has.
+        let scored_heads: Vec<Vec<usize>> = saved
+            .masked
+            .iter()
+            .map(|row| (0..row.len()).filter(|&head| row[head].is_some()).collect())
+            .collect();
+        let remaining: Vec<Vec<usize>> = (0..config.num_hidden_layers)
+            .map(|layer| config.remaining_heads(layer))
+            .collect();
+        if scored_heads != remaining {
+            bail!(
+                "{} scores other heads than {} has (pruned heads {:?}): the scores are of the \
+                 model before a pruning; score this model with kd heads",
+                path.display(),
+                args.model,
+                config.pruned_heads
+            );
+        }
     }
     let total_heads: usize = heads_in_layers.iter().sum();
     let most_heads = heads_in_layers.iter().copied().max().unwrap_or(0);
@@ -209,8 +230,6 @@ pub fn run_prune(args: PruneArgs) -> Result<()> {
             trajectory.push(point);
         }
     }
-    let out = RunDir::create(&args.out, args.force)?;
-    pruned.save(out.path())?;
     // The heads this run removed (the model may have come pruned).
     let removed: BTreeMap<&String, Vec<usize>> = pruned
         .config
@@ -244,7 +263,12 @@ pub fn run_prune(args: PruneArgs) -> Result<()> {
     if steps > 1 {
         report["steps"] = serde_json::Value::Array(trajectory);
     }
-    kd_bert::write_json_atomically(&out.join("prune.json"), &report)?;
+    // Written whole: a `--force` leaves none of an earlier model's files (an ONNX graph of
+    // the unpruned model) beside the pruned one.
+    RunDir::replace_whole(&args.out, args.force, |dir| {
+        pruned.save(dir)?;
+        kd_bert::write_json_atomically(&dir.join("prune.json"), &report)
+    })?;
     println!("{report}");
     eprintln!(
         "{} of {} heads removed, feed-forward size {} to {}; pruned model saved to {}",

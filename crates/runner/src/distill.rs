@@ -8,7 +8,7 @@ use kd_bert::{BertConfig, BertOutput, Mode, Params};
 use kd_data::{DataSpec, EncodedExample, TaskData, TaskSpec, collate};
 use kd_losses::{DistillOutputs, EncoderShape, LossBatch, LossBreakdown, Objective};
 use kd_teacher::{CacheOutcome, CachedStates, ModelFiles, TaskModel, TeacherCache};
-use kd_train::{RunDir, StepLoss, TrainState, Trainable, TrainerConfig, train};
+use kd_train::{Interrupted, RunDir, StepLoss, TrainState, Trainable, TrainerConfig, train};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -268,7 +268,7 @@ pub fn run(recipe: &Recipe, options: &DistillOptions, stop: &AtomicBool) -> Resu
         student.params.num_parameters(),
         examples.describe()
     );
-    let cache = TeacherCache::new(options.cache_dir);
+    let cache = TeacherCache::new(options.cache_dir, stop);
     let (stages, interrupted) =
         run_stages(recipe, &out, &student.params, |index, stage, stage_dir| {
             let inputs =
@@ -727,7 +727,12 @@ pub(crate) fn run_stages<S>(
     let mut reports = Vec::new();
     for (index, stage) in recipe.stages.iter().enumerate() {
         let stage_dir = out.join(&format!("{}-{}", index + 1, stage.name));
-        let (state, report) = run_stage(index, stage, &stage_dir)?;
+        let (state, report) = match run_stage(index, stage, &stage_dir) {
+            // Stopped before the stage trained (its teacher outputs half computed): nothing of
+            // it to keep, and `--resume` begins it again.
+            Err(error) if Interrupted::caused(&error) => return Ok((reports, true)),
+            result => result?,
+        };
         reports.push(report);
         if state.interrupted {
             return Ok((reports, true));
@@ -895,16 +900,7 @@ fn student_of(recipe: &Recipe, teacher: &TaskModel) -> Result<TaskModel> {
                 recipe.data.max_seq_len,
                 teacher.params.device(),
             )?;
-            let config = &student.config;
-            if (config.num_hidden_layers, config.hidden_size) != (shape.layers, shape.hidden) {
-                bail!(
-                    "student checkpoint {init} has {} layers x {}, the recipe says {} x {}",
-                    config.num_hidden_layers,
-                    config.hidden_size,
-                    shape.layers,
-                    shape.hidden
-                );
-            }
+            kd_student::check_init_shape(init, &student.config, *shape)?;
             kd_student::check_vocabulary(&teacher.tokenizer, &student.tokenizer)
                 .with_context(|| format!("cannot start the student from {init}"))?;
             Ok(student)

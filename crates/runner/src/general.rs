@@ -398,10 +398,11 @@ fn check_stages(recipe: &Recipe, teacher: &Backbone) -> Result<bool> {
             }
             if kind.compares_teacher_predictions() && teacher.mlm_head.is_none() {
                 bail!(
-                    "stage {}: {kind:?} compares the teacher's masked-LM predictions, but teacher \
+                    "stage {}: `{}` compares the teacher's masked-LM predictions, but teacher \
                      {} has no masked-LM head (no cls.predictions.* or lm_head.* weights); use `mlm` with \
                      `cosine` and layer losses, or a teacher with an MLM head",
                     stage.name,
+                    kind.name(),
                     recipe.main_teacher().model
                 );
             }
@@ -436,15 +437,7 @@ fn build_student(recipe: &Recipe, teacher: &Backbone, mlm_head: bool) -> Result<
             init: Some(init),
         } => {
             let student = Backbone::load(&ModelFiles::resolve(init)?, max_len, device)?;
-            let config = &student.config;
-            ensure!(
-                (config.num_hidden_layers, config.hidden_size) == (shape.layers, shape.hidden),
-                "student checkpoint {init} has {} layers x {}, the recipe says {} x {}",
-                config.num_hidden_layers,
-                config.hidden_size,
-                shape.layers,
-                shape.hidden
-            );
+            kd_student::check_init_shape(init, &student.config, *shape)?;
             ensure!(
                 student.mlm_head.is_some() || !mlm_head,
                 "student checkpoint {init} has no masked-LM head, which the objective needs"

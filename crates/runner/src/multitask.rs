@@ -168,7 +168,7 @@ pub fn run(
             examples.describe()
         );
     }
-    let cache = TeacherCache::new(options.cache_dir);
+    let cache = TeacherCache::new(options.cache_dir, stop);
     let (stages, interrupted) =
         run_stages(recipe, &out, &student.params, |index, stage, stage_dir| {
             let mut inputs = Vec::with_capacity(tasks.len());
@@ -287,12 +287,6 @@ impl<'a> MultiTask<'a> {
         weights: Vec<f64>,
         temperature: Option<f64>,
     ) -> Result<Self> {
-        if let Some(bad) = weights.iter().find(|w| !(**w > 0.0 && w.is_finite())) {
-            bail!("task weight {bad} must be positive");
-        }
-        if let Some(t) = temperature.filter(|t| !(*t > 0.0 && t.is_finite())) {
-            bail!("training.task_temperature = {t} must be positive");
-        }
         let mut offsets = vec![0];
         for task in &tasks {
             offsets.push(offsets.last().unwrap() + task.example_lengths().len());

@@ -233,6 +233,24 @@ impl Recipe {
             apply_override(&mut value, assignment)
                 .with_context(|| format!("cannot apply --set {assignment}"))?;
         }
+        // The one field a task must have, named with the task (serde names no index).
+        let tasks = value.get("tasks").and_then(toml::Value::as_array);
+        if let Some(index) =
+            tasks.and_then(|t| t.iter().position(|task| task.get("data").is_none()))
+        {
+            bail!(
+                "invalid recipe {origin}: task {} has no data ([tasks.data])",
+                index + 1
+            );
+        }
+        // `corpus = []` would read as no corpus, a task recipe, and fail on the teacher.
+        let corpus = value.get("data").and_then(|data| data.get("corpus"));
+        if corpus
+            .and_then(toml::Value::as_array)
+            .is_some_and(Vec::is_empty)
+        {
+            bail!("invalid recipe {origin}: data.corpus lists no files");
+        }
         let recipe: Self = value
             .try_into()
             .with_context(|| format!("invalid recipe {origin}"))?;
@@ -259,17 +277,39 @@ impl Recipe {
                 check_teachers(&task.teacher, &task.teachers, task.layers_from)
                     .with_context(|| format!("task {}", index + 1))
                     .with_context(invalid)?;
+                if let Some(weight) = task.weight.filter(|w| !(*w > 0.0 && w.is_finite())) {
+                    bail!(
+                        "{}: task {} weight {weight} must be positive",
+                        invalid(),
+                        index + 1
+                    );
+                }
+            }
+            let temperature = recipe.training.task_temperature;
+            if let Some(t) = temperature.filter(|t| !(*t > 0.0 && t.is_finite())) {
+                bail!(
+                    "{}: training.task_temperature = {t} must be positive",
+                    invalid()
+                );
             }
         }
         Ok(recipe)
     }
 
-    /// Refuses a stage that would train nothing or the wrong way ([`TrainerConfig::check`]).
+    /// Refuses a stage that would train nothing or the wrong way ([`TrainerConfig::check`]),
+    /// or whose name cannot name its folder `N-name/` in the run's directory.
     pub fn check_training(&self) -> Result<()> {
         for stage in &self.stages {
+            let name = &stage.name;
+            if name.trim().is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+                bail!(
+                    "stage name {name:?} names its folder: it must be non-empty, with no '/' \
+                     or '\\', and not begin with '.'"
+                );
+            }
             self.trainer_config(stage)
                 .check()
-                .with_context(|| format!("stage {}", stage.name))?;
+                .with_context(|| format!("stage {name}"))?;
         }
         Ok(())
     }
@@ -400,7 +440,8 @@ fn check_teachers(
     Ok(())
 }
 
-/// Applies `a.b.0.c=value`; the value is read as TOML, or else taken as a string.
+/// Applies `a.b.0.c=value`; the value is read as TOML, or else taken as a string (as it is
+/// where the recipe holds a string: `name=2024` is the name "2024").
 fn apply_override(recipe: &mut toml::Value, assignment: &str) -> Result<()> {
     let (key, raw) = assignment.split_once('=').context("expected key=value")?;
     let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
@@ -408,16 +449,19 @@ fn apply_override(recipe: &mut toml::Value, assignment: &str) -> Result<()> {
         .and_then(|mut table| table.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
     let path: Vec<&str> = key.trim().split('.').collect();
-    set_path(recipe, &path, value)
+    set_path(recipe, &path, value, raw)
 }
 
-fn set_path(node: &mut toml::Value, path: &[&str], value: toml::Value) -> Result<()> {
+fn set_path(node: &mut toml::Value, path: &[&str], value: toml::Value, raw: &str) -> Result<()> {
     let Some((first, rest)) = path.split_first() else {
-        *node = value;
+        *node = match (&node, value) {
+            (toml::Value::String(_), value) if !value.is_str() => toml::Value::String(raw.into()),
+            (_, value) => value,
+        };
         return Ok(());
     };
     let child = match node {
-        toml::Value::Table(table) if rest.is_empty() => {
+        toml::Value::Table(table) if rest.is_empty() && !table.contains_key(*first) => {
             table.insert(first.to_string(), value);
             return Ok(());
         }
@@ -429,6 +473,7 @@ fn set_path(node: &mut toml::Value, path: &[&str], value: toml::Value) -> Result
         child.with_context(|| format!("no field {first}"))?,
         rest,
         value,
+        raw,
     )
 }
 
@@ -451,6 +496,43 @@ mod tests {
         assert_eq!(recipe["stages"][0]["epochs"].as_integer(), Some(1));
         assert_eq!(recipe["stages"][0]["name"].as_str(), Some("quick run"));
         assert!(apply_override(&mut recipe, "stages.3.epochs=1").is_err());
+        // Where the recipe holds a string, a value that reads as a number stays a string.
+        apply_override(&mut recipe, "stages.0.name=2024").unwrap();
+        assert_eq!(recipe["stages"][0]["name"].as_str(), Some("2024"));
+    }
+
+    #[test]
+    fn stage_names_that_cannot_name_a_folder_zero_task_weights_and_no_corpus_are_refused() {
+        let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/recipes");
+        let refused = |recipe: &str, set: &str| {
+            let error = Recipe::load(&recipes.join(recipe), &[set.into()]).unwrap_err();
+            format!("{error:#}")
+        };
+        for name in ["../../escape", "a/b", "", " ", ".hidden"] {
+            let error = refused(
+                "sst2-tinybert-l4.toml",
+                &format!("stages.0.name=\"{name}\""),
+            );
+            assert!(error.contains("names its folder"), "{name}: {error}");
+        }
+        let mtdnn = "glue-mtdnn-distilbert-l3.toml";
+        let error = refused(mtdnn, "tasks.1.weight=0");
+        assert!(
+            error.contains("task 2 weight 0 must be positive"),
+            "{error}"
+        );
+        let error = refused(mtdnn, "training.task_temperature=0");
+        assert!(
+            error.contains("task_temperature = 0 must be positive"),
+            "{error}"
+        );
+        let error = refused(mtdnn, "tasks.1={ teacher = { model = \"t\" } }");
+        assert!(
+            error.ends_with("task 2 has no data ([tasks.data])"),
+            "{error}"
+        );
+        let error = refused("general-tinybert-l4.toml", "data.corpus=[]");
+        assert!(error.ends_with("data.corpus lists no files"), "{error}");
     }
 
     proptest::proptest! {

@@ -76,7 +76,8 @@ fn layer_subset_config(teacher: &BertConfig, layers: &[usize]) -> Result<BertCon
     }
     if let Some(&missing) = layers.iter().find(|&&l| l >= teacher_layers) {
         bail!(
-            "the teacher has {teacher_layers} layers (0 to {}): it has no layer {missing}",
+            "the model whose layers the student copies has {teacher_layers} layers (0 to {}): \
+             it has no layer {missing}; name the student's `layers` among them",
             teacher_layers - 1
         );
     }
@@ -199,6 +200,34 @@ pub fn tinybert_backbone(
         teacher.tokenizer.max_len(),
         teacher.params.device(),
     )
+}
+
+impl std::fmt::Display for StudentShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} layers x {}, {} heads, feed-forward {}",
+            self.layers, self.hidden, self.heads, self.intermediate
+        )
+    }
+}
+
+/// Refuses a checkpoint `init` (of `config`) to start a TinyBERT-style student of `shape`
+/// when its shape is another: the recipe's shape is what the run records and reports.
+pub fn check_init_shape(init: &str, config: &BertConfig, shape: StudentShape) -> Result<()> {
+    let found = StudentShape {
+        layers: config.num_hidden_layers,
+        hidden: config.hidden_size,
+        heads: config.num_attention_heads,
+        intermediate: config.intermediate_size,
+    };
+    if found != shape {
+        bail!(
+            "student checkpoint {init} is {found}; the recipe's shape says {shape}: make them \
+             agree"
+        );
+    }
+    Ok(())
 }
 
 impl StudentShape {

@@ -18,14 +18,16 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use kd_bert::{AttentionMaps, Mode};
 use kd_data::{EncodedExample, batch_plan, collate};
-use kd_train::Progress;
+use kd_train::{Interrupted, Progress, stop_requested};
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
-/// A directory of cached teacher logits.
-pub struct TeacherCache {
+/// A directory of cached teacher logits, and the flag that stops computing them.
+pub struct TeacherCache<'a> {
     dir: PathBuf,
+    stop: &'a AtomicBool,
 }
 
 /// Where cached logits came from.
@@ -35,10 +37,13 @@ pub enum CacheOutcome {
     Loaded,
 }
 
-impl TeacherCache {
-    pub fn new(dir: &Path) -> Self {
+impl<'a> TeacherCache<'a> {
+    /// The cache in `dir`; raising `stop` ends a computation of the teacher's outputs with
+    /// [`Interrupted`], nothing written.
+    pub fn new(dir: &Path, stop: &'a AtomicBool) -> Self {
         Self {
             dir: dir.to_path_buf(),
+            stop,
         }
     }
 
@@ -63,8 +68,8 @@ impl TeacherCache {
             return Ok((logits, CacheOutcome::Loaded));
         }
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
-        let batches = this_ranks_batches(&lengths, batch_size);
-        let progress = Progress::new(batches.len() as u64, "teacher logits");
+        let (count, batches) = this_ranks_batches(&lengths, batch_size, self.stop);
+        let progress = Progress::new(count as u64, "teacher logits");
         let rows = teacher.logits_of_batches(examples, batches, None, Some(&progress))?;
         progress.finish();
         let logits = combine_rows(rows, teacher.labels.len())?;
@@ -138,7 +143,7 @@ impl CachedStates {
     }
 }
 
-impl TeacherCache {
+impl TeacherCache<'_> {
     /// The teacher's hidden states at `layers` (0 = embedding output) for `examples`, from the
     /// cache when the same teacher weights, token ids and layers were seen before. The pass
     /// that computes them caches the logits too (read them with [`TeacherCache::logits`]).
@@ -183,9 +188,10 @@ impl TeacherCache {
         let hidden = teacher.config.hidden_size;
         let mut buffers = vec![vec![f16::ZERO; total * hidden]; layers.len()];
         let mut logits: Vec<Option<Tensor>> = vec![None; examples.len()];
-        let plan = this_ranks_batches(&lengths, batch_size);
-        let progress = Progress::new(plan.len() as u64, "teacher states");
+        let (count, plan) = this_ranks_batches(&lengths, batch_size, self.stop);
+        let progress = Progress::new(count as u64, "teacher states");
         for indices in plan {
+            let indices = indices?;
             let batch = collate(examples, &indices, teacher.params.device())?;
             let (batch_logits, output) =
                 teacher
@@ -241,15 +247,27 @@ fn every_rank(here: bool) -> bool {
     world.sum_one(f64::from(u8::from(here))) == world.size() as f64
 }
 
-/// The batches of a single process's plan over examples of `lengths` that this rank computes:
-/// every `size`-th, from its rank.
-fn this_ranks_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+/// The batches of a single process's plan over examples of `lengths` that this rank computes
+/// (every `size`-th, from its rank), and how many. They come in rounds of one batch a rank,
+/// and before each round the ranks agree whether `stop` is raised: then every rank ends at
+/// that round with [`Interrupted`], and none is left waiting for the others in a collective.
+fn this_ranks_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    stop: &AtomicBool,
+) -> (usize, impl Iterator<Item = Result<Vec<usize>>> + Send) {
     let world = kd_parallel::world();
-    batch_plan(lengths, batch_size, None::<&mut rand::rngs::StdRng>)
-        .into_iter()
-        .skip(world.rank())
-        .step_by(world.size())
-        .collect()
+    let (rank, size) = (world.rank(), world.size());
+    let plan = batch_plan(lengths, batch_size, None::<&mut rand::rngs::StdRng>);
+    let count = plan.len().saturating_sub(rank).div_ceil(size);
+    let rounds: Vec<Vec<Vec<usize>>> = plan.chunks(size).map(<[_]>::to_vec).collect();
+    let batches = rounds.into_iter().filter_map(move |mut round| {
+        if stop_requested(stop) {
+            return Some(Err(Interrupted.into()));
+        }
+        (rank < round.len()).then(|| Ok(round.swap_remove(rank)))
+    });
+    (count, batches)
 }
 
 /// One `[examples, outputs]` f32 tensor on the CPU from the rows each rank computed (`None`
@@ -298,25 +316,10 @@ fn cache_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kd_bert::{BertConfig, ProblemType};
     use kd_data::Label;
 
     fn tiny_teacher(dir: &Path, seed: u64) -> TaskModel {
-        std::fs::write(
-            dir.join("vocab.txt"),
-            "[PAD]\n[UNK]\n[CLS]\n[SEP]\ngood\nbad\n",
-        )
-        .unwrap();
-        let mut config: BertConfig = serde_json::from_value(serde_json::json!({
-            "vocab_size": 6, "hidden_size": 8, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "intermediate_size": 8, "max_position_embeddings": 8,
-        }))
-        .unwrap();
-        config.set_classification_head(
-            &["a".into(), "b".into()],
-            ProblemType::SingleLabelClassification,
-        );
-        TaskModel::initialised(config, dir, seed, 8, &Device::Cpu).unwrap()
+        crate::task_model::tiny_task_model(dir, &["a", "b"], seed)
     }
 
     fn example(ids: &[u32]) -> EncodedExample {
@@ -330,7 +333,7 @@ mod tests {
     #[test]
     fn logits_are_computed_once_and_invalidated_by_a_new_teacher_or_dataset() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = TeacherCache::new(&dir.path().join("cache"));
+        let cache = TeacherCache::new(&dir.path().join("cache"), &NO_STOP);
         let teacher = tiny_teacher(dir.path(), 1);
         let weights = dir.path().join("model.safetensors");
         teacher.params.save(&weights).unwrap();
@@ -392,10 +395,35 @@ mod tests {
         );
     }
 
+    static NO_STOP: AtomicBool = AtomicBool::new(false);
+
+    #[test]
+    fn a_stop_request_ends_computing_with_nothing_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = AtomicBool::new(true);
+        let cache = TeacherCache::new(&dir.path().join("cache"), &stop);
+        let teacher = tiny_teacher(dir.path(), 1);
+        let weights = dir.path().join("model.safetensors");
+        teacher.params.save(&weights).unwrap();
+        let examples = vec![example(&[2, 4, 3]), example(&[2, 5, 4, 3])];
+        let error = cache.logits(&teacher, &weights, &examples, 1).unwrap_err();
+        assert!(Interrupted::caused(&error), "{error:#}");
+        let error = cache
+            .states(&teacher, &weights, &examples, &[1], 1)
+            .err()
+            .unwrap();
+        assert!(Interrupted::caused(&error), "{error:#}");
+        assert!(!dir.path().join("cache").exists());
+        // Lowered, the same call computes.
+        stop.store(false, std::sync::atomic::Ordering::SeqCst);
+        let (_, outcome) = cache.logits(&teacher, &weights, &examples, 1).unwrap();
+        assert_eq!(outcome, CacheOutcome::Computed);
+    }
+
     #[test]
     fn cached_states_are_the_live_ones_in_f16_padded_with_zeros() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = TeacherCache::new(&dir.path().join("cache"));
+        let cache = TeacherCache::new(&dir.path().join("cache"), &NO_STOP);
         let teacher = tiny_teacher(dir.path(), 1);
         teacher.params.init_bert(0.5, 3).unwrap();
         let weights = dir.path().join("model.safetensors");

@@ -2,6 +2,7 @@
 //! cache) by `hf-hub`.
 
 use anyhow::{Context, Result, bail};
+use kd_data::TOKENIZER_FILES;
 use std::path::{Path, PathBuf};
 
 /// The files of a BERT checkpoint. Tokenizer files sit beside the config.
@@ -14,18 +15,14 @@ pub struct ModelFiles {
 
 const CONFIG: &str = "config.json";
 const WEIGHTS: &str = "model.safetensors";
-/// Files fetched from the hub when present; a tokenizer needs one of the first two.
-const TOKENIZER_FILES: &[&str] = &[
-    "tokenizer.json",
-    "vocab.txt",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-];
 
 impl ModelFiles {
     /// Resolves `model`: an existing directory is used as it is; anything else is taken as a
     /// hub id such as `sentence-transformers/all-MiniLM-L6-v2`.
     pub fn resolve(model: &str) -> Result<Self> {
+        if model.trim().is_empty() || model.trim() != model {
+            bail!("model {model:?} is empty or has spaces around it: name a directory or hub id");
+        }
         let path = Path::new(model);
         if path.is_dir() {
             return Self::from_dir(path);

@@ -75,6 +75,7 @@ impl TaskModel {
         device: &Device,
     ) -> Result<Self> {
         let mut config = BertConfig::from_file(&files.config)?;
+        let earlier_head = config.task_head();
         match task {
             TaskKind::Classification => {
                 config.set_classification_head(labels, ProblemType::SingleLabelClassification)
@@ -83,11 +84,29 @@ impl TaskModel {
                 config.set_classification_head(&["LABEL_0".into()], ProblemType::Regression)
             }
         }
+        // A task model's head is kept for its own task; for another set of labels (a model
+        // of another task) it starts fresh, as a backbone's would.
+        let fresh_head = earlier_head
+            .as_ref()
+            .is_some_and(|head| *head != config.task_head().unwrap());
+        if let Some((earlier, _)) = earlier_head.filter(|_| fresh_head) {
+            eprintln!(
+                "{}: its task head answers {}; a fresh head is trained for {}",
+                files.dir.display(),
+                earlier.join(", "),
+                match task {
+                    TaskKind::Classification => labels.join(", "),
+                    TaskKind::Regression => "a score".to_string(),
+                }
+            );
+        }
         let model = Self::initialised(config, &files.dir, seed, max_len, device)?;
         // A backbone may lack a pooler (sentence encoders) and has no classifier.
-        model.params.load(&files.weights, |name| {
-            name.starts_with("classifier.") || name.starts_with("bert.pooler.")
-        })?;
+        model.params.load_except(
+            &files.weights,
+            |name| name.starts_with("classifier.") || name.starts_with("bert.pooler."),
+            |name| fresh_head && name.starts_with("classifier."),
+        )?;
         Ok(model)
     }
 
@@ -196,7 +215,8 @@ impl TaskModel {
     ) -> Result<Tensor> {
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
         let plan = batch_plan(&lengths, batch_size, None::<&mut rand::rngs::StdRng>);
-        let rows = self.logits_of_batches(examples, plan, head_mask, progress)?;
+        let rows =
+            self.logits_of_batches(examples, plan.into_iter().map(Ok), head_mask, progress)?;
         let rows: Vec<Tensor> = rows.into_iter().flatten().collect();
         Ok(Tensor::stack(&rows, 0)?.to_device(&Device::Cpu)?)
     }
@@ -206,7 +226,7 @@ impl TaskModel {
     pub fn logits_of_batches(
         &self,
         examples: &[EncodedExample],
-        batches: Vec<Vec<usize>>,
+        batches: impl IntoIterator<Item = Result<Vec<usize>>> + Send,
         head_mask: Option<&[Tensor]>,
         progress: Option<&Progress>,
     ) -> Result<Vec<Option<Tensor>>> {
@@ -214,6 +234,7 @@ impl TaskModel {
         // Small batches are many short parallel sections: keep the pool's workers awake.
         kd_bert::with_busy_workers(|| -> Result<()> {
             for indices in batches {
+                let indices = indices?;
                 let batch = collate(examples, &indices, self.params.device())?;
                 let logits = self
                     .model
@@ -367,4 +388,56 @@ pub fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A one-layer model 8 wide over the words `good` and `bad`, with a classifier of `labels`,
+/// initialised from `seed`, its tokenizer in `dir`: for tests.
+#[cfg(test)]
+pub(crate) fn tiny_task_model(dir: &Path, labels: &[&str], seed: u64) -> TaskModel {
+    std::fs::write(
+        dir.join("vocab.txt"),
+        "[PAD]\n[UNK]\n[CLS]\n[SEP]\ngood\nbad\n",
+    )
+    .unwrap();
+    let mut config: BertConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": 6, "hidden_size": 8, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 8, "max_position_embeddings": 8,
+    }))
+    .unwrap();
+    let labels: Vec<String> = labels.iter().map(|label| label.to_string()).collect();
+    config.set_classification_head(&labels, ProblemType::SingleLabelClassification);
+    TaskModel::initialised(config, dir, seed, 8, &Device::Cpu).unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The classifier's weights of `model`.
+    fn classifier(model: &TaskModel) -> Vec<Vec<f32>> {
+        let vars = model.params.vars();
+        let (_, weight) = vars
+            .iter()
+            .find(|(name, _)| name == "classifier.weight")
+            .unwrap();
+        weight.as_tensor().to_vec2().unwrap()
+    }
+
+    /// Fine-tuning a task model again keeps its head for its own labels and starts a fresh
+    /// one for another task's, of any size, where loading it would fail or mislead.
+    #[test]
+    fn a_task_head_is_kept_for_its_labels_and_fresh_for_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_task_model(dir.path(), &["a", "b"], 1);
+        model.save(dir.path()).unwrap();
+        let files = ModelFiles::from_dir(dir.path()).unwrap();
+        let again = |labels: &[&str]| {
+            let labels: Vec<String> = labels.iter().map(|label| label.to_string()).collect();
+            let task = TaskKind::Classification;
+            TaskModel::from_backbone(&files, task, &labels, 2, 8, &Device::Cpu).unwrap()
+        };
+        assert_eq!(classifier(&again(&["a", "b"])), classifier(&model));
+        assert_ne!(classifier(&again(&["b", "a"])), classifier(&model));
+        assert_eq!(classifier(&again(&["x", "y", "z"])).len(), 3);
+    }
 }

@@ -9,6 +9,6 @@ mod trainer;
 pub use optim::{AdamW, AdamWConfig, LinearSchedule};
 pub use run::{Progress, RunDir, RunInputs};
 pub use trainer::{
-    Evaluation, Keep, StepLoss, TrainState, Trainable, TrainerConfig, format_metrics,
-    interrupt_flag, train,
+    Evaluation, Interrupted, Keep, StepLoss, TrainState, Trainable, TrainerConfig, format_metrics,
+    interrupt_flag, interrupted_exit_code, stop_requested, train,
 };

@@ -20,6 +20,13 @@ impl RunDir {
     /// `inputs` recorded) for a new run, or, with `resume`, opened and refused when `inputs`
     /// differ from those recorded when the run began.
     pub fn for_run(path: &Path, force: bool, resume: bool, inputs: &RunInputs) -> Result<Self> {
+        refuse_empty(path)?;
+        if force && resume {
+            bail!(
+                "--force starts the run in {} again and --resume continues it: pass one",
+                path.display()
+            );
+        }
         let mut hasher = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(&serde_json::to_string(inputs)?, &mut hasher);
         kd_parallel::world().check_same(
@@ -30,7 +37,7 @@ impl RunDir {
     }
 
     fn checked_for_run(path: &Path, force: bool, resume: bool, inputs: &RunInputs) -> Result<Self> {
-        if force && !resume {
+        if force {
             Self::clear_earlier_run(path)?;
         }
         let dir = match resume {
@@ -63,20 +70,28 @@ impl RunDir {
 
     /// Before a run with `--force`: an earlier run in `path` is removed whole, so that none of
     /// its checkpoints, finished stages or logs can pass for the new run's (a `--resume` after
-    /// an interruption would take them up). A non-empty directory that holds no kd run is
-    /// refused: kd deletes only what it wrote.
+    /// an interruption would take them up). A non-empty directory that is not a kd run's, or
+    /// holds anything a run does not write, is refused: kd deletes only what it wrote.
     fn clear_earlier_run(path: &Path) -> Result<()> {
-        let Ok(entries) = std::fs::read_dir(path) else {
+        if !path.is_dir() {
             return Ok(()); // none yet, or not a directory: create_here says which
-        };
-        let entries: Vec<PathBuf> = entries
-            .map(|entry| entry.map(|e| e.path()))
-            .collect::<std::io::Result<_>>()
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        }
+        let entries = entries(path)?;
         if entries.is_empty() {
             return Ok(());
         }
-        refuse_foreign(path, &RUN_MARKERS, "earlier kd run")?;
+        let recorded = std::fs::read(path.join(INPUTS)).ok();
+        if recorded
+            .and_then(|bytes| serde_json::from_slice::<RunInputs>(&bytes).ok())
+            .is_none()
+        {
+            bail!(
+                "output directory {} is not empty and holds no earlier kd run (no {INPUTS} of \
+                 kd's): kd replaces only what it wrote; choose another directory or empty it",
+                path.display()
+            );
+        }
+        refuse_foreign(path, &entries, Written::Run)?;
         for entry in entries {
             let removed = match entry.is_dir() && !entry.is_symlink() {
                 true => std::fs::remove_dir_all(&entry),
@@ -89,6 +104,7 @@ impl RunDir {
     }
 
     pub fn create(path: &Path, force: bool) -> Result<Self> {
+        refuse_empty(path)?;
         on_leader(path, || Self::create_here(path, force))
     }
 
@@ -102,16 +118,14 @@ impl RunDir {
     /// Writes a model directory at `path` as a unit: `write` fills a fresh folder beside it,
     /// which then takes `path`'s place. An error leaves nothing behind, and `force` replaces
     /// an earlier model directory whole, so that none of its files (a `model.onnx` beside new
-    /// weights) can pass for the new one's; a directory that holds no model is refused even
-    /// so, as kd replaces only what it wrote.
+    /// weights) can pass for the new one's. See [`RunDir::check_replaceable`] for what is
+    /// refused.
     pub fn replace_whole<T>(
         path: &Path,
         force: bool,
         write: impl FnOnce(&Path) -> Result<T>,
     ) -> Result<T> {
-        if refuse_occupied(path, force)? {
-            refuse_foreign(path, &MODEL_MARKERS, "model")?;
-        }
+        Self::check_replaceable(path, force)?;
         let absolute = std::path::absolute(path)
             .with_context(|| format!("cannot resolve {}", path.display()))?;
         let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
@@ -151,6 +165,25 @@ impl RunDir {
         Ok(value)
     }
 
+    /// Refuses `path` as the output of [`RunDir::replace_whole`] before any work: a non-empty
+    /// directory without `force`; with it, one that is no model directory (no `config.json`)
+    /// or holds anything kd does not write in one (a run's checkpoint and log, a user's
+    /// files), as kd replaces only what it wrote.
+    pub fn check_replaceable(path: &Path, force: bool) -> Result<()> {
+        refuse_empty(path)?;
+        if refuse_occupied(path, force)? {
+            if !path.join(CONFIG).is_file() {
+                bail!(
+                    "output directory {} is not empty and holds no model (no {CONFIG}): kd \
+                     replaces only what it wrote; choose another directory or empty it",
+                    path.display()
+                );
+            }
+            refuse_foreign(path, &entries(path)?, Written::Model)?;
+        }
+        Ok(())
+    }
+
     /// An existing run directory, to resume the run in it.
     pub fn open(path: &Path) -> Result<Self> {
         on_leader(path, || Self::open_here(path))
@@ -167,7 +200,7 @@ impl RunDir {
     /// `path`, once a file could be written in it: an unwritable directory is an error before
     /// any work, not after the first epoch.
     fn writable(path: &Path) -> Result<Self> {
-        let probe = path.join(".kd-write-test");
+        let probe = path.join(PROBE);
         std::fs::write(&probe, b"")
             .and_then(|()| std::fs::remove_file(&probe))
             .with_context(|| format!("cannot write in output directory {}", path.display()))?;
@@ -200,6 +233,8 @@ fn on_leader(path: &Path, prepare: impl FnOnce() -> Result<RunDir>) -> Result<Ru
 }
 
 const INPUTS: &str = "inputs.json";
+/// The file written and removed to see that a directory is writable.
+const PROBE: &str = ".kd-write-test";
 /// Refuses `path` when it is not a directory, or one with files in it unless `force`; returns
 /// whether it has files in it.
 fn refuse_occupied(path: &Path, force: bool) -> Result<bool> {
@@ -223,18 +258,93 @@ fn refuse_occupied(path: &Path, force: bool) -> Result<bool> {
     Ok(non_empty)
 }
 
-/// Refuses the non-empty directory `path` when it holds none of `markers`, the files an
-/// earlier `what` of kd's would have left: kd replaces only what it wrote.
-fn refuse_foreign(path: &Path, markers: &[&str], what: &str) -> Result<()> {
-    if !markers.iter().any(|marker| path.join(marker).exists()) {
+/// Refuses an empty path, which would stand for the working directory and its files.
+fn refuse_empty(path: &Path) -> Result<()> {
+    if path.as_os_str().is_empty() {
+        bail!("the output directory is an empty path: name a directory");
+    }
+    Ok(())
+}
+
+/// The entries of the directory `path`.
+fn entries(path: &Path) -> Result<Vec<PathBuf>> {
+    let read = || -> std::io::Result<Vec<PathBuf>> {
+        std::fs::read_dir(path)?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect()
+    };
+    read().with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Which kind of directory kd wrote: a model, or a run (a model and how it was trained).
+#[derive(Clone, Copy, PartialEq)]
+enum Written {
+    Model,
+    Run,
+}
+
+/// What kd writes in a model directory besides the tokenizer's files: config, weights
+/// (safetensors or ONNX) and `kd prune`'s record.
+const CONFIG: &str = "config.json";
+const MODEL_ENTRIES: [&str; 4] = [CONFIG, "model.safetensors", "model.onnx", "prune.json"];
+/// What a run writes besides its model: inputs, log, metrics or summary, checkpoint, a
+/// multi-task student's heads, `kd report`'s charts.
+const RUN_ENTRIES: [&str; 8] = [
+    INPUTS,
+    "log.jsonl",
+    "metrics.json",
+    "summary.json",
+    "stage.json",
+    "checkpoint",
+    "tasks",
+    "report",
+];
+
+/// Whether `entry` of a directory is one kd writes in a directory of kind `written`: the
+/// files above, a run's stage folders (`1-distill`), and the temporary files of a write.
+fn written_by_kd(entry: &Path, written: Written) -> bool {
+    let name = entry
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("");
+    let stage = || {
+        let digits = name.split_once('-').map_or("", |(digits, _)| digits);
+        entry.is_dir() && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+    };
+    is_temporary(name)
+        || MODEL_ENTRIES.contains(&name)
+        || kd_data::TOKENIZER_FILES.contains(&name)
+        || (written == Written::Run && (RUN_ENTRIES.contains(&name) || stage()))
+}
+
+/// Refuses to replace `path` when any of its `entries` is one kd does not write in a
+/// directory of kind `written`: kd replaces only what it wrote.
+fn refuse_foreign(path: &Path, entries: &[PathBuf], written: Written) -> Result<()> {
+    let foreign: Vec<String> = entries
+        .iter()
+        .filter(|entry| !written_by_kd(entry, written))
+        .filter_map(|entry| entry.file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    if !foreign.is_empty() {
+        let what = match written {
+            Written::Model => "a model directory",
+            Written::Run => "a run",
+        };
         bail!(
-            "output directory {} is not empty and holds no {what} (no {}): kd replaces only \
-             what it wrote; choose another directory or empty it",
+            "output directory {} holds {}, which kd does not write in {what}: kd replaces only \
+             what it wrote; move them away, or choose another directory",
             path.display(),
-            markers.join(" or ")
+            foreign.join(", ")
         );
     }
     Ok(())
+}
+
+/// The temporary files of an atomic write ([`kd_bert::write_atomically`]'s `.NAME.tmp`, the
+/// safetensors writer's `.tmpXXXXXX`) and of the writability probe.
+fn is_temporary(name: &str) -> bool {
+    name.starts_with(".tmp") || (name.starts_with('.') && name.ends_with(".tmp")) || name == PROBE
 }
 
 /// Removes what an atomic write of a killed process left in `dir`: the temporary files of
@@ -248,9 +358,7 @@ fn remove_stale_temporaries(dir: &Path) -> Result<()> {
         let stale = path
             .file_name()
             .and_then(|name| name.to_str())
-            .is_some_and(|name| {
-                name.starts_with(".tmp") || (name.starts_with('.') && name.ends_with(".tmp"))
-            });
+            .is_some_and(is_temporary);
         if stale && path.is_file() {
             std::fs::remove_file(&path)
                 .with_context(|| format!("cannot remove {}", path.display()))?;
@@ -258,12 +366,6 @@ fn remove_stale_temporaries(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
-
-/// Files that only a kd run writes at the top of its directory: its inputs, and its log (in
-/// runs older than `inputs.json`).
-const RUN_MARKERS: [&str; 2] = [INPUTS, "log.jsonl"];
-/// Files every model directory kd writes holds.
-const MODEL_MARKERS: [&str; 1] = ["config.json"];
 
 /// What a run is made from: its settings (a recipe, or a command's options) and a checksum of
 /// every file it reads (data, teachers, the model it starts from). Kept as `inputs.json` in the
@@ -509,6 +611,26 @@ mod tests {
             .to_string();
         assert!(error.contains("holds no earlier kd run"), "{error}");
         assert!(other.join("notes.txt").exists());
+        // A stray log is no run; a run with a user's files in it is not cleared either.
+        std::fs::write(other.join("log.jsonl"), b"{}").unwrap();
+        let error = RunDir::for_run(&other, true, false, &inputs).unwrap_err();
+        assert!(error.to_string().contains("holds no earlier kd run"));
+        std::fs::write(out.join("README.md"), b"mine").unwrap();
+        std::fs::create_dir_all(out.join("src")).unwrap();
+        let error = RunDir::for_run(&out, true, false, &inputs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("holds README.md, src, which kd does not write in a run")
+                || error.contains("holds src, README.md, which kd does not write in a run"),
+            "{error}"
+        );
+        assert!(out.join(INPUTS).exists() && out.join("README.md").exists());
+
+        let error = RunDir::for_run(&out, true, true, &inputs).unwrap_err();
+        assert!(error.to_string().contains("pass one"), "{error}");
+        let error = RunDir::for_run(Path::new(""), false, false, &inputs).unwrap_err();
+        assert!(error.to_string().contains("empty path"), "{error}");
     }
 
     /// A model directory is written whole: a failed write leaves nothing (and an earlier
@@ -550,6 +672,20 @@ mod tests {
         let refused = RunDir::replace_whole(&other, true, write(&["config.json"]));
         assert!(refused.unwrap_err().to_string().contains("holds no model"));
         assert!(other.join("notes.txt").exists());
+        // Nor is a model directory replaced with a user's files in it, or a run's (its
+        // checkpoint and log would be lost), or the working directory.
+        for foreign in ["README.md", "checkpoint", "log.jsonl"] {
+            std::fs::write(out.join(foreign), b"x").unwrap();
+            let refused = RunDir::replace_whole(&out, true, write(&["config.json"]));
+            let error = refused.unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("holds {foreign}, which kd does not write")),
+                "{error}"
+            );
+            std::fs::remove_file(out.join(foreign)).unwrap();
+        }
+        let refused = RunDir::replace_whole(Path::new(""), true, write(&["config.json"]));
+        assert!(refused.unwrap_err().to_string().contains("empty path"));
     }
 
     #[test]

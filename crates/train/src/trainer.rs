@@ -8,10 +8,12 @@ use anyhow::{Context, Result, bail};
 use candle_core::{Tensor, Var};
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Instant;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,8 +70,9 @@ impl Default for TrainerConfig {
 
 impl TrainerConfig {
     /// Refuses settings that would train nothing or the wrong way (no epochs or steps, an
-    /// empty batch, a learning rate that is not positive, warmup beyond the whole run), each
-    /// named as recipes and the command line name it; before any output is written.
+    /// empty batch or one the job's ranks cannot share, a learning rate that is not positive,
+    /// warmup beyond the whole run), each named as recipes and the command line name it;
+    /// before any output is written.
     pub fn check(&self) -> Result<()> {
         let at_least_one = [
             ("epochs", Some(self.epochs)),
@@ -96,6 +99,14 @@ impl TrainerConfig {
             bail!(
                 "weight_decay (--weight-decay) must not be negative, got {}",
                 self.weight_decay
+            );
+        }
+        let ranks = kd_parallel::world().size();
+        if self.batch_size < ranks {
+            bail!(
+                "a batch of {} examples cannot be shared by {ranks} ranks: raise batch_size to \
+                 at least the number of ranks (it is the global batch), or run fewer ranks",
+                self.batch_size,
             );
         }
         Ok(())
@@ -238,15 +249,8 @@ pub fn train(
     resume: bool,
     stop: &AtomicBool,
 ) -> Result<TrainState> {
+    config.check()?;
     let world = kd_parallel::world();
-    if config.batch_size < world.size() {
-        bail!(
-            "a batch of {} examples cannot be shared by {} ranks: raise batch_size to at least \
-             the number of ranks (it is the global batch), or run fewer ranks",
-            config.batch_size,
-            world.size()
-        );
-    }
     let lengths = model.example_lengths();
     let epoch_rng = |epoch: usize| StdRng::seed_from_u64(config.seed.wrapping_add(epoch as u64));
     // Every rank draws the same plan. A batch too small to give each rank an example (an
@@ -327,8 +331,7 @@ pub fn train(
             if state.step >= total_steps {
                 break;
             }
-            // Any rank's Ctrl-C stops every rank at the same step.
-            if world.sum_one(f64::from(u8::from(stop.load(Ordering::SeqCst)))) > 0.0 {
+            if stop_requested(stop) {
                 state.interrupted = true;
                 if leader {
                     save_checkpoint(&out.join(CHECKPOINT), &parameters, &optimizer, &mut state)?;
@@ -630,23 +633,67 @@ fn format_components(components: &BTreeMap<String, f64>) -> String {
         .join(", ")
 }
 
-/// A flag that turns true on Ctrl-C (SIGINT), for [`train`] to stop at the next step.
+/// The error of work that a stop request ended before it had anything to keep (a teacher's
+/// outputs half computed): the run stops as at a checkpoint, and `--resume` does it again.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+impl Interrupted {
+    /// Whether `error` is, or was caused by, an [`Interrupted`].
+    pub fn caused(error: &anyhow::Error) -> bool {
+        error.chain().any(|cause| cause.is::<Interrupted>())
+    }
+}
+
+/// Whether `stop` is raised on any rank of the job: a collective, so that every rank stops
+/// at the same point (a Ctrl-C reaches the ranks at different moments, or only one).
+pub fn stop_requested(stop: &AtomicBool) -> bool {
+    let raised = stop.load(Ordering::SeqCst);
+    kd_parallel::world().sum_one(f64::from(u8::from(raised))) > 0.0
+}
+
+/// The signal that stopped the run, once one has.
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// A flag that turns true on Ctrl-C (SIGINT), or SIGTERM or SIGHUP as schedulers and
+/// shutdowns send, for [`train`] to stop at the next step; a second one leaves at once.
 pub fn interrupt_flag() -> Result<&'static AtomicBool> {
     static STOP: AtomicBool = AtomicBool::new(false);
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     let mut result = Ok(());
     INSTALLED.call_once(|| {
-        result = ctrlc::set_handler(|| {
-            if STOP.swap(true, Ordering::SeqCst) {
-                // A second Ctrl-C while the checkpoint is written: leave at once.
-                std::process::exit(130);
-            }
-            // Ctrl-C, or SIGTERM from a scheduler or a shutdown.
-            eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again to quit at once)");
+        result = Signals::new([SIGINT, SIGTERM, SIGHUP]).map(|mut signals| {
+            std::thread::spawn(move || {
+                for signal in signals.forever() {
+                    STOP_SIGNAL.store(signal, Ordering::SeqCst);
+                    if STOP.swap(true, Ordering::SeqCst) {
+                        // A second signal while the checkpoint is written.
+                        std::process::exit(interrupted_exit_code());
+                    }
+                    eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again to quit at once)");
+                }
+            });
         });
     });
     result.context("cannot install the Ctrl-C handler")?;
     Ok(&STOP)
+}
+
+/// The exit status of a run a signal stopped, as shells report one the signal killed:
+/// 128 + its number (130 for Ctrl-C, 143 for SIGTERM).
+pub fn interrupted_exit_code() -> i32 {
+    128 + match STOP_SIGNAL.load(Ordering::SeqCst) {
+        0 => SIGINT,
+        signal => signal,
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ _Path = Union[str, "os.PathLike[str]"]
 
 class KdError(RuntimeError):
     """An error from kd; its message is kd's own, with every cause (as the kd command prints
-    it)."""
+    it), its command-line flags written as keyword arguments (``--force`` as ``force=True``)."""
 
 def finetune(
     model: _Path,
@@ -43,7 +43,7 @@ def finetune(
         max_steps: quick setting: stop after this many updates.
         precision: "f32", or "bf16" (the encoder's products in bf16).
         device: "cpu", "cuda" or "cuda:N" (default: a GPU when there is one, else the CPU).
-        force: replace what ``out`` holds.
+        force: start the run in ``out`` again, replacing what it holds (not with ``resume``).
         resume: continue the interrupted run in ``out`` from its last checkpoint.
 
     Returns:
@@ -54,8 +54,10 @@ def finetune(
         KdError: kd refused or failed (nothing is written when the model, data or ``out``
             are refused).
         KeyboardInterrupt: Ctrl-C stopped the run, a checkpoint saved in ``out``; call again
-            with the same arguments and ``resume=True``.
-        TypeError, ValueError: an argument of the wrong type or value, named.
+            with the same arguments and ``resume=True``. (When the run had finished, its
+            message says so: ``out`` is complete.)
+        TypeError, ValueError: an argument of the wrong type or value (a negative count, an
+            empty path, ``force`` with ``resume``), named in the message.
     """
 
 def evaluate(
@@ -84,7 +86,9 @@ def evaluate(
 
     Raises:
         KdError: kd refused or failed.
-        TypeError, ValueError: an argument of the wrong type or value, named.
+        KeyboardInterrupt: Ctrl-C; an evaluation cannot stop part-way, so it finishes first
+            (standard error says so) and its result is dropped.
+        TypeError, ValueError: an argument of the wrong type or value, named in the message.
     """
 
 def predict(
@@ -99,7 +103,8 @@ def predict(
 
     Args:
         model: a task model: hub id or directory.
-        texts: each a text, or a (text, pair) tuple for a sentence-pair task.
+        texts: a list (not one str), each a text or a (text, pair) tuple for a sentence-pair
+            task.
         batch_size: texts a batch (batched by length; the answers keep the texts' order).
         max_seq_len: texts are truncated to this many tokens.
         device: "cpu", "cuda" or "cuda:N".
@@ -110,7 +115,8 @@ def predict(
 
     Raises:
         KdError: kd refused or failed.
-        TypeError, ValueError: an argument of the wrong type or value, named.
+        KeyboardInterrupt: Ctrl-C stopped it after its current batches; no answers are kept.
+        TypeError, ValueError: an argument of the wrong type or value, named in the message.
     """
 
 def compare(
@@ -129,8 +135,8 @@ def compare(
     """Models side by side on the same dev examples, as ``kd compare`` does.
 
     Args:
-        models: task models (directories or hub ids, ONNX exports among them); the first is
-            the reference unless ``teacher``.
+        models: a list (not one path) of task models (directories or hub ids, ONNX exports
+            among them); the first is the reference unless ``teacher``.
         teacher: the reference model.
         task: a GLUE task (SST-2, CoLA, MRPC, RTE, STS-B), or your own task's name.
         data: the rest of kd's data description, the command's Data options by name:
@@ -153,7 +159,9 @@ def compare(
 
     Raises:
         KdError: kd refused or failed.
-        TypeError, ValueError: an argument of the wrong type or value, named.
+        KeyboardInterrupt: Ctrl-C; a comparison cannot stop part-way, so it finishes first
+            (standard error says so; ``out``, when given, is then complete).
+        TypeError, ValueError: an argument of the wrong type or value, named in the message.
     """
 
 def distill(
@@ -179,7 +187,7 @@ def distill(
             as --set reads it (TOML, else a plain string), any other value as itself.
         out: the output folder (refused when not empty, unless ``force`` or ``resume``);
             ``runs/<recipe name>`` by default.
-        force: replace what ``out`` holds.
+        force: start the run in ``out`` again, replacing what it holds (not with ``resume``).
         resume: continue the interrupted run in ``out`` from its last checkpoint.
         cache_dir: where teacher outputs are cached, shared by runs with the same teacher
             and data.
@@ -198,8 +206,10 @@ def distill(
         KdError: kd refused or failed (nothing is written when the recipe, its models or
             data, or ``out`` are refused).
         KeyboardInterrupt: Ctrl-C stopped the run, a checkpoint saved in ``out``; call again
-            with the same arguments and ``resume=True``.
-        TypeError, ValueError: an argument of the wrong type or value, named.
+            with the same arguments and ``resume=True``. (When the run had finished, its
+            message says so: ``out`` is complete.)
+        TypeError, ValueError: an argument of the wrong type or value (a negative count, an
+            empty path, ``force`` with ``resume``), named in the message.
     """
 
 def export(
@@ -224,9 +234,9 @@ def export(
             loads the model.
         format: "safetensors" (an HF directory), or "onnx" (a task model's graph, opset 17,
             f32, dynamic batch and length).
-        prune_vocab: keep only the tokens these text files (a text a line) use, plus the
-            special and single-character tokens; the embeddings and tokenizer are rewritten
-            together.
+        prune_vocab: a list of text files (a text a line): keep only the tokens they use,
+            plus the special and single-character tokens; the embeddings and tokenizer are
+            rewritten together.
         restore_heads: write a model whose attention heads were pruned at full shape, those
             heads zero, for tools that do not prune heads.
         force: replace what ``out`` holds.
@@ -239,5 +249,7 @@ def export(
     Raises:
         KdError: kd refused or failed; nothing is written when the model or options are
             refused.
-        TypeError, ValueError: an argument of the wrong type or value, named.
+        KeyboardInterrupt: Ctrl-C; an export cannot stop part-way, so it finishes first
+            (standard error says so) and ``out`` is complete.
+        TypeError, ValueError: an argument of the wrong type or value, named in the message.
     """
