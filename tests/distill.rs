@@ -267,9 +267,25 @@ fn distilbert_recipe_trains_a_student_that_beats_chance() {
             shape,
             intermediate,
             "training.max_steps=3",
+            "training.eval_every=1",
         ],
     );
     assert_eq!(task["student"]["hidden"], 48);
+    // The intermediate stage keeps its last model (`keep = "last"`): its summary gives that
+    // model's dev accuracy beside the best one.
+    let log = std::fs::read_to_string(tinybert.join("1-intermediate/log.jsonl")).unwrap();
+    let accuracies: Vec<f64> = log
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter_map(|entry| entry["evaluation"]["dev"]["accuracy"].as_f64())
+        .collect();
+    assert!(accuracies.len() >= 3, "{accuracies:?}");
+    let stage = &task["stages"][0];
+    assert_eq!(stage["kept"].as_f64(), accuracies.last().copied());
+    assert_eq!(
+        stage["best"].as_f64(),
+        accuracies.iter().copied().reduce(f64::max)
+    );
     assert_eq!(
         task["stages"][0]["teacher_cache"],
         serde_json::json!(["computed states"])

@@ -213,6 +213,9 @@ pub struct StageSummary {
     /// The best value of the metric that chooses the kept model (the task's first metric;
     /// `mean` for a multi-task student); `None` when the stage never evaluated.
     pub best: Option<f64>,
+    /// That metric's value for the model the stage kept and handed on: `best`, or with
+    /// `keep = "last"` the last evaluation's.
+    pub kept: Option<f64>,
     /// Training examples a second, evaluation excluded.
     pub examples_per_s: f64,
     /// Seconds spent getting the teachers' logits and cached states, computed or loaded.
@@ -643,6 +646,7 @@ impl StageSummary {
             name: stage.name.clone(),
             steps: state.step,
             best: state.best_value,
+            kept: state.kept_value,
             examples_per_s: state.examples_per_s(),
             teacher_seconds,
             teacher_cache,

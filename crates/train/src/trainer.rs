@@ -169,6 +169,10 @@ pub struct TrainState {
     pub batches_done: usize,
     pub best_value: Option<f64>,
     pub best_step: usize,
+    /// The metric's value for the model kept: the best's, or with [`Keep::Last`] the last
+    /// evaluation's.
+    #[serde(default)]
+    pub kept_value: Option<f64>,
     pub evaluations: Vec<Evaluation>,
     pub examples_seen: usize,
     /// Tokens in those examples, padding excluded.
@@ -289,6 +293,7 @@ pub fn train(
             batches_done: 0,
             best_value: None,
             best_step: 0,
+            kept_value: None,
             evaluations: Vec::new(),
             examples_seen: 0,
             tokens_seen: 0,
@@ -471,12 +476,18 @@ pub fn train(
                 if state.best_value.is_none_or(better) {
                     state.best_value = Some(value);
                     state.best_step = state.step;
-                    if config.keep == Keep::Best && leader {
-                        model.save_model(out.path())?;
+                    if config.keep == Keep::Best {
+                        state.kept_value = Some(value);
+                        if leader {
+                            model.save_model(out.path())?;
+                        }
                     }
                 }
-                if config.keep == Keep::Last && leader {
-                    model.save_model(out.path())?;
+                if config.keep == Keep::Last {
+                    state.kept_value = Some(value);
+                    if leader {
+                        model.save_model(out.path())?;
+                    }
                 }
                 if epoch_done {
                     state.epoch += 1;
