@@ -86,10 +86,8 @@ impl TaskModel {
         }
         // A task model's head is kept for its own task; for another set of labels (a model
         // of another task) it starts fresh, as a backbone's would.
-        let fresh_head = earlier_head
-            .as_ref()
-            .is_some_and(|head| *head != config.task_head().unwrap());
-        if let Some((earlier, _)) = earlier_head.filter(|_| fresh_head) {
+        let other_task = earlier_head.filter(|head| config.task_head().as_ref() != Some(head));
+        if let Some((earlier, _)) = &other_task {
             eprintln!(
                 "{}: its task head answers {}; a fresh head is trained for {}",
                 files.dir.display(),
@@ -105,7 +103,7 @@ impl TaskModel {
         model.params.load_except(
             &files.weights,
             |name| name.starts_with("classifier.") || name.starts_with("bert.pooler."),
-            |name| fresh_head && name.starts_with("classifier."),
+            |name| other_task.is_some() && name.starts_with("classifier."),
         )?;
         Ok(model)
     }
